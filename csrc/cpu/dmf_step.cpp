@@ -1,0 +1,308 @@
+// CPU driver of the deep matrix factorization kernels: the batch is cut into packs of L
+// problems (L = one 64-byte vector of T); each thread gathers a pack into a lane-innermost
+// workspace, runs every step of the call on it in L1, and scatters it back. A short last pack
+// is padded with copies of its first problem, marked so that they are never written back, so
+// every problem runs the same instructions whatever the batch size.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "implicitreg/dmf_step.h"
+#include "kernels/dmf_step.h"
+
+namespace implicitreg {
+namespace {
+
+using kernels::PackLayout;
+using kernels::PackProblem;
+using kernels::RuntimeDims;
+using kernels::StaticDims;
+
+constexpr std::int8_t kPadding = 3;  // lane status of a padding copy: computed, never stored
+
+template <class T>
+constexpr int lanes() {
+  return 64 / int(sizeof(T));
+}
+
+// Workspace of one thread for one pack; sizes follow the layout.
+template <class T, int L, class Dims>
+struct Workspace {
+  std::vector<T> W, Wn, P, H, H2, G, target, mask, A, y;
+  Workspace(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb) {
+    const int m = lay.d[lay.depth], n = lay.d[0];
+    W.resize(lay.factors_size());
+    Wn.resize(lay.factors_size());
+    P.resize(std::max<std::int64_t>(lay.prefix_size(), 1));
+    H.resize(std::int64_t(lay.max_rows()) * n * L);
+    H2.resize(H.size());
+    G.resize(std::int64_t(m) * n * L);
+    if (pb.sensing) {
+      A.resize(std::int64_t(pb.K) * m * n * L);
+      y.resize(std::int64_t(pb.K) * L);
+    } else {
+      target.resize(std::int64_t(m) * n * L);
+      mask.resize(std::int64_t(m) * n * L);
+    }
+  }
+  PackProblem<T> problem(const DmfProblem<T>& pb) const {
+    return {pb.sensing, target.data(), mask.data(), A.data(), y.data(), pb.K};
+  }
+};
+
+// Problem index of lane l of the pack starting at b0 (padding lanes repeat b0).
+inline std::int64_t lane_problem(std::int64_t b0, int l, std::int64_t batch) {
+  return b0 + l < batch ? b0 + l : b0;
+}
+
+template <class T, int L, class Dims>
+void gather_factors(const PackLayout<T, L, Dims>& lay, const T* const* factors, std::int64_t b0,
+                    std::int64_t batch, T* W) {
+  for (int j = 1; j <= lay.depth; ++j) {
+    const int size = lay.factor_size(j);
+    T* dst = W + lay.factor_offset(j);
+    for (int l = 0; l < L; ++l) {
+      const T* src = factors[j - 1] + lane_problem(b0, l, batch) * size;
+      for (int e = 0; e < size; ++e) dst[e * L + l] = src[e];
+    }
+  }
+}
+
+template <class T, int L, class Dims>
+void scatter_factors(const PackLayout<T, L, Dims>& lay, const T* W, std::int64_t b0,
+                     std::int64_t batch, T* const* factors) {
+  for (int j = 1; j <= lay.depth; ++j) {
+    const int size = lay.factor_size(j);
+    const T* src = W + lay.factor_offset(j);
+    for (int l = 0; l < L && b0 + l < batch; ++l) {
+      T* dst = factors[j - 1] + (b0 + l) * size;
+      for (int e = 0; e < size; ++e) dst[e] = src[e * L + l];
+    }
+  }
+}
+
+template <class T, int L>
+void gather_problem(const DmfProblem<T>& pb, int mn, std::int64_t b0, std::int64_t batch,
+                    T* target, T* mask, T* A, T* y) {
+  for (int l = 0; l < L; ++l) {
+    const std::int64_t b = lane_problem(b0, l, batch);
+    if (!pb.sensing) {
+      const T* t = pb.target + b * pb.target_stride;
+      const std::uint8_t* mk = pb.mask + b * pb.mask_stride;
+      for (int e = 0; e < mn; ++e) {
+        target[e * L + l] = t[e];
+        mask[e * L + l] = mk[e] ? T(1) : T(0);
+      }
+    } else {
+      const T* a = pb.A + b * pb.A_stride;
+      const T* yy = pb.y + b * pb.y_stride;
+      for (int k = 0; k < pb.K; ++k) {
+        y[k * L + l] = yy[k];
+        for (int e = 0; e < mn; ++e) A[(std::int64_t(k) * mn + e) * L + l] = a[std::int64_t(k) * mn + e];
+      }
+    }
+  }
+}
+
+template <class T, int L, class Dims>
+void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb,
+               const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol,
+               std::int64_t step0, std::int8_t* status, std::int64_t* frozen_at) {
+  const PackLayout<T, L, Dims> lay{dims, shape.depth};
+  const std::int64_t batch = shape.batch;
+  const std::int64_t npacks = (batch + L - 1) / L;
+  const int mn = lay.d[lay.depth] * lay.d[0];
+#pragma omp parallel
+  {
+    Workspace<T, L, Dims> ws(lay, pb);
+    const PackProblem<T> ppb = ws.problem(pb);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t pack = 0; pack < npacks; ++pack) {
+      const std::int64_t b0 = pack * L;
+      std::int8_t st[L];
+      std::int64_t fz[L];
+      T lrp[L];
+      bool any_running = false;
+      for (int l = 0; l < L; ++l) {
+        const std::int64_t b = lane_problem(b0, l, batch);
+        st[l] = b0 + l < batch ? status[b] : kPadding;
+        fz[l] = b0 + l < batch ? frozen_at[b] : 0;
+        lrp[l] = lr[b * lr_stride];
+        any_running |= st[l] == kRunning;
+      }
+      if (!any_running) continue;
+      T* W = ws.W.data();
+      T* Wn = ws.Wn.data();
+      gather_factors<T, L>(lay, factors, b0, batch, W);
+      gather_problem<T, L>(pb, mn, b0, batch, ws.target.data(), ws.mask.data(), ws.A.data(),
+                           ws.y.data());
+      for (std::int64_t it = 0; it <= steps; ++it) {
+        const T* E = kernels::pack_forward<T, L>(lay, W, ws.P.data());
+        T loss[L];
+        kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
+        int running = 0;
+        for (int l = 0; l < L; ++l) {
+          if (st[l] != kRunning) continue;
+          if (!std::isfinite(loss[l])) {
+            st[l] = kDiverged;
+            fz[l] = step0 + it;
+          } else if (loss[l] < tol) {
+            st[l] = kConverged;
+            fz[l] = step0 + it;
+          } else {
+            ++running;
+          }
+        }
+        if (running == 0 || it == steps) break;
+        T fin[L] = {};
+        kernels::pack_backward<T, L>(lay, W, Wn, ws.P.data(), ws.G.data(), ws.H.data(),
+                                     ws.H2.data(), lrp, fin);
+        // Keep the new iterate only in lanes that are running and stayed finite.
+        bool keep_all = running == L;
+        for (int l = 0; l < L; ++l) {
+          if (st[l] == kRunning && fin[l] != T(0)) {
+            st[l] = kDiverged;
+            fz[l] = step0 + it;
+            keep_all = false;
+          }
+        }
+        if (!keep_all) {
+          bool keep[L];
+          for (int l = 0; l < L; ++l) keep[l] = st[l] == kRunning;
+          const std::int64_t size = lay.factors_size() / L;
+          for (std::int64_t e = 0; e < size; ++e)
+            for (int l = 0; l < L; ++l) Wn[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
+        }
+        std::swap(W, Wn);
+      }
+      scatter_factors<T, L>(lay, W, b0, batch, factors);
+      for (int l = 0; l < L && b0 + l < batch; ++l) {
+        status[b0 + l] = st[l];
+        frozen_at[b0 + l] = fz[l];
+      }
+    }
+  }
+}
+
+template <class T, int L, class Dims>
+void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape,
+               const DmfProblem<T>& pb, T* loss_out, T* product) {
+  const PackLayout<T, L, Dims> lay{dims, shape.depth};
+  const std::int64_t batch = shape.batch;
+  const std::int64_t npacks = (batch + L - 1) / L;
+  const int mn = lay.d[lay.depth] * lay.d[0];
+#pragma omp parallel
+  {
+    Workspace<T, L, Dims> ws(lay, pb);
+    const PackProblem<T> ppb = ws.problem(pb);
+#pragma omp for schedule(static)
+    for (std::int64_t pack = 0; pack < npacks; ++pack) {
+      const std::int64_t b0 = pack * L;
+      gather_factors<T, L>(lay, factors, b0, batch, ws.W.data());
+      gather_problem<T, L>(pb, mn, b0, batch, ws.target.data(), ws.mask.data(), ws.A.data(),
+                           ws.y.data());
+      const T* E = kernels::pack_forward<T, L>(lay, ws.W.data(), ws.P.data());
+      T loss[L];
+      kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
+      for (int l = 0; l < L && b0 + l < batch; ++l) {
+        loss_out[b0 + l] = loss[l];
+        T* dst = product + (b0 + l) * mn;
+        for (int e = 0; e < mn; ++e) dst[e] = E[e * L + l];
+      }
+    }
+  }
+}
+
+// Square problems with every width equal and small run on compile-time sizes; all others on
+// the runtime-size instance of the same code.
+template <class F>
+void dispatch_dims(const DmfShape& shape, F&& f) {
+  bool square = true;
+  for (int j = 1; j <= shape.depth; ++j) square &= shape.dims[j] == shape.dims[0];
+  if (square) {
+    switch (shape.dims[0]) {
+      case 1: return f(StaticDims<1>{});
+      case 2: return f(StaticDims<2>{});
+      case 3: return f(StaticDims<3>{});
+      case 4: return f(StaticDims<4>{});
+      case 5: return f(StaticDims<5>{});
+      case 6: return f(StaticDims<6>{});
+      case 7: return f(StaticDims<7>{});
+      case 8: return f(StaticDims<8>{});
+      default: break;
+    }
+  }
+  return f(RuntimeDims{shape.dims});
+}
+
+}  // namespace
+
+namespace cpu {
+
+template <class T>
+void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
+              const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol,
+              std::int64_t step0, std::int8_t* status, std::int64_t* frozen_at) {
+  if (shape.batch == 0) return;
+  dispatch_dims(shape, [&](auto dims) {
+    step_impl<T, lanes<T>()>(dims, factors, shape, problem, lr, lr_stride, steps, tol, step0,
+                             status, frozen_at);
+  });
+}
+
+template <class T>
+void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
+              T* loss, T* product) {
+  if (shape.batch == 0) return;
+  dispatch_dims(shape, [&](auto dims) {
+    loss_impl<T, lanes<T>()>(dims, factors, shape, problem, loss, product);
+  });
+}
+
+template void dmf_step<float>(float* const*, const DmfShape&, const DmfProblem<float>&,
+                              const float*, std::int64_t, std::int64_t, float, std::int64_t,
+                              std::int8_t*, std::int64_t*);
+template void dmf_step<double>(double* const*, const DmfShape&, const DmfProblem<double>&,
+                               const double*, std::int64_t, std::int64_t, double, std::int64_t,
+                               std::int8_t*, std::int64_t*);
+template void dmf_loss<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
+                              float*, float*);
+template void dmf_loss<double>(const double* const*, const DmfShape&,
+                               const DmfProblem<double>&, double*, double*);
+
+}  // namespace cpu
+
+int simd_lanes_f64() {
+#if defined(__AVX512F__)
+  return 8;
+#elif defined(__AVX__)
+  return 4;
+#elif defined(__SSE2__) || defined(__ARM_NEON)
+  return 2;
+#else
+  return 1;
+#endif
+}
+
+bool openmp_enabled() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace implicitreg

@@ -1,0 +1,203 @@
+// Fused gradient-descent step of a deep matrix factorization E = W_N ... W_1 on a *pack* of
+// L problems at once.
+//
+// Layout: every matrix of a pack is stored [rows][cols][L], the lane (problem) index
+// innermost, so each scalar operation of the math below is one SIMD operation over L
+// different problems. Lanes never mix: a problem's arithmetic is the same whichever lane,
+// pack or batch size it lands in.
+//
+// Math (paper notation, loss l(E), G = dl/dE):
+//   forward   P_1 = W_1,  P_j = W_j P_{j-1},  E = P_N
+//   residual  completion: G = mask * (E - target);  sensing: r_k = <A_k, E> - y_k, G = sum r_k A_k
+//   backward  H_N = G,  dW_j = H_j P_{j-1}^T (dW_1 = H_1),  H_{j-1} = W_j^T H_j
+// All gradients come from the same iterate; new factors go to a second buffer, so a
+// non-finite update can be refused and the last finite iterate kept.
+//
+// `Dims` is either StaticDims<D> (every d_j = D, known at compile time, so the loops unroll
+// and a small problem lives in registers) or RuntimeDims.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/hd.h"
+
+namespace implicitreg {
+namespace kernels {
+
+template <int D>
+struct StaticDims {
+  IR_HD constexpr int operator[](int) const { return D; }
+};
+
+struct RuntimeDims {
+  const int* d;
+  IR_HD int operator[](int j) const { return d[j]; }
+};
+
+// C (M x N) = A (M x K) * B (K x N)
+template <class T, int L>
+IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
+                       int K, int N) {
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      T acc[L];
+      for (int l = 0; l < L; ++l) acc[l] = A[(i * K) * L + l] * B[j * L + l];
+      for (int k = 1; k < K; ++k)
+        for (int l = 0; l < L; ++l) acc[l] += A[(i * K + k) * L + l] * B[(k * N + j) * L + l];
+      for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
+    }
+}
+
+// C (M x N) = A^T B with A (K x M), B (K x N)
+template <class T, int L>
+IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
+                          int K, int N) {
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      T acc[L];
+      for (int l = 0; l < L; ++l) acc[l] = A[i * L + l] * B[j * L + l];
+      for (int k = 1; k < K; ++k)
+        for (int l = 0; l < L; ++l) acc[l] += A[(k * M + i) * L + l] * B[(k * N + j) * L + l];
+      for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
+    }
+}
+
+// Wn (M x N) = W - lr * (H P^T) with H (M x K), P (N x K); fin accumulates Wn * 0, which is
+// NaN in a lane as soon as one of its new entries is not finite.
+template <class T, int L>
+IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
+                              const T* __restrict P, const T* __restrict lr, T* __restrict fin,
+                              int M, int K, int N) {
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      T acc[L];
+      for (int l = 0; l < L; ++l) acc[l] = H[(i * K) * L + l] * P[(j * K) * L + l];
+      for (int k = 1; k < K; ++k)
+        for (int l = 0; l < L; ++l) acc[l] += H[(i * K + k) * L + l] * P[(j * K + k) * L + l];
+      for (int l = 0; l < L; ++l) {
+        const T w = W[(i * N + j) * L + l] - lr[l] * acc[l];
+        Wn[(i * N + j) * L + l] = w;
+        fin[l] += w * T(0);
+      }
+    }
+}
+
+// Wn = W - lr * H (the first factor, whose right cofactor P_0 is the identity)
+template <class T, int L>
+IR_INLINE void pack_update_id(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
+                              const T* __restrict lr, T* __restrict fin, int size) {
+  for (int e = 0; e < size; ++e)
+    for (int l = 0; l < L; ++l) {
+      const T w = W[e * L + l] - lr[l] * H[e * L + l];
+      Wn[e * L + l] = w;
+      fin[l] += w * T(0);
+    }
+}
+
+// Buffers of one pack. Offsets are derived from the dims, so with StaticDims they are
+// compile-time multiples of the layer index.
+template <class T, int L, class Dims>
+struct PackLayout {
+  Dims d;
+  int depth;
+  IR_HD int factor_size(int j) const { return d[j] * d[j - 1]; }
+  IR_HD int max_rows() const {
+    int r = d[1];
+    for (int j = 2; j <= depth; ++j) r = d[j] > r ? d[j] : r;
+    return r;
+  }
+  IR_HD std::int64_t factors_size() const {
+    std::int64_t s = 0;
+    for (int j = 1; j <= depth; ++j) s += factor_size(j);
+    return s * L;
+  }
+  IR_HD std::int64_t factor_offset(int j) const {  // j = 1..depth
+    std::int64_t s = 0;
+    for (int k = 1; k < j; ++k) s += factor_size(k);
+    return s * L;
+  }
+  // prefix products P_2..P_N, each (d_j x n); P_1 aliases W_1
+  IR_HD std::int64_t prefix_offset(int j) const {
+    std::int64_t s = 0;
+    for (int k = 2; k < j; ++k) s += std::int64_t(d[k]) * d[0];
+    return s * L;
+  }
+  IR_HD std::int64_t prefix_size() const { return prefix_offset(depth + 1); }
+};
+
+// Forward pass: fills the prefix products; returns a pointer to E (m x n).
+template <class T, int L, class Dims>
+IR_INLINE const T* pack_forward(const PackLayout<T, L, Dims>& lay, const T* W, T* P) {
+  const auto& d = lay.d;
+  const T* prev = W;  // P_1 = W_1
+  for (int j = 2; j <= lay.depth; ++j) {
+    T* cur = P + lay.prefix_offset(j);
+    pack_mm<T, L>(cur, W + lay.factor_offset(j), prev, d[j], d[j - 1], d[0]);
+    prev = cur;
+  }
+  return prev;
+}
+
+// Problem data of a pack, gathered once per call.
+template <class T>
+struct PackProblem {
+  bool sensing;
+  const T* target;     // (m n) x L      completion
+  const T* mask;       // (m n) x L, 0/1 completion
+  const T* A;          // K x (m n) x L  sensing
+  const T* y;          // K x L          sensing
+  int K;
+};
+
+// Residual G and loss of E for every lane.
+template <class T, int L>
+IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict E, T* __restrict G,
+                             T* __restrict loss, int mn) {
+  for (int l = 0; l < L; ++l) loss[l] = T(0);
+  if (!pb.sensing) {
+    for (int e = 0; e < mn; ++e)
+      for (int l = 0; l < L; ++l) {
+        const T r = pb.mask[e * L + l] != T(0) ? E[e * L + l] - pb.target[e * L + l] : T(0);
+        G[e * L + l] = r;
+        loss[l] += r * r;
+      }
+  } else {
+    for (int e = 0; e < mn; ++e)
+      for (int l = 0; l < L; ++l) G[e * L + l] = T(0);
+    for (int k = 0; k < pb.K; ++k) {
+      const T* Ak = pb.A + std::int64_t(k) * mn * L;
+      T r[L];
+      for (int l = 0; l < L; ++l) r[l] = -pb.y[k * L + l];
+      for (int e = 0; e < mn; ++e)
+        for (int l = 0; l < L; ++l) r[l] += Ak[e * L + l] * E[e * L + l];
+      for (int e = 0; e < mn; ++e)
+        for (int l = 0; l < L; ++l) G[e * L + l] += r[l] * Ak[e * L + l];
+      for (int l = 0; l < L; ++l) loss[l] += r[l] * r[l];
+    }
+  }
+  for (int l = 0; l < L; ++l) loss[l] *= T(0.5);
+}
+
+// Backward pass and update of every factor into Wn. H and H2 hold max_rows x n each.
+template <class T, int L, class Dims>
+IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W, T* Wn, const T* P,
+                             const T* G, T* H, T* H2, const T* lr, T* fin) {
+  const auto& d = lay.d;
+  const T* Hj = G;
+  for (int j = lay.depth; j >= 1; --j) {
+    const T* Wj = W + lay.factor_offset(j);
+    T* Wnj = Wn + lay.factor_offset(j);
+    if (j == 1) {
+      pack_update_id<T, L>(Wnj, Wj, Hj, lr, fin, d[1] * d[0]);
+    } else {
+      const T* Pprev = j == 2 ? W : P + lay.prefix_offset(j - 1);
+      pack_update_nt<T, L>(Wnj, Wj, Hj, Pprev, lr, fin, d[j], d[0], d[j - 1]);
+      T* Hn = (Hj == H) ? H2 : H;
+      pack_mm_tn<T, L>(Hn, Wj, Hj, d[j - 1], d[j], d[0]);
+      Hj = Hn;
+    }
+  }
+}
+
+}  // namespace kernels
+}  // namespace implicitreg

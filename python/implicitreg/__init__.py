@@ -1,0 +1,30 @@
+"""implicitreg: many small factorizations trained by gradient descent at once.
+
+Deep matrix factorizations E = W_N ... W_1 (linear neural networks) on batches of matrix
+completion and sensing problems, with a fused C++ core and a pure-NumPy reference backend,
+built to reproduce and extend Razin & Cohen, "Implicit Regularization in Deep Learning May
+Not Be Explainable by Norms" (NeurIPS 2020).
+"""
+
+from __future__ import annotations
+
+from . import problems
+from ._backend import backends, build_info
+from .models import DeepFactorization, Trajectory, every, geometric, load
+from .problems import completion, sensing
+
+__version__: str = build_info()["version"]  # type: ignore[assignment]
+
+__all__ = [
+    "DeepFactorization",
+    "Trajectory",
+    "__version__",
+    "backends",
+    "build_info",
+    "completion",
+    "every",
+    "geometric",
+    "load",
+    "problems",
+    "sensing",
+]

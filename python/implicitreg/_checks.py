@@ -1,0 +1,82 @@
+"""Input validation shared by every public entry point: each check names the argument, what
+was expected and what arrived, and runs before any work is done."""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def real_array(x, name: str) -> np.ndarray:
+    """x as a NumPy array of real numbers (bool and complex refused)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: expected a host (NumPy) array, got a device array "
+                        f"({type(x).__name__}); the cuda backend is not available in this version")
+    a = np.asarray(x)
+    if a.dtype == np.bool_ or a.dtype.kind not in "iuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a
+
+
+def finite(a: np.ndarray, name: str) -> None:
+    if a.size and not np.isfinite(a).all():
+        raise ValueError(f"{name}: expected finite values, got {int((~np.isfinite(a)).sum())} "
+                         "NaN or infinite entries")
+
+
+def ndim_in(a: np.ndarray, name: str, ndims: tuple[int, ...], what: str) -> None:
+    if a.ndim not in ndims:
+        raise ValueError(f"{name}: expected shape {what}, got shape {a.shape}")
+
+
+def integer(x, name: str, minimum: int | None = None) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        if isinstance(x, float) and x.is_integer():
+            x = int(x)
+        else:
+            raise TypeError(f"{name}: expected an integer, got {type(x).__name__} {x!r}")
+    x = operator.index(x)
+    if minimum is not None and x < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {x}")
+    return x
+
+
+def positive(x, name: str) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__} {x!r}")
+    if not (np.isfinite(x) and x > 0):
+        raise ValueError(f"{name}: expected a finite number > 0, got {x}")
+    return float(x)
+
+
+def choice(x, name: str, options: tuple) -> object:
+    if x not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {x!r}")
+    return x
+
+
+def float_dtype(x, name: str) -> np.dtype:
+    try:
+        dt = np.dtype(x)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {x!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected 'float32' or 'float64', got {dt}")
+    return dt
+
+
+def batch_size(sizes: dict[str, int], batch: int | None) -> int:
+    """The common batch size of arrays whose leading sizes are given; 1 broadcasts."""
+    if batch is not None:
+        batch = integer(batch, "batch", minimum=0)
+    target = batch if batch is not None else max([s for s in sizes.values()] + [1])
+    for name, s in sizes.items():
+        if s not in (1, target):
+            others = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+            raise ValueError(f"{name}: batch size {s} does not match the batch of {target} "
+                             f"(expected 1 or {target}; got {others})")
+    return target

@@ -1,0 +1,264 @@
+"""DeepFactorization: a batch of deep matrix factorizations E = W_N ... W_1, their state, the
+fused gradient-descent step and the fit() loop that logs metrics between chunks of steps."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from . import ops
+from ._backend import backends
+from ._checks import choice, finite, float_dtype, integer, real_array
+from .init import det_float64, init_factors, layer_dims
+from .problems import Completion, Sensing
+from .trajectory import STATUS_NAMES, Trajectory, every, geometric, load, schedule
+
+__all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
+
+_ENTRY = re.compile(r"^entry:(\d+),(\d+)$")
+METRICS = ("loss", "entry:i,j", "det")
+
+
+def _check_backend(backend: str) -> str:
+    choice(backend, "backend", ops.BACKENDS)
+    info = backends()[backend]
+    if not info["available"]:
+        raise RuntimeError(f"backend {backend!r} is not available here: {info['reason']}")
+    return backend
+
+
+def _check_problem(problem):
+    if not isinstance(problem, (Completion, Sensing)):
+        raise TypeError("problem: expected implicitreg.completion(...) or implicitreg.sensing(...), "
+                        f"got {type(problem).__name__}")
+    return problem
+
+
+class DeepFactorization:
+    """B deep matrix factorizations of one shape, trained together.
+
+    factors: [W_1, ..., W_N], W_j of shape (B, d_j, d_{j-1}), d_0 = n, d_N = m, all float32 or
+    all float64 (2-d factors are shared by every problem). The arrays are copied: the model
+    owns its state and updates it in place.
+    """
+
+    def __init__(self, problem, factors, backend: str = "cpu", dtype=None):
+        problem = _check_problem(problem)
+        backend = _check_backend(backend)
+        if not isinstance(factors, (list, tuple)) or len(factors) == 0:
+            raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
+                            f"got {type(factors).__name__}")
+        arrays = [real_array(W, f"factors[{j}]") for j, W in enumerate(factors)]
+        if dtype is None:
+            kinds = {a.dtype for a in arrays}
+            if len(kinds) > 1:
+                raise TypeError(f"factors: expected one dtype for every factor, got "
+                                f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
+            dtype = arrays[0].dtype
+        dtype = float_dtype(dtype, "dtype")
+        B, (m, n) = problem.batch, problem.shape
+        prev = n
+        for j, a in enumerate(arrays):
+            if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != B):
+                raise ValueError(f"factors[{j}]: expected shape ({B}, d_{j + 1}, d_{j}) or "
+                                 f"(d_{j + 1}, d_{j}) for a batch of {B}, got {a.shape}")
+            if a.shape[-1] != prev:
+                raise ValueError(f"factors[{j}]: expected {prev} columns to chain with "
+                                 f"{'the problem' if j == 0 else f'factors[{j - 1}]'}, "
+                                 f"got shape {a.shape}")
+            prev = a.shape[-2]
+            finite(a, f"factors[{j}]")
+        if prev != m:
+            raise ValueError(f"factors[{len(arrays) - 1}]: expected {m} rows (the problem is "
+                             f"{m} x {n}), got shape {arrays[-1].shape}")
+        self.problem = problem
+        self.backend = backend
+        self._factors = [np.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
+                                  order="C") for a in arrays]
+        self._status = np.zeros(B, dtype=np.int8)
+        self._frozen_at = np.full(B, -1, dtype=np.int64)
+        self.steps_done = 0
+
+    @classmethod
+    def init(cls, problem, depth: int = 3, widths=None, init: str = "normal",
+             scale: float = 1e-3, scale_by: str = "factor", det=None, seed: int = 0,
+             dtype="float64", backend: str = "cpu") -> DeepFactorization:
+        """Draw starting factors (see implicitreg.init); problem b's start depends only on
+        (seed, b)."""
+        problem = _check_problem(problem)
+        dtype = float_dtype(dtype, "dtype")
+        _check_backend(backend)
+        factors = init_factors(problem.shape, problem.batch, depth, widths, init, scale,
+                               scale_by, det, seed)
+        return cls(problem, factors, backend=backend, dtype=dtype)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def factors(self) -> list[np.ndarray]:
+        """[W_1, ..., W_N], each (B, d_j, d_{j-1}); views of the live state."""
+        return list(self._factors)
+
+    @property
+    def batch(self) -> int:
+        return self._factors[0].shape[0]
+
+    @property
+    def depth(self) -> int:
+        return len(self._factors)
+
+    @property
+    def dims(self) -> list[int]:
+        return [self._factors[0].shape[2]] + [W.shape[1] for W in self._factors]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._factors[0].dtype
+
+    @property
+    def status(self) -> np.ndarray:
+        """(B,) "max_steps" (still running) | "converged" | "diverged"."""
+        return np.asarray(STATUS_NAMES, dtype=str)[self._status]
+
+    @property
+    def frozen_at(self) -> np.ndarray:
+        """(B,) step at which each problem was frozen, -1 while it runs."""
+        return self._frozen_at.copy()
+
+    def product(self) -> np.ndarray:
+        """(B, m, n) end-to-end matrices W_N ... W_1."""
+        return ops.dmf_loss(self._factors, self.problem, self.backend)[1]
+
+    def loss(self) -> np.ndarray:
+        """(B,) 1/2 * sum of squared residuals."""
+        return ops.dmf_loss(self._factors, self.problem, self.backend)[0]
+
+    def det(self) -> np.ndarray:
+        """(B,) det(E) in float64 (square problems)."""
+        m, n = self.problem.shape
+        if m != n:
+            raise ValueError(f"det: needs a square problem, got shape ({m}, {n})")
+        return det_float64(self._factors)
+
+    # ------------------------------------------------------------------ training
+
+    def _lr(self, lr) -> np.ndarray:
+        a = real_array(lr, "lr")
+        if a.ndim == 0:
+            a = a.reshape(1)
+        if a.ndim != 1 or a.shape[0] not in (1, self.batch):
+            raise ValueError(f"lr: expected a number or shape ({self.batch},), got {a.shape}")
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError("lr: expected finite learning rates > 0")
+        return np.ascontiguousarray(a, dtype=self.dtype)
+
+    @staticmethod
+    def _tol(tol) -> float:
+        if tol is None:
+            return -np.inf
+        t = float(real_array(tol, "tol"))
+        if not t > 0:
+            raise ValueError(f"tol: expected a number > 0 or None, got {tol}")
+        return t
+
+    def step(self, lr, steps: int = 1, tol=None) -> DeepFactorization:
+        """`steps` simultaneous gradient-descent updates, in place, with no Python between
+        steps. lr: a number or (B,). A problem whose loss is below tol, or that goes
+        non-finite, is frozen (status converged / diverged, at its last finite iterate); the
+        others go on exactly as if alone."""
+        lr_arr = self._lr(lr)
+        steps = integer(steps, "steps", minimum=0)
+        tol_v = self._tol(tol)
+        ops.dmf_step(self._factors, self.problem, lr_arr, steps, tol_v, self.steps_done,
+                     self._status, self._frozen_at, self.backend)
+        self.steps_done += steps
+        return self
+
+    def _check_metrics(self, metrics) -> list[str]:
+        if isinstance(metrics, str):
+            metrics = (metrics,)
+        names = list(dict.fromkeys(metrics))
+        m, n = self.problem.shape
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"metrics: expected metric names, got {name!r}")
+            e = _ENTRY.match(name)
+            if e:
+                i, j = int(e.group(1)), int(e.group(2))
+                if i >= m or j >= n:
+                    raise ValueError(f"metrics: {name!r} is outside the {m} x {n} matrix")
+            elif name == "det":
+                if m != n:
+                    raise ValueError(f"metrics: 'det' needs a square problem, got ({m}, {n})")
+            elif name != "loss":
+                raise ValueError(f"metrics: unknown metric {name!r}; known: {', '.join(METRICS)}")
+        return names
+
+    def _measure(self, names: list[str]) -> dict[str, np.ndarray]:
+        loss, E = ops.dmf_loss(self._factors, self.problem, self.backend)
+        out = {}
+        for name in names:
+            if name == "loss":
+                out[name] = loss.astype(np.float64)
+            elif name == "det":
+                out[name] = self.det()
+            else:
+                i, j = map(int, _ENTRY.match(name).groups())
+                out[name] = E[:, i, j].astype(np.float64)
+        return out
+
+    def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",),
+            progress: bool = True) -> Trajectory:
+        """Train for up to max_steps more steps, in chunks between log points, and return the
+        logged Trajectory. Stops early when every problem is frozen.
+
+        log: implicitreg.every(k) or implicitreg.geometric(n) (default: about 1000 rows).
+        metrics: "loss", "entry:i,j", "det" (float64, from the factors).
+        """
+        lr_arr = self._lr(lr)
+        max_steps = integer(max_steps, "max_steps", minimum=0)
+        tol_v = self._tol(tol)
+        names = self._check_metrics(metrics)
+        points = schedule(log, max_steps).points(max_steps)
+        start = self.steps_done
+        bar = _progress(progress, max_steps)
+        rows, data = [], {k: [] for k in names}
+
+        def record():
+            rows.append(self.steps_done)
+            for k, v in self._measure(names).items():
+                data[k].append(v)
+
+        try:
+            for p in points:
+                self.step(lr_arr, int(start + p - self.steps_done), tol)
+                if bar is not None:
+                    bar.update(int(p) - bar.n)
+                record()
+                if (self._status != 0).all():
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        meta = {"lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
+                "max_steps": max_steps, "tol": None if tol is None else tol_v,
+                "log": repr(schedule(log, max_steps)), "backend": self.backend,
+                "dtype": str(self.dtype), "dims": self.dims, "problem": repr(self.problem)}
+        return Trajectory(rows, {k: np.stack(v) for k, v in data.items()}, self.status,
+                          self._frozen_at, meta)
+
+    def __repr__(self) -> str:
+        return (f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
+                f"backend={self.backend!r}, steps_done={self.steps_done})")
+
+
+def _progress(progress: bool, total: int):
+    """A tqdm bar when asked for and tqdm is installed (extra 'progress'), else None."""
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="step", leave=False)

@@ -1,0 +1,250 @@
+"""What is learned: batches of matrix completion and matrix sensing problems.
+
+A problem batch holds B problems of one shape (m, n). Arrays are stored with a leading batch
+axis of size B, or of size 1 when one problem is shared by the whole batch (the kernels read
+it with batch stride 0, so a million seeds of the 2x2 problem cost no memory).
+
+Loss, for both kinds: 1/2 * sum of squared residuals per problem (PAPER.md §1.3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _rng
+from ._checks import batch_size, finite, integer, ndim_in, positive, real_array
+
+__all__ = [
+    "Completion",
+    "Sensing",
+    "completion",
+    "paper_2x2",
+    "paper_family",
+    "perturbed_2x2",
+    "random_low_rank_completion",
+    "random_sensing",
+    "sensing",
+]
+
+
+class Completion:
+    """Matrix completion: observe entries (i, j) where masks[b, i, j] is True.
+
+    targets: (Bt, m, n) float64, masks: (Bm, m, n) bool, Bt and Bm each 1 or `batch`.
+    truth: the full ground-truth matrices (B|1, m, n) when known (random problems), else None.
+    """
+
+    kind = "completion"
+
+    def __init__(self, targets: np.ndarray, masks: np.ndarray, batch: int, truth=None):
+        self.targets = targets
+        self.masks = masks
+        self.batch = batch
+        self.truth = truth
+        self._cache: dict[np.dtype, dict[str, np.ndarray | None]] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.targets.shape[1], self.targets.shape[2]
+
+    @property
+    def n_observed(self) -> np.ndarray:
+        """(B,) number of observed entries of each problem."""
+        return np.broadcast_to(self.masks.sum(axis=(1, 2)), (self.batch,))
+
+    def arrays(self, dtype) -> dict[str, np.ndarray | None]:
+        """Kernel inputs in `dtype`, C-contiguous, converted once and cached."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._cache:
+            self._cache[dtype] = {
+                "target": np.ascontiguousarray(self.targets, dtype=dtype),
+                "mask": np.ascontiguousarray(self.masks),
+                "A": None,
+                "y": None,
+            }
+        return self._cache[dtype]
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return f"Completion(batch={self.batch}, shape=({m}, {n}))"
+
+
+class Sensing:
+    """Matrix sensing: y_k = <A_k, W*>, A: (Ba, K, m, n), y: (By, K), Ba and By 1 or `batch`."""
+
+    kind = "sensing"
+
+    def __init__(self, A: np.ndarray, y: np.ndarray, batch: int, truth=None):
+        self.A = A
+        self.y = y
+        self.batch = batch
+        self.truth = truth
+        self._cache: dict[np.dtype, dict[str, np.ndarray | None]] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.A.shape[2], self.A.shape[3]
+
+    def arrays(self, dtype) -> dict[str, np.ndarray | None]:
+        dtype = np.dtype(dtype)
+        if dtype not in self._cache:
+            self._cache[dtype] = {
+                "target": None,
+                "mask": None,
+                "A": np.ascontiguousarray(self.A, dtype=dtype),
+                "y": np.ascontiguousarray(self.y, dtype=dtype),
+            }
+        return self._cache[dtype]
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        return f"Sensing(batch={self.batch}, shape=({m}, {n}), measurements={self.A.shape[1]})"
+
+
+Problem = Completion | Sensing
+
+
+def completion(targets, masks, batch: int | None = None, truth=None) -> Completion:
+    """A batch of completion problems.
+
+    targets: (m, n) or (B, m, n) real; masks: (m, n) or (B, m, n) bool, True where observed.
+    A leading size of 1 (or a 2-d array) is shared by the whole batch; `batch` sets B
+    explicitly when every input is shared. Values at unobserved entries are ignored but must
+    be finite.
+    """
+    t = real_array(targets, "targets")
+    ndim_in(t, "targets", (2, 3), "(m, n) or (B, m, n)")
+    mk = np.asarray(masks)
+    if mk.dtype != np.bool_:
+        raise TypeError(f"masks: expected a boolean array, got dtype {mk.dtype}")
+    ndim_in(mk, "masks", (2, 3), "(m, n) or (B, m, n)")
+    t = t.reshape((1,) * (3 - t.ndim) + t.shape)
+    mk = mk.reshape((1,) * (3 - mk.ndim) + mk.shape)
+    if t.shape[1:] != mk.shape[1:]:
+        raise ValueError(f"masks: expected matrices of shape {t.shape[1:]} like targets, "
+                         f"got {mk.shape[1:]}")
+    if min(t.shape[1:]) < 1:
+        raise ValueError(f"targets: expected non-empty matrices, got shape {t.shape[1:]}")
+    finite(t, "targets")
+    B = batch_size({"targets": t.shape[0], "masks": mk.shape[0]}, batch)
+    if truth is not None:
+        truth = np.asarray(truth, dtype=np.float64)
+    return Completion(t.astype(np.float64), mk.copy(), B, truth)
+
+
+def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
+    """A batch of sensing problems y_k = <A_k, W>.
+
+    A: (K, m, n) or (B, K, m, n) real; y: (K,) or (B, K) real.
+    """
+    a = real_array(A, "A")
+    ndim_in(a, "A", (3, 4), "(K, m, n) or (B, K, m, n)")
+    yy = real_array(y, "y")
+    ndim_in(yy, "y", (1, 2), "(K,) or (B, K)")
+    a = a.reshape((1,) * (4 - a.ndim) + a.shape)
+    yy = yy.reshape((1,) * (2 - yy.ndim) + yy.shape)
+    if a.shape[1] != yy.shape[1]:
+        raise ValueError(f"y: expected {a.shape[1]} measurements (one per A_k), got {yy.shape[1]}")
+    if a.shape[1] < 1 or min(a.shape[2:]) < 1:
+        raise ValueError(f"A: expected at least one non-empty measurement matrix, got shape {a.shape}")
+    finite(a, "A")
+    finite(yy, "y")
+    B = batch_size({"A": a.shape[0], "y": yy.shape[0]}, batch)
+    if truth is not None:
+        truth = np.asarray(truth, dtype=np.float64)
+    return Sensing(a.astype(np.float64), yy.astype(np.float64), B, truth)
+
+
+# ---------------------------------------------------------------------------- builders
+
+
+def paper_2x2(batch: int = 1) -> Completion:
+    """The canonical problem of PAPER.md §2.1: observed (0,1) = 1, (1,0) = 1, (1,1) = 0;
+    (0,0) unobserved. Every solution [[x, 1], [1, 0]] has det = -1."""
+    return completion([[0.0, 1.0], [1.0, 0.0]], [[False, True], [True, True]], batch=batch)
+
+
+def perturbed_2x2(b12=-2.0, b21=0.5, eps=0.0, batch: int | None = None) -> Completion:
+    """Observed (0,1) = b12, (1,0) = b21, (1,1) = eps (PAPER.md §2.5).
+
+    Each of b12, b21, eps is a number or a 1-d array of per-problem values (broadcast
+    together), so one batch can sweep eps. Solutions have det = eps*x - b12*b21.
+    """
+    vals = [real_array(v, name).astype(np.float64) for v, name in
+            ((b12, "b12"), (b21, "b21"), (eps, "eps"))]
+    for v, name in zip(vals, ("b12", "b21", "eps")):
+        ndim_in(v, name, (0, 1), "a number or (B,)")
+        finite(v, name)
+    B = batch_size({n: (v.shape[0] if v.ndim else 1) for v, n in
+                    zip(vals, ("b12", "b21", "eps"))}, batch)
+    lead = max(v.shape[0] if v.ndim else 1 for v in vals)
+    t = np.zeros((lead, 2, 2))
+    t[:, 0, 1], t[:, 1, 0], t[:, 1, 1] = (np.broadcast_to(v, (lead,)) for v in vals)
+    return completion(t, [[False, True], [True, True]], batch=B)
+
+
+def paper_family(d: int, batch: int = 1) -> Completion:
+    """The d x d generalization (PAPER.md §2.5): target blockdiag([[0,1],[1,0]], I_{d-2}),
+    every entry observed but (0,0); every solution has det = -1."""
+    d = integer(d, "d", minimum=2)
+    t = np.eye(d)
+    t[:2, :2] = [[0.0, 1.0], [1.0, 0.0]]
+    mk = np.ones((d, d), dtype=bool)
+    mk[0, 0] = False
+    return completion(t, mk, batch=batch)
+
+
+def _low_rank(g: np.random.Generator, m: int, n: int, rank: int) -> np.ndarray:
+    """W* = U V^T with standard normal U (m, r), V (n, r), scaled to Frobenius norm m
+    (the official generator's convention, PAPER.md §2.5)."""
+    W = g.standard_normal((m, rank)) @ g.standard_normal((n, rank)).T
+    return W * (m / np.linalg.norm(W))
+
+
+def _check_low_rank(m, n, rank, count, count_name, limit=None):
+    m = integer(m, "m", minimum=1)
+    n = integer(n, "n", minimum=1)
+    rank = integer(rank, "rank", minimum=1)
+    if rank > min(m, n):
+        raise ValueError(f"rank: expected at most min(m, n) = {min(m, n)}, got {rank}")
+    count = integer(count, count_name, minimum=1)
+    if limit is not None and count > limit(m, n):
+        raise ValueError(f"{count_name}: expected at most m*n = {limit(m, n)}, got {count}")
+    return m, n, rank, count
+
+
+def random_low_rank_completion(m: int, n: int, rank: int, n_obs: int, batch: int = 1,
+                               seed: int = 0) -> Completion:
+    """Completion of random rank-`rank` m x n matrices from `n_obs` entries chosen uniformly
+    without replacement, one target and one observation set per problem, drawn from the
+    problem's own stream (seed, b). Entries are indexed (i, j) = divmod(k, n), which is right
+    for non-square matrices too (the official generator divides by m)."""
+    m, n, rank, n_obs = _check_low_rank(m, n, rank, n_obs, "n_obs", lambda m, n: m * n)
+    batch = integer(batch, "batch", minimum=0)
+    seed = _rng.check_seed(seed)
+    targets = np.empty((batch, m, n))
+    masks = np.zeros((batch, m, n), dtype=bool)
+    for b in range(batch):
+        g = _rng.generator(seed, "problem", b)
+        targets[b] = _low_rank(g, m, n, rank)
+        rows, cols = np.divmod(g.choice(m * n, size=n_obs, replace=False), n)
+        masks[b, rows, cols] = True
+    return completion(targets, masks, batch=batch, truth=targets)
+
+
+def random_sensing(m: int, n: int, rank: int, n_meas: int, batch: int = 1, seed: int = 0,
+                   std: float = 1.0) -> Sensing:
+    """Sensing of random rank-`rank` m x n matrices with `n_meas` Gaussian measurement
+    matrices of i.i.d. N(0, std^2) entries, per problem from its own stream (seed, b)."""
+    m, n, rank, n_meas = _check_low_rank(m, n, rank, n_meas, "n_meas")
+    batch = integer(batch, "batch", minimum=0)
+    seed = _rng.check_seed(seed)
+    std = positive(std, "std")
+    A = np.empty((batch, n_meas, m, n))
+    truth = np.empty((batch, m, n))
+    for b in range(batch):
+        g = _rng.generator(seed, "problem", b)
+        truth[b] = _low_rank(g, m, n, rank)
+        A[b] = g.normal(0.0, std, size=(n_meas, m, n))
+    y = np.einsum("bkij,bij->bk", A, truth)
+    return sensing(A, y, batch=batch, truth=truth)

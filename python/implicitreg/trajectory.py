@@ -1,0 +1,151 @@
+"""What fit() records: when to log (every, geometric) and the Trajectory it returns."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ._checks import integer
+
+STATUS_NAMES = ("max_steps", "converged", "diverged")  # indexed by the kernels' status codes
+
+
+class every:
+    """Log every k steps (and at the first and last step)."""
+
+    def __init__(self, k: int):
+        self.k = integer(k, "every: k", minimum=1)
+
+    def points(self, max_steps: int) -> np.ndarray:
+        return np.unique(np.append(np.arange(0, max_steps + 1, self.k), max_steps))
+
+    def __repr__(self) -> str:
+        return f"every({self.k})"
+
+
+class geometric:
+    """Log at about n steps spaced geometrically between 1 and max_steps (and at step 0):
+    dense early, sparse late, as log-scale plots want."""
+
+    def __init__(self, n: int):
+        self.n = integer(n, "geometric: n", minimum=1)
+
+    def points(self, max_steps: int) -> np.ndarray:
+        if max_steps == 0:
+            return np.zeros(1, dtype=np.int64)
+        pts = np.geomspace(1, max_steps, self.n).round().astype(np.int64)
+        return np.unique(np.concatenate([[0], pts, [max_steps]]))
+
+    def __repr__(self) -> str:
+        return f"geometric({self.n})"
+
+
+def schedule(log, max_steps: int):
+    if log is None:
+        return every(max(1, max_steps // 1000))
+    if not isinstance(log, (every, geometric)):
+        raise TypeError(f"log: expected implicitreg.every(k) or implicitreg.geometric(n), "
+                        f"got {type(log).__name__}")
+    return log
+
+
+class Trajectory:
+    """Metrics logged during fit().
+
+    steps: (T,) step of each row; t[name]: (T, B, ...) values of a metric; status: (B,) of
+    "converged" | "diverged" | "max_steps"; frozen_at: (B,) step at which a problem was frozen
+    (-1 when it was not); meta: the configuration (JSON-serializable).
+    """
+
+    def __init__(self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None):
+        self.steps = np.asarray(steps, dtype=np.int64)
+        self.data = {k: np.asarray(v) for k, v in data.items()}
+        self.status = np.asarray(status, dtype=str)
+        self.frozen_at = np.asarray(frozen_at, dtype=np.int64)
+        self.meta = dict(meta or {})
+
+    @property
+    def batch(self) -> int:
+        return self.status.shape[0]
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.data)
+
+    @property
+    def steps_to_tol(self) -> np.ndarray:
+        """(B,) the step at which each problem reached the loss tolerance; NaN if it did not."""
+        return np.where(self.status == "converged", self.frozen_at, np.nan)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.data:
+            raise KeyError(f"no metric {name!r} was logged; logged: {', '.join(self.data)}")
+        return self.data[name]
+
+    def __repr__(self) -> str:
+        counts = {s: int((self.status == s).sum()) for s in STATUS_NAMES}
+        return (f"Trajectory(rows={self.steps.size}, batch={self.batch}, "
+                f"metrics={self.metrics}, status={counts})")
+
+    def first_below(self, metric: str, threshold: float) -> dict[str, np.ndarray]:
+        """Every logged metric at each problem's first logged row where `metric` < threshold.
+
+        Returns {name: (B, ...) values, "step": (B,)}; NaN (step -1) for a problem that never
+        went below. The paper's figures are read this way (PAPER.md §3.1).
+        """
+        x = self[metric]
+        if x.ndim != 2:
+            raise ValueError(f"metric: expected a scalar metric, {metric!r} has shape {x.shape[2:]}")
+        below = x < threshold
+        hit = below.any(axis=0)
+        row = np.argmax(below, axis=0)
+        cols = np.arange(self.batch)
+        out = {"step": np.where(hit, self.steps[row], -1)}
+        for name, v in self.data.items():
+            vals = v[row, cols].astype(np.float64)
+            out[name] = np.where(hit.reshape((-1,) + (1,) * (vals.ndim - 1)), vals, np.nan)
+        return out
+
+    def to_dataframe(self):
+        """Long table: one row per (step, problem), one column per scalar metric (vector
+        metrics spread over name:0, name:1, ...), plus status. Needs pandas."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("Trajectory.to_dataframe needs pandas: "
+                              "pip install 'implicitreg[pandas]'") from exc
+        T, B = self.steps.size, self.batch
+        cols = {"step": np.repeat(self.steps, B), "problem": np.tile(np.arange(B), T)}
+        for name, v in self.data.items():
+            flat = v.reshape(T * B, -1)
+            if flat.shape[1] == 1:
+                cols[name] = flat[:, 0]
+            else:
+                for i in range(flat.shape[1]):
+                    cols[f"{name}:{i}"] = flat[:, i]
+        cols["status"] = np.tile(self.status, T)
+        return pd.DataFrame(cols)
+
+    def save(self, path) -> None:
+        """Write to an .npz file (arrays + JSON metadata), atomically."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        arrays = {f"data/{k}": v for k, v in self.data.items()}
+        np.savez(tmp, steps=self.steps, status=self.status, frozen_at=self.frozen_at,
+                 meta=np.array(json.dumps({"format": "implicitreg.Trajectory/1", **self.meta})),
+                 **arrays)
+        os.replace(tmp, path)
+
+
+def load(path) -> Trajectory:
+    """Read a Trajectory written by Trajectory.save."""
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+        if "meta" not in z.files:
+            raise ValueError(f"path: {path} is not an implicitreg trajectory (no metadata)")
+        meta = json.loads(str(z["meta"]))
+        if meta.pop("format", None) != "implicitreg.Trajectory/1":
+            raise ValueError(f"path: {path} is not an implicitreg trajectory file")
+        data = {k[len("data/"):]: z[k] for k in z.files if k.startswith("data/")}
+        return Trajectory(z["steps"], data, z["status"], z["frozen_at"], meta)
