@@ -1,0 +1,29 @@
+from typing import Any
+
+import numpy as np
+
+__version__: str
+
+def dmf_step(
+    factors: list[np.ndarray],
+    target: np.ndarray | None,
+    mask: np.ndarray | None,
+    A: np.ndarray | None,
+    y: np.ndarray | None,
+    lr: np.ndarray,
+    steps: int,
+    tol: float,
+    step0: int,
+    status: np.ndarray,
+    frozen_at: np.ndarray,
+) -> None: ...
+def dmf_loss(
+    factors: list[np.ndarray],
+    target: np.ndarray | None,
+    mask: np.ndarray | None,
+    A: np.ndarray | None,
+    y: np.ndarray | None,
+    loss: np.ndarray,
+    product: np.ndarray,
+) -> None: ...
+def build_info() -> dict[str, Any]: ...
