@@ -3,6 +3,8 @@ fused gradient-descent step and the fit() loop that logs metrics between chunks 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import numpy as np
@@ -11,7 +13,7 @@ from . import ops
 from ._backend import backends
 from ._checks import choice, finite, float_dtype, integer, real_array
 from .init import det_float64, init_factors, layer_dims
-from .problems import Completion, Sensing
+from .problems import Completion, Sensing, completion, sensing
 from .trajectory import STATUS_NAMES, Trajectory, every, geometric, load, schedule
 
 __all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
@@ -247,6 +249,46 @@ class DeepFactorization:
                 "dtype": str(self.dtype), "dims": self.dims, "problem": repr(self.problem)}
         return Trajectory(rows, {k: np.stack(v) for k, v in data.items()}, self.status,
                           self._frozen_at, meta)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path) -> None:
+        """Write the whole state (problem, factors, status, step count) to an .npz file,
+        atomically, so that a long run can be resumed with DeepFactorization.load."""
+        pb = self.problem
+        arrays = ({"targets": pb.targets, "masks": pb.masks} if pb.kind == "completion"
+                  else {"A": pb.A, "y": pb.y})
+        if pb.truth is not None:
+            arrays["truth"] = pb.truth
+        for j, W in enumerate(self._factors):
+            arrays[f"factor{j}"] = W
+        meta = {"format": "implicitreg.DeepFactorization/1", "kind": pb.kind,
+                "batch": pb.batch, "depth": self.depth, "steps_done": self.steps_done,
+                "backend": self.backend}
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, status=self._status, frozen_at=self._frozen_at,
+                 meta=np.array(json.dumps(meta)), **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, backend: str | None = None) -> DeepFactorization:
+        """Resume a model written by save() (on its backend unless another is given)."""
+        with np.load(os.fspath(path), allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            if meta.get("format") != "implicitreg.DeepFactorization/1":
+                raise ValueError(f"path: {path} is not a DeepFactorization checkpoint")
+            truth = z["truth"] if "truth" in z.files else None
+            if meta["kind"] == "completion":
+                problem = completion(z["targets"], z["masks"], batch=meta["batch"], truth=truth)
+            else:
+                problem = sensing(z["A"], z["y"], batch=meta["batch"], truth=truth)
+            f = cls(problem, [z[f"factor{j}"] for j in range(meta["depth"])],
+                    backend=backend or meta["backend"])
+            f._status[:] = z["status"]
+            f._frozen_at[:] = z["frozen_at"]
+        f.steps_done = int(meta["steps_done"])
+        return f
 
     def __repr__(self) -> str:
         return (f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
