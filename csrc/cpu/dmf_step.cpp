@@ -218,6 +218,20 @@ void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape,
   }
 }
 
+// Packs of L problems while one pack's workspace stays small enough for L2; larger problems
+// run one per "pack" (L = 1), so that a batch of a few big matrices does not cost L copies.
+constexpr std::int64_t kPackBytes = std::int64_t(1) << 21;
+
+template <class T, class Dims>
+bool packs_fit(Dims dims, const DmfShape& shape, const DmfProblem<T>& pb) {
+  const PackLayout<T, 1, Dims> lay{dims, shape.depth};
+  const std::int64_t mn = std::int64_t(lay.d[shape.depth]) * lay.d[0];
+  const std::int64_t per_lane = 2 * lay.factors_size() + lay.prefix_size() +
+                                2 * std::int64_t(lay.max_rows()) * lay.d[0] + mn +
+                                (pb.sensing ? (pb.K + 1) * mn : 2 * mn);
+  return per_lane * lanes<T>() * std::int64_t(sizeof(T)) <= kPackBytes;
+}
+
 // Square problems with every width equal and small run on compile-time sizes; all others on
 // the runtime-size instance of the same code.
 template <class F>
@@ -250,8 +264,12 @@ void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& pro
               std::int64_t step0, std::int8_t* status, std::int64_t* frozen_at) {
   if (shape.batch == 0) return;
   dispatch_dims(shape, [&](auto dims) {
-    step_impl<T, lanes<T>()>(dims, factors, shape, problem, lr, lr_stride, steps, tol, step0,
-                             status, frozen_at);
+    if (packs_fit<T>(dims, shape, problem))
+      step_impl<T, lanes<T>()>(dims, factors, shape, problem, lr, lr_stride, steps, tol, step0,
+                               status, frozen_at);
+    else
+      step_impl<T, 1>(dims, factors, shape, problem, lr, lr_stride, steps, tol, step0, status,
+                      frozen_at);
   });
 }
 
@@ -260,7 +278,10 @@ void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T
               T* loss, T* product) {
   if (shape.batch == 0) return;
   dispatch_dims(shape, [&](auto dims) {
-    loss_impl<T, lanes<T>()>(dims, factors, shape, problem, loss, product);
+    if (packs_fit<T>(dims, shape, problem))
+      loss_impl<T, lanes<T>()>(dims, factors, shape, problem, loss, product);
+    else
+      loss_impl<T, 1>(dims, factors, shape, problem, loss, product);
   });
 }
 

@@ -38,6 +38,18 @@ struct RuntimeDims {
 template <class T, int L>
 IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
                        int K, int N) {
+  if constexpr (L == 1) {  // one big problem: rows of C accumulate, contiguous in j
+    for (int i = 0; i < M; ++i) {
+      T* c = C + i * N;
+      for (int j = 0; j < N; ++j) c[j] = A[i * K] * B[j];
+      for (int k = 1; k < K; ++k) {
+        const T a = A[i * K + k];
+        const T* b = B + k * N;
+        for (int j = 0; j < N; ++j) c[j] += a * b[j];
+      }
+    }
+    return;
+  }
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       T acc[L];
@@ -52,6 +64,18 @@ IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restri
 template <class T, int L>
 IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
                           int K, int N) {
+  if constexpr (L == 1) {
+    for (int i = 0; i < M; ++i) {
+      T* c = C + i * N;
+      for (int j = 0; j < N; ++j) c[j] = A[i] * B[j];
+      for (int k = 1; k < K; ++k) {
+        const T a = A[k * M + i];
+        const T* b = B + k * N;
+        for (int j = 0; j < N; ++j) c[j] += a * b[j];
+      }
+    }
+    return;
+  }
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       T acc[L];
@@ -68,6 +92,20 @@ template <class T, int L>
 IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
                               const T* __restrict P, const T* __restrict lr, T* __restrict fin,
                               int M, int K, int N) {
+  if constexpr (L == 1) {  // dot products of contiguous rows, vectorized as a reduction
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        const T* h = H + i * K;
+        const T* p = P + j * K;
+        T acc = T(0);
+        IR_SIMD_SUM(acc)
+        for (int k = 0; k < K; ++k) acc += h[k] * p[k];
+        const T w = W[i * N + j] - lr[0] * acc;
+        Wn[i * N + j] = w;
+        fin[0] += w * T(0);
+      }
+    return;
+  }
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       T acc[L];

@@ -14,12 +14,13 @@ from ._backend import backends
 from ._checks import choice, finite, float_dtype, integer, real_array
 from .init import det_float64, init_factors, layer_dims
 from .problems import Completion, Sensing, completion, sensing
-from .trajectory import STATUS_NAMES, Trajectory, every, geometric, load, schedule
+from .trajectory import Trajectory, every, geometric, load, schedule
 
 __all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
 
 _ENTRY = re.compile(r"^entry:(\d+),(\d+)$")
 METRICS = ("loss", "entry:i,j", "det")
+STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
 
 
 def _check_backend(backend: str) -> str:
@@ -120,7 +121,7 @@ class DeepFactorization:
 
     @property
     def status(self) -> np.ndarray:
-        """(B,) "max_steps" (still running) | "converged" | "diverged"."""
+        """(B,) "running" | "converged" | "diverged"."""
         return np.asarray(STATUS_NAMES, dtype=str)[self._status]
 
     @property
@@ -247,7 +248,8 @@ class DeepFactorization:
                 "max_steps": max_steps, "tol": None if tol is None else tol_v,
                 "log": repr(schedule(log, max_steps)), "backend": self.backend,
                 "dtype": str(self.dtype), "dims": self.dims, "problem": repr(self.problem)}
-        return Trajectory(rows, {k: np.stack(v) for k, v in data.items()}, self.status,
+        status = np.where(self._status == 0, "max_steps", self.status)
+        return Trajectory(rows, {k: np.stack(v) for k, v in data.items()}, status,
                           self._frozen_at, meta)
 
     # ------------------------------------------------------------------ checkpoints

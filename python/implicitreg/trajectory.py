@@ -9,7 +9,7 @@ import numpy as np
 
 from ._checks import integer
 
-STATUS_NAMES = ("max_steps", "converged", "diverged")  # indexed by the kernels' status codes
+TRAJECTORY_STATUS = ("converged", "diverged", "max_steps")
 
 
 class every:
@@ -85,7 +85,7 @@ class Trajectory:
         return self.data[name]
 
     def __repr__(self) -> str:
-        counts = {s: int((self.status == s).sum()) for s in STATUS_NAMES}
+        counts = {s: int((self.status == s).sum()) for s in TRAJECTORY_STATUS}
         return (f"Trajectory(rows={self.steps.size}, batch={self.batch}, "
                 f"metrics={self.metrics}, status={counts})")
 
