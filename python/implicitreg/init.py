@@ -121,6 +121,9 @@ def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init=
     m, n = dims[-1], dims[0]
     if det is not None and m != n:
         raise ValueError(f"det: a determinant needs a square problem, got shape ({m}, {n})")
+    if det is not None and min(dims) < n:
+        raise ValueError(f"widths: det={det!r} needs every hidden width >= {n}, since a "
+                         f"narrower layer makes det(E) = 0; got widths {dims[1:-1]}")
     if init == "balanced" and min(dims[1:-1], default=min(m, n)) < min(m, n):
         raise ValueError(f"widths: balanced init needs every hidden width >= min(m, n) = "
                          f"{min(m, n)}, got {dims[1:-1]}")

@@ -58,8 +58,9 @@ class DeepFactorization:
             if len(kinds) > 1:
                 raise TypeError(f"factors: expected one dtype for every factor, got "
                                 f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
-            dtype = arrays[0].dtype
-        dtype = float_dtype(dtype, "dtype")
+            dtype = float_dtype(arrays[0].dtype, "factors")
+        else:
+            dtype = float_dtype(dtype, "dtype")
         B, (m, n) = problem.batch, problem.shape
         prev = n
         for j, a in enumerate(arrays):
@@ -152,16 +153,22 @@ class DeepFactorization:
             a = a.reshape(1)
         if a.ndim != 1 or a.shape[0] not in (1, self.batch):
             raise ValueError(f"lr: expected a number or shape ({self.batch},), got {a.shape}")
+        with np.errstate(over="ignore"):  # a value too large for float32 becomes inf: refused
+            a = np.ascontiguousarray(a, dtype=self.dtype)
         if not (np.isfinite(a).all() and (a > 0).all()):
-            raise ValueError("lr: expected finite learning rates > 0")
-        return np.ascontiguousarray(a, dtype=self.dtype)
+            raise ValueError(f"lr: expected finite learning rates > 0 (in {self.dtype}), "
+                             f"got {a if a.size <= 4 else 'some that are not'}")
+        return a
 
     @staticmethod
     def _tol(tol) -> float:
         if tol is None:
             return -np.inf
-        t = float(real_array(tol, "tol"))
-        if not t > 0:
+        t = real_array(tol, "tol")
+        if t.ndim != 0:
+            raise TypeError(f"tol: expected a number or None, got an array of shape {t.shape}")
+        t = float(t)
+        if not (np.isfinite(t) and t > 0):
             raise ValueError(f"tol: expected a number > 0 or None, got {tol}")
         return t
 

@@ -32,7 +32,7 @@ def _residual(E, target, mask, A, y):
 def dmf_loss(factors, target, mask, A, y):
     """Loss (B,) and end-to-end product (B, m, n) of the factors."""
     with np.errstate(all="ignore"):
-        E = _forward(factors)[-1]
+        E = _forward(factors)[-1].copy()  # depth 1: the prefix product is the live factor
         return _residual(E, target, mask, A, y)[1], E
 
 

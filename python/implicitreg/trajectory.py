@@ -62,8 +62,8 @@ class Trajectory:
     def __init__(self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None):
         self.steps = np.asarray(steps, dtype=np.int64)
         self.data = {k: np.asarray(v) for k, v in data.items()}
-        self.status = np.asarray(status, dtype=str)
-        self.frozen_at = np.asarray(frozen_at, dtype=np.int64)
+        self.status = np.array(status, dtype=str)  # copies: a snapshot, not the live state
+        self.frozen_at = np.array(frozen_at, dtype=np.int64)
         self.meta = dict(meta or {})
 
     @property
