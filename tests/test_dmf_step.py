@@ -548,3 +548,22 @@ def test_float32_tracks_float64(backend):
     assert f32.dtype == np.float32 and all(W.dtype == np.float32 for W in f32.factors)
     assert max_rel_diff(f32.factors, f64.factors) < 1e-4
     assert max_rel_diff(f32.factors, W0) > 1e-2
+
+
+def test_step_cut_into_bounded_calls_is_bit_identical(monkeypatch):
+    """step() cuts long runs into calls of bounded work (so Ctrl-C is honoured between them);
+    the cut must not change any result, freezing stamps included."""
+    from implicitreg import models
+
+    p = ir.problems.paper_2x2(batch=11)
+    lr = np.geomspace(1e-4, 0.2, 11)
+    whole = ir.DeepFactorization.init(p, depth=3, scale=0.3, seed=4)
+    cut = ir.DeepFactorization(p, whole.factors)
+    whole.step(lr, 700, tol=1e-3)
+    monkeypatch.setattr(models, "_WORK_PER_CALL", 1)  # one step per kernel call
+    cut.step(lr, 700, tol=1e-3)
+    assert (whole.status == cut.status).all() and (whole.frozen_at == cut.frozen_at).all()
+    assert "converged" in whole.status and "running" in whole.status
+    for a, b in zip(whole.factors, cut.factors):
+        assert np.array_equal(a, b)
+    assert whole.steps_done == cut.steps_done == 700

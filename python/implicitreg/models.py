@@ -21,6 +21,7 @@ __all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
 _ENTRY = re.compile(r"^entry:(\d+),(\d+)$")
 METRICS = ("loss", "entry:i,j", "det")
 STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
+_WORK_PER_CALL = 3 * 10**10  # flops per kernel call in step(): about a second on one core
 
 
 def _check_backend(backend: str) -> str:
@@ -180,10 +181,26 @@ class DeepFactorization:
         lr_arr = self._lr(lr)
         steps = integer(steps, "steps", minimum=0)
         tol_v = self._tol(tol)
-        ops.dmf_step(self._factors, self.problem, lr_arr, steps, tol_v, self.steps_done,
-                     self._status, self._frozen_at, self.backend)
-        self.steps_done += steps
-        return self
+        # Calls of bounded work (about a second), so that Ctrl-C is honoured between them and
+        # leaves a consistent state. Cutting changes no result: each call ends with the same
+        # tolerance check the next one would start with.
+        chunk = max(1, _WORK_PER_CALL // max(1, self.batch * self._flops_per_step()))
+        done = 0
+        while True:
+            n = min(chunk, steps - done)
+            ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
+                         self._status, self._frozen_at, self.backend)
+            self.steps_done += n
+            done += n
+            if done == steps or (self._status != 0).all():
+                self.steps_done += steps - done
+                return self
+
+    def _flops_per_step(self) -> int:
+        """About 6 flops per multiply-add of the forward pass (forward, two backward products)."""
+        d = self.dims
+        return 6 * sum(d[j] * d[j - 1] * d[0] for j in range(2, len(d))) + 4 * sum(
+            d[j] * d[j - 1] for j in range(1, len(d))) + 4 * d[0] * d[-1]
 
     def _check_metrics(self, metrics) -> list[str]:
         if isinstance(metrics, str):
