@@ -24,8 +24,8 @@ void require(bool ok, const std::string& fn, const std::string& msg) {
 template <class T>
 void require_array(const std::string& fn, const char* name, const py::array& a, bool writable) {
   if (!py::isinstance<py::array_t<T>>(a))
-    throw py::type_error(fn + ": " + name + " must have dtype " +
-                         dtype_name(py::array_t<T>()) + ", got " + dtype_name(a));
+    throw py::type_error(fn + ": " + name + " must have dtype " + dtype_name(py::array_t<T>()) +
+                         ", got " + dtype_name(a));
   require(a.flags() & py::array::c_style, fn, std::string(name) + " must be C-contiguous");
   require(!writable || a.writeable(), fn, std::string(name) + " must be writable");
 }
@@ -69,8 +69,8 @@ Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::ob
   if (!target.is_none()) {
     py::array t = target.cast<py::array>(), mk = mask.cast<py::array>();
     require_array<T>(fn, "target", t, false);
-    require(mk.dtype().kind() == 'b' && mk.itemsize() == 1 && (mk.flags() & py::array::c_style),
-            fn, "mask must be a C-contiguous bool array, got " + dtype_name(mk));
+    require(mk.dtype().kind() == 'b' && mk.itemsize() == 1 && (mk.flags() & py::array::c_style), fn,
+            "mask must be a C-contiguous bool array, got " + dtype_name(mk));
     require(t.ndim() == 3 && t.shape(1) == m && t.shape(2) == n, fn, "target must be (B, m, n)");
     require(mk.ndim() == 3 && mk.shape(1) == m && mk.shape(2) == n, fn, "mask must be (B, m, n)");
     b.problem.target = static_cast<const T*>(t.data());
@@ -95,9 +95,8 @@ Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::ob
 
 template <class T>
 void dmf_step_t(const py::list& factors, const py::object& target, const py::object& mask,
-                const py::object& A, const py::object& y, const py::array& lr,
-                std::int64_t steps, double tol, std::int64_t step0, py::array status,
-                py::array frozen_at) {
+                const py::object& A, const py::object& y, const py::array& lr, std::int64_t steps,
+                double tol, std::int64_t step0, py::array status, py::array frozen_at) {
   const std::string fn = "dmf_step";
   Batch<T> b = make_batch<T>(fn, factors, target, mask, A, y, true);
   b.shape.dims = b.dims.data();
@@ -115,14 +114,13 @@ void dmf_step_t(const py::list& factors, const py::object& target, const py::obj
   auto* st = static_cast<std::int8_t*>(status.mutable_data());
   auto* fz = static_cast<std::int64_t*>(frozen_at.mutable_data());
   py::gil_scoped_release nogil;
-  ir::cpu::dmf_step<T>(b.factors.data(), b.shape, b.problem, lrp, lr_stride, steps, T(tol),
-                       step0, st, fz);
+  ir::cpu::dmf_step<T>(b.factors.data(), b.shape, b.problem, lrp, lr_stride, steps, T(tol), step0,
+                       st, fz);
 }
 
 template <class T>
 void dmf_loss_t(const py::list& factors, const py::object& target, const py::object& mask,
-                const py::object& A, const py::object& y, py::array loss,
-                py::array product) {
+                const py::object& A, const py::object& y, py::array loss, py::array product) {
   const std::string fn = "dmf_loss";
   Batch<T> b = make_batch<T>(fn, factors, target, mask, A, y, false);
   b.shape.dims = b.dims.data();
@@ -173,8 +171,7 @@ Completion passes target/mask (A = y = None), sensing passes A/y (target = mask 
   m.def(
       "dmf_loss",
       [](const py::list& factors, const py::object& target, const py::object& mask,
-         const py::object& A, const py::object& y, py::array loss,
-         py::array product) {
+         const py::object& A, const py::object& y, py::array loss, py::array product) {
         if (is_f32(factors, "dmf_loss"))
           return dmf_loss_t<float>(factors, target, mask, A, y, loss, product);
         return dmf_loss_t<double>(factors, target, mask, A, y, loss, product);

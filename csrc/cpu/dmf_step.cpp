@@ -87,8 +87,8 @@ void scatter_factors(const PackLayout<T, L, Dims>& lay, const T* W, std::int64_t
 }
 
 template <class T, int L>
-void gather_problem(const DmfProblem<T>& pb, int mn, std::int64_t b0, std::int64_t batch,
-                    T* target, T* mask, T* A, T* y) {
+void gather_problem(const DmfProblem<T>& pb, int mn, std::int64_t b0, std::int64_t batch, T* target,
+                    T* mask, T* A, T* y) {
   for (int l = 0; l < L; ++l) {
     const std::int64_t b = lane_problem(b0, l, batch);
     if (!pb.sensing) {
@@ -103,119 +103,124 @@ void gather_problem(const DmfProblem<T>& pb, int mn, std::int64_t b0, std::int64
       const T* yy = pb.y + b * pb.y_stride;
       for (int k = 0; k < pb.K; ++k) {
         y[k * L + l] = yy[k];
-        for (int e = 0; e < mn; ++e) A[(std::int64_t(k) * mn + e) * L + l] = a[std::int64_t(k) * mn + e];
+        for (int e = 0; e < mn; ++e)
+          A[(std::int64_t(k) * mn + e) * L + l] = a[std::int64_t(k) * mn + e];
       }
+    }
+  }
+}
+
+// Runs body(ws, problem, b0) for every pack of L problems starting at b0, on all threads,
+// each thread with its own workspace holding the pack's problem data.
+template <class T, int L, class Dims, class Body>
+void for_each_pack(const PackLayout<T, L, Dims>& lay, std::int64_t batch, const DmfProblem<T>& pb,
+                   Body&& body) {
+  const std::int64_t npacks = (batch + L - 1) / L;
+  const int mn = lay.d[lay.depth] * lay.d[0];
+#pragma omp parallel
+  {
+    Workspace<T, L, Dims> ws(lay, pb);
+    const PackProblem<T> ppb = ws.problem(pb);
+    // dynamic: packs whose problems all froze early finish early
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t pack = 0; pack < npacks; ++pack) {
+      const std::int64_t b0 = pack * L;
+      gather_problem<T, L>(pb, mn, b0, batch, ws.target.data(), ws.mask.data(), ws.A.data(),
+                           ws.y.data());
+      body(ws, ppb, b0);
     }
   }
 }
 
 template <class T, int L, class Dims>
 void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb,
-               const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol,
-               std::int64_t step0, std::int8_t* status, std::int64_t* frozen_at) {
+               const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+               std::int8_t* status, std::int64_t* frozen_at) {
   const PackLayout<T, L, Dims> lay{dims, shape.depth};
   const std::int64_t batch = shape.batch;
-  const std::int64_t npacks = (batch + L - 1) / L;
   const int mn = lay.d[lay.depth] * lay.d[0];
-#pragma omp parallel
-  {
-    Workspace<T, L, Dims> ws(lay, pb);
-    const PackProblem<T> ppb = ws.problem(pb);
-#pragma omp for schedule(dynamic, 1)
-    for (std::int64_t pack = 0; pack < npacks; ++pack) {
-      const std::int64_t b0 = pack * L;
-      std::int8_t st[L];
-      std::int64_t fz[L];
-      T lrp[L];
-      bool any_running = false;
-      for (int l = 0; l < L; ++l) {
-        const std::int64_t b = lane_problem(b0, l, batch);
-        st[l] = b0 + l < batch ? status[b] : kPadding;
-        fz[l] = b0 + l < batch ? frozen_at[b] : 0;
-        lrp[l] = lr[b * lr_stride];
-        any_running |= st[l] == kRunning;
-      }
-      if (!any_running) continue;
-      T* W = ws.W.data();
-      T* Wn = ws.Wn.data();
-      gather_factors<T, L>(lay, factors, b0, batch, W);
-      gather_problem<T, L>(pb, mn, b0, batch, ws.target.data(), ws.mask.data(), ws.A.data(),
-                           ws.y.data());
-      for (std::int64_t it = 0; it <= steps; ++it) {
-        const T* E = kernels::pack_forward<T, L>(lay, W, ws.P.data());
-        T loss[L];
-        kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
-        int running = 0;
-        for (int l = 0; l < L; ++l) {
-          if (st[l] != kRunning) continue;
-          if (!std::isfinite(loss[l])) {
-            st[l] = kDiverged;
-            fz[l] = step0 + it;
-          } else if (loss[l] < tol) {
-            st[l] = kConverged;
-            fz[l] = step0 + it;
-          } else {
-            ++running;
-          }
-        }
-        if (running == 0 || it == steps) break;
-        T fin[L] = {};
-        kernels::pack_backward<T, L>(lay, W, Wn, ws.P.data(), ws.G.data(), ws.H.data(),
-                                     ws.H2.data(), lrp, fin);
-        // Keep the new iterate only in lanes that are running and stayed finite.
-        bool keep_all = running == L;
-        for (int l = 0; l < L; ++l) {
-          if (st[l] == kRunning && fin[l] != T(0)) {
-            st[l] = kDiverged;
-            fz[l] = step0 + it;
-            keep_all = false;
-          }
-        }
-        if (!keep_all) {
-          bool keep[L];
-          for (int l = 0; l < L; ++l) keep[l] = st[l] == kRunning;
-          const std::int64_t size = lay.factors_size() / L;
-          for (std::int64_t e = 0; e < size; ++e)
-            for (int l = 0; l < L; ++l) Wn[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
-        }
-        std::swap(W, Wn);
-      }
-      scatter_factors<T, L>(lay, W, b0, batch, factors);
-      for (int l = 0; l < L && b0 + l < batch; ++l) {
-        status[b0 + l] = st[l];
-        frozen_at[b0 + l] = fz[l];
-      }
+  auto run_pack = [&](Workspace<T, L, Dims>& ws, const PackProblem<T>& ppb, std::int64_t b0) {
+    std::int8_t st[L];
+    std::int64_t fz[L];
+    T lrp[L];
+    bool any_running = false;
+    for (int l = 0; l < L; ++l) {
+      const std::int64_t b = lane_problem(b0, l, batch);
+      st[l] = b0 + l < batch ? status[b] : kPadding;
+      fz[l] = b0 + l < batch ? frozen_at[b] : 0;
+      lrp[l] = lr[b * lr_stride];
+      any_running |= st[l] == kRunning;
     }
-  }
+    if (!any_running) return;
+    T* W = ws.W.data();
+    T* Wn = ws.Wn.data();
+    gather_factors<T, L>(lay, factors, b0, batch, W);
+    for (std::int64_t it = 0; it <= steps; ++it) {
+      const T* E = kernels::pack_forward<T, L>(lay, W, ws.P.data());
+      T loss[L];
+      kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
+      int running = 0;
+      for (int l = 0; l < L; ++l) {
+        if (st[l] != kRunning) continue;
+        if (!std::isfinite(loss[l])) {
+          st[l] = kDiverged;
+          fz[l] = step0 + it;
+        } else if (loss[l] < tol) {
+          st[l] = kConverged;
+          fz[l] = step0 + it;
+        } else {
+          ++running;
+        }
+      }
+      if (running == 0 || it == steps) break;
+      T fin[L] = {};
+      kernels::pack_backward<T, L>(lay, W, Wn, ws.P.data(), ws.G.data(), ws.H.data(), ws.H2.data(),
+                                   lrp, fin);
+      // Keep the new iterate only in lanes that are running and stayed finite.
+      bool keep_all = running == L;
+      for (int l = 0; l < L; ++l) {
+        if (st[l] == kRunning && fin[l] != T(0)) {
+          st[l] = kDiverged;
+          fz[l] = step0 + it;
+          keep_all = false;
+        }
+      }
+      if (!keep_all) {
+        bool keep[L];
+        for (int l = 0; l < L; ++l) keep[l] = st[l] == kRunning;
+        const std::int64_t size = lay.factors_size() / L;
+        for (std::int64_t e = 0; e < size; ++e)
+          for (int l = 0; l < L; ++l) Wn[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
+      }
+      std::swap(W, Wn);
+    }
+    scatter_factors<T, L>(lay, W, b0, batch, factors);
+    for (int l = 0; l < L && b0 + l < batch; ++l) {
+      status[b0 + l] = st[l];
+      frozen_at[b0 + l] = fz[l];
+    }
+  };
+  for_each_pack(lay, batch, pb, run_pack);
 }
 
 template <class T, int L, class Dims>
-void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape,
-               const DmfProblem<T>& pb, T* loss_out, T* product) {
+void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb,
+               T* loss_out, T* product) {
   const PackLayout<T, L, Dims> lay{dims, shape.depth};
   const std::int64_t batch = shape.batch;
-  const std::int64_t npacks = (batch + L - 1) / L;
   const int mn = lay.d[lay.depth] * lay.d[0];
-#pragma omp parallel
-  {
-    Workspace<T, L, Dims> ws(lay, pb);
-    const PackProblem<T> ppb = ws.problem(pb);
-#pragma omp for schedule(static)
-    for (std::int64_t pack = 0; pack < npacks; ++pack) {
-      const std::int64_t b0 = pack * L;
-      gather_factors<T, L>(lay, factors, b0, batch, ws.W.data());
-      gather_problem<T, L>(pb, mn, b0, batch, ws.target.data(), ws.mask.data(), ws.A.data(),
-                           ws.y.data());
-      const T* E = kernels::pack_forward<T, L>(lay, ws.W.data(), ws.P.data());
-      T loss[L];
-      kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
-      for (int l = 0; l < L && b0 + l < batch; ++l) {
-        loss_out[b0 + l] = loss[l];
-        T* dst = product + (b0 + l) * mn;
-        for (int e = 0; e < mn; ++e) dst[e] = E[e * L + l];
-      }
+  auto measure_pack = [&](Workspace<T, L, Dims>& ws, const PackProblem<T>& ppb, std::int64_t b0) {
+    gather_factors<T, L>(lay, factors, b0, batch, ws.W.data());
+    const T* E = kernels::pack_forward<T, L>(lay, ws.W.data(), ws.P.data());
+    T loss[L];
+    kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
+    for (int l = 0; l < L && b0 + l < batch; ++l) {
+      loss_out[b0 + l] = loss[l];
+      T* dst = product + (b0 + l) * mn;
+      for (int e = 0; e < mn; ++e) dst[e] = E[e * L + l];
     }
-  }
+  };
+  for_each_pack(lay, batch, pb, measure_pack);
 }
 
 // Packs of L problems while one pack's workspace stays small enough for L2; larger problems
@@ -240,15 +245,24 @@ void dispatch_dims(const DmfShape& shape, F&& f) {
   for (int j = 1; j <= shape.depth; ++j) square &= shape.dims[j] == shape.dims[0];
   if (square) {
     switch (shape.dims[0]) {
-      case 1: return f(StaticDims<1>{});
-      case 2: return f(StaticDims<2>{});
-      case 3: return f(StaticDims<3>{});
-      case 4: return f(StaticDims<4>{});
-      case 5: return f(StaticDims<5>{});
-      case 6: return f(StaticDims<6>{});
-      case 7: return f(StaticDims<7>{});
-      case 8: return f(StaticDims<8>{});
-      default: break;
+      case 1:
+        return f(StaticDims<1>{});
+      case 2:
+        return f(StaticDims<2>{});
+      case 3:
+        return f(StaticDims<3>{});
+      case 4:
+        return f(StaticDims<4>{});
+      case 5:
+        return f(StaticDims<5>{});
+      case 6:
+        return f(StaticDims<6>{});
+      case 7:
+        return f(StaticDims<7>{});
+      case 8:
+        return f(StaticDims<8>{});
+      default:
+        break;
     }
   }
   return f(RuntimeDims{shape.dims});
@@ -259,9 +273,9 @@ void dispatch_dims(const DmfShape& shape, F&& f) {
 namespace cpu {
 
 template <class T>
-void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
-              const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol,
-              std::int64_t step0, std::int8_t* status, std::int64_t* frozen_at) {
+void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
+              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+              std::int8_t* status, std::int64_t* frozen_at) {
   if (shape.batch == 0) return;
   dispatch_dims(shape, [&](auto dims) {
     if (packs_fit<T>(dims, shape, problem))
@@ -274,8 +288,8 @@ void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& pro
 }
 
 template <class T>
-void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
-              T* loss, T* product) {
+void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,
+              T* product) {
   if (shape.batch == 0) return;
   dispatch_dims(shape, [&](auto dims) {
     if (packs_fit<T>(dims, shape, problem))
@@ -293,8 +307,8 @@ template void dmf_step<double>(double* const*, const DmfShape&, const DmfProblem
                                std::int8_t*, std::int64_t*);
 template void dmf_loss<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
                               float*, float*);
-template void dmf_loss<double>(const double* const*, const DmfShape&,
-                               const DmfProblem<double>&, double*, double*);
+template void dmf_loss<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,
+                               double*, double*);
 
 }  // namespace cpu
 

@@ -36,8 +36,8 @@ struct RuntimeDims {
 
 // C (M x N) = A (M x K) * B (K x N)
 template <class T, int L>
-IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
-                       int K, int N) {
+IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M, int K,
+                       int N) {
   if constexpr (L == 1) {  // one big problem: rows of C accumulate, contiguous in j
     for (int i = 0; i < M; ++i) {
       T* c = C + i * N;
@@ -180,10 +180,10 @@ IR_INLINE const T* pack_forward(const PackLayout<T, L, Dims>& lay, const T* W, T
 template <class T>
 struct PackProblem {
   bool sensing;
-  const T* target;     // (m n) x L      completion
-  const T* mask;       // (m n) x L, 0/1 completion
-  const T* A;          // K x (m n) x L  sensing
-  const T* y;          // K x L          sensing
+  const T* target;  // (m n) x L      completion
+  const T* mask;    // (m n) x L, 0/1 completion
+  const T* A;       // K x (m n) x L  sensing
+  const T* y;       // K x L          sensing
   int K;
 };
 

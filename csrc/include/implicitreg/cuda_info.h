@@ -19,7 +19,7 @@ struct DeviceInfo {
   int runtime_version = 0;       // CUDART_VERSION of the (static) runtime
   int driver_version = 0;        // 0 when no driver is installed
   int device_count = 0;
-  std::string error;             // why there is no device; empty when there is one
+  std::string error;  // why there is no device; empty when there is one
   std::vector<Device> devices;
 };
 

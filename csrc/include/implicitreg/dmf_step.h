@@ -40,14 +40,14 @@ namespace cpu {
 // frozen iterate has had (step0 counts those made before this call). Frozen problems are
 // never touched; each problem's arithmetic does not depend on the others.
 template <class T>
-void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
-              const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol,
-              std::int64_t step0, std::int8_t* status, std::int64_t* frozen_at);
+void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
+              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+              std::int8_t* status, std::int64_t* frozen_at);
 
 // Loss (batch,) and end-to-end product (batch, m, n) of the current factors.
 template <class T>
-void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
-              T* loss, T* product);
+void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,
+              T* product);
 
 }  // namespace cpu
 
