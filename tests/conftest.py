@@ -17,8 +17,9 @@ BACKENDS = ("cpu", "numpy")
 DTYPES = ("float64", "float32")
 
 # Max-norm relative agreement expected between the cpu and numpy backends after up to a few
-# hundred stable GD steps (observed: ~1e-15 in float64, ~4e-7 in float32).
-TOL = {np.dtype("float64"): 1e-12, np.dtype("float32"): 1e-5}
+# hundred stable GD steps (observed: ~1e-15 in float64; in float32 ~4e-7 with -march=native
+# and up to ~3e-5 in a portable SSE2 build, on a factor that GD shrinks to 1e-4 of its start).
+TOL = {np.dtype("float64"): 1e-12, np.dtype("float32"): 1e-4}
 
 # Status names (models.STATUS_NAMES / Trajectory): a model's running problem reads
 # "running", a trajectory's problem that was still running at the end reads "max_steps".
