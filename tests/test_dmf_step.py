@@ -96,7 +96,8 @@ def test_cpu_matches_numpy_float32(case):
     problem, factors, lr, steps = case
     f_cpu, _ = assert_backends_agree(problem, factors, lr, steps, dtype="float32")
     assert f_cpu.factors[0].dtype == np.float32
-    assert max_rel_diff(f_cpu.factors, factors) > 10 * TOL[np.dtype("float32")]
+    # not vacuous: the factors moved by far more than float32 rounding (~6e-8)
+    assert max_rel_diff(f_cpu.factors, factors) > 1e-5
 
 
 @pytest.mark.parametrize("dims", [
