@@ -243,3 +243,23 @@ def test_progress_bar_does_not_change_the_result():
     a = _model().fit(LR, 100, log=ir.every(25), progress=True)
     b = _model().fit(LR, 100, log=ir.every(25), progress=False)
     np.testing.assert_array_equal(a["loss"], b["loss"])
+
+
+def test_a_log_that_cannot_fit_in_memory_is_refused_before_work():
+    p = ir.problems.paper_2x2(batch=1 << 20)
+    f = ir.DeepFactorization(p, [np.eye(2) * 0.1] * 2)
+    with pytest.raises(ValueError, match=r"log: .* GiB.*log at most \d+ rows"):
+        f.fit(1e-3, 10**9, log=ir.every(1), metrics=("loss", "det"))
+    assert f.steps_done == 0
+
+
+@pytest.mark.parametrize("k, max_steps", [(1, 0), (1, 7), (3, 9), (3, 10), (1000, 999), (7, 7)])
+def test_every_rows_counts_its_points(k, max_steps):
+    log = ir.every(k)
+    assert log.rows(max_steps) == log.points(max_steps).size
+
+
+@pytest.mark.parametrize("n, max_steps", [(1, 0), (5, 3), (50, 10**6)])
+def test_geometric_rows_bounds_its_points(n, max_steps):
+    log = ir.geometric(n)
+    assert log.points(max_steps).size <= log.rows(max_steps)

@@ -247,7 +247,9 @@ class DeepFactorization:
         max_steps = integer(max_steps, "max_steps", minimum=0)
         tol_v = self._tol(tol)
         names = self._check_metrics(metrics)
-        points = schedule(log, max_steps).points(max_steps)
+        log = schedule(log, max_steps)
+        _check_log_memory(log.rows(max_steps), self.batch, len(names), log)
+        points = log.points(max_steps)
         start = self.steps_done
         bar = _progress(progress, max_steps)
         rows, data = [], {k: [] for k in names}
@@ -270,7 +272,7 @@ class DeepFactorization:
                 bar.close()
         meta = {"lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
                 "max_steps": max_steps, "tol": None if tol is None else tol_v,
-                "log": repr(schedule(log, max_steps)), "backend": self.backend,
+                "log": repr(log), "backend": self.backend,
                 "dtype": str(self.dtype), "dims": self.dims, "problem": repr(self.problem)}
         status = np.where(self._status == 0, "max_steps", self.status)
         return Trajectory(rows, {k: np.stack(v) for k, v in data.items()}, status,
@@ -319,6 +321,21 @@ class DeepFactorization:
     def __repr__(self) -> str:
         return (f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
                 f"backend={self.backend!r}, steps_done={self.steps_done})")
+
+
+def _check_log_memory(rows: int, batch: int, n_metrics: int, log) -> None:
+    """Refuse, before any work, a log that would not fit in half of this machine's memory."""
+    need = rows * batch * n_metrics * 8
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total // 2:
+        fit_rows = max(1, (total // 2) // max(1, batch * n_metrics * 8))
+        raise ValueError(f"log: {rows} rows x {batch} problems x {n_metrics} metrics need "
+                         f"{need / 2**30:.1f} GiB, more than half of this machine's "
+                         f"{total / 2**30:.1f} GiB; log at most {fit_rows} rows "
+                         f"(got {log!r})")
 
 
 def _progress(progress: bool, total: int):

@@ -18,6 +18,10 @@ class every:
     def __init__(self, k: int):
         self.k = integer(k, "every: k", minimum=1)
 
+    def rows(self, max_steps: int) -> int:
+        """How many points `points` gives, without making them."""
+        return max_steps // self.k + 1 + (max_steps % self.k != 0)
+
     def points(self, max_steps: int) -> np.ndarray:
         return np.unique(np.append(np.arange(0, max_steps + 1, self.k), max_steps))
 
@@ -31,6 +35,10 @@ class geometric:
 
     def __init__(self, n: int):
         self.n = integer(n, "geometric: n", minimum=1)
+
+    def rows(self, max_steps: int) -> int:
+        """At most this many points."""
+        return self.n + 2
 
     def points(self, max_steps: int) -> np.ndarray:
         if max_steps == 0:
