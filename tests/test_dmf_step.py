@@ -565,6 +565,6 @@ def test_step_cut_into_bounded_calls_is_bit_identical(monkeypatch):
     cut.step(lr, 700, tol=1e-3)
     assert (whole.status == cut.status).all() and (whole.frozen_at == cut.frozen_at).all()
     assert "converged" in whole.status and "running" in whole.status
-    for a, b in zip(whole.factors, cut.factors):
+    for a, b in zip(whole.factors, cut.factors, strict=True):
         assert np.array_equal(a, b)
     assert whole.steps_done == cut.steps_done == 700

@@ -9,6 +9,7 @@ run, and GD from a balanced near-zero start must follow the rank-1 path
 from __future__ import annotations
 
 import numpy as np
+
 import implicitreg as ir
 
 TOL = 1e-3

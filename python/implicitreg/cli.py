@@ -24,7 +24,8 @@ def _info(args) -> int:
         print(f"{k:22s} {v}")
     print("backends:")
     for name, b in backends().items():
-        print(f"  {name:8s} {'available' if b['available'] else 'unavailable: ' + str(b['reason'])}")
+        state = "available" if b["available"] else f"unavailable: {b['reason']}"
+        print(f"  {name:8s} {state}")
     return 0
 
 
@@ -55,9 +56,10 @@ def _run(args) -> int:
     for depth in args.depths:
         parts, lrs = [], []
         for lr, scale in configs:  # the same seeds for every config: paired comparisons
-            f = DeepFactorization.init(problems.paper_2x2(args.seeds), depth=depth, init=args.init, scale=scale,
-                                       scale_by=args.scale_by, det=args.det, seed=args.seed,
-                                       dtype=args.dtype, backend=args.backend)
+            f = DeepFactorization.init(problems.paper_2x2(args.seeds), depth=depth,
+                                       init=args.init, scale=scale, scale_by=args.scale_by,
+                                       det=args.det, seed=args.seed, dtype=args.dtype,
+                                       backend=args.backend)
             parts.append(f.factors)
             lrs.append(np.full(args.seeds, lr))
         factors = [np.concatenate([pt[j] for pt in parts]) for j in range(depth)]

@@ -141,7 +141,7 @@ def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init=
     todo = np.arange(batch)
     for _ in range(_MAX_REDRAWS):
         for b in todo:
-            for W, draw in zip(factors, _draw(gens[b], init, s, dims)):
+            for W, draw in zip(factors, _draw(gens[b], init, s, dims), strict=True):
                 W[b] = draw
         if det is None or todo.size == 0:
             return factors

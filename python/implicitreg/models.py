@@ -12,7 +12,7 @@ import numpy as np
 from . import ops
 from ._backend import backends
 from ._checks import choice, finite, float_dtype, integer, real_array
-from .init import det_float64, init_factors, layer_dims
+from .init import det_float64, init_factors
 from .problems import Completion, Sensing, completion, sensing
 from .trajectory import Trajectory, every, geometric, load, schedule
 
@@ -34,8 +34,8 @@ def _check_backend(backend: str) -> str:
 
 def _check_problem(problem):
     if not isinstance(problem, (Completion, Sensing)):
-        raise TypeError("problem: expected implicitreg.completion(...) or implicitreg.sensing(...), "
-                        f"got {type(problem).__name__}")
+        raise TypeError("problem: expected implicitreg.completion(...) or "
+                        f"implicitreg.sensing(...), got {type(problem).__name__}")
     return problem
 
 

@@ -146,7 +146,8 @@ def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
     if a.shape[1] != yy.shape[1]:
         raise ValueError(f"y: expected {a.shape[1]} measurements (one per A_k), got {yy.shape[1]}")
     if a.shape[1] < 1 or min(a.shape[2:]) < 1:
-        raise ValueError(f"A: expected at least one non-empty measurement matrix, got shape {a.shape}")
+        raise ValueError("A: expected at least one non-empty measurement matrix, "
+                         f"got shape {a.shape}")
     finite(a, "A")
     finite(yy, "y")
     B = batch_size({"A": a.shape[0], "y": yy.shape[0]}, batch)
@@ -170,16 +171,17 @@ def perturbed_2x2(b12=-2.0, b21=0.5, eps=0.0, batch: int | None = None) -> Compl
     Each of b12, b21, eps is a number or a 1-d array of per-problem values (broadcast
     together), so one batch can sweep eps. Solutions have det = eps*x - b12*b21.
     """
-    vals = [real_array(v, name).astype(np.float64) for v, name in
-            ((b12, "b12"), (b21, "b21"), (eps, "eps"))]
-    for v, name in zip(vals, ("b12", "b21", "eps")):
-        ndim_in(v, name, (0, 1), "a number or (B,)")
-        finite(v, name)
-    B = batch_size({n: (v.shape[0] if v.ndim else 1) for v, n in
-                    zip(vals, ("b12", "b21", "eps"))}, batch)
-    lead = max(v.shape[0] if v.ndim else 1 for v in vals)
+    vals = {}
+    for name, v in (("b12", b12), ("b21", b21), ("eps", eps)):
+        a = real_array(v, name).astype(np.float64)
+        ndim_in(a, name, (0, 1), "a number or (B,)")
+        finite(a, name)
+        vals[name] = a.reshape(-1)
+    B = batch_size({name: a.size for name, a in vals.items()}, batch)
+    lead = max(a.size for a in vals.values())
     t = np.zeros((lead, 2, 2))
-    t[:, 0, 1], t[:, 1, 0], t[:, 1, 1] = (np.broadcast_to(v, (lead,)) for v in vals)
+    for (i, j), name in (((0, 1), "b12"), ((1, 0), "b21"), ((1, 1), "eps")):
+        t[:, i, j] = vals[name]
     return completion(t, [[False, True], [True, True]], batch=B)
 
 

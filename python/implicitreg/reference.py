@@ -66,5 +66,5 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
             bad = run & ~fin
             status[bad], frozen_at[bad] = DIVERGED, step0 + it
             keep = (run & fin)[:, None, None]
-            for W, Wn in zip(factors, new):
+            for W, Wn in zip(factors, new, strict=True):
                 np.copyto(W, Wn, where=keep)

@@ -105,7 +105,8 @@ class Trajectory:
         """
         x = self[metric]
         if x.ndim != 2:
-            raise ValueError(f"metric: expected a scalar metric, {metric!r} has shape {x.shape[2:]}")
+            raise ValueError(f"metric: expected a scalar metric, {metric!r} has shape "
+                             f"{x.shape[2:]}")
         below = x < threshold
         hit = below.any(axis=0)
         row = np.argmax(below, axis=0)
