@@ -5,7 +5,6 @@
 // every problem runs the same instructions whatever the batch size.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #ifdef _OPENMP
