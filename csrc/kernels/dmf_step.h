@@ -26,16 +26,53 @@ namespace kernels {
 
 template <int D>
 struct StaticDims {
+  static constexpr bool kStatic = true;
   IR_HD constexpr int operator[](int) const { return D; }
 };
 
 struct RuntimeDims {
+  static constexpr bool kStatic = false;
   const int* d;
   IR_HD int operator[](int j) const { return d[j]; }
 };
 
+// Lane-parallel products of a pack with runtime sizes, register-blocked: for an IB x JB block of
+// outputs, out(i, j)[l] = sum_k a(i, k)[l] * b(k, j)[l], k ascending, each a(i, k) and b(k, j)
+// vector loaded once per k for IB * JB multiply-adds. a(i, k) and b(k, j) return pointers to L
+// lanes; store(i, j, acc) receives each finished sum. Blocking changes no result: every
+// output is the same sum in the same order.
+template <class T, int L, int IB, int JB, class FA, class FB, class Store>
+IR_INLINE void pack_block(int i0, int j0, int K, FA a, FB b, Store store) {
+  T acc[IB][JB][L];
+  for (int ib = 0; ib < IB; ++ib)
+    for (int jb = 0; jb < JB; ++jb)
+      for (int l = 0; l < L; ++l) acc[ib][jb][l] = a(i0 + ib, 0)[l] * b(0, j0 + jb)[l];
+  for (int k = 1; k < K; ++k)
+    for (int ib = 0; ib < IB; ++ib)
+      for (int jb = 0; jb < JB; ++jb)
+        for (int l = 0; l < L; ++l) acc[ib][jb][l] += a(i0 + ib, k)[l] * b(k, j0 + jb)[l];
+  for (int ib = 0; ib < IB; ++ib)
+    for (int jb = 0; jb < JB; ++jb) store(i0 + ib, j0 + jb, acc[ib][jb]);
+}
+
+template <class T, int L, class FA, class FB, class Store>
+IR_INLINE void pack_products(int M, int K, int N, FA a, FB b, Store store) {
+  constexpr int IB = 2, JB = 4;
+  int i = 0;
+  for (; i + IB <= M; i += IB) {
+    int j = 0;
+    for (; j + JB <= N; j += JB) pack_block<T, L, IB, JB>(i, j, K, a, b, store);
+    for (; j < N; ++j) pack_block<T, L, IB, 1>(i, j, K, a, b, store);
+  }
+  for (; i < M; ++i) {
+    int j = 0;
+    for (; j + JB <= N; j += JB) pack_block<T, L, 1, JB>(i, j, K, a, b, store);
+    for (; j < N; ++j) pack_block<T, L, 1, 1>(i, j, K, a, b, store);
+  }
+}
+
 // C (M x N) = A (M x K) * B (K x N)
-template <class T, int L>
+template <class T, int L, bool Block>
 IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M, int K,
                        int N) {
   if constexpr (L == 1) {  // one big problem: rows of C accumulate, contiguous in j
@@ -50,18 +87,27 @@ IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restri
     }
     return;
   }
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      T acc[L];
-      for (int l = 0; l < L; ++l) acc[l] = A[(i * K) * L + l] * B[j * L + l];
-      for (int k = 1; k < K; ++k)
-        for (int l = 0; l < L; ++l) acc[l] += A[(i * K + k) * L + l] * B[(k * N + j) * L + l];
-      for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
-    }
+  if constexpr (!Block) {  // compile-time sizes: the compiler unrolls this whole
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        T acc[L];
+        for (int l = 0; l < L; ++l) acc[l] = A[(i * K) * L + l] * B[j * L + l];
+        for (int k = 1; k < K; ++k)
+          for (int l = 0; l < L; ++l) acc[l] += A[(i * K + k) * L + l] * B[(k * N + j) * L + l];
+        for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
+      }
+    return;
+  }
+  pack_products<T, L>(
+      M, K, N, [&](int i, int k) { return A + (i * K + k) * L; },
+      [&](int k, int j) { return B + (k * N + j) * L; },
+      [&](int i, int j, const T* acc) {
+        for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
+      });
 }
 
 // C (M x N) = A^T B with A (K x M), B (K x N)
-template <class T, int L>
+template <class T, int L, bool Block>
 IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
                           int K, int N) {
   if constexpr (L == 1) {
@@ -76,19 +122,28 @@ IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __res
     }
     return;
   }
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      T acc[L];
-      for (int l = 0; l < L; ++l) acc[l] = A[i * L + l] * B[j * L + l];
-      for (int k = 1; k < K; ++k)
-        for (int l = 0; l < L; ++l) acc[l] += A[(k * M + i) * L + l] * B[(k * N + j) * L + l];
-      for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
-    }
+  if constexpr (!Block) {
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        T acc[L];
+        for (int l = 0; l < L; ++l) acc[l] = A[i * L + l] * B[j * L + l];
+        for (int k = 1; k < K; ++k)
+          for (int l = 0; l < L; ++l) acc[l] += A[(k * M + i) * L + l] * B[(k * N + j) * L + l];
+        for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
+      }
+    return;
+  }
+  pack_products<T, L>(
+      M, K, N, [&](int i, int k) { return A + (k * M + i) * L; },
+      [&](int k, int j) { return B + (k * N + j) * L; },
+      [&](int i, int j, const T* acc) {
+        for (int l = 0; l < L; ++l) C[(i * N + j) * L + l] = acc[l];
+      });
 }
 
 // Wn (M x N) = W - lr * (H P^T) with H (M x K), P (N x K); fin accumulates Wn * 0, which is
 // NaN in a lane as soon as one of its new entries is not finite.
-template <class T, int L>
+template <class T, int L, bool Block>
 IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
                               const T* __restrict P, const T* __restrict lr, T* __restrict fin,
                               int M, int K, int N) {
@@ -106,18 +161,31 @@ IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* 
       }
     return;
   }
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) {
-      T acc[L];
-      for (int l = 0; l < L; ++l) acc[l] = H[(i * K) * L + l] * P[(j * K) * L + l];
-      for (int k = 1; k < K; ++k)
-        for (int l = 0; l < L; ++l) acc[l] += H[(i * K + k) * L + l] * P[(j * K + k) * L + l];
-      for (int l = 0; l < L; ++l) {
-        const T w = W[(i * N + j) * L + l] - lr[l] * acc[l];
-        Wn[(i * N + j) * L + l] = w;
-        fin[l] += w * T(0);
+  if constexpr (!Block) {
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        T acc[L];
+        for (int l = 0; l < L; ++l) acc[l] = H[(i * K) * L + l] * P[(j * K) * L + l];
+        for (int k = 1; k < K; ++k)
+          for (int l = 0; l < L; ++l) acc[l] += H[(i * K + k) * L + l] * P[(j * K + k) * L + l];
+        for (int l = 0; l < L; ++l) {
+          const T w = W[(i * N + j) * L + l] - lr[l] * acc[l];
+          Wn[(i * N + j) * L + l] = w;
+          fin[l] += w * T(0);
+        }
       }
-    }
+    return;
+  }
+  pack_products<T, L>(
+      M, K, N, [&](int i, int k) { return H + (i * K + k) * L; },
+      [&](int k, int j) { return P + (j * K + k) * L; },
+      [&](int i, int j, const T* acc) {
+        for (int l = 0; l < L; ++l) {
+          const T w = W[(i * N + j) * L + l] - lr[l] * acc[l];
+          Wn[(i * N + j) * L + l] = w;
+          fin[l] += w * T(0);
+        }
+      });
 }
 
 // Wn = W - lr * H (the first factor, whose right cofactor P_0 is the identity)
@@ -170,7 +238,7 @@ IR_INLINE const T* pack_forward(const PackLayout<T, L, Dims>& lay, const T* W, T
   const T* prev = W;  // P_1 = W_1
   for (int j = 2; j <= lay.depth; ++j) {
     T* cur = P + lay.prefix_offset(j);
-    pack_mm<T, L>(cur, W + lay.factor_offset(j), prev, d[j], d[j - 1], d[0]);
+    pack_mm<T, L, !Dims::kStatic>(cur, W + lay.factor_offset(j), prev, d[j], d[j - 1], d[0]);
     prev = cur;
   }
   return prev;
@@ -229,9 +297,9 @@ IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W, T* W
       pack_update_id<T, L>(Wnj, Wj, Hj, lr, fin, d[1] * d[0]);
     } else {
       const T* Pprev = j == 2 ? W : P + lay.prefix_offset(j - 1);
-      pack_update_nt<T, L>(Wnj, Wj, Hj, Pprev, lr, fin, d[j], d[0], d[j - 1]);
+      pack_update_nt<T, L, !Dims::kStatic>(Wnj, Wj, Hj, Pprev, lr, fin, d[j], d[0], d[j - 1]);
       T* Hn = (Hj == H) ? H2 : H;
-      pack_mm_tn<T, L>(Hn, Wj, Hj, d[j - 1], d[j], d[0]);
+      pack_mm_tn<T, L, !Dims::kStatic>(Hn, Wj, Hj, d[j - 1], d[j], d[0]);
       Hj = Hn;
     }
   }
