@@ -4,7 +4,9 @@
 // is padded with copies of its first problem, marked so that they are never written back, so
 // every problem runs the same instructions whatever the batch size.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -33,21 +35,33 @@ constexpr int lanes() {
 template <class T, int L, class Dims>
 struct Workspace {
   std::vector<T> W, Wn, P, H, H2, G, target, mask, A, y;
+
+  // Elements of each buffer above, in that order.
+  static std::array<std::int64_t, 10> sizes(const PackLayout<T, L, Dims>& lay,
+                                            const DmfProblem<T>& pb) {
+    const std::int64_t mn = std::int64_t(lay.d[lay.depth]) * lay.d[0];
+    const std::int64_t h = std::int64_t(lay.max_rows()) * lay.d[0] * L;
+    const std::int64_t obs = pb.sensing ? 0 : mn * L, meas = pb.sensing ? pb.K * mn * L : 0;
+    return {lay.factors_size(),
+            lay.factors_size(),
+            std::max<std::int64_t>(lay.prefix_size(), 1),
+            h,
+            h,
+            mn * L,
+            obs,
+            obs,
+            meas,
+            pb.sensing ? std::int64_t(pb.K) * L : 0};
+  }
+  static std::int64_t bytes(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb) {
+    std::int64_t n = 0;
+    for (std::int64_t s : sizes(lay, pb)) n += s;
+    return n * std::int64_t(sizeof(T));
+  }
   Workspace(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb) {
-    const int m = lay.d[lay.depth], n = lay.d[0];
-    W.resize(lay.factors_size());
-    Wn.resize(lay.factors_size());
-    P.resize(std::max<std::int64_t>(lay.prefix_size(), 1));
-    H.resize(std::int64_t(lay.max_rows()) * n * L);
-    H2.resize(H.size());
-    G.resize(std::int64_t(m) * n * L);
-    if (pb.sensing) {
-      A.resize(std::int64_t(pb.K) * m * n * L);
-      y.resize(std::int64_t(pb.K) * L);
-    } else {
-      target.resize(std::int64_t(m) * n * L);
-      mask.resize(std::int64_t(m) * n * L);
-    }
+    const auto s = sizes(lay, pb);
+    std::vector<T>* buffers[] = {&W, &Wn, &P, &H, &H2, &G, &target, &mask, &A, &y};
+    for (int i = 0; i < 10; ++i) buffers[i]->resize(s[i]);
   }
   PackProblem<T> problem(const DmfProblem<T>& pb) const {
     return {pb.sensing, target.data(), mask.data(), A.data(), y.data(), pb.K};
@@ -226,45 +240,42 @@ void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape, const 
 // run one per "pack" (L = 1), so that a batch of a few big matrices does not cost L copies.
 constexpr std::int64_t kPackBytes = std::int64_t(1) << 21;
 
-template <class T, class Dims>
-bool packs_fit(Dims dims, const DmfShape& shape, const DmfProblem<T>& pb) {
-  const PackLayout<T, 1, Dims> lay{dims, shape.depth};
-  const std::int64_t mn = std::int64_t(lay.d[shape.depth]) * lay.d[0];
-  const std::int64_t per_lane = 2 * lay.factors_size() + lay.prefix_size() +
-                                2 * std::int64_t(lay.max_rows()) * lay.d[0] + mn +
-                                (pb.sensing ? (pb.K + 1) * mn : 2 * mn);
-  return per_lane * lanes<T>() * std::int64_t(sizeof(T)) <= kPackBytes;
-}
-
-// Square problems with every width equal and small run on compile-time sizes; all others on
-// the runtime-size instance of the same code.
-template <class F>
-void dispatch_dims(const DmfShape& shape, F&& f) {
+// Calls f(dims, lanes): square problems with every width equal and small run on
+// compile-time sizes, all others on the runtime-size instance of the same code; lanes is
+// std::integral_constant<int, L>.
+template <class T, class F>
+void dispatch(const DmfShape& shape, const DmfProblem<T>& pb, F&& f) {
+  auto with_lanes = [&](auto dims) {
+    const PackLayout<T, 1, decltype(dims)> one{dims, shape.depth};
+    if (Workspace<T, 1, decltype(dims)>::bytes(one, pb) * lanes<T>() <= kPackBytes)
+      return f(dims, std::integral_constant<int, lanes<T>()>{});
+    return f(dims, std::integral_constant<int, 1>{});
+  };
   bool square = true;
   for (int j = 1; j <= shape.depth; ++j) square &= shape.dims[j] == shape.dims[0];
   if (square) {
     switch (shape.dims[0]) {
       case 1:
-        return f(StaticDims<1>{});
+        return with_lanes(StaticDims<1>{});
       case 2:
-        return f(StaticDims<2>{});
+        return with_lanes(StaticDims<2>{});
       case 3:
-        return f(StaticDims<3>{});
+        return with_lanes(StaticDims<3>{});
       case 4:
-        return f(StaticDims<4>{});
+        return with_lanes(StaticDims<4>{});
       case 5:
-        return f(StaticDims<5>{});
+        return with_lanes(StaticDims<5>{});
       case 6:
-        return f(StaticDims<6>{});
+        return with_lanes(StaticDims<6>{});
       case 7:
-        return f(StaticDims<7>{});
+        return with_lanes(StaticDims<7>{});
       case 8:
-        return f(StaticDims<8>{});
+        return with_lanes(StaticDims<8>{});
       default:
         break;
     }
   }
-  return f(RuntimeDims{shape.dims});
+  return with_lanes(RuntimeDims{shape.dims});
 }
 
 }  // namespace
@@ -276,13 +287,9 @@ void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& pro
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
               std::int8_t* status, std::int64_t* frozen_at) {
   if (shape.batch == 0) return;
-  dispatch_dims(shape, [&](auto dims) {
-    if (packs_fit<T>(dims, shape, problem))
-      step_impl<T, lanes<T>()>(dims, factors, shape, problem, lr, lr_stride, steps, tol, step0,
-                               status, frozen_at);
-    else
-      step_impl<T, 1>(dims, factors, shape, problem, lr, lr_stride, steps, tol, step0, status,
-                      frozen_at);
+  dispatch(shape, problem, [&](auto dims, auto lanes) {
+    step_impl<T, decltype(lanes)::value>(dims, factors, shape, problem, lr, lr_stride, steps, tol,
+                                         step0, status, frozen_at);
   });
 }
 
@@ -290,11 +297,8 @@ template <class T>
 void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,
               T* product) {
   if (shape.batch == 0) return;
-  dispatch_dims(shape, [&](auto dims) {
-    if (packs_fit<T>(dims, shape, problem))
-      loss_impl<T, lanes<T>()>(dims, factors, shape, problem, loss, product);
-    else
-      loss_impl<T, 1>(dims, factors, shape, problem, loss, product);
+  dispatch(shape, problem, [&](auto dims, auto lanes) {
+    loss_impl<T, decltype(lanes)::value>(dims, factors, shape, problem, loss, product);
   });
 }
 
