@@ -254,26 +254,17 @@ void dispatch(const DmfShape& shape, const DmfProblem<T>& pb, F&& f) {
   bool square = true;
   for (int j = 1; j <= shape.depth; ++j) square &= shape.dims[j] == shape.dims[0];
   if (square) {
-    switch (shape.dims[0]) {
-      case 1:
-        return with_lanes(StaticDims<1>{});
-      case 2:
-        return with_lanes(StaticDims<2>{});
-      case 3:
-        return with_lanes(StaticDims<3>{});
-      case 4:
-        return with_lanes(StaticDims<4>{});
-      case 5:
-        return with_lanes(StaticDims<5>{});
-      case 6:
-        return with_lanes(StaticDims<6>{});
-      case 7:
-        return with_lanes(StaticDims<7>{});
-      case 8:
-        return with_lanes(StaticDims<8>{});
-      default:
-        break;
-    }
+    switch (shape.dims[0]) {  // clang-format off
+      case 1: return with_lanes(StaticDims<1>{});
+      case 2: return with_lanes(StaticDims<2>{});
+      case 3: return with_lanes(StaticDims<3>{});
+      case 4: return with_lanes(StaticDims<4>{});
+      case 5: return with_lanes(StaticDims<5>{});
+      case 6: return with_lanes(StaticDims<6>{});
+      case 7: return with_lanes(StaticDims<7>{});
+      case 8: return with_lanes(StaticDims<8>{});
+      default: break;
+    }  // clang-format on
   }
   return with_lanes(RuntimeDims{shape.dims});
 }
