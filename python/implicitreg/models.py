@@ -3,7 +3,6 @@ fused gradient-descent step and the fit() loop that logs metrics between chunks 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -12,6 +11,7 @@ import numpy as np
 from . import ops
 from ._backend import backends
 from ._checks import choice, finite, float_dtype, integer, real_array
+from ._io import load_npz, save_npz
 from .init import det_float64, init_factors
 from .problems import Completion, Sensing, completion, sensing
 from .trajectory import Trajectory, every, geometric, load, schedule
@@ -21,6 +21,7 @@ __all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
 _ENTRY = re.compile(r"^entry:(\d+),(\d+)$")
 METRICS = ("loss", "entry:i,j", "det")
 STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
+_CHECKPOINT = "implicitreg.DeepFactorization/1"
 _WORK_PER_CALL = 3 * 10**10  # flops per kernel call in step(): about a second on one core
 
 
@@ -290,31 +291,24 @@ class DeepFactorization:
             arrays["truth"] = pb.truth
         for j, W in enumerate(self._factors):
             arrays[f"factor{j}"] = W
-        meta = {"format": "implicitreg.DeepFactorization/1", "kind": pb.kind,
-                "batch": pb.batch, "depth": self.depth, "steps_done": self.steps_done,
-                "backend": self.backend}
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, status=self._status, frozen_at=self._frozen_at,
-                 meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
+        meta = {"kind": pb.kind, "batch": pb.batch, "depth": self.depth,
+                "steps_done": self.steps_done, "backend": self.backend}
+        save_npz(path, _CHECKPOINT, meta,
+                 {"status": self._status, "frozen_at": self._frozen_at, **arrays})
 
     @classmethod
     def load(cls, path, backend: str | None = None) -> DeepFactorization:
         """Resume a model written by save() (on its backend unless another is given)."""
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-            if meta.get("format") != "implicitreg.DeepFactorization/1":
-                raise ValueError(f"path: {path} is not a DeepFactorization checkpoint")
-            truth = z["truth"] if "truth" in z.files else None
-            if meta["kind"] == "completion":
-                problem = completion(z["targets"], z["masks"], batch=meta["batch"], truth=truth)
-            else:
-                problem = sensing(z["A"], z["y"], batch=meta["batch"], truth=truth)
-            f = cls(problem, [z[f"factor{j}"] for j in range(meta["depth"])],
-                    backend=backend or meta["backend"])
-            f._status[:] = z["status"]
-            f._frozen_at[:] = z["frozen_at"]
+        meta, z = load_npz(path, _CHECKPOINT, "a DeepFactorization checkpoint")
+        truth = z.get("truth")
+        if meta["kind"] == "completion":
+            problem = completion(z["targets"], z["masks"], batch=meta["batch"], truth=truth)
+        else:
+            problem = sensing(z["A"], z["y"], batch=meta["batch"], truth=truth)
+        f = cls(problem, [z[f"factor{j}"] for j in range(meta["depth"])],
+                backend=backend or meta["backend"])
+        f._status[:] = z["status"]
+        f._frozen_at[:] = z["frozen_at"]
         f.steps_done = int(meta["steps_done"])
         return f
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from ._checks import integer
+from ._io import load_npz, save_npz
 
 TRAJECTORY_STATUS = ("converged", "diverged", "max_steps")
+_FORMAT = "implicitreg.Trajectory/1"
 
 
 class every:
@@ -139,22 +138,13 @@ class Trajectory:
 
     def save(self, path) -> None:
         """Write to an .npz file (arrays + JSON metadata), atomically."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
         arrays = {f"data/{k}": v for k, v in self.data.items()}
-        np.savez(tmp, steps=self.steps, status=self.status, frozen_at=self.frozen_at,
-                 meta=np.array(json.dumps({"format": "implicitreg.Trajectory/1", **self.meta})),
-                 **arrays)
-        os.replace(tmp, path)
+        save_npz(path, _FORMAT, self.meta, {"steps": self.steps, "status": self.status,
+                                            "frozen_at": self.frozen_at, **arrays})
 
 
 def load(path) -> Trajectory:
     """Read a Trajectory written by Trajectory.save."""
-    with np.load(os.fspath(path), allow_pickle=False) as z:
-        if "meta" not in z.files:
-            raise ValueError(f"path: {path} is not an implicitreg trajectory (no metadata)")
-        meta = json.loads(str(z["meta"]))
-        if meta.pop("format", None) != "implicitreg.Trajectory/1":
-            raise ValueError(f"path: {path} is not an implicitreg trajectory file")
-        data = {k[len("data/"):]: z[k] for k in z.files if k.startswith("data/")}
-        return Trajectory(z["steps"], data, z["status"], z["frozen_at"], meta)
+    meta, z = load_npz(path, _FORMAT, "an implicitreg trajectory file")
+    data = {k[len("data/"):]: v for k, v in z.items() if k.startswith("data/")}
+    return Trajectory(z["steps"], data, z["status"], z["frozen_at"], meta)

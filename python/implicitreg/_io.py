@@ -1,0 +1,26 @@
+"""Result files: .npz archives of arrays plus JSON metadata that names their format, written
+atomically (temporary file + rename), so a crash never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def save_npz(path, fmt: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, meta=np.array(json.dumps({"format": fmt, **meta})), **arrays)
+    os.replace(tmp, path)
+
+
+def load_npz(path, fmt: str, what: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(metadata without its format, arrays) of a file written by save_npz with `fmt`;
+    ValueError naming `path` for any other file."""
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+        if meta.pop("format", None) != fmt:
+            raise ValueError(f"path: {path} is not {what}")
+        return meta, {k: z[k] for k in z.files if k != "meta"}
