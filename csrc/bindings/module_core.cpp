@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "implicitreg/dmf_step.h"
+#include "implicitreg/metrics.h"
 
 namespace py = pybind11;
 namespace ir = implicitreg;
@@ -39,10 +40,9 @@ struct Batch {
   ir::DmfProblem<T> problem{};
 };
 
+// The factors of a batch, checked to chain: W_j of shape (B, d_j, d_{j-1}).
 template <class T>
-Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::object& target,
-                    const py::object& mask, const py::object& A, const py::object& y,
-                    bool writable) {
+Batch<T> make_factors(const std::string& fn, const py::list& factors, bool writable) {
   Batch<T> b;
   const int depth = int(factors.size());
   require(depth >= 1, fn, "need at least one factor");
@@ -61,6 +61,15 @@ Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::ob
     b.factors.push_back(static_cast<T*>(W.mutable_data()));
   }
   b.shape = {batch, depth, nullptr};
+  return b;
+}
+
+template <class T>
+Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::object& target,
+                    const py::object& mask, const py::object& A, const py::object& y,
+                    bool writable) {
+  Batch<T> b = make_factors<T>(fn, factors, writable);
+  const std::int64_t batch = b.shape.batch;
   const std::int64_t m = b.dims.back(), n = b.dims.front();
   auto stride = [&](const py::array& a, std::int64_t per) {
     require(a.shape(0) == batch || a.shape(0) == 1, fn, "problem batch must be 1 or B");
@@ -145,6 +154,107 @@ bool is_f32(const py::list& factors, const std::string& fn) {
   throw py::type_error(fn + ": factors must be float32 or float64, got " + dtype_name(W));
 }
 
+// Metric specs from kinds (n,) int32 and params (n, 2) float64 [param, rtol].
+std::vector<ir::MetricSpec> make_specs(const std::string& fn, const py::array& kinds,
+                                       const py::array& params) {
+  require_array<std::int32_t>(fn, "kinds", kinds, false);
+  require_array<double>(fn, "params", params, false);
+  const std::int64_t n = kinds.ndim() == 1 ? kinds.shape(0) : -1;
+  require(n >= 0 && params.ndim() == 2 && params.shape(0) == n && params.shape(1) == 2, fn,
+          "kinds must be (n,) and params (n, 2)");
+  const auto* kp = static_cast<const std::int32_t*>(kinds.data());
+  const auto* pp = static_cast<const double*>(params.data());
+  std::vector<ir::MetricSpec> specs;
+  for (std::int64_t i = 0; i < n; ++i) {
+    require(kp[i] >= ir::kLoss && kp[i] <= ir::kBalancedness, fn, "unknown metric kind");
+    specs.push_back({kp[i], pp[2 * i], pp[2 * i + 1]});
+  }
+  return specs;
+}
+
+template <class T>
+void svdvals_t(const py::array& X, py::array s, py::array info) {
+  const std::string fn = "svdvals";
+  require_array<T>(fn, "X", X, false);
+  require_array<T>(fn, "s", s, true);
+  require_array<std::int8_t>(fn, "info", info, true);
+  require(X.ndim() == 3, fn, "X must be (B, m, n)");
+  const std::int64_t B = X.shape(0);
+  const int m = int(X.shape(1)), n = int(X.shape(2));
+  require(s.ndim() == 2 && s.shape(0) == B && s.shape(1) == std::min(m, n), fn,
+          "s must be (B, min(m, n))");
+  require(info.ndim() == 1 && info.shape(0) == B, fn, "info must be (B,)");
+  const T* xp = static_cast<const T*>(X.data());
+  T* sp = static_cast<T*>(s.mutable_data());
+  auto* ip = static_cast<std::int8_t*>(info.mutable_data());
+  py::gil_scoped_release nogil;
+  ir::cpu::svdvals<T>(xp, B, m, n, sp, ip);
+}
+
+template <class T>
+void svals_metrics_t(const py::array& s, const py::array& kinds, const py::array& params,
+                     py::array out) {
+  const std::string fn = "svals_metrics";
+  require_array<T>(fn, "s", s, false);
+  require_array<double>(fn, "out", out, true);
+  std::vector<ir::MetricSpec> specs = make_specs(fn, kinds, params);
+  for (const auto& sp : specs)
+    require(sp.kind >= ir::kFro && sp.kind <= ir::kDistRank, fn,
+            "only singular-value metrics (fro ... dist_rank)");
+  require(s.ndim() == 2, fn, "s must be (B, k)");
+  const std::int64_t B = s.shape(0);
+  require(out.ndim() == 2 && out.shape(0) == std::int64_t(specs.size()) && out.shape(1) == B, fn,
+          "out must be (n, B)");
+  const T* sp = static_cast<const T*>(s.data());
+  double* op = static_cast<double*>(out.mutable_data());
+  py::gil_scoped_release nogil;
+  ir::cpu::svals_metrics<T>(sp, B, int(s.shape(1)), specs.data(), int(specs.size()), op);
+}
+
+template <class T>
+void balancedness_t(const py::list& factors, py::array out) {
+  const std::string fn = "balancedness";
+  Batch<T> b = make_factors<T>(fn, factors, false);
+  b.shape.dims = b.dims.data();
+  require_array<double>(fn, "out", out, true);
+  require(out.ndim() == 1 && out.shape(0) == b.shape.batch, fn, "out must be (B,)");
+  double* op = static_cast<double*>(out.mutable_data());
+  std::vector<const T*> cf(b.factors.begin(), b.factors.end());
+  py::gil_scoped_release nogil;
+  ir::cpu::balancedness<T>(cf.data(), b.shape, op);
+}
+
+template <class T>
+void dmf_measure_t(const py::list& factors, const py::object& target, const py::object& mask,
+                   const py::object& A, const py::object& y, const py::array& kinds,
+                   const py::array& params, py::array out) {
+  const std::string fn = "dmf_measure";
+  Batch<T> b = make_batch<T>(fn, factors, target, mask, A, y, false);
+  b.shape.dims = b.dims.data();
+  std::vector<ir::MetricSpec> specs = make_specs(fn, kinds, params);
+  const int m = b.dims.back(), n = b.dims.front();
+  std::int64_t rows = 0;
+  for (const auto& sp : specs) {
+    rows += sp.kind == ir::kSvals ? std::min(m, n) : 1;
+    require(sp.kind != ir::kEntry || (sp.param >= 0 && sp.param < double(m) * n), fn,
+            "entry index out of range");
+    require(sp.kind != ir::kDet || m == n, fn, "det needs a square problem");
+  }
+  require_array<double>(fn, "out", out, true);
+  require(out.ndim() == 2 && out.shape(0) == rows && out.shape(1) == b.shape.batch, fn,
+          "out must be (rows, B)");
+  double* op = static_cast<double*>(out.mutable_data());
+  std::vector<const T*> cf(b.factors.begin(), b.factors.end());
+  py::gil_scoped_release nogil;
+  ir::cpu::dmf_measure<T>(cf.data(), b.shape, b.problem, specs.data(), int(specs.size()), op);
+}
+
+bool is_f32_array(const py::array& a, const std::string& fn, const char* name) {
+  if (py::isinstance<py::array_t<float>>(a)) return true;
+  if (py::isinstance<py::array_t<double>>(a)) return false;
+  throw py::type_error(fn + ": " + name + " must be float32 or float64, got " + dtype_name(a));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -179,6 +289,51 @@ Completion passes target/mask (A = y = None), sensing passes A/y (target = mask 
       py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("A"), py::arg("y"),
       py::arg("loss").noconvert(), py::arg("product").noconvert(),
       "Writes the loss (B,) and the end-to-end product (B, m, n) of the factors.");
+
+  m.def(
+      "svdvals",
+      [](const py::array& X, py::array s, py::array info) {
+        if (is_f32_array(X, "svdvals", "X")) return svdvals_t<float>(X, s, info);
+        return svdvals_t<double>(X, s, info);
+      },
+      py::arg("X").noconvert(), py::arg("s").noconvert(), py::arg("info").noconvert(),
+      "Writes the singular values s (B, min(m, n)), descending, of X (B, m, n) and a per-matrix "
+      "info code (0 ok, 1 Jacobi sweep cap reached, 2 non-finite input: NaN values).");
+
+  m.def(
+      "svals_metrics",
+      [](const py::array& s, const py::array& kinds, const py::array& params, py::array out) {
+        if (is_f32_array(s, "svals_metrics", "s"))
+          return svals_metrics_t<float>(s, kinds, params, out);
+        return svals_metrics_t<double>(s, kinds, params, out);
+      },
+      py::arg("s").noconvert(), py::arg("kinds").noconvert(), py::arg("params").noconvert(),
+      py::arg("out").noconvert(),
+      "Writes out (n, B): metric i of the singular values s (B, k) for each spec (kinds[i], "
+      "params[i] = [param, rtol]).");
+
+  m.def(
+      "balancedness",
+      [](const py::list& factors, py::array out) {
+        if (is_f32(factors, "balancedness")) return balancedness_t<float>(factors, out);
+        return balancedness_t<double>(factors, out);
+      },
+      py::arg("factors"), py::arg("out").noconvert(),
+      "Writes out (B,): max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F.");
+
+  m.def(
+      "dmf_measure",
+      [](const py::list& factors, const py::object& target, const py::object& mask,
+         const py::object& A, const py::object& y, const py::array& kinds,
+         const py::array& params, py::array out) {
+        if (is_f32(factors, "dmf_measure"))
+          return dmf_measure_t<float>(factors, target, mask, A, y, kinds, params, out);
+        return dmf_measure_t<double>(factors, target, mask, A, y, kinds, params, out);
+      },
+      py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("A"), py::arg("y"),
+      py::arg("kinds").noconvert(), py::arg("params").noconvert(), py::arg("out").noconvert(),
+      "Writes every requested metric of the factors into out (rows, B), one row per spec "
+      "(min(m, n) rows for svals), from one product and one SVD per problem.");
 
   m.def("build_info", []() {
     py::dict d;

@@ -1,0 +1,231 @@
+// Rank and norm metrics (PAPER.md §5) on whole batches, and dmf_measure: everything fit()
+// logs at one log point, from one product and one SVD per problem, in one call.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "implicitreg/metrics.h"
+
+namespace implicitreg {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// One metric of the descending singular values s[0..k). Sums of powers are taken relative to
+// the largest term, so that no intermediate overflows or underflows.
+template <class T>
+double svals_metric(const MetricSpec& spec, const T* s, int k) {
+  const double s1 = k ? double(s[0]) : 0.0;
+  switch (spec.kind) {
+    case kSpectral:
+      return s1;
+    case kNuc: {
+      double acc = 0;
+      for (int i = 0; i < k; ++i) acc += s[i];
+      return acc;
+    }
+    case kFro:
+    case kDistRank: {
+      const int from = spec.kind == kFro ? 0 : std::min(k, int(spec.param));
+      const double top = from < k ? double(s[from]) : 0.0;
+      if (top == 0) return 0;
+      double acc = 0;
+      for (int i = from; i < k; ++i) acc += (s[i] / top) * (s[i] / top);
+      return top * std::sqrt(acc);
+    }
+    case kSchatten: {
+      if (s1 == 0) return 0;
+      const double p = spec.param;
+      double acc = 0;
+      for (int i = 0; i < k; ++i) acc += s[i] > 0 ? std::pow(s[i] / s1, p) : 0.0;
+      return s1 * std::pow(acc, 1 / p);
+    }
+    case kErank: {  // Roy & Vetterli: exp of the entropy of s / sum(s) over non-zero s
+      double total = 0;
+      for (int i = 0; i < k; ++i) total += s[i];
+      if (total == 0) return 0;  // the zero matrix: no non-zero singular value
+      double h = 0;
+      for (int i = 0; i < k; ++i)
+        if (s[i] > 0) {
+          const double p = s[i] / total;
+          h -= p * std::log(p);
+        }
+      return std::exp(h);
+    }
+    case kRank: {
+      const double tol = spec.param + spec.rtol * s1;
+      int r = 0;
+      for (int i = 0; i < k; ++i) r += s[i] > tol;
+      return r;
+    }
+    default:
+      return kNaN;
+  }
+}
+
+// det of the n x n matrix a (row-major, destroyed) by LU with partial pivoting.
+double det_lu(double* a, int n) {
+  double det = 1;
+  for (int c = 0; c < n; ++c) {
+    int piv = c;
+    for (int r = c + 1; r < n; ++r)
+      if (std::fabs(a[r * n + c]) > std::fabs(a[piv * n + c])) piv = r;
+    if (a[piv * n + c] == 0) return 0;
+    if (piv != c) {
+      for (int e = 0; e < n; ++e) std::swap(a[c * n + e], a[piv * n + e]);
+      det = -det;
+    }
+    det *= a[c * n + c];
+    for (int r = c + 1; r < n; ++r) {
+      const double f = a[r * n + c] / a[c * n + c];
+      for (int e = c + 1; e < n; ++e) a[r * n + e] -= f * a[c * n + e];
+    }
+  }
+  return det;
+}
+
+// det(W_N ... W_1) of problem b in double (square end-to-end matrix).
+template <class T>
+double det_f64(const T* const* factors, const DmfShape& shape, std::int64_t b,
+               std::vector<double>& buf, std::vector<double>& tmp) {
+  const int* d = shape.dims;
+  bool all_square = true;
+  for (int j = 1; j <= shape.depth; ++j) all_square &= d[j] == d[j - 1];
+  if (all_square) {
+    const int n = d[0];
+    double det = 1;
+    buf.resize(std::size_t(n) * n);
+    for (int j = 0; j < shape.depth; ++j) {
+      const T* W = factors[j] + b * n * n;
+      std::copy(W, W + n * n, buf.begin());
+      det *= det_lu(buf.data(), n);
+    }
+    return det;
+  }
+  // The product in double, one factor at a time: buf (d_j x n) <- W_j buf.
+  const int n = d[0];
+  buf.assign(factors[0] + b * d[1] * n, factors[0] + (b + 1) * d[1] * n);
+  for (int j = 1; j < shape.depth; ++j) {
+    const T* W = factors[j] + b * d[j + 1] * d[j];
+    tmp.assign(std::size_t(d[j + 1]) * n, 0.0);
+    for (int r = 0; r < d[j + 1]; ++r)
+      for (int i = 0; i < d[j]; ++i)
+        for (int c = 0; c < n; ++c) tmp[r * n + c] += double(W[r * d[j] + i]) * buf[i * n + c];
+    buf.swap(tmp);
+  }
+  return det_lu(buf.data(), n);
+}
+
+// ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F maximized over j, for problem b.
+template <class T>
+double balancedness_one(const T* const* factors, const DmfShape& shape, std::int64_t b) {
+  const int* d = shape.dims;
+  double worst = 0;
+  for (int j = 0; j + 1 < shape.depth; ++j) {
+    const int rows = d[j + 1], cols = d[j], next = d[j + 2];  // W_j: rows x cols
+    const T* Wj = factors[j] + b * rows * cols;
+    const T* Wk = factors[j + 1] + b * next * rows;
+    double acc = 0;
+    for (int p = 0; p < rows; ++p)
+      for (int q = 0; q < rows; ++q) {
+        double v = 0;
+        for (int i = 0; i < next; ++i) v += double(Wk[i * rows + p]) * Wk[i * rows + q];
+        for (int i = 0; i < cols; ++i) v -= double(Wj[p * cols + i]) * Wj[q * cols + i];
+        acc += v * v;
+      }
+    worst = std::max(worst, std::sqrt(acc));
+  }
+  return worst;
+}
+
+bool is_svals_kind(std::int32_t kind) {
+  return kind == kSvals || (kind >= kFro && kind <= kDistRank);
+}
+
+}  // namespace
+
+namespace cpu {
+
+template <class T>
+void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* specs, int n_specs,
+                   double* out) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const T* sb = s + b * k;
+    bool finite = true;
+    for (int i = 0; i < k; ++i) finite &= !std::isnan(sb[i]);
+    for (int i = 0; i < n_specs; ++i)
+      out[i * batch + b] = finite ? svals_metric(specs[i], sb, k) : kNaN;
+  }
+}
+
+template <class T>
+void balancedness(const T* const* factors, const DmfShape& shape, double* out) {
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < shape.batch; ++b) out[b] = balancedness_one(factors, shape, b);
+}
+
+template <class T>
+void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
+                 const MetricSpec* specs, int n_specs, double* out) {
+  const std::int64_t batch = shape.batch;
+  if (batch == 0) return;
+  const int m = shape.dims[shape.depth], n = shape.dims[0], k = std::min(m, n);
+  std::vector<T> loss(batch), product(batch * m * n), s;
+  std::vector<std::int8_t> info;
+  dmf_loss(factors, shape, problem, loss.data(), product.data());
+  bool need_svals = false;
+  for (int i = 0; i < n_specs; ++i) need_svals |= is_svals_kind(specs[i].kind);
+  if (need_svals) {
+    s.resize(batch * k);
+    info.resize(batch);
+    svdvals(product.data(), batch, m, n, s.data(), info.data());
+  }
+  double* row = out;
+  for (int i = 0; i < n_specs; ++i) {
+    const MetricSpec& spec = specs[i];
+    switch (spec.kind) {
+      case kLoss:
+        std::copy(loss.begin(), loss.end(), row);
+        break;
+      case kEntry:
+        for (std::int64_t b = 0; b < batch; ++b)
+          row[b] = product[b * m * n + std::int64_t(spec.param)];
+        break;
+      case kSvals:
+        for (std::int64_t b = 0; b < batch; ++b)
+          for (int c = 0; c < k; ++c) row[c * batch + b] = s[b * k + c];
+        row += (k - 1) * batch;
+        break;
+      case kBalancedness:
+        balancedness(factors, shape, row);
+        break;
+      case kDet:
+#pragma omp parallel
+      {
+        std::vector<double> buf, tmp;
+#pragma omp for schedule(static)
+        for (std::int64_t b = 0; b < batch; ++b) row[b] = det_f64(factors, shape, b, buf, tmp);
+      }
+        break;
+      default:
+        svals_metrics(s.data(), batch, k, &spec, 1, row);
+    }
+    row += batch;
+  }
+}
+
+template void svals_metrics<float>(const float*, std::int64_t, int, const MetricSpec*, int,
+                                   double*);
+template void svals_metrics<double>(const double*, std::int64_t, int, const MetricSpec*, int,
+                                    double*);
+template void balancedness<float>(const float* const*, const DmfShape&, double*);
+template void balancedness<double>(const double* const*, const DmfShape&, double*);
+template void dmf_measure<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
+                                 const MetricSpec*, int, double*);
+template void dmf_measure<double>(const double* const*, const DmfShape&,
+                                  const DmfProblem<double>&, const MetricSpec*, int, double*);
+
+}  // namespace cpu
+}  // namespace implicitreg

@@ -1,0 +1,153 @@
+// CPU driver of the singular values: 2x2 in closed form over the whole batch (vectorized
+// across matrices), other sizes by one-sided Jacobi on packs of L matrices held lane-packed,
+// one pack per thread at a time. Each matrix is scaled by a power of two (exact) so that its
+// largest entry lies in [1/2, 1), and scaled back at the end.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "implicitreg/metrics.h"
+#include "kernels/svdvals.h"
+
+namespace implicitreg {
+namespace {
+
+template <class T>
+constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
+
+// Largest |entry| of x[0..size), or a NaN/inf when some entry is not finite.
+template <class T>
+T max_abs(const T* x, std::int64_t size) {
+  T mx = 0, bad = 0;
+  for (std::int64_t e = 0; e < size; ++e) {
+    mx = std::max(mx, std::fabs(x[e]));
+    bad += x[e] - x[e];  // NaN exactly when x[e] is NaN or inf
+  }
+  return mx + bad;
+}
+
+template <class T>
+void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
+  const T lo = std::ldexp(T(1), -kernels::kSafeExp<T>), hi = std::ldexp(T(1), kernels::kSafeExp<T>);
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const T* x = X + 4 * b;
+    const T mx = std::max(std::max(std::fabs(x[0]), std::fabs(x[1])),
+                          std::max(std::fabs(x[2]), std::fabs(x[3])));
+    T s1, s2;
+    kernels::svd2x2(x[0], x[1], x[2], x[3], s1, s2);
+    s[2 * b] = s1;
+    s[2 * b + 1] = s2;
+    info[b] = !(mx >= lo && mx <= hi);  // also true for NaN: fixed up below
+  }
+  // Rare: out-of-range, zero or non-finite matrices.
+#pragma omp parallel for schedule(static)
+  for (std::int64_t b = 0; b < batch; ++b) {
+    if (!info[b]) continue;
+    const T* x = X + 4 * b;
+    const T mx = max_abs(x, 4);
+    info[b] = kSvdOk;
+    if (!std::isfinite(mx)) {
+      s[2 * b] = s[2 * b + 1] = kNaN<T>;
+      info[b] = kSvdNonFinite;
+    } else if (mx == T(0)) {
+      s[2 * b] = s[2 * b + 1] = T(0);
+    } else {
+      int ex;
+      std::frexp(mx, &ex);
+      T s1, s2;
+      kernels::svd2x2(std::ldexp(x[0], -ex), std::ldexp(x[1], -ex), std::ldexp(x[2], -ex),
+                      std::ldexp(x[3], -ex), s1, s2);
+      s[2 * b] = std::ldexp(s1, ex);
+      s[2 * b + 1] = std::ldexp(s2, ex);
+    }
+  }
+}
+
+// Jacobi on the columns of an M x N matrix with M >= N: X itself when m >= n, else X^T
+// (same singular values), so that the rotated vectors are the longer ones.
+template <class T, int L>
+void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
+  const bool transpose = m < n;
+  const int M = transpose ? n : m, N = transpose ? m : n;
+  const std::int64_t mn = std::int64_t(m) * n, npacks = (batch + L - 1) / L;
+#pragma omp parallel
+  {
+    std::vector<T> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L), sv(N);
+    std::vector<T> scratch(kernels::JacobiScratch<T, L>::size(N));
+    std::vector<int> pairs(std::int64_t(N + 1) * (N + 1));
+    const int rounds = kernels::round_robin(N, pairs.data());
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t pack = 0; pack < npacks; ++pack) {
+      const std::int64_t b0 = pack * L;
+      int ex[L];
+      bool bad[L], unconverged[L];
+      for (int l = 0; l < L; ++l) {
+        const std::int64_t b = b0 + l < batch ? b0 + l : b0;  // padding lanes repeat b0
+        const T* x = X + b * mn;
+        const T mx = max_abs(x, mn);
+        bad[l] = !std::isfinite(mx);
+        ex[l] = 0;
+        if (!bad[l] && mx > T(0)) std::frexp(mx, &ex[l]);
+        // 2^-ex as a factor when it is a normal number (multiplying by it is exact), else
+        // ldexp entry by entry.
+        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<T>::max_exponent - 2;
+        const T scale = bad[l] ? T(0) : by_factor ? std::ldexp(T(1), -ex[l]) : T(1);
+        for (int r = 0; r < m; ++r)
+          for (int c = 0; c < n; ++c) {
+            // Entry (r, c) of X is entry (c, r) of X^T: column r of the transpose.
+            const std::int64_t at = transpose ? std::int64_t(r) * M + c : std::int64_t(c) * M + r;
+            const T v = x[std::int64_t(r) * n + c];
+            A[at * L + l] = bad[l] ? T(0) : by_factor ? v * scale : std::ldexp(v, -ex[l]);
+          }
+      }
+      kernels::pack_jacobi<T, L>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
+                                 norm2.data(), kMaxSweeps, unconverged);
+      for (int l = 0; l < L && b0 + l < batch; ++l) {
+        const std::int64_t b = b0 + l;
+        for (int c = 0; c < N; ++c)
+          sv[c] = bad[l] ? kNaN<T> : std::ldexp(std::sqrt(norm2[c * L + l]), ex[l]);
+        std::sort(sv.begin(), sv.end(), std::greater<T>());
+        std::copy(sv.begin(), sv.end(), s + b * N);
+        info[b] = bad[l] ? kSvdNonFinite : unconverged[l] ? kSvdNotConverged : kSvdOk;
+      }
+    }
+  }
+}
+
+// A pack holds as many matrices as fit in one SIMD vector while it stays within L1 (the
+// rounds stream over every column twice); bigger matrices run in narrower packs, down to one
+// at a time.
+constexpr std::int64_t kPackBytes = std::int64_t(32) << 10;
+
+template <class T, int L>
+void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
+  if constexpr (L > 1) {
+    if (std::int64_t(m) * n * L * std::int64_t(sizeof(T)) > kPackBytes)
+      return jacobi_lanes<T, L / 2>(X, batch, m, n, s, info);
+  }
+  jacobi_batch<T, L>(X, batch, m, n, s, info);
+}
+
+}  // namespace
+
+namespace cpu {
+
+template <class T>
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
+  if (batch == 0) return;
+  if (m == 0 || n == 0) {
+    std::fill(info, info + batch, std::int8_t(kSvdOk));
+    return;
+  }
+  if (m == 2 && n == 2) return svd2x2_batch(X, batch, s, info);
+  jacobi_lanes<T, 64 / int(sizeof(T))>(X, batch, m, n, s, info);
+}
+
+template void svdvals<float>(const float*, std::int64_t, int, int, float*, std::int8_t*);
+template void svdvals<double>(const double*, std::int64_t, int, int, double*, std::int8_t*);
+
+}  // namespace cpu
+}  // namespace implicitreg

@@ -1,0 +1,67 @@
+// Public C++ API of the singular values and the rank and norm metrics (PAPER.md §5).
+// Validation lives in Python; these functions trust their inputs.
+#pragma once
+#include <cstdint>
+
+#include "implicitreg/dmf_step.h"
+
+namespace implicitreg {
+
+// Per-matrix outcome of svdvals, shared with Python (metrics.SVD_INFO).
+enum SvdInfo : std::int8_t { kSvdOk = 0, kSvdNotConverged = 1, kSvdNonFinite = 2 };
+
+// The metrics, by the names Python gives them ("loss", "entry:i,j", "det", "svals", "fro",
+// "nuc", "spectral", "schatten:p", "erank", "rank", "dist_rank:r", "balancedness").
+enum MetricKind : std::int32_t {
+  kLoss = 0,
+  kEntry = 1,
+  kDet = 2,
+  kSvals = 3,
+  kFro = 4,
+  kNuc = 5,
+  kSpectral = 6,
+  kSchatten = 7,
+  kErank = 8,
+  kRank = 9,
+  kDistRank = 10,
+  kBalancedness = 11,
+};
+
+// One requested metric. param: kEntry the flat index i * n + j, kSchatten p, kDistRank r,
+// kRank an absolute tolerance; rtol (kRank only) adds rtol * sigma_1 to that tolerance.
+struct MetricSpec {
+  std::int32_t kind;
+  double param;
+  double rtol;
+};
+
+// Maximum number of Jacobi sweeps before a matrix is reported kSvdNotConverged.
+constexpr int kMaxSweeps = 40;
+
+namespace cpu {
+
+// Singular values s (batch, min(m, n)), descending, of X (batch, m, n) C-contiguous; info
+// (batch,) gets an SvdInfo. A matrix with a non-finite entry gets NaN singular values.
+template <class T>
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info);
+
+// Metrics of singular values s (batch, k), descending: out[i * batch + b] = spec i of problem
+// b. Only the kinds kFro ... kDistRank. NaN singular values give NaN metrics.
+template <class T>
+void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* specs, int n_specs,
+                   double* out);
+
+// max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F per problem (0 at depth 1), in double.
+template <class T>
+void balancedness(const T* const* factors, const DmfShape& shape, double* out);
+
+// Every metric of one fit() log point in one call: out (rows, batch), one row per spec in
+// order, except kSvals which takes min(m, n) rows. Singular values come from one SVD of each
+// end-to-end matrix; det is in double (the product of the factors' determinants when they
+// are all square, so its sign is exact even where the product rounds to rank one).
+template <class T>
+void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
+                 const MetricSpec* specs, int n_specs, double* out);
+
+}  // namespace cpu
+}  // namespace implicitreg
