@@ -166,7 +166,7 @@ CASES = [
     ("max_steps float", lambda: _model().fit(0.1, 1.5, progress=False), TypeError, "max_steps"),
     ("fit lr", lambda: _model().fit(-0.1, 5, progress=False), ValueError, "lr"),
     ("fit tol", lambda: _model().fit(0.1, 5, tol=-1.0, progress=False), ValueError, "tol"),
-    ("metric unknown", lambda: _model().fit(0.1, 5, metrics=("loss", "rank"), progress=False),
+    ("metric unknown", lambda: _model().fit(0.1, 5, metrics=("loss", "ranks"), progress=False),
      ValueError, "rank"),
     ("metric entry syntax", lambda: _model().fit(0.1, 5, metrics=("entry:0",), progress=False),
      ValueError, "entry:0"),

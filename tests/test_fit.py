@@ -171,7 +171,8 @@ def test_det_metric_is_float64_product_of_factor_dets(dtype):
     expected = np.ones(len(LR))
     for W in f.factors:
         expected = expected * np.linalg.det(W.astype(np.float64))
-    np.testing.assert_array_equal(t["det"][-1], expected)
+    # the core's LU and LAPACK's round differently in the last bits
+    np.testing.assert_allclose(t["det"][-1], expected, rtol=1e-13, atol=0)
     np.testing.assert_array_equal(f.det(), expected)
     assert f.det().dtype == np.float64
 

@@ -8,8 +8,9 @@ Not Be Explainable by Norms" (NeurIPS 2020).
 
 from __future__ import annotations
 
-from . import problems
+from . import metrics, problems
 from ._backend import backends, build_info
+from .metrics import svdvals
 from .models import DeepFactorization, Trajectory, every, geometric, load
 from .problems import completion, sensing
 
@@ -25,6 +26,8 @@ __all__ = [
     "every",
     "geometric",
     "load",
+    "metrics",
     "problems",
     "sensing",
+    "svdvals",
 ]

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _rng
 from ._checks import choice, integer, positive
+from .reference import det_float64
 
 INITS = ("normal", "identity", "balanced")
 SCALE_BY = ("factor", "product")
@@ -51,22 +52,6 @@ def layer_dims(shape: tuple[int, int], depth, widths) -> list[int]:
                          f"got {len(widths)}")
     widths = [integer(w, "widths", minimum=1) for w in widths]
     return [n, *widths, m]
-
-
-def det_float64(factors: list[np.ndarray]) -> np.ndarray:
-    """det(W_N ... W_1) in float64, as the product of the factors' determinants when every
-    factor is square (exact sign even when the product rounds to rank one in float32,
-    PAPER.md §8.6), else from the float64 product. Requires m == n."""
-    f64 = [np.asarray(W, dtype=np.float64) for W in factors]
-    if all(W.shape[1] == W.shape[2] for W in f64):
-        det = np.ones(f64[0].shape[0])
-        for W in f64:
-            det = det * np.linalg.det(W)
-        return det
-    E = f64[0]
-    for W in f64[1:]:
-        E = W @ E
-    return np.linalg.det(E)
 
 
 def per_factor_std(init: str, scale: float, scale_by: str, dims: list[int]) -> float:

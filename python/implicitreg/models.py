@@ -4,22 +4,20 @@ fused gradient-descent step and the fit() loop that logs metrics between chunks 
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 
-from . import ops
+from . import metrics as metrics_mod
+from . import ops, reference
 from ._backend import backends
 from ._checks import choice, finite, float_dtype, integer, real_array
 from ._io import load_npz, save_npz
-from .init import det_float64, init_factors
+from .init import init_factors
 from .problems import Completion, Sensing, completion, sensing
 from .trajectory import Trajectory, every, geometric, load, schedule
 
 __all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
 
-_ENTRY = re.compile(r"^entry:(\d+),(\d+)$")
-METRICS = ("loss", "entry:i,j", "det")
 STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
 _CHECKPOINT = "implicitreg.DeepFactorization/1"
 _WORK_PER_CALL = 3 * 10**10  # flops per kernel call in step(): about a second on one core
@@ -145,7 +143,7 @@ class DeepFactorization:
         m, n = self.problem.shape
         if m != n:
             raise ValueError(f"det: needs a square problem, got shape ({m}, {n})")
-        return det_float64(self._factors)
+        return reference.det_float64(self._factors)
 
     # ------------------------------------------------------------------ training
 
@@ -203,38 +201,30 @@ class DeepFactorization:
         return 6 * sum(d[j] * d[j - 1] * d[0] for j in range(2, len(d))) + 4 * sum(
             d[j] * d[j - 1] for j in range(1, len(d))) + 4 * d[0] * d[-1]
 
-    def _check_metrics(self, metrics) -> list[str]:
+    def _metric_specs(self, metrics) -> tuple[list[str], np.ndarray, np.ndarray, list[int]]:
+        """(names, kinds, params, rows per name), checked before any work."""
         if isinstance(metrics, str):
             metrics = (metrics,)
+        if not isinstance(metrics, (list, tuple)):
+            raise TypeError(f"metrics: expected a list of metric names, got "
+                            f"{type(metrics).__name__}")
         names = list(dict.fromkeys(metrics))
-        m, n = self.problem.shape
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(f"metrics: expected metric names, got {name!r}")
-            e = _ENTRY.match(name)
-            if e:
-                i, j = int(e.group(1)), int(e.group(2))
-                if i >= m or j >= n:
-                    raise ValueError(f"metrics: {name!r} is outside the {m} x {n} matrix")
-            elif name == "det":
-                if m != n:
-                    raise ValueError(f"metrics: 'det' needs a square problem, got ({m}, {n})")
-            elif name != "loss":
-                raise ValueError(f"metrics: unknown metric {name!r}; known: {', '.join(METRICS)}")
-        return names
+        specs = [metrics_mod.parse(name, self.problem.shape, self.dtype) for name in names]
+        kinds = np.array([sp[0] for sp in specs], dtype=np.int32)
+        params = np.array([sp[1:3] for sp in specs], dtype=np.float64).reshape(-1, 2)
+        return names, kinds, params, [sp[3] for sp in specs]
 
-    def _measure(self, names: list[str]) -> dict[str, np.ndarray]:
-        loss, E = ops.dmf_loss(self._factors, self.problem, self.backend)
-        out = {}
-        for name in names:
-            if name == "loss":
-                out[name] = loss.astype(np.float64)
-            elif name == "det":
-                out[name] = self.det()
-            else:
-                i, j = map(int, _ENTRY.match(name).groups())
-                out[name] = E[:, i, j].astype(np.float64)
-        return out
+    def measure(self, metrics=("loss",)) -> dict[str, np.ndarray]:
+        """The named metrics (see fit) of the current state, float64: (B,) each, (B, k) for
+        "svals". All come from one call: one product and one SVD per problem."""
+        names, kinds, params, rows = self._metric_specs(metrics)
+        out = ops.dmf_measure(self._factors, self.problem, kinds, params, sum(rows),
+                              self.backend)
+        result, at = {}, 0
+        for name, r in zip(names, rows, strict=True):
+            result[name] = out[at] if name != "svals" else out[at:at + r].T
+            at += r
+        return result
 
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",),
             progress: bool = True) -> Trajectory:
@@ -242,14 +232,18 @@ class DeepFactorization:
         logged Trajectory. Stops early when every problem is frozen.
 
         log: implicitreg.every(k) or implicitreg.geometric(n) (default: about 1000 rows).
-        metrics: "loss", "entry:i,j", "det" (float64, from the factors).
+        metrics (float64, computed in the core on the whole batch, one SVD per problem):
+          "loss", "entry:i,j" (of the end-to-end matrix E), "det" (of E, from the factors),
+          "svals" (k = min(m, n) values per problem), "fro", "nuc", "spectral",
+          "schatten:p" (any p > 0), "erank", "rank" (tolerance sigma_1 max(m, n) eps),
+          "dist_rank:r" (distance to rank <= r), "balancedness" (see implicitreg.metrics).
         """
         lr_arr = self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
         tol_v = self._tol(tol)
-        names = self._check_metrics(metrics)
+        names, _, _, metric_rows = self._metric_specs(metrics)
         log = schedule(log, max_steps)
-        _check_log_memory(log.rows(max_steps), self.batch, len(names), log)
+        _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log)
         points = log.points(max_steps)
         start = self.steps_done
         bar = _progress(progress, max_steps)
@@ -257,7 +251,7 @@ class DeepFactorization:
 
         def record():
             rows.append(self.steps_done)
-            for k, v in self._measure(names).items():
+            for k, v in self.measure(names).items():
                 data[k].append(v)
 
         try:

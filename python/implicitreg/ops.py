@@ -37,3 +37,45 @@ def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
     _module(backend).dmf_loss(list(factors), a["target"], a["mask"], a["A"], a["y"], loss,
                               product)
     return loss, product
+
+
+def svdvals(X: np.ndarray, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(s (B, min(m, n)) descending, info (B,) int8) of X (B, m, n) C-contiguous float."""
+    if backend == "numpy":
+        return reference.svdvals(X)
+    B, m, n = X.shape
+    s = np.empty((B, min(m, n)), dtype=X.dtype)
+    info = np.empty(B, dtype=np.int8)
+    _module(backend).svdvals(X, s, info)
+    return s, info
+
+
+def svals_metrics(s: np.ndarray, kinds: np.ndarray, params: np.ndarray,
+                  backend="cpu") -> np.ndarray:
+    """(n, B) float64: metric (kinds[i], params[i] = [param, rtol]) of singular values s."""
+    if backend == "numpy":
+        return reference.svals_metrics(s, kinds, params)
+    out = np.empty((kinds.shape[0], s.shape[0]))
+    _module(backend).svals_metrics(s, kinds, params, out)
+    return out
+
+
+def balancedness(factors, backend="cpu") -> np.ndarray:
+    """(B,) max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F."""
+    if backend == "numpy":
+        return reference.balancedness(factors)
+    out = np.empty(factors[0].shape[0])
+    _module(backend).balancedness(list(factors), out)
+    return out
+
+
+def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, rows: int,
+                backend="cpu") -> np.ndarray:
+    """(rows, B) float64: every requested metric of the factors, one SVD per problem."""
+    a = problem.arrays(factors[0].dtype)
+    args = (list(factors), a["target"], a["mask"], a["A"], a["y"], kinds, params)
+    if backend == "numpy":
+        return reference.dmf_measure(*args)
+    out = np.empty((rows, factors[0].shape[0]))
+    _module(backend).dmf_measure(*args, out)
+    return out

@@ -68,3 +68,102 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
             keep = (run & fin)[:, None, None]
             for W, Wn in zip(factors, new, strict=True):
                 np.copyto(W, Wn, where=keep)
+
+
+# ---------------------------------------------------------------- singular values and metrics
+# Metric kinds, as the compiled kernels number them (implicitreg/metrics.h MetricKind).
+LOSS, ENTRY, DET, SVALS, FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK, BALANCEDNESS = (
+    range(12))
+SVD_OK, SVD_NOT_CONVERGED, SVD_NON_FINITE = 0, 1, 2
+
+
+def svdvals(X):
+    """(s (B, min(m, n)) descending, info (B,)) by LAPACK; NaN values for non-finite X."""
+    B, m, n = X.shape
+    s = np.full((B, min(m, n)), np.nan, dtype=X.dtype)
+    info = np.zeros(B, dtype=np.int8)
+    fin = np.isfinite(X).all(axis=(1, 2))
+    if fin.any():
+        s[fin] = np.linalg.svd(X[fin], compute_uv=False)
+    info[~fin] = SVD_NON_FINITE
+    return s, info
+
+
+def _svals_metric(kind: int, param: float, rtol: float, s: np.ndarray) -> np.ndarray:
+    s = s.astype(np.float64)
+    k = s.shape[1]
+    s1 = s[:, 0] if k else np.zeros(s.shape[0])
+    with np.errstate(all="ignore"):
+        if kind == SPECTRAL:
+            return s1
+        if kind == NUC:
+            return s.sum(axis=1)
+        if kind in (FRO, DIST_RANK):
+            return np.sqrt((s[:, int(param) if kind == DIST_RANK else 0:] ** 2).sum(axis=1))
+        if kind == SCHATTEN:
+            return (s ** param).sum(axis=1) ** (1 / param)
+        if kind == ERANK:
+            total = s.sum(axis=1, keepdims=True)
+            p = np.where(s > 0, s / np.where(total > 0, total, 1), 0)
+            h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis=1)
+            return np.where(total[:, 0] > 0, np.exp(h), 0.0)
+        if kind == RANK:
+            return (s > (param + rtol * s1)[:, None]).sum(axis=1).astype(np.float64)
+    raise ValueError(f"not a singular-value metric kind: {kind}")
+
+
+def svals_metrics(s, kinds, params):
+    """(n, B) float64: metric i of the singular values s (B, k); NaN where s has a NaN."""
+    bad = np.isnan(s).any(axis=1)
+    out = np.stack([_svals_metric(int(kd), p, r, s) for kd, (p, r) in zip(kinds, params,
+                                                                          strict=True)])
+    out = out.reshape(len(kinds), s.shape[0])
+    out[:, bad] = np.nan
+    return out
+
+
+def balancedness(factors):
+    """(B,) max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F in float64 (0 at depth 1)."""
+    W = [np.asarray(f, dtype=np.float64) for f in factors]
+    out = np.zeros(W[0].shape[0])
+    for a, b in zip(W[:-1], W[1:]):
+        D = np.swapaxes(b, 1, 2) @ b - a @ np.swapaxes(a, 1, 2)
+        out = np.maximum(out, np.sqrt((D ** 2).sum(axis=(1, 2))))
+    return out
+
+
+def det_float64(factors):
+    """det(W_N ... W_1) in float64: the product of the factors' determinants when every factor
+    is square (exact sign even when the product rounds to rank one), else from the float64
+    product."""
+    f64 = [np.asarray(W, dtype=np.float64) for W in factors]
+    if all(W.shape[1] == W.shape[2] for W in f64):
+        det = np.ones(f64[0].shape[0])
+        for W in f64:
+            det = det * np.linalg.det(W)
+        return det
+    return np.linalg.det(_forward(f64)[-1])
+
+
+def dmf_measure(factors, target, mask, A, y, kinds, params):
+    """(rows, B) float64, like _core.dmf_measure: one row per spec, min(m, n) rows for svals."""
+    loss, E = dmf_loss(factors, target, mask, A, y)
+    s = None
+    if any(int(kd) == SVALS or FRO <= int(kd) <= DIST_RANK for kd in kinds):
+        s = svdvals(E)[0]
+    rows = []
+    for kd, (p, r) in zip(kinds, params, strict=True):
+        kd = int(kd)
+        if kd == LOSS:
+            rows.append(loss[None])
+        elif kd == ENTRY:
+            rows.append(E.reshape(E.shape[0], -1)[:, int(p)][None])
+        elif kd == DET:
+            rows.append(det_float64(factors)[None])
+        elif kd == SVALS:
+            rows.append(s.T)
+        elif kd == BALANCEDNESS:
+            rows.append(balancedness(factors)[None])
+        else:
+            rows.append(svals_metrics(s, [kd], [(p, r)]))
+    return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, E.shape[0]))

@@ -1,0 +1,224 @@
+"""Rank and norm metrics of batches of matrices (PAPER.md §5), from their singular values.
+
+Every function takes matrices X of shape (..., m, n) or, by keyword, their precomputed
+singular values `svals` of shape (..., k) (descending, as svdvals gives them), and returns
+one float64 value per matrix, shape (...). The singular values come from the compiled core
+(backend="cpu": 2x2 in closed form, other sizes by one-sided Jacobi) or from LAPACK
+(backend="numpy", the oracle). A matrix with a NaN or infinite entry gets NaN.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+
+from . import ops, reference
+from ._checks import choice, integer, real_array
+
+__all__ = ["balancedness", "dist_to_rank", "effective_rank", "frobenius", "nuclear", "rank",
+           "schatten", "spectral", "svdvals"]
+
+SVD_INFO = ("ok", "not_converged", "non_finite")  # indexed by the kernels' codes
+MAX_SWEEPS = 40  # Jacobi sweeps before a matrix is reported not_converged (metrics.h)
+
+# fit() metric names -> kernel kinds; "entry:i,j", "schatten:p" and "dist_rank:r" take a
+# parameter after the colon.
+KINDS = {"loss": reference.LOSS, "entry": reference.ENTRY, "det": reference.DET,
+         "svals": reference.SVALS, "fro": reference.FRO, "nuc": reference.NUC,
+         "spectral": reference.SPECTRAL, "schatten": reference.SCHATTEN,
+         "erank": reference.ERANK, "rank": reference.RANK, "dist_rank": reference.DIST_RANK,
+         "balancedness": reference.BALANCEDNESS}
+NAMES = ("loss", "entry:i,j", "det", "svals", "fro", "nuc", "spectral", "schatten:p", "erank",
+         "rank", "dist_rank:r", "balancedness")
+_PARAM = re.compile(r"^(entry|schatten|dist_rank):(.+)$")
+
+
+def _backend(backend: str) -> str:
+    return choice(backend, "backend", ("cpu", "numpy", "cuda"))
+
+
+def _matrices(X, name: str = "X") -> np.ndarray:
+    a = real_array(X, name)
+    if a.ndim < 2:
+        raise ValueError(f"{name}: expected matrices of shape (..., m, n), got shape {a.shape}")
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
+def svdvals(X, backend: str = "cpu", return_info: bool = False):
+    """Singular values of X (..., m, n), shape (..., min(m, n)), descending, in X's float
+    dtype (integers become float64).
+
+    cpu: 2x2 in closed form with the small value as |det| / sigma_1 (relative accuracy kept
+    when sigma_1 >> sigma_2); other sizes by one-sided Jacobi, within a few ulps * sigma_1.
+    A matrix with a non-finite entry gets NaN. return_info=True also returns an array (...)
+    of "ok" | "not_converged" | "non_finite"; without it, a matrix that reached the Jacobi
+    sweep cap raises a RuntimeWarning.
+    """
+    a = _matrices(X)
+    backend = _backend(backend)
+    lead, (m, n) = a.shape[:-2], a.shape[-2:]
+    s, info = ops.svdvals(a.reshape((-1, m, n)), backend)
+    s = s.reshape(lead + (min(m, n),))
+    if return_info:
+        return s, np.asarray(SVD_INFO, dtype=str)[info].reshape(lead)
+    bad = int((info == 1).sum())
+    if bad:
+        warnings.warn(f"svdvals: {bad} matrices did not converge within {MAX_SWEEPS} Jacobi "
+                      "sweeps; their values are the last iterates", RuntimeWarning, stacklevel=2)
+    return s
+
+
+def _svals(X, svals, backend: str) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """(singular values (..., k), (m, n) when matrices were given)."""
+    if (X is None) == (svals is None):
+        raise TypeError("expected exactly one of X (matrices) or svals= (singular values)")
+    if X is not None:
+        a = _matrices(X)
+        return svdvals(a, backend), a.shape[-2:]
+    s = real_array(svals, "svals")
+    if s.ndim < 1:
+        raise ValueError(f"svals: expected shape (..., k), got shape {s.shape}")
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        if (s < 0).any() or (np.diff(s, axis=-1) > 0).any():
+            raise ValueError("svals: expected non-negative singular values in descending order "
+                             "along the last axis")
+    return np.ascontiguousarray(s), None
+
+
+def _compute(s: np.ndarray, name: str, param: float = 0.0, rtol: float = 0.0,
+             backend: str = "cpu") -> np.ndarray:
+    lead, k = s.shape[:-1], s.shape[-1]
+    kinds = np.array([KINDS[name]], dtype=np.int32)
+    params = np.array([[param, rtol]], dtype=np.float64)
+    out = ops.svals_metrics(s.reshape((-1, k)), kinds, params, backend)
+    return out[0].reshape(lead)
+
+
+def frobenius(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """||X||_F = sqrt(sum sigma_i^2)."""
+    return _compute(_svals(X, svals, _backend(backend))[0], "fro", backend=backend)
+
+
+def nuclear(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """||X||_* = sum sigma_i."""
+    return _compute(_svals(X, svals, _backend(backend))[0], "nuc", backend=backend)
+
+
+def spectral(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """||X||_2 = sigma_1 (0 for an empty matrix)."""
+    return _compute(_svals(X, svals, _backend(backend))[0], "spectral", backend=backend)
+
+
+def _p(p) -> float:
+    if p is None:
+        raise TypeError("p: expected a number > 0, got None")
+    p = real_array(p, "p")
+    if p.ndim != 0 or not (np.isfinite(p) and p > 0):
+        raise ValueError(f"p: expected a finite number > 0, got {p}")
+    return float(p)
+
+
+def schatten(X=None, p=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """(sum sigma_i^p)^(1/p) for any p > 0: a norm for p >= 1 (p = 1 nuclear, p = 2
+    Frobenius), a quasi-norm for p < 1."""
+    p = _p(p)
+    return _compute(_svals(X, svals, _backend(backend))[0], "schatten", p, backend=backend)
+
+
+def effective_rank(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """Roy & Vetterli's effective rank exp(-sum p_i ln p_i), p_i = sigma_i / sum sigma_j over
+    the non-zero sigma_i: 1 <= erank <= rank; 0 for the zero matrix."""
+    return _compute(_svals(X, svals, _backend(backend))[0], "erank", backend=backend)
+
+
+def rank(X=None, tol=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """Numerical rank #{sigma_i > tol}, int64; -1 for a matrix with a non-finite entry.
+
+    tol=None: sigma_1 * max(m, n) * eps(dtype), where (m, n) is the matrix shape (k for
+    singular values given as svals=, which is the same for square matrices)."""
+    s, shape = _svals(X, svals, _backend(backend))
+    if tol is None:
+        size = max(shape) if shape is not None else s.shape[-1]
+        param, rtol = 0.0, size * float(np.finfo(s.dtype).eps)
+    else:
+        t = real_array(tol, "tol")
+        if t.ndim != 0 or not (np.isfinite(t) and t >= 0):
+            raise ValueError(f"tol: expected a finite number >= 0 or None, got {tol}")
+        param, rtol = float(t), 0.0
+    r = _compute(s, "rank", param, rtol, backend)
+    return np.where(np.isnan(r), -1, r).astype(np.int64)
+
+
+def dist_to_rank(X=None, r=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+    """Frobenius distance to the nearest matrix of rank <= r (Eckart-Young):
+    sqrt(sum_{i > r} sigma_i^2)."""
+    if r is None:
+        raise TypeError("r: expected an integer >= 0, got None")
+    r = integer(r, "r", minimum=0)
+    return _compute(_svals(X, svals, _backend(backend))[0], "dist_rank", r, backend=backend)
+
+
+def balancedness(factors, backend: str = "cpu") -> np.ndarray:
+    """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F of factors [W_1, ..., W_N], each
+    (B, d_j, d_{j-1}); float64 (B,). Zero for balanced factors (and at depth 1)."""
+    backend = _backend(backend)
+    if not isinstance(factors, (list, tuple)) or len(factors) == 0:
+        raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
+                        f"got {type(factors).__name__}")
+    arrays = [real_array(W, f"factors[{j}]") for j, W in enumerate(factors)]
+    dtype = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
+    B = arrays[0].shape[0] if arrays[0].ndim == 3 else None
+    for j, a in enumerate(arrays):
+        if a.ndim != 3 or a.shape[0] != B:
+            raise ValueError(f"factors[{j}]: expected shape (B, d_{j + 1}, d_{j}) with the "
+                             f"batch of factors[0] ({B}), got {a.shape}")
+        if j and a.shape[2] != arrays[j - 1].shape[1]:
+            raise ValueError(f"factors[{j}]: expected {arrays[j - 1].shape[1]} columns to chain "
+                             f"with factors[{j - 1}], got shape {a.shape}")
+    arrays = [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    return ops.balancedness(arrays, backend)
+
+
+def parse(name: str, shape: tuple[int, int], dtype) -> tuple[int, float, float, int]:
+    """(kind, param, rtol, rows) of a fit() metric name for end-to-end matrices of `shape`
+    in `dtype`; ValueError naming the metric when it is unknown or its parameter is bad."""
+    if not isinstance(name, str):
+        raise TypeError(f"metrics: expected metric names, got {name!r}")
+    m, n = shape
+    base, arg = name, None
+    hit = _PARAM.match(name)
+    if hit:
+        base, arg = hit.groups()
+    if base not in KINDS or (arg is not None) != (base in ("entry", "schatten", "dist_rank")):
+        raise ValueError(f"metrics: unknown metric {name!r}; known: {', '.join(NAMES)}")
+    kind, param, rtol = KINDS[base], 0.0, 0.0
+    try:
+        if base == "entry":
+            i, j = (int(v) for v in arg.split(","))
+            if not (0 <= i < m and 0 <= j < n):
+                raise ValueError(f"metrics: {name!r} is outside the {m} x {n} matrix")
+            param = float(i * n + j)
+        elif base == "schatten":
+            param = float(arg)
+            if not (np.isfinite(param) and param > 0):
+                raise ValueError(f"metrics: {name!r}: expected p > 0")
+        elif base == "dist_rank":
+            param = float(int(arg))
+            if param < 0:
+                raise ValueError(f"metrics: {name!r}: expected r >= 0")
+    except ValueError as exc:
+        if str(exc).startswith("metrics:"):
+            raise
+        raise ValueError(f"metrics: cannot read the parameter of {name!r} "
+                         f"(expected {NAMES[list(KINDS).index(base)]})") from exc
+    if base == "det" and m != n:
+        raise ValueError(f"metrics: 'det' needs a square problem, got ({m}, {n})")
+    if base == "rank":
+        rtol = max(m, n) * float(np.finfo(dtype).eps)
+    return kind, param, rtol, min(m, n) if base == "svals" else 1
