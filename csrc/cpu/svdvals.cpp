@@ -4,7 +4,6 @@
 // largest entry lies in [1/2, 1), and scaled back at the end.
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <vector>
 
@@ -21,6 +20,7 @@ constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
 template <class T>
 T max_abs(const T* x, std::int64_t size) {
   T mx = 0, bad = 0;
+#pragma omp simd reduction(max : mx) reduction(+ : bad)
   for (std::int64_t e = 0; e < size; ++e) {
     mx = std::max(mx, std::fabs(x[e]));
     bad += x[e] - x[e];  // NaN exactly when x[e] is NaN or inf
@@ -68,7 +68,7 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
 
 // Jacobi on the columns of an M x N matrix with M >= N: X itself when m >= n, else X^T
 // (same singular values), so that the rotated vectors are the longer ones.
-template <class T, int L>
+template <class T, int L, int SM = 0, int SN = 0>
 void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
   const bool transpose = m < n;
   const int M = transpose ? n : m, N = transpose ? m : n;
@@ -103,13 +103,15 @@ void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
             A[at * L + l] = bad[l] ? T(0) : by_factor ? v * scale : std::ldexp(v, -ex[l]);
           }
       }
-      kernels::pack_jacobi<T, L>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
+      kernels::pack_jacobi<T, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
                                  norm2.data(), kMaxSweeps, unconverged);
       for (int l = 0; l < L && b0 + l < batch; ++l) {
         const std::int64_t b = b0 + l;
         for (int c = 0; c < N; ++c)
           sv[c] = bad[l] ? kNaN<T> : std::ldexp(std::sqrt(norm2[c * L + l]), ex[l]);
-        std::sort(sv.begin(), sv.end(), std::greater<T>());
+        // Insertion sort: the values come out of Jacobi nearly ordered, and n is small.
+        for (int c = 1; c < N; ++c)
+          for (int e = c; e > 0 && sv[e] > sv[e - 1]; --e) std::swap(sv[e], sv[e - 1]);
         std::copy(sv.begin(), sv.end(), s + b * N);
         info[b] = bad[l] ? kSvdNonFinite : unconverged[l] ? kSvdNotConverged : kSvdOk;
       }
@@ -127,6 +129,17 @@ void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
   if constexpr (L > 1) {
     if (std::int64_t(m) * n * L * std::int64_t(sizeof(T)) > kPackBytes)
       return jacobi_lanes<T, L / 2>(X, batch, m, n, s, info);
+  }
+  if (m == n) {  // small square sizes at compile time: every loop unrolled
+    switch (n) {  // clang-format off
+      case 3: return jacobi_batch<T, L, 3, 3>(X, batch, m, n, s, info);
+      case 4: return jacobi_batch<T, L, 4, 4>(X, batch, m, n, s, info);
+      case 5: return jacobi_batch<T, L, 5, 5>(X, batch, m, n, s, info);
+      case 6: return jacobi_batch<T, L, 6, 6>(X, batch, m, n, s, info);
+      case 7: return jacobi_batch<T, L, 7, 7>(X, batch, m, n, s, info);
+      case 8: return jacobi_batch<T, L, 8, 8>(X, batch, m, n, s, info);
+      default: break;
+    }  // clang-format on
   }
   jacobi_batch<T, L>(X, batch, m, n, s, info);
 }

@@ -54,7 +54,7 @@ inline int round_robin(int n, int* pairs) {
 // Scratch of pack_jacobi for n columns and L lanes.
 template <class T, int L>
 struct JacobiScratch {
-  static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 7 * L + std::int64_t(n) * L; }
+  static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 5 * L; }
 };
 
 // One-sided Jacobi on a pack of L matrices with m rows and n <= m columns, lane-packed:
@@ -65,19 +65,17 @@ struct JacobiScratch {
 // eps * sigma_1 when the largest entry is of order 1) are not rotated. On return
 // norm2[c * L + l] is the squared norm of column c: the squared singular values, unsorted.
 // Returns the number of sweeps run; unconverged[l] says which lanes hit the cap.
+// SM and SN, when not 0, are m and n known at compile time (fully unrolled small sizes).
 //
 // Rotation: with d = aqq - app and x = apq, t = 2x sign(d) / (|d| + sqrt(d^2 + 4x^2)) (the
-// smaller root of t^2 + (d/x) t - 1 = 0) and c = 1 / sqrt(1 + t^2), the pair becomes
-// (c a_p - c t a_q, c t a_p + c a_q), and the squared norms move by -t x and +t x. Column c is
-// stored as scale_c * a_c, so that the factor c goes into the scales and the rotation costs
-// two FMAs per entry: a_p <- a_p - (t s_q / s_p) a_q, a_q <- a_q + (t s_p / s_q) a_p, s <- c s.
-// The scales are folded back into the columns every few rounds (each c >= 1/sqrt(2), so they
-// stay far from underflow). Lanes that need no rotation take t = 0, so one instruction
-// stream serves the pack; all lanes share the sweep count.
-template <class T, int L>
-inline int pack_jacobi(T* A, int m, int n, const int* pairs, int rounds, T* scratch, T* norm2,
-                       int max_sweeps, bool* unconverged) {
-  constexpr int kFoldRounds = 16;  // scales stay above 2^-8
+// smaller root of t^2 + (d/x) t - 1 = 0), c = 1 / sqrt(1 + t^2), s = c t; then
+// a_p <- c a_p - s a_q, a_q <- s a_p + c a_q, and the squared norms move by -t x and +t x.
+// Lanes that need no rotation take t = 0 (c = 1, s = 0), so one instruction stream serves the
+// pack; all lanes share the sweep count.
+template <class T, int L, int SM = 0, int SN = 0>
+inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch,
+                       T* norm2, int max_sweeps, bool* unconverged) {
+  const int m = SM ? SM : m_rt, n = SN ? SN : n_rt;
   const T tol = std::numeric_limits<T>::epsilon() * std::sqrt(T(m));
   const T tol2 = tol * tol;
   const T tiny2 = std::numeric_limits<T>::min() * T(1 << 20);
@@ -85,37 +83,25 @@ inline int pack_jacobi(T* A, int m, int n, const int* pairs, int rounds, T* scra
   T* apq = scratch;
   T* app = apq + half * L;
   T* aqq = app + half * L;
-  T* sp = aqq + half * L;
-  T* sq = sp + half * L;
-  T* fp = sq + half * L;
-  T* fq = fp + half * L;
-  T* scale = fq + half * L;
+  T* cs = aqq + half * L;
+  T* sn = cs + half * L;
   auto col = [&](int c) { return A + std::int64_t(c) * m * L; };
-  for (int e = 0; e < n * L; ++e) scale[e] = T(1);
-  auto fold = [&](bool norms) {  // columns <- scale * columns, and fresh norms if asked
+  auto fresh_norms = [&]() {
     for (int c = 0; c < n; ++c) {
       T acc[L] = {};
-      T* a = col(c);
-      T* sc = scale + c * L;
+      const T* a = col(c);
       for (int r = 0; r < m; ++r)
 #pragma omp simd
-        for (int l = 0; l < L; ++l) {
-          a[r * L + l] *= sc[l];
-          acc[l] += a[r * L + l] * a[r * L + l];
-        }
-      for (int l = 0; l < L; ++l) {
-        sc[l] = T(1);
-        if (norms) norm2[c * L + l] = acc[l];
-      }
+        for (int l = 0; l < L; ++l) acc[l] += a[r * L + l] * a[r * L + l];
+      for (int l = 0; l < L; ++l) norm2[c * L + l] = acc[l];
     }
   };
   int sweep = 0;
   bool rotated = true;
   for (; sweep < max_sweeps && rotated; ++sweep) {
     rotated = false;
-    fold(true);  // fresh norms each sweep, so that the updates' rounding never accumulates
+    fresh_norms();  // each sweep, so that the updates' rounding never accumulates
     for (int round = 0; round < rounds; ++round) {
-      if (round > 0 && round % kFoldRounds == 0) fold(false);
       const int* pr = pairs + round * half * 2;
       for (int i = 0; i < half; ++i) {
         const int p = pr[2 * i] < 0 ? 0 : pr[2 * i], q = pr[2 * i + 1] < 0 ? 1 : pr[2 * i + 1];
@@ -136,12 +122,9 @@ inline int pack_jacobi(T* A, int m, int n, const int* pairs, int rounds, T* scra
             for (int l = 0; l < L; ++l) acc0[l] += ap[r * L + l] * aq[r * L + l];
         }
         for (int l = 0; l < L; ++l) {
-          const int e = i * L + l;
-          sp[e] = scale[p * L + l];
-          sq[e] = scale[q * L + l];
-          apq[e] = (acc0[l] + acc1[l]) * sp[e] * sq[e];
-          app[e] = norm2[p * L + l];
-          aqq[e] = norm2[q * L + l];
+          apq[i * L + l] = acc0[l] + acc1[l];
+          app[i * L + l] = norm2[p * L + l];
+          aqq[i * L + l] = norm2[q * L + l];
         }
       }
       int any = 0;
@@ -154,10 +137,8 @@ inline int pack_jacobi(T* A, int m, int n, const int* pairs, int rounds, T* scra
         const T t_rot = std::copysign(T(2), d) * x / (std::fabs(d) + std::sqrt(d * d + T(4) * x2));
         const T t = rot ? t_rot : T(0);
         const T c = T(1) / std::sqrt(T(1) + t * t);
-        fp[e] = t * (sq[e] / sp[e]);
-        fq[e] = t * (sp[e] / sq[e]);
-        sp[e] *= c;
-        sq[e] *= c;
+        cs[e] = c;
+        sn[e] = c * t;
         app[e] -= t * x;
         aqq[e] += t * x;
         any |= rot;
@@ -169,29 +150,26 @@ inline int pack_jacobi(T* A, int m, int n, const int* pairs, int rounds, T* scra
         const int p = pr[2 * i], q = pr[2 * i + 1];
         bool need = false;
         for (int l = 0; l < L; ++l) {
-          const int e = i * L + l;
-          need |= fp[e] != T(0);
-          norm2[p * L + l] = app[e];
-          norm2[q * L + l] = aqq[e];
-          scale[p * L + l] = sp[e];
-          scale[q * L + l] = sq[e];
+          need |= sn[i * L + l] != T(0);
+          norm2[p * L + l] = app[i * L + l];
+          norm2[q * L + l] = aqq[i * L + l];
         }
         if (!need) continue;
         T* ap = col(p);
         T* aq = col(q);
-        const T* f1 = fp + i * L;
-        const T* f2 = fq + i * L;
+        const T* c = cs + i * L;
+        const T* sv = sn + i * L;
         for (int r = 0; r < m; ++r)
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const T x = ap[r * L + l], y = aq[r * L + l];
-            ap[r * L + l] = x - f1[l] * y;
-            aq[r * L + l] = y + f2[l] * x;
+            ap[r * L + l] = c[l] * x - sv[l] * y;
+            aq[r * L + l] = sv[l] * x + c[l] * y;
           }
       }
     }
   }
-  fold(true);  // the final values from the columns themselves
+  fresh_norms();  // the final values from the columns themselves
   for (int l = 0; l < L; ++l) unconverged[l] = false;
   if (rotated) {  // the cap was hit: say which lanes still want a rotation
     for (int p = 0; p < n - 1; ++p)
