@@ -324,8 +324,8 @@ Completion passes target/mask (A = y = None), sensing passes A/y (target = mask 
   m.def(
       "dmf_measure",
       [](const py::list& factors, const py::object& target, const py::object& mask,
-         const py::object& A, const py::object& y, const py::array& kinds,
-         const py::array& params, py::array out) {
+         const py::object& A, const py::object& y, const py::array& kinds, const py::array& params,
+         py::array out) {
         if (is_f32(factors, "dmf_measure"))
           return dmf_measure_t<float>(factors, target, mask, A, y, kinds, params, out);
         return dmf_measure_t<double>(factors, target, mask, A, y, kinds, params, out);

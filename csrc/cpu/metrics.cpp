@@ -1,11 +1,11 @@
 // Rank and norm metrics (PAPER.md §5) on whole batches, and dmf_measure: everything fit()
 // logs at one log point, from one product and one SVD per problem, in one call.
+#include "implicitreg/metrics.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include "implicitreg/metrics.h"
 
 namespace implicitreg {
 namespace {
@@ -207,8 +207,7 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
         std::vector<double> buf, tmp;
 #pragma omp for schedule(static)
         for (std::int64_t b = 0; b < batch; ++b) row[b] = det_f64(factors, shape, b, buf, tmp);
-      }
-        break;
+      } break;
       default:
         svals_metrics(s.data(), batch, k, &spec, 1, row);
     }
@@ -224,8 +223,8 @@ template void balancedness<float>(const float* const*, const DmfShape&, double*)
 template void balancedness<double>(const double* const*, const DmfShape&, double*);
 template void dmf_measure<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
                                  const MetricSpec*, int, double*);
-template void dmf_measure<double>(const double* const*, const DmfShape&,
-                                  const DmfProblem<double>&, const MetricSpec*, int, double*);
+template void dmf_measure<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,
+                                  const MetricSpec*, int, double*);
 
 }  // namespace cpu
 }  // namespace implicitreg

@@ -2,13 +2,14 @@
 // across matrices), other sizes by one-sided Jacobi on packs of L matrices held lane-packed,
 // one pack per thread at a time. Each matrix is scaled by a power of two (exact) so that its
 // largest entry lies in [1/2, 1), and scaled back at the end.
+#include "kernels/svdvals.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "implicitreg/metrics.h"
-#include "kernels/svdvals.h"
 
 namespace implicitreg {
 namespace {
@@ -104,7 +105,7 @@ void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
           }
       }
       kernels::pack_jacobi<T, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
-                                 norm2.data(), kMaxSweeps, unconverged);
+                                         norm2.data(), kMaxSweeps, unconverged);
       for (int l = 0; l < L && b0 + l < batch; ++l) {
         const std::int64_t b = b0 + l;
         for (int c = 0; c < N; ++c)
@@ -139,7 +140,7 @@ void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
       case 7: return jacobi_batch<T, L, 7, 7>(X, batch, m, n, s, info);
       case 8: return jacobi_batch<T, L, 8, 8>(X, batch, m, n, s, info);
       default: break;
-    }  // clang-format on
+    }            // clang-format on
   }
   jacobi_batch<T, L>(X, batch, m, n, s, info);
 }

@@ -73,8 +73,8 @@ struct JacobiScratch {
 // Lanes that need no rotation take t = 0 (c = 1, s = 0), so one instruction stream serves the
 // pack; all lanes share the sweep count.
 template <class T, int L, int SM = 0, int SN = 0>
-inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch,
-                       T* norm2, int max_sweeps, bool* unconverged) {
+inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch, T* norm2,
+                       int max_sweeps, bool* unconverged) {
   const int m = SM ? SM : m_rt, n = SN ? SN : n_rt;
   const T tol = std::numeric_limits<T>::epsilon() * std::sqrt(T(m));
   const T tol2 = tol * tol;

@@ -26,4 +26,19 @@ def dmf_loss(
     loss: np.ndarray,
     product: np.ndarray,
 ) -> None: ...
+def svdvals(X: np.ndarray, s: np.ndarray, info: np.ndarray) -> None: ...
+def svals_metrics(
+    s: np.ndarray, kinds: np.ndarray, params: np.ndarray, out: np.ndarray
+) -> None: ...
+def balancedness(factors: list[np.ndarray], out: np.ndarray) -> None: ...
+def dmf_measure(
+    factors: list[np.ndarray],
+    target: np.ndarray | None,
+    mask: np.ndarray | None,
+    A: np.ndarray | None,
+    y: np.ndarray | None,
+    kinds: np.ndarray,
+    params: np.ndarray,
+    out: np.ndarray,
+) -> None: ...
 def build_info() -> dict[str, Any]: ...

@@ -126,7 +126,7 @@ def balancedness(factors):
     """(B,) max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F in float64 (0 at depth 1)."""
     W = [np.asarray(f, dtype=np.float64) for f in factors]
     out = np.zeros(W[0].shape[0])
-    for a, b in zip(W[:-1], W[1:]):
+    for a, b in zip(W[:-1], W[1:], strict=True):
         D = np.swapaxes(b, 1, 2) @ b - a @ np.swapaxes(a, 1, 2)
         out = np.maximum(out, np.sqrt((D ** 2).sum(axis=(1, 2))))
     return out
