@@ -134,6 +134,7 @@ def fit_overhead(steps: int, repeats: int) -> dict:
     return {"batch": FIT_BATCH, "depth": FIT_DEPTH, "lr": FIT_LR, "steps": steps,
             "log_every": FIT_EVERY, "log_rows": log_rows, "metrics": list(ALL_METRICS),
             "loss_only_s": loss_s, "all_metrics_s": all_s,
+            "loss_only_runs_s": times["loss_only"], "all_metrics_runs_s": times["all_metrics"],
             "extra_pct": 100.0 * (all_s - loss_s) / loss_s,
             "extra_per_log_row_us": 1e6 * (all_s - loss_s) / max(1, log_rows),
             "measure_all_us": 1e6 * measure_s, "target_pct": FIT_TARGET_PCT}
@@ -146,10 +147,10 @@ def _x(v) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer fit steps and repeats")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, help="repeats per median (default 5, 3 with --quick)")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args()
-    repeats = 3 if args.quick else max(1, args.repeats)
+    repeats = max(1, args.repeats or (3 if args.quick else 5))
     sample_s = 0.02 if args.quick else 0.05
     steps = 5000 if args.quick else 20000
     torch, jax = _torch(), _jax()
