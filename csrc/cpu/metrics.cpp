@@ -12,6 +12,17 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
+// x^p, exact-rounding shortcuts for the exponents the experiments use (the paper's Schatten
+// quasi-norms p = 1/2, 1/4 and their inverses), std::pow otherwise.
+inline double pow_p(double x, double p) {
+  if (p == 1) return x;
+  if (p == 2) return x * x;
+  if (p == 4) return (x * x) * (x * x);
+  if (p == 0.5) return std::sqrt(x);
+  if (p == 0.25) return std::sqrt(std::sqrt(x));
+  return std::pow(x, p);
+}
+
 // One metric of the descending singular values s[0..k). Sums of powers are taken relative to
 // the largest term, so that no intermediate overflows or underflows.
 template <class T>
@@ -38,8 +49,8 @@ double svals_metric(const MetricSpec& spec, const T* s, int k) {
       if (s1 == 0) return 0;
       const double p = spec.param;
       double acc = 0;
-      for (int i = 0; i < k; ++i) acc += s[i] > 0 ? std::pow(s[i] / s1, p) : 0.0;
-      return s1 * std::pow(acc, 1 / p);
+      for (int i = 0; i < k; ++i) acc += s[i] > 0 ? pow_p(s[i] / s1, p) : 0.0;
+      return s1 * pow_p(acc, 1 / p);
     }
     case kErank: {  // Roy & Vetterli: exp of the entropy of s / sum(s) over non-zero s
       double total = 0;
@@ -98,6 +109,11 @@ double det_f64(const T* const* factors, const DmfShape& shape, std::int64_t b,
     buf.resize(std::size_t(n) * n);
     for (int j = 0; j < shape.depth; ++j) {
       const T* W = factors[j] + b * n * n;
+      if (n == 2) {  // Kahan's FMA form: within 2 ulps
+        const double w = double(W[1]) * W[2];
+        det *= std::fma(double(W[0]), double(W[3]), -w) + std::fma(-double(W[1]), double(W[2]), w);
+        continue;
+      }
       std::copy(W, W + n * n, buf.begin());
       det *= det_lu(buf.data(), n);
     }
@@ -182,36 +198,40 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
     info.resize(batch);
     svdvals(product.data(), batch, m, n, s.data(), info.data());
   }
-  double* row = out;
-  for (int i = 0; i < n_specs; ++i) {
-    const MetricSpec& spec = specs[i];
-    switch (spec.kind) {
-      case kLoss:
-        std::copy(loss.begin(), loss.end(), row);
-        break;
-      case kEntry:
-        for (std::int64_t b = 0; b < batch; ++b)
-          row[b] = product[b * m * n + std::int64_t(spec.param)];
-        break;
-      case kSvals:
-        for (std::int64_t b = 0; b < batch; ++b)
-          for (int c = 0; c < k; ++c) row[c * batch + b] = s[b * k + c];
-        row += (k - 1) * batch;
-        break;
-      case kBalancedness:
-        balancedness(factors, shape, row);
-        break;
-      case kDet:
+  // One pass over the problems computes every requested row.
 #pragma omp parallel
-      {
-        std::vector<double> buf, tmp;
+  {
+    std::vector<double> buf, tmp;
 #pragma omp for schedule(static)
-        for (std::int64_t b = 0; b < batch; ++b) row[b] = det_f64(factors, shape, b, buf, tmp);
-      } break;
-      default:
-        svals_metrics(s.data(), batch, k, &spec, 1, row);
+    for (std::int64_t b = 0; b < batch; ++b) {
+      const T* sb = need_svals ? s.data() + b * k : nullptr;
+      bool finite = true;
+      for (int c = 0; c < (need_svals ? k : 0); ++c) finite &= !std::isnan(sb[c]);
+      double* row = out + b;
+      for (int i = 0; i < n_specs; ++i, row += batch) {
+        const MetricSpec& spec = specs[i];
+        switch (spec.kind) {
+          case kLoss:
+            *row = loss[b];
+            break;
+          case kEntry:
+            *row = product[b * m * n + std::int64_t(spec.param)];
+            break;
+          case kSvals:
+            for (int c = 0; c < k; ++c) row[c * batch] = sb[c];
+            row += (k - 1) * batch;
+            break;
+          case kBalancedness:
+            *row = balancedness_one(factors, shape, b);
+            break;
+          case kDet:
+            *row = det_f64(factors, shape, b, buf, tmp);
+            break;
+          default:
+            *row = finite ? svals_metric(spec, sb, k) : kNaN;
+        }
+      }
     }
-    row += batch;
   }
 }
 

@@ -218,13 +218,9 @@ class DeepFactorization:
         """The named metrics (see fit) of the current state, float64: (B,) each, (B, k) for
         "svals". All come from one call: one product and one SVD per problem."""
         names, kinds, params, rows = self._metric_specs(metrics)
-        out = ops.dmf_measure(self._factors, self.problem, kinds, params, sum(rows),
-                              self.backend)
-        result, at = {}, 0
-        for name, r in zip(names, rows, strict=True):
-            result[name] = out[at] if name != "svals" else out[at:at + r].T
-            at += r
-        return result
+        out = np.empty((sum(rows), self.batch))
+        ops.dmf_measure(self._factors, self.problem, kinds, params, out, self.backend)
+        return {k: v[0] for k, v in _split_rows(out[None], names, rows).items()}
 
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",),
             progress: bool = True) -> Trajectory:
@@ -241,37 +237,36 @@ class DeepFactorization:
         lr_arr = self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
         tol_v = self._tol(tol)
-        names, _, _, metric_rows = self._metric_specs(metrics)
+        names, kinds, params, metric_rows = self._metric_specs(metrics)
         log = schedule(log, max_steps)
         _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log)
         points = log.points(max_steps)
         start = self.steps_done
         bar = _progress(progress, max_steps)
-        rows, data = [], {k: [] for k in names}
-
-        def record():
-            rows.append(self.steps_done)
-            for k, v in self.measure(names).items():
-                data[k].append(v)
-
+        # Every row goes straight from the core into this buffer (pages are touched only as
+        # rows are written), so logging costs no copy.
+        buf = np.empty((len(points), sum(metric_rows), self.batch))
+        rows: list[int] = []
         try:
             for p in points:
                 self.step(lr_arr, int(start + p - self.steps_done), tol)
                 if bar is not None:
                     bar.update(int(p) - bar.n)
-                record()
+                ops.dmf_measure(self._factors, self.problem, kinds, params, buf[len(rows)],
+                                self.backend)
+                rows.append(self.steps_done)
                 if (self._status != 0).all():
                     break
         finally:
             if bar is not None:
                 bar.close()
+        data = _split_rows(buf[:len(rows)], names, metric_rows)
         meta = {"lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
                 "max_steps": max_steps, "tol": None if tol is None else tol_v,
                 "log": repr(log), "backend": self.backend,
                 "dtype": str(self.dtype), "dims": self.dims, "problem": repr(self.problem)}
         status = np.where(self._status == 0, "max_steps", self.status)
-        return Trajectory(rows, {k: np.stack(v) for k, v in data.items()}, status,
-                          self._frozen_at, meta)
+        return Trajectory(rows, data, status, self._frozen_at, meta)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -309,6 +304,15 @@ class DeepFactorization:
     def __repr__(self) -> str:
         return (f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
                 f"backend={self.backend!r}, steps_done={self.steps_done})")
+
+
+def _split_rows(buf: np.ndarray, names: list[str], rows: list[int]) -> dict:
+    """{name: (T, B) view, or (T, B, k) for svals} of a (T, rows, B) measurement buffer."""
+    out, at = {}, 0
+    for name, r in zip(names, rows, strict=True):
+        out[name] = buf[:, at] if name != "svals" else np.swapaxes(buf[:, at:at + r], 1, 2)
+        at += r
+    return out
 
 
 def _check_log_memory(rows: int, batch: int, n_metrics: int, log) -> None:

@@ -69,13 +69,14 @@ def balancedness(factors, backend="cpu") -> np.ndarray:
     return out
 
 
-def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, rows: int,
+def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np.ndarray,
                 backend="cpu") -> np.ndarray:
-    """(rows, B) float64: every requested metric of the factors, one SVD per problem."""
+    """Writes into out (rows, B) float64 every requested metric of the factors, from one
+    product and one SVD per problem; returns out."""
     a = problem.arrays(factors[0].dtype)
     args = (list(factors), a["target"], a["mask"], a["A"], a["y"], kinds, params)
     if backend == "numpy":
-        return reference.dmf_measure(*args)
-    out = np.empty((rows, factors[0].shape[0]))
-    _module(backend).dmf_measure(*args, out)
+        out[...] = reference.dmf_measure(*args)
+    else:
+        _module(backend).dmf_measure(*args, out)
     return out
