@@ -37,11 +37,13 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
     const T* x = X + 4 * b;
     const T mx = std::max(std::max(std::fabs(x[0]), std::fabs(x[1])),
                           std::max(std::fabs(x[2]), std::fabs(x[3])));
+    // x - x is NaN exactly for NaN and inf, which std::max would drop.
+    const T bad = (x[0] - x[0]) + (x[1] - x[1]) + (x[2] - x[2]) + (x[3] - x[3]);
     T s1, s2;
     kernels::svd2x2(x[0], x[1], x[2], x[3], s1, s2);
     s[2 * b] = s1;
     s[2 * b + 1] = s2;
-    info[b] = !(mx >= lo && mx <= hi);  // also true for NaN: fixed up below
+    info[b] = !(mx >= lo && mx <= hi && bad == T(0));  // fixed up below
   }
   // Rare: out-of-range, zero or non-finite matrices.
 #pragma omp parallel for schedule(static)

@@ -127,8 +127,14 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
           aqq[i * L + l] = norm2[q * L + l];
         }
       }
-      int any = 0;
+      int any = 0;  // first only the test, so that converged rounds skip the sqrt and division
 #pragma omp simd reduction(| : any)
+      for (int e = 0; e < half * L; ++e) {
+        const T x2 = apq[e] * apq[e];
+        any |= (x2 > tol2 * app[e] * aqq[e]) & (x2 > tiny2);
+      }
+      if (!any) continue;
+#pragma omp simd
       for (int e = 0; e < half * L; ++e) {
         // Everything computed unconditionally and then selected, so that the loop vectorizes
         // (a NaN from a lane that does not rotate is discarded by the select).
@@ -141,9 +147,7 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
         sn[e] = c * t;
         app[e] -= t * x;
         aqq[e] += t * x;
-        any |= rot;
       }
-      if (!any) continue;
       rotated = true;
       for (int i = 0; i < half; ++i) {
         if (pr[2 * i] < 0) continue;

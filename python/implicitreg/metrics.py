@@ -9,6 +9,7 @@ one float64 value per matrix, shape (...). The singular values come from the com
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 
@@ -61,7 +62,7 @@ def svdvals(X, backend: str = "cpu", return_info: bool = False):
     a = _matrices(X)
     backend = _backend(backend)
     lead, (m, n) = a.shape[:-2], a.shape[-2:]
-    s, info = ops.svdvals(a.reshape((-1, m, n)), backend)
+    s, info = ops.svdvals(a.reshape((math.prod(lead), m, n)), backend)
     s = s.reshape(lead + (min(m, n),))
     if return_info:
         return s, np.asarray(SVD_INFO, dtype=str)[info].reshape(lead)
@@ -96,7 +97,7 @@ def _compute(s: np.ndarray, name: str, param: float = 0.0, rtol: float = 0.0,
     lead, k = s.shape[:-1], s.shape[-1]
     kinds = np.array([KINDS[name]], dtype=np.int32)
     params = np.array([[param, rtol]], dtype=np.float64)
-    out = ops.svals_metrics(s.reshape((-1, k)), kinds, params, backend)
+    out = ops.svals_metrics(s.reshape((math.prod(lead), k)), kinds, params, backend)
     return out[0].reshape(lead)
 
 

@@ -93,15 +93,21 @@ def _svals_metric(kind: int, param: float, rtol: float, s: np.ndarray) -> np.nda
     s = s.astype(np.float64)
     k = s.shape[1]
     s1 = s[:, 0] if k else np.zeros(s.shape[0])
+    # Sums of powers relative to the largest term, as the core takes them: no overflow or
+    # underflow in between.
     with np.errstate(all="ignore"):
         if kind == SPECTRAL:
             return s1
         if kind == NUC:
             return s.sum(axis=1)
         if kind in (FRO, DIST_RANK):
-            return np.sqrt((s[:, int(param) if kind == DIST_RANK else 0:] ** 2).sum(axis=1))
+            tail = s[:, int(param) if kind == DIST_RANK else 0:]
+            top = tail[:, 0] if tail.shape[1] else np.zeros(s.shape[0])
+            safe = np.where(top > 0, top, 1)[:, None]
+            return np.where(top > 0, top * np.sqrt(((tail / safe) ** 2).sum(axis=1)), 0.0)
         if kind == SCHATTEN:
-            return (s ** param).sum(axis=1) ** (1 / param)
+            safe = np.where(s1 > 0, s1, 1)[:, None]
+            return np.where(s1 > 0, s1 * ((s / safe) ** param).sum(axis=1) ** (1 / param), 0.0)
         if kind == ERANK:
             total = s.sum(axis=1, keepdims=True)
             p = np.where(s > 0, s / np.where(total > 0, total, 1), 0)
