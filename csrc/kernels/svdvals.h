@@ -68,9 +68,12 @@ struct JacobiScratch {
 // SM and SN, when not 0, are m and n known at compile time (fully unrolled small sizes).
 //
 // Rotation: with d = aqq - app and x = apq, t = 2x sign(d) / (|d| + sqrt(d^2 + 4x^2)) (the
-// smaller root of t^2 + (d/x) t - 1 = 0), c = 1 / sqrt(1 + t^2), s = c t; then
-// a_p <- c a_p - s a_q, a_q <- s a_p + c a_q, and the squared norms move by -t x and +t x.
-// Lanes that need no rotation take t = 0 (c = 1, s = 0), so one instruction stream serves the
+// smaller root of t^2 + (d/x) t - 1 = 0), c = 1 / sqrt(1 + t^2), s = c t; the pair becomes
+// (c a_p - s a_q, s a_p + c a_q) and the squared norms move by -t x and +t x. It is applied
+// in Rutishauser's form a_p - s (a_q + tau a_p), a_q + s (a_p - tau a_q), tau = s / (1 + c):
+// corrections to the old columns, so that rounding does not inflate the column norms sweep
+// after sweep (the form c a_p - s a_q drifts upward by about max(m, n) ulps at size 256).
+// Lanes that need no rotation take t = 0 (s = tau = 0), so one instruction stream serves the
 // pack; all lanes share the sweep count.
 template <class T, int L, int SM = 0, int SN = 0>
 inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch, T* norm2,
@@ -83,8 +86,8 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
   T* apq = scratch;
   T* app = apq + half * L;
   T* aqq = app + half * L;
-  T* cs = aqq + half * L;
-  T* sn = cs + half * L;
+  T* tau = aqq + half * L;
+  T* sn = tau + half * L;
   auto col = [&](int c) { return A + std::int64_t(c) * m * L; };
   auto fresh_norms = [&]() {
     for (int c = 0; c < n; ++c) {
@@ -142,9 +145,11 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
         const int rot = (x2 > tol2 * app[e] * aqq[e]) & (x2 > tiny2);
         const T t_rot = std::copysign(T(2), d) * x / (std::fabs(d) + std::sqrt(d * d + T(4) * x2));
         const T t = rot ? t_rot : T(0);
-        const T c = T(1) / std::sqrt(T(1) + t * t);
-        cs[e] = c;
-        sn[e] = c * t;
+        // s = t / sq and tau = t / (1 + sq), sq = sqrt(1 + t^2), from one division.
+        const T sq = std::sqrt(T(1) + t * t);
+        const T r = T(1) / (sq * (T(1) + sq));
+        sn[e] = t * (T(1) + sq) * r;
+        tau[e] = t * sq * r;
         app[e] -= t * x;
         aqq[e] += t * x;
       }
@@ -161,14 +166,14 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
         if (!need) continue;
         T* ap = col(p);
         T* aq = col(q);
-        const T* c = cs + i * L;
+        const T* ta = tau + i * L;
         const T* sv = sn + i * L;
         for (int r = 0; r < m; ++r)
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const T x = ap[r * L + l], y = aq[r * L + l];
-            ap[r * L + l] = c[l] * x - sv[l] * y;
-            aq[r * L + l] = sv[l] * x + c[l] * y;
+            ap[r * L + l] = x - sv[l] * (y + ta[l] * x);
+            aq[r * L + l] = y + sv[l] * (x - ta[l] * y);
           }
       }
     }
