@@ -16,11 +16,19 @@ TOL = 1e-3
 S_TOL = np.sqrt(2 * TOL)
 
 
+NORMS = ("fro", "nuc", "spectral", "schatten:0.5", "schatten:0.25")
+
+
 def _run(problem, det, max_steps):
     f = ir.DeepFactorization.init(problem, depth=3, init="balanced", scale=1e-3,
                                   scale_by="product", det=det, seed=0)
     return f.fit(3e-3, max_steps, tol=TOL, log=ir.every(50),
-                 metrics=("loss", "entry:0,0", "det"), progress=False)
+                 metrics=("loss", "entry:0,0", "det", *NORMS, "erank", "dist_rank:1"),
+                 progress=False)
+
+
+def _entropy(p):
+    return -p * np.log(p) - (1 - p) * np.log(1 - p)
 
 
 def test_canonical_problem_norms_grow_as_the_loss_falls():
@@ -34,6 +42,23 @@ def test_canonical_problem_norms_grow_as_the_loss_falls():
     rows = s < 1
     assert rows.sum() > 100
     assert (w[rows] > (1 - s[rows]) ** 2 / s[rows]).all()
+    # Theorem 1 made visible (§2.4): every norm and quasi-norm is at least sigma_1 >= |w11|;
+    # the distance to rank 1 (sigma_2) is below s; the effective rank is within
+    # exp(h(s^2 / (1 - s)^2)) of 1 once s^2 / (1 - s)^2 < 1/2 (h increasing there)
+    for name in NORMS:
+        assert (t[name][rows] >= w[rows] * (1 - 1e-12)).all(), name
+    assert (t["dist_rank:1"][rows] < s[rows]).all()
+    q = s ** 2 / (1 - s) ** 2
+    small = rows & (q < 0.5)
+    assert small.sum() > 100
+    assert (t["erank"][small] < np.exp(_entropy(q[small])) + 1e-12).all()
+    assert (t["erank"] >= 1).all() and np.median(t["erank"][0]) > 1.5  # from near rank 2 ...
+    # ... to near rank 1, while every norm grows: read at the first crossing of each loss
+    firsts = [t.first_below("loss", x) for x in (1e-1, 1e-2, TOL)]
+    for name in NORMS:
+        assert (firsts[0][name] < firsts[1][name]).all() and (
+            firsts[1][name] < firsts[2][name]).all(), name
+    assert (firsts[2]["erank"] < np.exp(_entropy(S_TOL**2 / (1 - S_TOL) ** 2))).all()
     # at the first step below the tolerance: above the bound 20.4, on the rank-1 path 22.36
     at = np.abs(t.first_below("loss", TOL)["entry:0,0"])
     assert (at > (1 - S_TOL) ** 2 / S_TOL).all()

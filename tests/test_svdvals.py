@@ -532,3 +532,17 @@ def test_bad_dtypes_are_refused(dtype):
 def test_unknown_backend_is_refused(backend):
     with pytest.raises(ValueError, match=r"^backend: expected one of"):
         ir.svdvals(np.eye(3), backend=backend)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_sweep_cap_is_reported(dtype):
+    X = np.random.default_rng(9).standard_normal((16, 8, 8)).astype(dtype)
+    s, info = ir.svdvals(X, max_sweeps=2, return_info=True)
+    assert (info == "not_converged").all()
+    _assert_sorted_nonnegative(s)  # the last iterate, still usable
+    with pytest.warns(RuntimeWarning, match="16 matrices did not converge within 2 Jacobi"):
+        ir.svdvals(X, max_sweeps=2)
+    s, info = ir.svdvals(X, return_info=True)  # the default cap is far above what is needed
+    assert (info == "ok").all()
+    with pytest.raises(ValueError, match="max_sweeps"):
+        ir.svdvals(X, max_sweeps=0)

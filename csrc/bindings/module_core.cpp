@@ -173,7 +173,7 @@ std::vector<ir::MetricSpec> make_specs(const std::string& fn, const py::array& k
 }
 
 template <class T>
-void svdvals_t(const py::array& X, py::array s, py::array info) {
+void svdvals_t(const py::array& X, py::array s, py::array info, int max_sweeps) {
   const std::string fn = "svdvals";
   require_array<T>(fn, "X", X, false);
   require_array<T>(fn, "s", s, true);
@@ -184,11 +184,12 @@ void svdvals_t(const py::array& X, py::array s, py::array info) {
   require(s.ndim() == 2 && s.shape(0) == B && s.shape(1) == std::min(m, n), fn,
           "s must be (B, min(m, n))");
   require(info.ndim() == 1 && info.shape(0) == B, fn, "info must be (B,)");
+  require(max_sweeps >= 1, fn, "max_sweeps must be >= 1");
   const T* xp = static_cast<const T*>(X.data());
   T* sp = static_cast<T*>(s.mutable_data());
   auto* ip = static_cast<std::int8_t*>(info.mutable_data());
   py::gil_scoped_release nogil;
-  ir::cpu::svdvals<T>(xp, B, m, n, sp, ip);
+  ir::cpu::svdvals<T>(xp, B, m, n, sp, ip, max_sweeps);
 }
 
 template <class T>
@@ -292,11 +293,12 @@ Completion passes target/mask (A = y = None), sensing passes A/y (target = mask 
 
   m.def(
       "svdvals",
-      [](const py::array& X, py::array s, py::array info) {
-        if (is_f32_array(X, "svdvals", "X")) return svdvals_t<float>(X, s, info);
-        return svdvals_t<double>(X, s, info);
+      [](const py::array& X, py::array s, py::array info, int max_sweeps) {
+        if (is_f32_array(X, "svdvals", "X")) return svdvals_t<float>(X, s, info, max_sweeps);
+        return svdvals_t<double>(X, s, info, max_sweeps);
       },
       py::arg("X").noconvert(), py::arg("s").noconvert(), py::arg("info").noconvert(),
+      py::arg("max_sweeps") = int(ir::kMaxSweeps),
       "Writes the singular values s (B, min(m, n)), descending, of X (B, m, n) and a per-matrix "
       "info code (0 ok, 1 Jacobi sweep cap reached, 2 non-finite input: NaN values).");
 

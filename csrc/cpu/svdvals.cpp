@@ -72,7 +72,8 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
 // Jacobi on the columns of an M x N matrix with M >= N: X itself when m >= n, else X^T
 // (same singular values), so that the rotated vectors are the longer ones.
 template <class T, int L, int SM = 0, int SN = 0>
-void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
+void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+                  int max_sweeps) {
   const bool transpose = m < n;
   const int M = transpose ? n : m, N = transpose ? m : n;
   const std::int64_t mn = std::int64_t(m) * n, npacks = (batch + L - 1) / L;
@@ -107,7 +108,7 @@ void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
           }
       }
       kernels::pack_jacobi<T, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
-                                         norm2.data(), kMaxSweeps, unconverged);
+                                         norm2.data(), max_sweeps, unconverged);
       // Odd-even transposition sort of the squared norms, descending, in every lane at once
       // (branch-free: the order differs from lane to lane).
       T* nrm = norm2.data();
@@ -141,23 +142,24 @@ void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
 constexpr std::int64_t kPackBytes = std::int64_t(512) << 10;
 
 template <class T, int L>
-void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
+void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+                  int max_sweeps) {
   if constexpr (L > 1) {
     if (std::int64_t(m) * n * L * std::int64_t(sizeof(T)) > kPackBytes)
-      return jacobi_lanes<T, L / 2>(X, batch, m, n, s, info);
+      return jacobi_lanes<T, L / 2>(X, batch, m, n, s, info, max_sweeps);
   }
   if (m == n) {  // small square sizes at compile time: every loop unrolled
     switch (n) {  // clang-format off
-      case 3: return jacobi_batch<T, L, 3, 3>(X, batch, m, n, s, info);
-      case 4: return jacobi_batch<T, L, 4, 4>(X, batch, m, n, s, info);
-      case 5: return jacobi_batch<T, L, 5, 5>(X, batch, m, n, s, info);
-      case 6: return jacobi_batch<T, L, 6, 6>(X, batch, m, n, s, info);
-      case 7: return jacobi_batch<T, L, 7, 7>(X, batch, m, n, s, info);
-      case 8: return jacobi_batch<T, L, 8, 8>(X, batch, m, n, s, info);
+      case 3: return jacobi_batch<T, L, 3, 3>(X, batch, m, n, s, info, max_sweeps);
+      case 4: return jacobi_batch<T, L, 4, 4>(X, batch, m, n, s, info, max_sweeps);
+      case 5: return jacobi_batch<T, L, 5, 5>(X, batch, m, n, s, info, max_sweeps);
+      case 6: return jacobi_batch<T, L, 6, 6>(X, batch, m, n, s, info, max_sweeps);
+      case 7: return jacobi_batch<T, L, 7, 7>(X, batch, m, n, s, info, max_sweeps);
+      case 8: return jacobi_batch<T, L, 8, 8>(X, batch, m, n, s, info, max_sweeps);
       default: break;
     }            // clang-format on
   }
-  jacobi_batch<T, L>(X, batch, m, n, s, info);
+  jacobi_batch<T, L>(X, batch, m, n, s, info, max_sweeps);
 }
 
 }  // namespace
@@ -165,18 +167,19 @@ void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
 namespace cpu {
 
 template <class T>
-void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info) {
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+             int max_sweeps) {
   if (batch == 0) return;
   if (m == 0 || n == 0) {
     std::fill(info, info + batch, std::int8_t(kSvdOk));
     return;
   }
   if (m == 2 && n == 2) return svd2x2_batch(X, batch, s, info);
-  jacobi_lanes<T, 64 / int(sizeof(T))>(X, batch, m, n, s, info);
+  jacobi_lanes<T, 64 / int(sizeof(T))>(X, batch, m, n, s, info, max_sweeps);
 }
 
-template void svdvals<float>(const float*, std::int64_t, int, int, float*, std::int8_t*);
-template void svdvals<double>(const double*, std::int64_t, int, int, double*, std::int8_t*);
+template void svdvals<float>(const float*, std::int64_t, int, int, float*, std::int8_t*, int);
+template void svdvals<double>(const double*, std::int64_t, int, int, double*, std::int8_t*, int);
 
 }  // namespace cpu
 }  // namespace implicitreg

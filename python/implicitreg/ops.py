@@ -39,14 +39,15 @@ def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
     return loss, product
 
 
-def svdvals(X: np.ndarray, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(s (B, min(m, n)) descending, info (B,) int8) of X (B, m, n) C-contiguous float."""
+def svdvals(X: np.ndarray, backend="cpu", max_sweeps: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """(s (B, min(m, n)) descending, info (B,) int8) of X (B, m, n) C-contiguous float;
+    max_sweeps caps the compiled backends' Jacobi sweeps."""
     if backend == "numpy":
         return reference.svdvals(X)
     B, m, n = X.shape
     s = np.empty((B, min(m, n)), dtype=X.dtype)
     info = np.empty(B, dtype=np.int8)
-    _module(backend).svdvals(X, s, info)
+    _module(backend).svdvals(X, s, info, max_sweeps)
     return s, info
 
 

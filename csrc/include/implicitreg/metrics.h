@@ -41,9 +41,11 @@ constexpr int kMaxSweeps = 40;
 namespace cpu {
 
 // Singular values s (batch, min(m, n)), descending, of X (batch, m, n) C-contiguous; info
-// (batch,) gets an SvdInfo. A matrix with a non-finite entry gets NaN singular values.
+// (batch,) gets an SvdInfo. A matrix with a non-finite entry gets NaN singular values; one
+// whose Jacobi iteration is cut by max_sweeps gets its last iterate and kSvdNotConverged.
 template <class T>
-void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info);
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+             int max_sweeps = kMaxSweeps);
 
 // Metrics of singular values s (batch, k), descending: out[i * batch + b] = spec i of problem
 // b. Only the kinds kFro ... kDistRank. NaN singular values give NaN metrics.
