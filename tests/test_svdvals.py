@@ -546,3 +546,35 @@ def test_the_sweep_cap_is_reported(dtype):
     assert (info == "ok").all()
     with pytest.raises(ValueError, match="max_sweeps"):
         ir.svdvals(X, max_sweeps=0)
+
+
+def _structured(n):
+    rng = np.random.default_rng(n)
+    return {
+        "shift": np.eye(n, k=1),  # zero diagonal after bidiagonalization
+        "jordan": np.eye(n) + np.eye(n, k=1),
+        "reversal": np.eye(n)[::-1],
+        "ones": np.ones((n, n)),
+        "hilbert": 1 / (np.arange(n)[:, None] + np.arange(n) + 1),
+        "half zero diagonal": np.diag(np.r_[np.zeros(n // 2), np.arange(n - n // 2.0)]),
+        "rank 1": np.outer(np.arange(n), np.arange(n) + 1.0),
+        "graded rows": np.diag(np.logspace(0, -12, n)) @ rng.standard_normal((n, n)),
+    }
+
+
+@pytest.mark.parametrize("n", [6, 16, 33])  # Jacobi (< 12 columns) and the bidiagonal path
+def test_structured_matrices(n):
+    for name, X in _structured(n).items():
+        s, info = ir.svdvals(X, return_info=True)
+        assert info == "ok", name
+        err = _err_ulps(s[None], _lapack(X[None]), np.float64)
+        assert err.max() <= _ulps_bound(n, n), (name, err.max())
+
+
+@pytest.mark.parametrize("shape", [(3, 3), (5, 3), (8, 8), (16, 16), (32, 32), (20, 70)])
+def test_float32_is_computed_in_float64(shape):
+    """Sizes other than 2x2 are reduced in float64 whatever the input: float32 values are
+    the exact ones rounded, to within an ulp of sigma_1."""
+    X = np.random.default_rng(sum(shape)).standard_normal((8,) + shape).astype(np.float32)
+    err = _err_ulps(ir.svdvals(X), _lapack(X), np.float32)
+    assert err.max() <= 1.0, err.max()

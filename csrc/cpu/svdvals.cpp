@@ -69,18 +69,31 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
   }
 }
 
-// Jacobi on the columns of an M x N matrix with M >= N: X itself when m >= n, else X^T
-// (same singular values), so that the rotated vectors are the longer ones.
+// Matrices with at least this many columns (of the M x N form below) take the bidiagonal
+// path: Householder bidiagonalization (4 M N^2 flops) and implicit-shift QR, instead of
+// Jacobi sweeps (about 6 M N^2 flops each, 7 to 10 of them).
+constexpr int kBidiagonalFrom = 12;
+
+// The singular values of an M x N matrix with M >= N: X itself when m >= n, else X^T (same
+// singular values), so that the columns are the longer vectors. The work is done in double
+// (C) whatever T: float32 input gets values within an ulp or so of the exact ones. Small N:
+// one-sided Jacobi on its columns (relatively accurate); larger N: bidiagonalization and QR
+// (absolutely accurate, a few ulps * sigma_1), with Jacobi as the fallback for a lane whose QR
+// stalls.
+using C = double;
+
 template <class T, int L, int SM = 0, int SN = 0>
-void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
-                  int max_sweeps) {
+void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+               int max_sweeps, bool allow_bidiagonal = true) {
   const bool transpose = m < n;
   const int M = transpose ? n : m, N = transpose ? m : n;
   const std::int64_t mn = std::int64_t(m) * n, npacks = (batch + L - 1) / L;
+  const bool bidiagonal = allow_bidiagonal && N >= kBidiagonalFrom;
 #pragma omp parallel
   {
-    std::vector<T> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L);
-    std::vector<T> scratch(kernels::JacobiScratch<T, L>::size(N));
+    std::vector<C> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L);
+    std::vector<C> e(bidiagonal ? std::int64_t(N) * L : 0), w(bidiagonal ? std::int64_t(M) * L : 0);
+    std::vector<C> scratch(kernels::JacobiScratch<C, L>::size(N));
     std::vector<int> pairs(std::int64_t(N + 1) * (N + 1));
     const int rounds = kernels::round_robin(N, pairs.data());
 #pragma omp for schedule(dynamic, 1)
@@ -97,41 +110,53 @@ void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
         if (!bad[l] && mx > T(0)) std::frexp(mx, &ex[l]);
         // 2^-ex as a factor when it is a normal number (multiplying by it is exact), else
         // ldexp entry by entry.
-        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<T>::max_exponent - 2;
-        const T scale = bad[l] ? T(0) : by_factor ? std::ldexp(T(1), -ex[l]) : T(1);
+        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<C>::max_exponent - 2;
+        const C scale = bad[l] ? C(0) : by_factor ? std::ldexp(C(1), -ex[l]) : C(1);
         for (int r = 0; r < m; ++r)
           for (int c = 0; c < n; ++c) {
             // Entry (r, c) of X is entry (c, r) of X^T: column r of the transpose.
             const std::int64_t at = transpose ? std::int64_t(r) * M + c : std::int64_t(c) * M + r;
-            const T v = x[std::int64_t(r) * n + c];
-            A[at * L + l] = bad[l] ? T(0) : by_factor ? v * scale : std::ldexp(v, -ex[l]);
+            const C v = x[std::int64_t(r) * n + c];
+            A[at * L + l] = bad[l] ? C(0) : by_factor ? v * scale : std::ldexp(v, -ex[l]);
           }
       }
-      kernels::pack_jacobi<T, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
-                                         norm2.data(), max_sweeps, unconverged);
+      if (bidiagonal) {
+        C* dg = norm2.data();
+        kernels::pack_bidiagonalize<C, L>(A.data(), M, N, dg, e.data(), w.data());
+        kernels::pack_bidiagonal_qr<C, L>(dg, e.data(), N, 8 * N, unconverged);
+        for (int i = 0; i < N * L; ++i) dg[i] = dg[i] * dg[i];  // as Jacobi leaves them
+      } else {
+        kernels::pack_jacobi<C, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
+                                           norm2.data(), max_sweeps, unconverged);
+      }
       // Odd-even transposition sort of the squared norms, descending, in every lane at once
       // (branch-free: the order differs from lane to lane).
-      T* nrm = norm2.data();
+      C* nrm = norm2.data();
       for (int round = 0; round < N; ++round)
         for (int c = round & 1; c + 1 < N; c += 2)
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
-            const T hi = std::max(nrm[c * L + l], nrm[(c + 1) * L + l]);
-            const T lo = std::min(nrm[c * L + l], nrm[(c + 1) * L + l]);
+            const C hi = std::max(nrm[c * L + l], nrm[(c + 1) * L + l]);
+            const C lo = std::min(nrm[c * L + l], nrm[(c + 1) * L + l]);
             nrm[c * L + l] = hi;
             nrm[(c + 1) * L + l] = lo;
           }
       for (int l = 0; l < L && b0 + l < batch; ++l) {
         const std::int64_t b = b0 + l;
-        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<T>::max_exponent - 2;
-        const T back = std::ldexp(T(1), by_factor ? ex[l] : 0);
+        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<C>::max_exponent - 2;
+        const C back = std::ldexp(C(1), by_factor ? ex[l] : 0);
         for (int c = 0; c < N; ++c) {
-          const T v = std::sqrt(nrm[c * L + l]);
-          s[b * N + c] = bad[l] ? kNaN<T> : by_factor ? v * back : std::ldexp(v, ex[l]);
+          const C v = std::sqrt(nrm[c * L + l]);
+          s[b * N + c] = bad[l] ? kNaN<T> : T(by_factor ? v * back : std::ldexp(v, ex[l]));
         }
         info[b] = bad[l] ? kSvdNonFinite : unconverged[l] ? kSvdNotConverged : kSvdOk;
       }
     }
+  }
+  if (bidiagonal) {  // the rare stalled QR: that matrix again, by Jacobi
+    for (std::int64_t b = 0; b < batch; ++b)
+      if (info[b] == kSvdNotConverged)
+        svd_packs<T, 1>(X + b * mn, 1, m, n, s + b * N, info + b, max_sweeps, false);
   }
 }
 
@@ -142,24 +167,24 @@ void jacobi_batch(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_
 constexpr std::int64_t kPackBytes = std::int64_t(512) << 10;
 
 template <class T, int L>
-void jacobi_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
-                  int max_sweeps) {
+void svd_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+               int max_sweeps) {
   if constexpr (L > 1) {
-    if (std::int64_t(m) * n * L * std::int64_t(sizeof(T)) > kPackBytes)
-      return jacobi_lanes<T, L / 2>(X, batch, m, n, s, info, max_sweeps);
+    if (std::int64_t(m) * n * L * std::int64_t(sizeof(C)) > kPackBytes)
+      return svd_lanes<T, L / 2>(X, batch, m, n, s, info, max_sweeps);
   }
   if (m == n) {  // small square sizes at compile time: every loop unrolled
     switch (n) {  // clang-format off
-      case 3: return jacobi_batch<T, L, 3, 3>(X, batch, m, n, s, info, max_sweeps);
-      case 4: return jacobi_batch<T, L, 4, 4>(X, batch, m, n, s, info, max_sweeps);
-      case 5: return jacobi_batch<T, L, 5, 5>(X, batch, m, n, s, info, max_sweeps);
-      case 6: return jacobi_batch<T, L, 6, 6>(X, batch, m, n, s, info, max_sweeps);
-      case 7: return jacobi_batch<T, L, 7, 7>(X, batch, m, n, s, info, max_sweeps);
-      case 8: return jacobi_batch<T, L, 8, 8>(X, batch, m, n, s, info, max_sweeps);
+      case 3: return svd_packs<T, L, 3, 3>(X, batch, m, n, s, info, max_sweeps);
+      case 4: return svd_packs<T, L, 4, 4>(X, batch, m, n, s, info, max_sweeps);
+      case 5: return svd_packs<T, L, 5, 5>(X, batch, m, n, s, info, max_sweeps);
+      case 6: return svd_packs<T, L, 6, 6>(X, batch, m, n, s, info, max_sweeps);
+      case 7: return svd_packs<T, L, 7, 7>(X, batch, m, n, s, info, max_sweeps);
+      case 8: return svd_packs<T, L, 8, 8>(X, batch, m, n, s, info, max_sweeps);
       default: break;
     }            // clang-format on
   }
-  jacobi_batch<T, L>(X, batch, m, n, s, info, max_sweeps);
+  svd_packs<T, L>(X, batch, m, n, s, info, max_sweeps);
 }
 
 }  // namespace
@@ -175,7 +200,7 @@ void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* in
     return;
   }
   if (m == 2 && n == 2) return svd2x2_batch(X, batch, s, info);
-  jacobi_lanes<T, 64 / int(sizeof(T))>(X, batch, m, n, s, info, max_sweeps);
+  svd_lanes<T, 64 / int(sizeof(C))>(X, batch, m, n, s, info, max_sweeps);
 }
 
 template void svdvals<float>(const float*, std::int64_t, int, int, float*, std::int8_t*, int);

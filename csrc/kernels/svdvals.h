@@ -54,7 +54,7 @@ inline int round_robin(int n, int* pairs) {
 // Scratch of pack_jacobi for n columns and L lanes.
 template <class T, int L>
 struct JacobiScratch {
-  static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 5 * L; }
+  static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 6 * L; }
 };
 
 // One-sided Jacobi on a pack of L matrices with m rows and n <= m columns, lane-packed:
@@ -88,6 +88,7 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
   T* aqq = app + half * L;
   T* tau = aqq + half * L;
   T* sn = tau + half * L;
+  T* need = sn + half * L;  // per pair: does any lane rotate (0 or 1)
   auto col = [&](int c) { return A + std::int64_t(c) * m * L; };
   auto fresh_norms = [&]() {
     for (int c = 0; c < n; ++c) {
@@ -99,13 +100,16 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
       for (int l = 0; l < L; ++l) norm2[c * L + l] = acc[l];
     }
   };
-  int sweep = 0;
-  bool rotated = true;
+  // Converged once a full sweep's worth of consecutive rounds (every pair once) has passed
+  // without a rotation: pairs checked before the last rotation that touched them are checked
+  // again after it. So the confirming pass usually ends part way into its sweep.
+  int sweep = 0, quiet = 0;
+  bool rotated = rounds > 0;
   for (; sweep < max_sweeps && rotated; ++sweep) {
-    rotated = false;
     fresh_norms();  // each sweep, so that the updates' rounding never accumulates
-    for (int round = 0; round < rounds; ++round) {
+    for (int round = 0; round < rounds && rotated; ++round) {
       const int* pr = pairs + round * half * 2;
+      bool any = false;
       for (int i = 0; i < half; ++i) {
         const int p = pr[2 * i] < 0 ? 0 : pr[2 * i], q = pr[2 * i + 1] < 0 ? 1 : pr[2 * i + 1];
         // Two partial sums per lane: half the dependency chain of one.
@@ -124,19 +128,25 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
 #pragma omp simd
             for (int l = 0; l < L; ++l) acc0[l] += ap[r * L + l] * aq[r * L + l];
         }
+        // The rotation test here, so that converged pairs and rounds skip the rest.
+        int need_i = 0;
+#pragma omp simd reduction(| : need_i)
         for (int l = 0; l < L; ++l) {
-          apq[i * L + l] = acc0[l] + acc1[l];
+          const T x = acc0[l] + acc1[l], x2 = x * x;
+          apq[i * L + l] = x;
           app[i * L + l] = norm2[p * L + l];
           aqq[i * L + l] = norm2[q * L + l];
+          need_i |= (x2 > tol2 * app[i * L + l] * aqq[i * L + l]) & (x2 > tiny2);
         }
+        const bool rotate = pr[2 * i] >= 0 && need_i;
+        need[i] = rotate ? T(1) : T(0);
+        any = any || rotate;
       }
-      int any = 0;  // first only the test, so that converged rounds skip the sqrt and division
-#pragma omp simd reduction(| : any)
-      for (int e = 0; e < half * L; ++e) {
-        const T x2 = apq[e] * apq[e];
-        any |= (x2 > tol2 * app[e] * aqq[e]) & (x2 > tiny2);
+      if (!any) {
+        rotated = ++quiet < rounds;
+        continue;
       }
-      if (!any) continue;
+      quiet = 0;
 #pragma omp simd
       for (int e = 0; e < half * L; ++e) {
         // Everything computed unconditionally and then selected, so that the loop vectorizes
@@ -153,17 +163,14 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
         app[e] -= t * x;
         aqq[e] += t * x;
       }
-      rotated = true;
       for (int i = 0; i < half; ++i) {
         if (pr[2 * i] < 0) continue;
         const int p = pr[2 * i], q = pr[2 * i + 1];
-        bool need = false;
         for (int l = 0; l < L; ++l) {
-          need |= sn[i * L + l] != T(0);
           norm2[p * L + l] = app[i * L + l];
           norm2[q * L + l] = aqq[i * L + l];
         }
-        if (!need) continue;
+        if (need[i] == T(0)) continue;
         T* ap = col(p);
         T* aq = col(q);
         const T* ta = tau + i * L;
@@ -190,6 +197,171 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
         }
   }
   return sweep;
+}
+
+// Householder reduction of a pack of L matrices (layout of pack_jacobi, m >= n) to upper
+// bidiagonal form: diagonal d[k * L + l] (n entries) and superdiagonal e[k * L + l] (n - 1),
+// with the same singular values. A is overwritten; w is scratch of m * L. Every reflector is
+// computed lane by lane with selects, so one instruction stream serves the pack.
+template <class T, int L>
+inline void pack_bidiagonalize(T* A, int m, int n, T* d, T* e, T* w) {
+  auto at = [&](int c, int r) { return A + (std::int64_t(c) * m + r) * L; };
+  // Reflector H = I - tau v v^T with v[0] = 1 mapping x to (beta, 0, ...): from x0 and the
+  // sum of squares of the rest; returns beta and writes tau and 1 / (x0 - beta).
+  auto reflector = [](T x0, T rest2, T& tau, T& inv_v0) {
+    const T norm = std::sqrt(x0 * x0 + rest2);
+    const T beta = -std::copysign(norm, x0);
+    const T v0 = x0 - beta;
+    tau = norm > T(0) ? (beta - x0) / beta : T(0);
+    inv_v0 = v0 != T(0) ? T(1) / v0 : T(0);
+    return norm > T(0) ? beta : T(0);
+  };
+  for (int k = 0; k < n; ++k) {
+    // Left: column k, rows k..m-1.
+    {
+      T rest2[L] = {}, tau[L], inv[L];
+      for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+        for (int l = 0; l < L; ++l) rest2[l] += at(k, r)[l] * at(k, r)[l];
+#pragma omp simd
+      for (int l = 0; l < L; ++l) d[k * L + l] = reflector(at(k, k)[l], rest2[l], tau[l], inv[l]);
+      for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+        for (int l = 0; l < L; ++l) at(k, r)[l] *= inv[l];  // v, with v[0] = 1 implied
+      for (int c = k + 1; c < n; ++c) {
+        T dot[L];
+        for (int l = 0; l < L; ++l) dot[l] = at(c, k)[l];
+        for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+          for (int l = 0; l < L; ++l) dot[l] += at(k, r)[l] * at(c, r)[l];
+#pragma omp simd
+        for (int l = 0; l < L; ++l) {
+          dot[l] *= tau[l];
+          at(c, k)[l] -= dot[l];
+        }
+        for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+          for (int l = 0; l < L; ++l) at(c, r)[l] -= dot[l] * at(k, r)[l];
+      }
+    }
+    if (k + 1 >= n) break;
+    // Right: row k, columns k+1..n-1, applied to rows k+1..m-1.
+    T rest2[L] = {}, tau[L], inv[L];
+    for (int c = k + 2; c < n; ++c)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) rest2[l] += at(c, k)[l] * at(c, k)[l];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) e[k * L + l] = reflector(at(k + 1, k)[l], rest2[l], tau[l], inv[l]);
+    for (int c = k + 2; c < n; ++c)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) at(c, k)[l] *= inv[l];
+    // w_r = (row r) . v over the columns, then row r -= tau w_r v.
+    for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) w[r * L + l] = at(k + 1, r)[l];
+    for (int c = k + 2; c < n; ++c)
+      for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+        for (int l = 0; l < L; ++l) w[r * L + l] += at(c, r)[l] * at(c, k)[l];
+    for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        w[r * L + l] *= tau[l];
+        at(k + 1, r)[l] -= w[r * L + l];
+      }
+    for (int c = k + 2; c < n; ++c)
+      for (int r = k + 1; r < m; ++r)
+#pragma omp simd
+        for (int l = 0; l < L; ++l) at(c, r)[l] -= w[r * L + l] * at(c, k)[l];
+  }
+}
+
+// Singular values of L upper bidiagonal matrices (d, e as pack_bidiagonalize leaves them) by
+// implicit-shift QR (Golub & Kahan; Golub & Van Loan, Algorithm 8.6.2), all lanes in lockstep.
+// Each sweep chases a bulge down the bottom unreduced block [lo, hi] of every lane, shifted by
+// the eigenvalue of the trailing 2x2 of B^T B nearer its last entry; lanes outside their block
+// take identity rotations. Superdiagonal entries below eps * ||B|| are set to zero (absolute
+// accuracy: a few ulps * sigma_1, as a backward-stable bidiagonalization gives anyway). On
+// return |d| are the singular values, unsorted; unconverged[l] says which lanes hit
+// max_sweeps (a zero on the diagonal can stall the shifted sweep; the caller falls back).
+template <class T, int L>
+inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* unconverged) {
+  T thresh[L];
+  int lo[L], hi[L];
+  for (int l = 0; l < L; ++l) {
+    T bnorm = 0;
+    for (int k = 0; k < n; ++k)
+      bnorm =
+          std::max(bnorm, std::fabs(d[k * L + l]) + (k + 1 < n ? std::fabs(e[k * L + l]) : T(0)));
+    thresh[l] = std::numeric_limits<T>::epsilon() * bnorm;
+  }
+  // Zero the negligible superdiagonal entries; find each lane's bottom unreduced block.
+  auto deflate = [&]() {
+    bool any = false;
+    for (int l = 0; l < L; ++l) {
+      for (int k = 0; k + 1 < n; ++k)
+        if (std::fabs(e[k * L + l]) <= thresh[l]) e[k * L + l] = T(0);
+      int h = n - 1;
+      while (h > 0 && e[(h - 1) * L + l] == T(0)) --h;
+      int j = h;
+      while (j > 0 && e[(j - 1) * L + l] != T(0)) --j;
+      lo[l] = j;
+      hi[l] = h;
+      any |= h > j;
+    }
+    return any;
+  };
+  int sweep = 0;
+  for (; sweep < max_sweeps && deflate(); ++sweep) {
+    int kmin = n, kmax = 0;
+    T y[L], z[L];
+    for (int l = 0; l < L; ++l) {
+      if (hi[l] > lo[l]) {
+        kmin = std::min(kmin, lo[l]);
+        kmax = std::max(kmax, hi[l]);
+      }
+    }
+    for (int k = kmin; k < kmax; ++k) {
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const bool active = lo[l] <= k && k < hi[l];
+        const int h = hi[l];
+        const T dk = d[k * L + l], ek = e[k * L + l], dk1 = d[(k + 1) * L + l];
+        const T ek1 = k + 1 < n - 1 ? e[(k + 1) * L + l] : T(0);
+        if (k == lo[l]) {  // the shift starts the chase
+          const T dh1 = d[(h - 1) * L + l], dh = d[h * L + l], eh1 = e[(h - 1) * L + l];
+          const T eh2 = h - 2 >= lo[l] ? e[(h - 2) * L + l] : T(0);
+          const T t11 = dh1 * dh1 + eh2 * eh2, t12 = dh1 * eh1, t22 = dh * dh + eh1 * eh1;
+          const T delta = T(0.5) * (t11 - t22);
+          const T den = delta + std::copysign(std::sqrt(delta * delta + t12 * t12), delta);
+          const T mu = t22 - (den != T(0) ? t12 * t12 / den : T(0));
+          y[l] = dk * dk - mu;
+          z[l] = dk * ek;
+        }
+        // Right rotation of columns k, k+1: zeroes z (the bulge above, or starts the chase).
+        const T r1 = std::sqrt(y[l] * y[l] + z[l] * z[l]);
+        const T c1 = r1 > T(0) ? y[l] / r1 : T(1), s1 = r1 > T(0) ? z[l] / r1 : T(0);
+        const T dk_r = c1 * dk + s1 * ek, ek_r = c1 * ek - s1 * dk;
+        const T below = s1 * dk1, dk1_r = c1 * dk1;
+        // Left rotation of rows k, k+1: zeroes the bulge below the diagonal.
+        const T r2 = std::sqrt(dk_r * dk_r + below * below);
+        const T c2 = r2 > T(0) ? dk_r / r2 : T(1), s2 = r2 > T(0) ? below / r2 : T(0);
+        const T ek_n = c2 * ek_r + s2 * dk1_r, dk1_n = c2 * dk1_r - s2 * ek_r;
+        const T above = s2 * ek1, ek1_n = c2 * ek1;
+        if (active) {
+          if (k > lo[l]) e[(k - 1) * L + l] = r1;
+          d[k * L + l] = r2;
+          e[k * L + l] = ek_n;
+          d[(k + 1) * L + l] = dk1_n;
+          if (k + 1 < n - 1) e[(k + 1) * L + l] = ek1_n;
+          y[l] = ek_n;
+          z[l] = above;
+        }
+      }
+    }
+  }
+  if (sweep == max_sweeps) deflate();
+  for (int l = 0; l < L; ++l) unconverged[l] = sweep == max_sweeps && hi[l] > lo[l];
 }
 
 }  // namespace kernels
