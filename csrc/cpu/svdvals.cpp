@@ -1,6 +1,6 @@
 // CPU driver of the singular values: 2x2 in closed form over the whole batch (vectorized
-// across matrices), other sizes by one-sided Jacobi on packs of L matrices held lane-packed,
-// one pack per thread at a time. Each matrix is scaled by a power of two (exact) so that its
+// across matrices), other sizes by one-sided Jacobi or bidiagonalization + QR on packs of L
+// matrices held lane-packed, in double, one pack per thread at a time. Each matrix is scaled by a power of two (exact) so that its
 // largest entry lies in [1/2, 1), and scaled back at the end.
 #include "kernels/svdvals.h"
 

@@ -1,6 +1,6 @@
 // Singular values of small matrices, written once for the CPU (lane-packed, L problems per
-// SIMD vector) and reusable by CUDA (IR_HD): the 2x2 closed form, and one-sided (Hestenes)
-// Jacobi for every other size.
+// SIMD vector) and reusable by CUDA (IR_HD): the 2x2 closed form, one-sided (Hestenes)
+// Jacobi, and Householder bidiagonalization with implicit-shift QR for larger sizes.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -3,7 +3,7 @@
 Every function takes matrices X of shape (..., m, n) or, by keyword, their precomputed
 singular values `svals` of shape (..., k) (descending, as svdvals gives them), and returns
 one float64 value per matrix, shape (...). The singular values come from the compiled core
-(backend="cpu": 2x2 in closed form, other sizes by one-sided Jacobi) or from LAPACK
+(backend="cpu": 2x2 in closed form, other sizes by Jacobi or bidiagonal QR) or from LAPACK
 (backend="numpy", the oracle). A matrix with a NaN or infinite entry gets NaN.
 """
 
@@ -54,11 +54,12 @@ def svdvals(X, backend: str = "cpu", return_info: bool = False, max_sweeps: int 
     dtype (integers become float64).
 
     cpu: 2x2 in closed form with the small value as |det| / sigma_1 (relative accuracy kept
-    when sigma_1 >> sigma_2); other sizes by one-sided Jacobi, within a few ulps * sigma_1.
-    A matrix with a non-finite entry gets NaN. return_info=True also returns an array (...)
-    of "ok" | "not_converged" | "non_finite"; without it, a matrix that reached the Jacobi
-    sweep cap (max_sweeps, default 40: far more than the 5 to 12 that matrices of up to
-    256 x 256 take) raises a RuntimeWarning.
+    when sigma_1 >> sigma_2); up to 11 columns (of X or X^T) one-sided Jacobi, from 12
+    bidiagonalization and implicit-shift QR (Jacobi as the fallback); within a few ulps *
+    sigma_1 either way, float32 reduced in float64. A matrix with a non-finite entry gets
+    NaN. return_info=True also returns an array (...) of "ok" | "not_converged" |
+    "non_finite"; without it, a matrix that reached the Jacobi sweep cap (max_sweeps, default
+    40: far more than the 5 to 8 that small matrices take) raises a RuntimeWarning.
     """
     a = _matrices(X)
     backend = _backend(backend)
