@@ -39,7 +39,7 @@ def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
     return loss, product
 
 
-def svdvals(X: np.ndarray, backend="cpu", max_sweeps: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def svdvals(X: np.ndarray, backend: str, max_sweeps: int) -> tuple[np.ndarray, np.ndarray]:
     """(s (B, min(m, n)) descending, info (B,) int8) of X (B, m, n) C-contiguous float;
     max_sweeps caps the compiled backends' Jacobi sweeps."""
     if backend == "numpy":
