@@ -155,6 +155,14 @@ double balancedness_one(const T* const* factors, const DmfShape& shape, std::int
   return worst;
 }
 
+// False when a singular value is NaN (a matrix with a non-finite entry): its metrics are NaN.
+template <class T>
+bool all_finite(const T* s, int k) {
+  bool finite = true;
+  for (int i = 0; i < k; ++i) finite &= !std::isnan(s[i]);
+  return finite;
+}
+
 bool is_svals_kind(std::int32_t kind) {
   return kind == kSvals || (kind >= kFro && kind <= kDistRank);
 }
@@ -169,8 +177,7 @@ void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* spec
 #pragma omp parallel for schedule(static)
   for (std::int64_t b = 0; b < batch; ++b) {
     const T* sb = s + b * k;
-    bool finite = true;
-    for (int i = 0; i < k; ++i) finite &= !std::isnan(sb[i]);
+    const bool finite = all_finite(sb, k);
     for (int i = 0; i < n_specs; ++i)
       out[i * batch + b] = finite ? svals_metric(specs[i], sb, k) : kNaN;
   }
@@ -205,8 +212,7 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < batch; ++b) {
       const T* sb = need_svals ? s.data() + b * k : nullptr;
-      bool finite = true;
-      for (int c = 0; c < (need_svals ? k : 0); ++c) finite &= !std::isnan(sb[c]);
+      const bool finite = !need_svals || all_finite(sb, k);
       double* row = out + b;
       for (int i = 0; i < n_specs; ++i, row += batch) {
         const MetricSpec& spec = specs[i];

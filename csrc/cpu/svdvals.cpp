@@ -1,7 +1,7 @@
 // CPU driver of the singular values: 2x2 in closed form over the whole batch (vectorized
 // across matrices), other sizes by one-sided Jacobi or bidiagonalization + QR on packs of L
-// matrices held lane-packed, in double, one pack per thread at a time. Each matrix is scaled by a power of two (exact) so that its
-// largest entry lies in [1/2, 1), and scaled back at the end.
+// matrices held lane-packed, in double, one pack per thread at a time. Each matrix is scaled by a
+// power of two (exact) so that its largest entry lies in [1/2, 1), and scaled back at the end.
 #include "kernels/svdvals.h"
 
 #include <algorithm>
@@ -93,14 +93,14 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
   {
     std::vector<C> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L);
     std::vector<C> e(bidiagonal ? std::int64_t(N) * L : 0), w(bidiagonal ? std::int64_t(M) * L : 0);
-    std::vector<C> scratch(kernels::JacobiScratch<C, L>::size(N));
-    std::vector<int> pairs(std::int64_t(N + 1) * (N + 1));
-    const int rounds = kernels::round_robin(N, pairs.data());
+    std::vector<C> scratch(bidiagonal ? 0 : kernels::JacobiScratch<C, L>::size(N));
+    std::vector<int> pairs(bidiagonal ? 0 : std::int64_t(N + 1) * (N + 1));
+    const int rounds = bidiagonal ? 0 : kernels::round_robin(N, pairs.data());
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t pack = 0; pack < npacks; ++pack) {
       const std::int64_t b0 = pack * L;
       int ex[L];
-      bool bad[L], unconverged[L];
+      bool bad[L], by_factor[L], unconverged[L];
       for (int l = 0; l < L; ++l) {
         const std::int64_t b = b0 + l < batch ? b0 + l : b0;  // padding lanes repeat b0
         const T* x = X + b * mn;
@@ -110,28 +110,30 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
         if (!bad[l] && mx > T(0)) std::frexp(mx, &ex[l]);
         // 2^-ex as a factor when it is a normal number (multiplying by it is exact), else
         // ldexp entry by entry.
-        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<C>::max_exponent - 2;
-        const C scale = bad[l] ? C(0) : by_factor ? std::ldexp(C(1), -ex[l]) : C(1);
+        by_factor[l] = std::abs(ex[l]) < std::numeric_limits<C>::max_exponent - 2;
+        const C scale = bad[l] ? C(0) : by_factor[l] ? std::ldexp(C(1), -ex[l]) : C(1);
         for (int r = 0; r < m; ++r)
           for (int c = 0; c < n; ++c) {
             // Entry (r, c) of X is entry (c, r) of X^T: column r of the transpose.
             const std::int64_t at = transpose ? std::int64_t(r) * M + c : std::int64_t(c) * M + r;
             const C v = x[std::int64_t(r) * n + c];
-            A[at * L + l] = bad[l] ? C(0) : by_factor ? v * scale : std::ldexp(v, -ex[l]);
+            A[at * L + l] = bad[l] ? C(0) : by_factor[l] ? v * scale : std::ldexp(v, -ex[l]);
           }
       }
+      // sv[c * L + l]: the singular values of lane l, unsorted.
+      C* sv = norm2.data();
       if (bidiagonal) {
-        C* dg = norm2.data();
-        kernels::pack_bidiagonalize<C, L>(A.data(), M, N, dg, e.data(), w.data());
-        kernels::pack_bidiagonal_qr<C, L>(dg, e.data(), N, 8 * N, unconverged);
-        for (int i = 0; i < N * L; ++i) dg[i] = dg[i] * dg[i];  // as Jacobi leaves them
-      } else {
-        kernels::pack_jacobi<C, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(),
-                                           norm2.data(), max_sweeps, unconverged);
+        kernels::pack_bidiagonalize<C, L>(A.data(), M, N, sv, e.data(), w.data());
+        kernels::pack_bidiagonal_qr<C, L>(sv, e.data(), N, 8 * N, unconverged);
+        for (int i = 0; i < N * L; ++i) sv[i] = std::fabs(sv[i]);
+      } else {  // the squared column norms
+        kernels::pack_jacobi<C, L, SM, SN>(A.data(), M, N, pairs.data(), rounds, scratch.data(), sv,
+                                           max_sweeps, unconverged);
+        for (int i = 0; i < N * L; ++i) sv[i] = std::sqrt(sv[i]);
       }
-      // Odd-even transposition sort of the squared norms, descending, in every lane at once
-      // (branch-free: the order differs from lane to lane).
-      C* nrm = norm2.data();
+      // Odd-even transposition sort, descending, in every lane at once (branch-free: the
+      // order differs from lane to lane).
+      C* nrm = sv;
       for (int round = 0; round < N; ++round)
         for (int c = round & 1; c + 1 < N; c += 2)
 #pragma omp simd
@@ -143,11 +145,10 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
           }
       for (int l = 0; l < L && b0 + l < batch; ++l) {
         const std::int64_t b = b0 + l;
-        const bool by_factor = std::abs(ex[l]) < std::numeric_limits<C>::max_exponent - 2;
-        const C back = std::ldexp(C(1), by_factor ? ex[l] : 0);
+        const C back = std::ldexp(C(1), by_factor[l] ? ex[l] : 0);
         for (int c = 0; c < N; ++c) {
-          const C v = std::sqrt(nrm[c * L + l]);
-          s[b * N + c] = bad[l] ? kNaN<T> : T(by_factor ? v * back : std::ldexp(v, ex[l]));
+          const C v = nrm[c * L + l];
+          s[b * N + c] = bad[l] ? kNaN<T> : T(by_factor[l] ? v * back : std::ldexp(v, ex[l]));
         }
         info[b] = bad[l] ? kSvdNonFinite : unconverged[l] ? kSvdNotConverged : kSvdOk;
       }
