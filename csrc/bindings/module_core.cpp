@@ -105,7 +105,9 @@ Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::ob
 template <class T>
 void dmf_step_t(const py::list& factors, const py::object& target, const py::object& mask,
                 const py::object& A, const py::object& y, const py::array& lr, std::int64_t steps,
-                double tol, std::int64_t step0, py::array status, py::array frozen_at) {
+                double tol, std::int64_t step0, py::array status, py::array frozen_at,
+                const py::object& thresholds, const py::object& crossed_at,
+                const py::object& snapshots) {
   const std::string fn = "dmf_step";
   Batch<T> b = make_batch<T>(fn, factors, target, mask, A, y, true);
   b.shape.dims = b.dims.data();
@@ -122,9 +124,35 @@ void dmf_step_t(const py::list& factors, const py::object& target, const py::obj
   const std::int64_t lr_stride = lr.shape(0) == 1 ? 0 : 1;
   auto* st = static_cast<std::int8_t*>(status.mutable_data());
   auto* fz = static_cast<std::int64_t*>(frozen_at.mutable_data());
+  ir::DmfCrossings<T> cr;
+  std::vector<T*> snaps;
+  if (!thresholds.is_none()) {
+    py::array thr = thresholds.cast<py::array>(), at = crossed_at.cast<py::array>();
+    require_array<T>(fn, "thresholds", thr, false);
+    require_array<std::int64_t>(fn, "crossed_at", at, true);
+    require(thr.ndim() == 1, fn, "thresholds must be 1-d");
+    cr.count = int(thr.shape(0));
+    require(at.ndim() == 2 && at.shape(0) == b.shape.batch && at.shape(1) == cr.count, fn,
+            "crossed_at must be (B, len(thresholds))");
+    cr.thresholds = static_cast<const T*>(thr.data());
+    cr.step = static_cast<std::int64_t*>(at.mutable_data());
+    if (!snapshots.is_none()) {
+      py::list sl = snapshots.cast<py::list>();
+      require(sl.size() == b.factors.size(), fn, "snapshots must hold one array per factor");
+      for (std::size_t j = 0; j < sl.size(); ++j) {
+        py::array a = sl[j].cast<py::array>();
+        require_array<T>(fn, "snapshots", a, true);
+        require(a.ndim() == 4 && a.shape(0) == b.shape.batch && a.shape(1) == cr.count &&
+                    a.shape(2) == b.dims[j + 1] && a.shape(3) == b.dims[j],
+                fn, "snapshot " + std::to_string(j) + " must be (B, len(thresholds), d_j, d_j-1)");
+        snaps.push_back(static_cast<T*>(a.mutable_data()));
+      }
+      cr.snapshots = snaps.data();
+    }
+  }
   py::gil_scoped_release nogil;
   ir::cpu::dmf_step<T>(b.factors.data(), b.shape, b.problem, lrp, lr_stride, steps, T(tol), step0,
-                       st, fz);
+                       st, fz, cr);
 }
 
 template <class T>
@@ -228,7 +256,7 @@ void balancedness_t(const py::list& factors, py::array out) {
 template <class T>
 void dmf_measure_t(const py::list& factors, const py::object& target, const py::object& mask,
                    const py::object& A, const py::object& y, const py::array& kinds,
-                   const py::array& params, py::array out) {
+                   const py::array& params, py::array out, const py::object& truth) {
   const std::string fn = "dmf_measure";
   Batch<T> b = make_batch<T>(fn, factors, target, mask, A, y, false);
   b.shape.dims = b.dims.data();
@@ -240,6 +268,18 @@ void dmf_measure_t(const py::list& factors, const py::object& target, const py::
     require(sp.kind != ir::kEntry || (sp.param >= 0 && sp.param < double(m) * n), fn,
             "entry index out of range");
     require(sp.kind != ir::kDet || m == n, fn, "det needs a square problem");
+    require(sp.kind != ir::kReconError || !truth.is_none(), fn, "recon_error needs truth");
+  }
+  const T* tp = nullptr;
+  std::int64_t truth_stride = 0;
+  if (!truth.is_none()) {
+    py::array t = truth.cast<py::array>();
+    require_array<T>(fn, "truth", t, false);
+    require(t.ndim() == 3 && (t.shape(0) == b.shape.batch || t.shape(0) == 1) && t.shape(1) == m &&
+                t.shape(2) == n,
+            fn, "truth must be (B, m, n) or (1, m, n)");
+    tp = static_cast<const T*>(t.data());
+    truth_stride = t.shape(0) == 1 ? 0 : std::int64_t(m) * n;
   }
   require_array<double>(fn, "out", out, true);
   require(out.ndim() == 2 && out.shape(0) == rows && out.shape(1) == b.shape.batch, fn,
@@ -247,7 +287,8 @@ void dmf_measure_t(const py::list& factors, const py::object& target, const py::
   double* op = static_cast<double*>(out.mutable_data());
   std::vector<const T*> cf(b.factors.begin(), b.factors.end());
   py::gil_scoped_release nogil;
-  ir::cpu::dmf_measure<T>(cf.data(), b.shape, b.problem, specs.data(), int(specs.size()), op);
+  ir::cpu::dmf_measure<T>(cf.data(), b.shape, b.problem, specs.data(), int(specs.size()), op, tp,
+                          truth_stride);
 }
 
 bool is_f32_array(const py::array& a, const std::string& fn, const char* name) {
@@ -266,18 +307,23 @@ PYBIND11_MODULE(_core, m) {
       "dmf_step",
       [](const py::list& factors, const py::object& target, const py::object& mask,
          const py::object& A, const py::object& y, const py::array& lr, std::int64_t steps,
-         double tol, std::int64_t step0, py::array status, py::array frozen_at) {
+         double tol, std::int64_t step0, py::array status, py::array frozen_at,
+         const py::object& thresholds, const py::object& crossed_at, const py::object& snapshots) {
         if (is_f32(factors, "dmf_step"))
           return dmf_step_t<float>(factors, target, mask, A, y, lr, steps, tol, step0, status,
-                                   frozen_at);
+                                   frozen_at, thresholds, crossed_at, snapshots);
         return dmf_step_t<double>(factors, target, mask, A, y, lr, steps, tol, step0, status,
-                                  frozen_at);
+                                  frozen_at, thresholds, crossed_at, snapshots);
       },
       py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("A"), py::arg("y"),
       py::arg("lr").noconvert(), py::arg("steps"), py::arg("tol"), py::arg("step0"),
       py::arg("status").noconvert(), py::arg("frozen_at").noconvert(),
+      py::arg("thresholds") = py::none(), py::arg("crossed_at") = py::none(),
+      py::arg("snapshots") = py::none(),
       R"doc(In place: `steps` fused gradient-descent updates of every running problem.
-Completion passes target/mask (A = y = None), sensing passes A/y (target = mask = None).)doc");
+Completion passes target/mask (A = y = None), sensing passes A/y (target = mask = None).
+thresholds (k,) strictly decreasing, crossed_at (B, k) int64 and snapshots (one (B, k, d_j,
+d_j-1) array per factor, or None) record each problem's first iterate below each threshold.)doc");
 
   m.def(
       "dmf_loss",
@@ -327,15 +373,17 @@ Completion passes target/mask (A = y = None), sensing passes A/y (target = mask 
       "dmf_measure",
       [](const py::list& factors, const py::object& target, const py::object& mask,
          const py::object& A, const py::object& y, const py::array& kinds, const py::array& params,
-         py::array out) {
+         py::array out, const py::object& truth) {
         if (is_f32(factors, "dmf_measure"))
-          return dmf_measure_t<float>(factors, target, mask, A, y, kinds, params, out);
-        return dmf_measure_t<double>(factors, target, mask, A, y, kinds, params, out);
+          return dmf_measure_t<float>(factors, target, mask, A, y, kinds, params, out, truth);
+        return dmf_measure_t<double>(factors, target, mask, A, y, kinds, params, out, truth);
       },
       py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("A"), py::arg("y"),
       py::arg("kinds").noconvert(), py::arg("params").noconvert(), py::arg("out").noconvert(),
+      py::arg("truth") = py::none(),
       "Writes every requested metric of the factors into out (rows, B), one row per spec "
-      "(min(m, n) rows for svals), from one product and one SVD per problem.");
+      "(min(m, n) rows for svals), from one product and one SVD per problem; truth (B|1, m, n) "
+      "for recon_error.");
 
   m.def("build_info", []() {
     py::dict d;

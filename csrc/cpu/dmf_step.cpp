@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -145,10 +146,28 @@ void for_each_pack(const PackLayout<T, L, Dims>& lay, std::int64_t batch, const 
   }
 }
 
+// Records, for lane l of a pack at b0 whose iterate W has loss `loss` at step `step`, every
+// threshold it crosses for the first time; next[l] is the lane's first uncrossed threshold.
+template <class T, int L, class Dims>
+void record_crossings(const PackLayout<T, L, Dims>& lay, const DmfCrossings<T>& cr, const T* W,
+                      std::int64_t b, int l, T loss, std::int64_t step, int& next) {
+  while (next < cr.count && loss < cr.thresholds[next]) {
+    cr.step[b * cr.count + next] = step;
+    if (cr.snapshots != nullptr)
+      for (int j = 1; j <= lay.depth; ++j) {
+        const int size = lay.factor_size(j);
+        const T* src = W + lay.factor_offset(j);
+        T* dst = cr.snapshots[j - 1] + (b * cr.count + next) * size;
+        for (int e = 0; e < size; ++e) dst[e] = src[e * L + l];
+      }
+    ++next;
+  }
+}
+
 template <class T, int L, class Dims>
 void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb,
                const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-               std::int8_t* status, std::int64_t* frozen_at) {
+               std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& cr) {
   const PackLayout<T, L, Dims> lay{dims, shape.depth};
   const std::int64_t batch = shape.batch;
   const int mn = lay.d[lay.depth] * lay.d[0];
@@ -156,6 +175,8 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
     std::int8_t st[L];
     std::int64_t fz[L];
     T lrp[L];
+    T next_thr[L];  // loss below which lane l crosses its next threshold; -inf when none is left
+    int next[L];
     bool any_running = false;
     for (int l = 0; l < L; ++l) {
       const std::int64_t b = lane_problem(b0, l, batch);
@@ -163,6 +184,10 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
       fz[l] = b0 + l < batch ? frozen_at[b] : 0;
       lrp[l] = lr[b * lr_stride];
       any_running |= st[l] == kRunning;
+      next[l] = 0;
+      while (next[l] < cr.count && cr.step[b * cr.count + next[l]] >= 0) ++next[l];
+      next_thr[l] =
+          next[l] < cr.count ? cr.thresholds[next[l]] : -std::numeric_limits<T>::infinity();
     }
     if (!any_running) return;
     T* W = ws.W.data();
@@ -172,6 +197,17 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
       const T* E = kernels::pack_forward<T, L>(lay, W, ws.P.data());
       T loss[L];
       kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
+      // Crossings are rare: one vectorizable test per step, the bookkeeping only when one is due
+      // (a NaN loss compares false; frozen lanes are skipped).
+      bool crossing = false;
+      for (int l = 0; l < L; ++l) crossing |= loss[l] < next_thr[l];
+      if (crossing)
+        for (int l = 0; l < L; ++l)
+          if (st[l] == kRunning && loss[l] < next_thr[l]) {
+            record_crossings(lay, cr, W, b0 + l, l, loss[l], step0 + it, next[l]);
+            next_thr[l] =
+                next[l] < cr.count ? cr.thresholds[next[l]] : -std::numeric_limits<T>::infinity();
+          }
       int running = 0;
       for (int l = 0; l < L; ++l) {
         if (st[l] != kRunning) continue;
@@ -276,11 +312,11 @@ namespace cpu {
 template <class T>
 void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-              std::int8_t* status, std::int64_t* frozen_at) {
+              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings) {
   if (shape.batch == 0) return;
   dispatch(shape, problem, [&](auto dims, auto lanes) {
     step_impl<T, decltype(lanes)::value>(dims, factors, shape, problem, lr, lr_stride, steps, tol,
-                                         step0, status, frozen_at);
+                                         step0, status, frozen_at, crossings);
   });
 }
 
@@ -295,10 +331,10 @@ void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T
 
 template void dmf_step<float>(float* const*, const DmfShape&, const DmfProblem<float>&,
                               const float*, std::int64_t, std::int64_t, float, std::int64_t,
-                              std::int8_t*, std::int64_t*);
+                              std::int8_t*, std::int64_t*, const DmfCrossings<float>&);
 template void dmf_step<double>(double* const*, const DmfShape&, const DmfProblem<double>&,
                                const double*, std::int64_t, std::int64_t, double, std::int64_t,
-                               std::int8_t*, std::int64_t*);
+                               std::int8_t*, std::int64_t*, const DmfCrossings<double>&);
 template void dmf_loss<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
                               float*, float*);
 template void dmf_loss<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,

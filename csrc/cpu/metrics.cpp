@@ -11,6 +11,7 @@ namespace implicitreg {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // x^p, exact-rounding shortcuts for the exponents the experiments use (the paper's Schatten
 // quasi-norms p = 1/2, 1/4 and their inverses), std::pow otherwise.
@@ -155,6 +156,27 @@ double balancedness_one(const T* const* factors, const DmfShape& shape, std::int
   return worst;
 }
 
+// ||E - truth||_F / ||truth||_F in double, each sum scaled by its largest term so that
+// nothing overflows; unnormalized when truth is 0.
+template <class T>
+double recon_error(const T* E, const T* truth, int size) {
+  double big_d = 0, big_t = 0;
+  for (int i = 0; i < size; ++i) {
+    big_d = std::max(big_d, std::abs(double(E[i]) - double(truth[i])));
+    big_t = std::max(big_t, std::abs(double(truth[i])));
+  }
+  if (!std::isfinite(big_d)) return std::isnan(big_d) ? big_d : kInf;
+  double sd = 0, st = 0;
+  for (int i = 0; i < size; ++i) {
+    const double d = big_d > 0 ? (double(E[i]) - double(truth[i])) / big_d : 0.0;
+    const double t = big_t > 0 ? double(truth[i]) / big_t : 0.0;
+    sd += d * d;
+    st += t * t;
+  }
+  const double num = big_d * std::sqrt(sd);
+  return big_t > 0 ? num / (big_t * std::sqrt(st)) : num;
+}
+
 // False when a singular value is NaN (a matrix with a non-finite entry): its metrics are NaN.
 template <class T>
 bool all_finite(const T* s, int k) {
@@ -191,7 +213,8 @@ void balancedness(const T* const* factors, const DmfShape& shape, double* out) {
 
 template <class T>
 void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
-                 const MetricSpec* specs, int n_specs, double* out) {
+                 const MetricSpec* specs, int n_specs, double* out, const T* truth,
+                 std::int64_t truth_stride) {
   const std::int64_t batch = shape.batch;
   if (batch == 0) return;
   const int m = shape.dims[shape.depth], n = shape.dims[0], k = std::min(m, n);
@@ -233,6 +256,9 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
           case kDet:
             *row = det_f64(factors, shape, b, buf, tmp);
             break;
+          case kReconError:
+            *row = recon_error(product.data() + b * m * n, truth + b * truth_stride, m * n);
+            break;
           default:
             *row = finite ? svals_metric(spec, sb, k) : kNaN;
         }
@@ -248,9 +274,9 @@ template void svals_metrics<double>(const double*, std::int64_t, int, const Metr
 template void balancedness<float>(const float* const*, const DmfShape&, double*);
 template void balancedness<double>(const double* const*, const DmfShape&, double*);
 template void dmf_measure<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
-                                 const MetricSpec*, int, double*);
+                                 const MetricSpec*, int, double*, const float*, std::int64_t);
 template void dmf_measure<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,
-                                  const MetricSpec*, int, double*);
+                                  const MetricSpec*, int, double*, const double*, std::int64_t);
 
 }  // namespace cpu
 }  // namespace implicitreg

@@ -16,6 +16,9 @@ def dmf_step(
     step0: int,
     status: np.ndarray,
     frozen_at: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    crossed_at: np.ndarray | None = None,
+    snapshots: list[np.ndarray] | None = None,
 ) -> None: ...
 def dmf_loss(
     factors: list[np.ndarray],
@@ -40,5 +43,6 @@ def dmf_measure(
     kinds: np.ndarray,
     params: np.ndarray,
     out: np.ndarray,
+    truth: np.ndarray | None = None,
 ) -> None: ...
 def build_info() -> dict[str, Any]: ...

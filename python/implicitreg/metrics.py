@@ -30,9 +30,9 @@ KINDS = {"loss": reference.LOSS, "entry": reference.ENTRY, "det": reference.DET,
          "svals": reference.SVALS, "fro": reference.FRO, "nuc": reference.NUC,
          "spectral": reference.SPECTRAL, "schatten": reference.SCHATTEN,
          "erank": reference.ERANK, "rank": reference.RANK, "dist_rank": reference.DIST_RANK,
-         "balancedness": reference.BALANCEDNESS}
+         "balancedness": reference.BALANCEDNESS, "recon_error": reference.RECON_ERROR}
 NAMES = ("loss", "entry:i,j", "det", "svals", "fro", "nuc", "spectral", "schatten:p", "erank",
-         "rank", "dist_rank:r", "balancedness")
+         "rank", "dist_rank:r", "balancedness", "recon_error")
 _PARAM = re.compile(r"^(entry|schatten|dist_rank):(.+)$")
 
 

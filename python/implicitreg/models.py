@@ -3,7 +3,10 @@ fused gradient-descent step and the fit() loop that logs metrics between chunks 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 
 import numpy as np
 
@@ -172,11 +175,13 @@ class DeepFactorization:
             raise ValueError(f"tol: expected a number > 0 or None, got {tol}")
         return t
 
-    def step(self, lr, steps: int = 1, tol=None) -> DeepFactorization:
+    def step(self, lr, steps: int = 1, tol=None, crossings: Crossings | None = None
+             ) -> DeepFactorization:
         """`steps` simultaneous gradient-descent updates, in place, with no Python between
         steps. lr: a number or (B,). A problem whose loss is below tol, or that goes
         non-finite, is frozen (status converged / diverged, at its last finite iterate); the
-        others go on exactly as if alone."""
+        others go on exactly as if alone. crossings (from self.crossings(thresholds)) records
+        each problem's first iterate below each loss threshold, exact to the step."""
         lr_arr = self._lr(lr)
         steps = integer(steps, "steps", minimum=0)
         tol_v = self._tol(tol)
@@ -187,8 +192,13 @@ class DeepFactorization:
         done = 0
         while True:
             n = min(chunk, steps - done)
-            ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                         self._status, self._frozen_at, self.backend)
+            if crossings is None:
+                ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
+                             self._status, self._frozen_at, backend=self.backend)
+            else:
+                ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
+                             self._status, self._frozen_at, crossings.thresholds,
+                             crossings.step, crossings.factors, backend=self.backend)
             self.steps_done += n
             done += n
             if done == steps or (self._status != 0).all():
@@ -210,6 +220,9 @@ class DeepFactorization:
                             f"{type(metrics).__name__}")
         names = list(dict.fromkeys(metrics))
         specs = [metrics_mod.parse(name, self.problem.shape, self.dtype) for name in names]
+        if "recon_error" in names and self.problem.truth is None:
+            raise ValueError("metrics: 'recon_error' needs a problem with a known ground truth "
+                             "(truth=...), and this one has none")
         kinds = np.array([sp[0] for sp in specs], dtype=np.int32)
         params = np.array([sp[1:3] for sp in specs], dtype=np.float64).reshape(-1, 2)
         return names, kinds, params, [sp[3] for sp in specs]
@@ -222,8 +235,12 @@ class DeepFactorization:
         ops.dmf_measure(self._factors, self.problem, kinds, params, out, self.backend)
         return {k: v[0] for k, v in _split_rows(out[None], names, rows).items()}
 
-    def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",),
-            progress: bool = True) -> Trajectory:
+    def crossings(self, thresholds) -> Crossings:
+        """Empty records of first crossings of the loss thresholds, for step()."""
+        return Crossings(_thresholds(thresholds), self.batch, self.dims, self.dtype)
+
+    def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",), thresholds=(),
+            progress=True, checkpoint=None, checkpoint_every: float = 300.0) -> Trajectory:
         """Train for up to max_steps more steps, in chunks between log points, and return the
         logged Trajectory. Stops early when every problem is frozen.
 
@@ -232,41 +249,81 @@ class DeepFactorization:
           "loss", "entry:i,j" (of the end-to-end matrix E), "det" (of E, from the factors),
           "svals" (k = min(m, n) values per problem), "fro", "nuc", "spectral",
           "schatten:p" (any p > 0), "erank", "rank" (tolerance sigma_1 max(m, n) eps),
-          "dist_rank:r" (distance to rank <= r), "balancedness" (see implicitreg.metrics).
+          "dist_rank:r" (distance to rank <= r), "balancedness" (see implicitreg.metrics),
+          "recon_error" (||E - truth||_F / ||truth||_F, for problems with a known truth).
+        thresholds: loss values (e.g. 1e-1, 1e-2, 1e-3, 1e-4); every metric is also taken at
+          each problem's first iterate with loss below each of them, found inside the core's
+          step loop, so exact to the step however sparse the log (Trajectory.crossings).
+        progress: True for a tqdm bar (extra "progress"), False, or a callable given the
+          number of steps advanced.
+        checkpoint: a path. The state of the fit (model, rows logged, crossings) is written
+          there atomically at log points, at most every checkpoint_every seconds, and at the
+          end; a fit called with the same arguments on a model in the same starting state
+          resumes from it and returns what an uninterrupted fit would have.
         """
         lr_arr = self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
         tol_v = self._tol(tol)
         names, kinds, params, metric_rows = self._metric_specs(metrics)
+        cross = self.crossings(thresholds)
         log = schedule(log, max_steps)
         _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log)
+        checkpoint_every = float(checkpoint_every)
         points = log.points(max_steps)
-        start = self.steps_done
-        bar = _progress(progress, max_steps)
         # Every row goes straight from the core into this buffer (pages are touched only as
         # rows are written), so logging costs no copy.
         buf = np.empty((len(points), sum(metric_rows), self.batch))
+        meta = {"lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
+                "max_steps": max_steps, "tol": None if tol is None else tol_v,
+                "log": repr(log), "metrics": names, "thresholds": cross.thresholds_f64.tolist(),
+                "backend": self.backend, "dtype": str(self.dtype), "dims": self.dims,
+                "problem": repr(self.problem)}
+        saver = None if checkpoint is None else _FitCheckpoint(checkpoint, self, meta)
         rows: list[int] = []
+        start, done = self.steps_done, False
+        if saver is not None and os.path.exists(saver.path):
+            start, done = saver.restore(self, rows, buf, cross)
+        advance, close = _progress(progress, max_steps)
+        advance(rows[-1] - start if rows else 0)
+        last_save = time.monotonic()
         try:
-            for p in points:
-                self.step(lr_arr, int(start + p - self.steps_done), tol)
-                if bar is not None:
-                    bar.update(int(p) - bar.n)
+            for p in points[len(rows):] if not done else ():
+                before = self.steps_done
+                self.step(lr_arr, int(start + p - self.steps_done), tol, cross)
+                advance(self.steps_done - before)
                 ops.dmf_measure(self._factors, self.problem, kinds, params, buf[len(rows)],
                                 self.backend)
                 rows.append(self.steps_done)
                 if (self._status != 0).all():
                     break
+                if saver is not None and time.monotonic() - last_save >= checkpoint_every:
+                    saver.save(self, start, rows, buf, cross, done=False)
+                    last_save = time.monotonic()
+            if saver is not None and not done:
+                saver.save(self, start, rows, buf, cross, done=True)
         finally:
-            if bar is not None:
-                bar.close()
+            close()
         data = _split_rows(buf[:len(rows)], names, metric_rows)
-        meta = {"lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
-                "max_steps": max_steps, "tol": None if tol is None else tol_v,
-                "log": repr(log), "backend": self.backend,
-                "dtype": str(self.dtype), "dims": self.dims, "problem": repr(self.problem)}
         status = np.where(self._status == 0, "max_steps", self.status)
-        return Trajectory(rows, data, status, self._frozen_at, meta)
+        return Trajectory(rows, data, status, self._frozen_at, meta,
+                          crossings=self._measure_crossings(cross, names, kinds, params,
+                                                            metric_rows))
+
+    def _measure_crossings(self, cross: Crossings, names, kinds, params, metric_rows):
+        """{"thresholds": (k,), "step": (k, B), name: (k, B, ...)}: every metric at each
+        recorded crossing (NaN where a problem never crossed), or None without thresholds."""
+        k, B = cross.thresholds.size, self.batch
+        if k == 0:
+            return None
+        flat = [S.reshape((B * k,) + S.shape[2:]) for S in cross.factors]
+        out = np.empty((sum(metric_rows), B * k))
+        ops.dmf_measure(flat, self.problem.repeat_each(k), kinds, params, out, self.backend)
+        per = np.moveaxis(out.reshape(-1, B, k), 2, 0)  # (k, rows, B)
+        data = _split_rows(per, names, metric_rows)
+        hit = (cross.step >= 0).T  # (k, B)
+        for name, v in data.items():
+            data[name] = np.where(hit.reshape(hit.shape + (1,) * (v.ndim - 2)), v, np.nan)
+        return {"thresholds": cross.thresholds_f64.copy(), "step": cross.step.T.copy(), **data}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -330,12 +387,95 @@ def _check_log_memory(rows: int, batch: int, n_metrics: int, log) -> None:
                          f"(got {log!r})")
 
 
-def _progress(progress: bool, total: int):
-    """A tqdm bar when asked for and tqdm is installed (extra 'progress'), else None."""
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step", leave=False)
+def _progress(progress, total: int):
+    """(advance(n_steps), close()) for a tqdm bar when progress is True and tqdm is installed
+    (extra "progress"), for a user callable, or doing nothing."""
+    if callable(progress):
+        return progress, lambda: None
+    if progress is True:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            bar = tqdm(total=total, unit="step", leave=False)
+            return bar.update, bar.close
+    elif progress is not False:
+        raise TypeError(f"progress: expected True, False or a callable, got {progress!r}")
+    return (lambda n: None), (lambda: None)
+
+
+def _thresholds(thresholds) -> np.ndarray:
+    """Loss thresholds as a strictly decreasing float64 array of finite values > 0."""
+    t = real_array(thresholds if thresholds is not None else (), "thresholds")
+    t = t.astype(np.float64).reshape(-1) if t.ndim <= 1 else t
+    if t.ndim != 1:
+        raise ValueError(f"thresholds: expected a list of numbers, got shape {t.shape}")
+    if not (np.isfinite(t).all() and (t > 0).all() and (np.diff(t) < 0).all()):
+        raise ValueError(f"thresholds: expected finite values > 0 in strictly decreasing "
+                         f"order (e.g. 1e-1, 1e-2, 1e-3, 1e-4), got {t.tolist()}")
+    return t
+
+
+class Crossings:
+    """First crossings of loss thresholds, filled by the core during step():
+    step (B, k) int64 (-1 until crossed) and factors [(B, k, d_j, d_{j-1})] at that iterate."""
+
+    def __init__(self, thresholds: np.ndarray, batch: int, dims: list[int], dtype):
+        k = thresholds.size
+        self.thresholds_f64 = thresholds
+        self.thresholds = thresholds.astype(dtype)  # compared in the factors' precision
+        self.step = np.full((batch, k), -1, dtype=np.int64)
+        self.factors = [np.zeros((batch, k, dims[j], dims[j - 1]), dtype=dtype)
+                        for j in range(1, len(dims))]
+
+
+class _FitCheckpoint:
+    """The resumable state of one fit() call in one .npz file, tied to that call's arguments
+    and to the model's state when it started."""
+
+    FORMAT = "implicitreg.fit-checkpoint/1"
+
+    def __init__(self, path, model: DeepFactorization, meta: dict):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint: expected a path, got {type(path).__name__}")
+        self.path = os.fspath(path)
+        self.key = {"call": meta, "start": _state_digest(model)}
+
+    def save(self, model, start, rows, buf, cross, done: bool) -> None:
+        arrays = {"rows": np.asarray(rows, dtype=np.int64), "buf": buf[:len(rows)],
+                  "status": model._status, "frozen_at": model._frozen_at,
+                  "crossed_at": cross.step,
+                  **{f"factor{j}": W for j, W in enumerate(model._factors)},
+                  **{f"cross{j}": S for j, S in enumerate(cross.factors)}}
+        save_npz(self.path, self.FORMAT, {"key": self.key, "start": start, "done": done,
+                                          "steps_done": model.steps_done}, arrays)
+
+    def restore(self, model, rows, buf, cross) -> tuple[int, bool]:
+        meta, z = load_npz(self.path, self.FORMAT, "a fit() checkpoint")
+        if json.dumps(meta["key"], sort_keys=True) != json.dumps(self.key, sort_keys=True):
+            raise ValueError(f"checkpoint: {self.path} was written by another fit (other "
+                             "arguments or another starting state); delete it or pass another "
+                             "path")
+        rows.extend(int(r) for r in z["rows"])
+        buf[:len(rows)] = z["buf"]
+        model._status[:] = z["status"]
+        model._frozen_at[:] = z["frozen_at"]
+        for j, W in enumerate(model._factors):
+            W[...] = z[f"factor{j}"]
+        cross.step[...] = z["crossed_at"]
+        for j, S in enumerate(cross.factors):
+            S[...] = z[f"cross{j}"]
+        model.steps_done = int(meta["steps_done"])
+        return int(meta["start"]), bool(meta["done"])
+
+
+def _state_digest(model: DeepFactorization) -> str:
+    """A digest of the model's whole state and problem (what a resumed fit must start from)."""
+    h = hashlib.sha256()
+    pb = model.problem.arrays(model.dtype)
+    for a in [*model._factors, model._status, model._frozen_at,
+              *(v for v in pb.values() if v is not None)]:
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(str(model.steps_done).encode())
+    return h.hexdigest()

@@ -19,11 +19,14 @@ def _module(backend: str):
     raise RuntimeError(f"backend 'cuda' is not available here: {_backend.cuda_reason()}")
 
 
-def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, backend="cpu"):
-    """In place: `steps` fused GD updates of every running problem (see _core.dmf_step)."""
+def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, thresholds=None,
+             crossed_at=None, snapshots=None, backend="cpu"):
+    """In place: `steps` fused GD updates of every running problem, recording first crossings
+    of the loss thresholds when given (see _core.dmf_step)."""
     a = problem.arrays(factors[0].dtype)
     _module(backend).dmf_step(list(factors), a["target"], a["mask"], a["A"], a["y"], lr, steps,
-                              tol, step0, status, frozen_at)
+                              tol, step0, status, frozen_at, thresholds, crossed_at,
+                              None if snapshots is None else list(snapshots))
 
 
 def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +80,7 @@ def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np
     a = problem.arrays(factors[0].dtype)
     args = (list(factors), a["target"], a["mask"], a["A"], a["y"], kinds, params)
     if backend == "numpy":
-        out[...] = reference.dmf_measure(*args)
+        out[...] = reference.dmf_measure(*args, truth=a["truth"])
     else:
-        _module(backend).dmf_measure(*args, out)
+        _module(backend).dmf_measure(*args, out, a["truth"])
     return out

@@ -61,8 +61,14 @@ class Completion:
                 "mask": np.ascontiguousarray(self.masks),
                 "A": None,
                 "y": None,
+                "truth": _truth(self.truth, dtype),
             }
         return self._cache[dtype]
+
+    def repeat_each(self, k: int) -> Completion:
+        """The batch with each problem repeated k times in a row (B * k problems)."""
+        return Completion(_repeat(self.targets, k), _repeat(self.masks, k), self.batch * k,
+                          _repeat(self.truth, k))
 
     def __repr__(self) -> str:
         m, n = self.shape
@@ -93,8 +99,14 @@ class Sensing:
                 "mask": None,
                 "A": np.ascontiguousarray(self.A, dtype=dtype),
                 "y": np.ascontiguousarray(self.y, dtype=dtype),
+                "truth": _truth(self.truth, dtype),
             }
         return self._cache[dtype]
+
+    def repeat_each(self, k: int) -> Sensing:
+        """The batch with each problem repeated k times in a row (B * k problems)."""
+        return Sensing(_repeat(self.A, k), _repeat(self.y, k), self.batch * k,
+                       _repeat(self.truth, k))
 
     def __repr__(self) -> str:
         m, n = self.shape
@@ -102,6 +114,29 @@ class Sensing:
 
 
 Problem = Completion | Sensing
+
+
+def _repeat(a, k: int):
+    """Repeat each problem's array k times; a shared (leading size 1) array stays shared."""
+    return a if a is None or a.shape[0] == 1 else np.repeat(a, k, axis=0)
+
+
+def _truth(truth, dtype):
+    return None if truth is None else np.ascontiguousarray(truth, dtype=dtype)
+
+
+def _check_truth(truth, batch: int, shape: tuple[int, int]):
+    """truth as (B|1, m, n) float64, or None."""
+    if truth is None:
+        return None
+    t = real_array(truth, "truth").astype(np.float64)
+    ndim_in(t, "truth", (2, 3), "(m, n) or (B, m, n)")
+    t = t.reshape((1,) * (3 - t.ndim) + t.shape)
+    if t.shape[1:] != shape or t.shape[0] not in (1, batch):
+        raise ValueError(f"truth: expected shape ({batch}, {shape[0]}, {shape[1]}) or "
+                         f"{shape}, got {t.shape}")
+    finite(t, "truth")
+    return t
 
 
 def completion(targets, masks, batch: int | None = None, truth=None) -> Completion:
@@ -127,9 +162,7 @@ def completion(targets, masks, batch: int | None = None, truth=None) -> Completi
         raise ValueError(f"targets: expected non-empty matrices, got shape {t.shape[1:]}")
     finite(t, "targets")
     B = batch_size({"targets": t.shape[0], "masks": mk.shape[0]}, batch)
-    if truth is not None:
-        truth = np.asarray(truth, dtype=np.float64)
-    return Completion(t.astype(np.float64), mk.copy(), B, truth)
+    return Completion(t.astype(np.float64), mk.copy(), B, _check_truth(truth, B, t.shape[1:]))
 
 
 def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
@@ -151,9 +184,8 @@ def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
     finite(a, "A")
     finite(yy, "y")
     B = batch_size({"A": a.shape[0], "y": yy.shape[0]}, batch)
-    if truth is not None:
-        truth = np.asarray(truth, dtype=np.float64)
-    return Sensing(a.astype(np.float64), yy.astype(np.float64), B, truth)
+    return Sensing(a.astype(np.float64), yy.astype(np.float64), B,
+                   _check_truth(truth, B, a.shape[2:]))
 
 
 # ---------------------------------------------------------------------------- builders

@@ -36,16 +36,34 @@ def dmf_loss(factors, target, mask, A, y):
         return _residual(E, target, mask, A, y)[1], E
 
 
-def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at):
+def _record_crossings(factors, loss, run, step, thresholds, crossed_at, snapshots):
+    """First crossings (see _core.dmf_step): every running problem whose loss is below a
+    threshold it has not crossed yet gets this step and, when asked, these factors."""
+    new = run[:, None] & (loss[:, None] < thresholds[None, :]) & (crossed_at < 0)
+    if not new.any():
+        return
+    crossed_at[new] = step
+    if snapshots is not None:
+        b, k = np.nonzero(new)
+        for W, S in zip(factors, snapshots, strict=True):
+            S[b, k] = W[b]
+
+
+def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at,
+             thresholds=None, crossed_at=None, snapshots=None):
     """In place, like _core.dmf_step: `steps` simultaneous GD updates of running problems;
     before each update and after the last, loss < tol freezes a problem as converged and a
-    non-finite loss or update freezes it as diverged at its last finite iterate."""
+    non-finite loss or update freezes it as diverged at its last finite iterate. The first
+    iterate below each of `thresholds` is recorded in crossed_at (and snapshots)."""
     lr = np.asarray(lr)[:, None, None]
     with np.errstate(all="ignore"):
         for it in range(steps + 1):
             P = _forward(factors)
             G, loss = _residual(P[-1], target, mask, A, y)
             run = status == RUNNING
+            if thresholds is not None:
+                _record_crossings(factors, loss, run, step0 + it, thresholds, crossed_at,
+                                  snapshots)
             bad = run & ~np.isfinite(loss)
             done = run & np.isfinite(loss) & (loss < tol)
             status[bad], frozen_at[bad] = DIVERGED, step0 + it
@@ -72,8 +90,8 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
 
 # ---------------------------------------------------------------- singular values and metrics
 # Metric kinds, as the compiled kernels number them (implicitreg/metrics.h MetricKind).
-LOSS, ENTRY, DET, SVALS, FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK, BALANCEDNESS = (
-    range(12))
+(LOSS, ENTRY, DET, SVALS, FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK, BALANCEDNESS,
+ RECON_ERROR) = range(13)
 SVD_OK, SVD_NOT_CONVERGED, SVD_NON_FINITE = 0, 1, 2
 
 
@@ -151,8 +169,18 @@ def det_float64(factors):
     return np.linalg.det(_forward(f64)[-1])
 
 
-def dmf_measure(factors, target, mask, A, y, kinds, params):
-    """(rows, B) float64, like _core.dmf_measure: one row per spec, min(m, n) rows for svals."""
+def recon_error(E, truth):
+    """(B,) ||E - truth||_F / ||truth||_F in float64 (unnormalized where truth is 0)."""
+    E, truth = np.asarray(E, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        num = np.linalg.norm((E - truth).reshape(E.shape[0], -1), axis=1)
+        den = np.linalg.norm(np.broadcast_to(truth, E.shape).reshape(E.shape[0], -1), axis=1)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), num)
+
+
+def dmf_measure(factors, target, mask, A, y, kinds, params, truth=None):
+    """(rows, B) float64, like _core.dmf_measure: one row per spec, min(m, n) rows for svals;
+    truth (B|1, m, n) for recon_error."""
     loss, E = dmf_loss(factors, target, mask, A, y)
     s = None
     if any(int(kd) == SVALS or FRO <= int(kd) <= DIST_RANK for kd in kinds):
@@ -170,6 +198,8 @@ def dmf_measure(factors, target, mask, A, y, kinds, params):
             rows.append(s.T)
         elif kd == BALANCEDNESS:
             rows.append(balancedness(factors)[None])
+        elif kd == RECON_ERROR:
+            rows.append(recon_error(E, truth)[None])
         else:
             rows.append(svals_metrics(s, [kd], [(p, r)]))
     return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, E.shape[0]))

@@ -64,14 +64,20 @@ class Trajectory:
     steps: (T,) step of each row; t[name]: (T, B, ...) values of a metric; status: (B,) of
     "converged" | "diverged" | "max_steps"; frozen_at: (B,) step at which a problem was frozen
     (-1 when it was not); meta: the configuration (JSON-serializable).
+    crossings: None, or (fit(thresholds=...)) {"thresholds": (k,), "step": (k, B), and every
+    metric: (k, B, ...)} at each problem's first iterate with loss below each threshold
+    (step -1 and NaN where it never went below).
     """
 
-    def __init__(self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None):
+    def __init__(self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None,
+                 crossings=None):
         self.steps = np.asarray(steps, dtype=np.int64)
         self.data = {k: np.asarray(v) for k, v in data.items()}
         self.status = np.array(status, dtype=str)  # copies: a snapshot, not the live state
         self.frozen_at = np.array(frozen_at, dtype=np.int64)
         self.meta = dict(meta or {})
+        self.crossings = None if crossings is None else {k: np.asarray(v)
+                                                         for k, v in crossings.items()}
 
     @property
     def batch(self) -> int:
@@ -97,11 +103,17 @@ class Trajectory:
                 f"metrics={self.metrics}, status={counts})")
 
     def first_below(self, metric: str, threshold: float) -> dict[str, np.ndarray]:
-        """Every logged metric at each problem's first logged row where `metric` < threshold.
+        """Every logged metric at each problem's first step where `metric` < threshold.
 
         Returns {name: (B, ...) values, "step": (B,)}; NaN (step -1) for a problem that never
-        went below. The paper's figures are read this way (PAPER.md §3.1).
+        went below. The paper's figures are read this way (PAPER.md §3.1). For the loss at a
+        threshold given to fit(thresholds=...), the answer is exact to the step (from
+        `crossings`); otherwise it is the first logged row below.
         """
+        if metric == "loss" and self.crossings is not None:
+            hit = np.nonzero(self.crossings["thresholds"] == threshold)[0]
+            if hit.size:
+                return {k: v[hit[0]] for k, v in self.crossings.items() if k != "thresholds"}
         x = self[metric]
         if x.ndim != 2:
             raise ValueError(f"metric: expected a scalar metric, {metric!r} has shape "
@@ -139,6 +151,8 @@ class Trajectory:
     def save(self, path) -> None:
         """Write to an .npz file (arrays + JSON metadata), atomically."""
         arrays = {f"data/{k}": v for k, v in self.data.items()}
+        for k, v in (self.crossings or {}).items():
+            arrays[f"crossings/{k}"] = v
         save_npz(path, _FORMAT, self.meta, {"steps": self.steps, "status": self.status,
                                             "frozen_at": self.frozen_at, **arrays})
 
@@ -147,4 +161,5 @@ def load(path) -> Trajectory:
     """Read a Trajectory written by Trajectory.save."""
     meta, z = load_npz(path, _FORMAT, "an implicitreg trajectory file")
     data = {k[len("data/"):]: v for k, v in z.items() if k.startswith("data/")}
-    return Trajectory(z["steps"], data, z["status"], z["frozen_at"], meta)
+    cross = {k[len("crossings/"):]: v for k, v in z.items() if k.startswith("crossings/")}
+    return Trajectory(z["steps"], data, z["status"], z["frozen_at"], meta, cross or None)

@@ -31,6 +31,20 @@ struct DmfProblem {
   std::int64_t A_stride = 0, y_stride = 0;
 };
 
+// First crossings of loss thresholds, recorded inside the step loop so that they are exact
+// to the step however sparsely the caller logs. thresholds: `count` values, strictly
+// decreasing. step (batch, count): the first step whose iterate had loss < thresholds[k], -1
+// until then; a problem's crossings so far are its leading non-negative entries, so calls
+// continue where the last one stopped. snapshots: one array per factor, (batch, count, d_j,
+// d_{j-1}), receiving that iterate's factors (null: steps only).
+template <class T>
+struct DmfCrossings {
+  int count = 0;
+  const T* thresholds = nullptr;
+  std::int64_t* step = nullptr;
+  T* const* snapshots = nullptr;
+};
+
 namespace cpu {
 
 // `steps` simultaneous gradient-descent updates W_j <- W_j - lr_b dL/dW_j on every running
@@ -38,11 +52,12 @@ namespace cpu {
 // is frozen as kConverged; one whose loss or next iterate is non-finite is frozen as
 // kDiverged at its last finite iterate. frozen_at[b] receives the number of updates the
 // frozen iterate has had (step0 counts those made before this call). Frozen problems are
-// never touched; each problem's arithmetic does not depend on the others.
+// never touched; each problem's arithmetic does not depend on the others. Threshold
+// crossings are checked on the same losses, before the tolerance freezes a problem.
 template <class T>
 void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-              std::int8_t* status, std::int64_t* frozen_at);
+              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings = {});
 
 // Loss (batch,) and end-to-end product (batch, m, n) of the current factors.
 template <class T>

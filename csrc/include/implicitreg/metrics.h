@@ -11,7 +11,8 @@ namespace implicitreg {
 enum SvdInfo : std::int8_t { kSvdOk = 0, kSvdNotConverged = 1, kSvdNonFinite = 2 };
 
 // The metrics, by the names Python gives them ("loss", "entry:i,j", "det", "svals", "fro",
-// "nuc", "spectral", "schatten:p", "erank", "rank", "dist_rank:r", "balancedness").
+// "nuc", "spectral", "schatten:p", "erank", "rank", "dist_rank:r", "balancedness",
+// "recon_error").
 enum MetricKind : std::int32_t {
   kLoss = 0,
   kEntry = 1,
@@ -25,6 +26,7 @@ enum MetricKind : std::int32_t {
   kRank = 9,
   kDistRank = 10,
   kBalancedness = 11,
+  kReconError = 12,
 };
 
 // One requested metric. param: kEntry the flat index i * n + j, kSchatten p, kDistRank r,
@@ -61,9 +63,12 @@ void balancedness(const T* const* factors, const DmfShape& shape, double* out);
 // order, except kSvals which takes min(m, n) rows. Singular values come from one SVD of each
 // end-to-end matrix; det is in double (the product of the factors' determinants when they
 // are all square, so its sign is exact even where the product rounds to rank one).
+// kReconError is ||E - truth||_F / ||truth||_F (unnormalized when truth is 0), truth of shape
+// (m, n) per problem at batch stride truth_stride (0: shared; null when no kReconError).
 template <class T>
 void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
-                 const MetricSpec* specs, int n_specs, double* out);
+                 const MetricSpec* specs, int n_specs, double* out, const T* truth = nullptr,
+                 std::int64_t truth_stride = 0);
 
 }  // namespace cpu
 }  // namespace implicitreg
