@@ -194,7 +194,7 @@ std::vector<ir::MetricSpec> make_specs(const std::string& fn, const py::array& k
   const auto* pp = static_cast<const double*>(params.data());
   std::vector<ir::MetricSpec> specs;
   for (std::int64_t i = 0; i < n; ++i) {
-    require(kp[i] >= ir::kLoss && kp[i] <= ir::kBalancedness, fn, "unknown metric kind");
+    require(kp[i] >= ir::kLoss && kp[i] <= ir::kReconError, fn, "unknown metric kind");
     specs.push_back({kp[i], pp[2 * i], pp[2 * i + 1]});
   }
   return specs;

@@ -1,4 +1,5 @@
-"""Command line: `implicitreg info | run` (also `python -m implicitreg`)."""
+"""Command line: `implicitreg info | run | list | reproduce NAME | plot DIR` (also
+`python -m implicitreg`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
+
+from .sweep import _label
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3, 1e-4)
 
@@ -38,50 +40,69 @@ def _summary(values: np.ndarray) -> str:
 
 
 def _run(args) -> int:
-    from . import DeepFactorization, every, problems
+    from .sweep import sweep
 
-    configs = [(lr, s) for lr in args.lrs for s in args.scales]
-    B = args.seeds * len(configs)
-    p = problems.paper_2x2(batch=B)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
+    base = {"problem": "paper_2x2", "init": args.init, "scale_by": args.scale_by,
+            "det": args.det, "seed": args.seed, "max_steps": args.max_steps, "tol": args.tol,
+            "log": f"every:{args.log_every}", "metrics": ("loss", "entry:0,0", "det"),
+            "thresholds": THRESHOLDS, "dtype": args.dtype}
+    grid = {"depth": args.depths, "lr": args.lrs, "scale": args.scales}
     print(f"canonical 2x2 completion (PAPER.md §2.1), init {args.init}, scale by {args.scale_by}, "
           f"det {args.det}, {args.seeds} seeds per config, tol {args.tol:g}, {args.dtype}, "
           f"backend {args.backend}")
-    print("|w11| at the first logged step with loss below each threshold: "
+    res = sweep(base, grid, seeds=args.seeds, backend=args.backend, out=args.out,
+                progress=not args.quiet, name="run")
+    print("|w11| at the first step with loss below each threshold: "
           "median [min, max] (problems that got there)")
-    header = f"{'depth':>5s} {'lr':>8s} {'scale':>8s} " + " ".join(
-        f"{f'loss < {t:g}':>26s}" for t in THRESHOLDS)
-    print(header)
+    print(f"{'depth':>5s} {'lr':>8s} {'scale':>8s} " + " ".join(
+        f"{f'loss < {t:g}':>26s}" for t in THRESHOLDS))
+    c = res.columns
     for depth in args.depths:
-        parts, lrs = [], []
-        for lr, scale in configs:  # the same seeds for every config: paired comparisons
-            f = DeepFactorization.init(problems.paper_2x2(args.seeds), depth=depth,
-                                       init=args.init, scale=scale, scale_by=args.scale_by,
-                                       det=args.det, seed=args.seed, dtype=args.dtype,
-                                       backend=args.backend)
-            parts.append(f.factors)
-            lrs.append(np.full(args.seeds, lr))
-        factors = [np.concatenate([pt[j] for pt in parts]) for j in range(depth)]
-        model = DeepFactorization(p, factors, backend=args.backend)
-        t0 = time.perf_counter()
-        traj = model.fit(np.concatenate(lrs), args.max_steps, tol=args.tol,
-                         log=every(args.log_every), metrics=("loss", "entry:0,0", "det"),
-                         progress=not args.quiet)
-        elapsed = time.perf_counter() - t0
-        firsts = [traj.first_below("loss", t) for t in THRESHOLDS]
-        for c, (lr, scale) in enumerate(configs):
-            sl = slice(c * args.seeds, (c + 1) * args.seeds)
-            cells = " ".join(_summary(fb["entry:0,0"][sl]) for fb in firsts)
-            print(f"{depth:5d} {lr:8.2g} {scale:8.2g} {cells}")
-        conv = int((traj.status == "converged").sum())
-        div = int((traj.status == "diverged").sum())
-        print(f"      depth {depth}: {conv}/{B} converged, {div} diverged, "
-              f"{traj.steps[-1]} steps, {elapsed:.1f} s")
-        if args.out:
-            traj.meta.update(depth=depth, configs=configs, seeds=args.seeds, init=args.init,
-                             scale_by=args.scale_by, det=args.det, seed=args.seed)
-            traj.save(os.path.join(args.out, f"depth{depth}.npz"))
+        for lr in args.lrs:
+            for scale in args.scales:
+                idx = res.rows(depth=depth, lr=lr, scale=scale)
+                cells = " ".join(_summary(c[f"entry:0,0@{_label(t)}"][idx])
+                                 for t in THRESHOLDS)
+                print(f"{depth:5d} {lr:8.2g} {scale:8.2g} {cells}")
+    for tm in res.meta["timings"]:
+        idx = np.nonzero(c["batch"] == tm["batch"])[0]
+        conv = int((c["status"][idx] == "converged").sum())
+        div = int((c["status"][idx] == "diverged").sum())
+        print(f"      depth {int(c['depth'][idx[0]])}: {conv}/{idx.size} converged, {div} "
+              f"diverged, {tm['seconds']:.1f} s")
+    return 0
+
+
+def _list(args) -> int:
+    from .experiments import EXPERIMENTS
+
+    for exp in EXPERIMENTS.values():
+        base, grid, seeds = exp.spec()
+        print(f"{exp.name:18s} {exp.title}")
+        print(f"{'':18s} default {seeds} seeds per config; --quick: "
+              f"{exp.quick.get('seeds', seeds)} seeds")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .experiments import get, report_text, reproduce
+
+    exp = get(args.name)  # an unknown name fails here, listing the valid ones
+    out = args.out or os.path.join("results", exp.name)
+    res, rows = reproduce(exp.name, seeds=args.seeds, backend=args.backend, dtype=args.dtype,
+                          out=out, resume=args.resume, quick=args.quick,
+                          progress=not args.quiet, plot=not args.no_plot,
+                          checkpoint_every=args.checkpoint_every)
+    print(report_text(exp, res, rows))
+    print(f"results, report and figures in {out}")
+    return 0
+
+
+def _plot(args) -> int:
+    from .experiments import replot
+
+    for path in replot(args.dir):
+        print(path)
     return 0
 
 
@@ -112,9 +133,35 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=int, default=1000)
     run.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     run.add_argument("--backend", choices=["cpu", "numpy", "cuda"], default="cpu")
-    run.add_argument("--out", help="directory for the trajectories (depth<N>.npz)")
+    run.add_argument("--out", help="results directory (see implicitreg.sweep)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=_run)
+
+    lst = sub.add_parser("list", help="the named experiments")
+    lst.set_defaults(fn=_list)
+
+    rep = sub.add_parser("reproduce", help="run a named experiment: results, report, figures",
+                         description="Run a named experiment (see `implicitreg list`), write "
+                         "its results, report and figures to --out, and print our median and "
+                         "IQR next to the paper's value for every legend entry.")
+    rep.add_argument("name", help="experiment name (implicitreg list)")
+    rep.add_argument("--seeds", type=int, help="seeds per config (default: the experiment's)")
+    rep.add_argument("--backend", choices=["cpu", "numpy", "cuda"], default="cpu")
+    rep.add_argument("--dtype", choices=["float64", "float32"], default=None,
+                     help="default: the experiment's (float64)")
+    rep.add_argument("--out", help="results directory (default: results/NAME)")
+    rep.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out")
+    rep.add_argument("--quick", action="store_true", help="the quick variant (fewer seeds)")
+    rep.add_argument("--no-plot", action="store_true", help="write no figures")
+    rep.add_argument("--checkpoint-every", type=float, default=120.0,
+                     help="seconds between checkpoints of a running batch (default 120)")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(fn=_reproduce)
+
+    plot = sub.add_parser("plot", help="redraw the figures of a results directory")
+    plot.add_argument("dir")
+    plot.set_defaults(fn=_plot)
     return ap
 
 

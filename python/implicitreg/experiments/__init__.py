@@ -1,0 +1,156 @@
+"""Named experiments: the paper's matrix-factorization results (PAPER.md §2-§3, §5) and their
+extensions, each a documented sweep config with its report against the paper's values and
+its figures. `implicitreg reproduce NAME` runs one; `implicitreg list` lists them."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..sweep import SweepResult, load_sweep, sweep
+
+__all__ = ["EXPERIMENTS", "Experiment", "get", "reproduce", "report_text"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named sweep: base config and grid (see implicitreg.sweep), default seeds, a quick
+    variant (fewer seeds or steps, for CI and a first look), the report of medians against
+    the paper's values, and the figures."""
+
+    name: str
+    title: str
+    doc: str
+    base: dict
+    grid: list
+    report: Callable[[SweepResult], list[dict]]
+    figures: Callable[[SweepResult, str], list[str]]
+    seeds: int = 32
+    quick: dict = field(default_factory=dict)  # {"seeds": n, "base": {...}, "grid": [...]}
+
+    def spec(self, quick: bool = False, seeds: int | None = None,
+             dtype: str | None = None) -> tuple[dict, list, int]:
+        """(base, grid, seeds) of the full or quick variant."""
+        base, grid, n = dict(self.base), self.grid, self.seeds
+        if quick:
+            base.update(self.quick.get("base", {}))
+            grid = self.quick.get("grid", grid)
+            n = self.quick.get("seeds", n)
+        if dtype is not None:
+            base["dtype"] = dtype
+        return base, grid, seeds if seeds is not None else n
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    EXPERIMENTS[exp.name] = exp
+    return exp
+
+
+def get(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment: unknown name {name!r}; choose one of "
+                         f"{', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def reproduce(name: str, seeds: int | None = None, backend: str = "cpu",
+              dtype: str | None = None, out=None, resume: bool = False, quick: bool = False,
+              progress=True, plot: bool = True, checkpoint_every: float = 300.0
+              ) -> tuple[SweepResult, list[dict]]:
+    """Run experiment `name` and return (results, report rows). With `out`, the results,
+    report (report.txt, report.json) and figures (figures/*.png, *.pdf) are written there,
+    and resume=True continues an interrupted run in that directory."""
+    exp = get(name)
+    base, grid, n = exp.spec(quick, seeds, dtype)
+    res = sweep(base, grid, seeds=n, backend=backend, out=out, resume=resume,
+                progress=progress, checkpoint_every=checkpoint_every, name=name)
+    res.meta.update(experiment=name, quick=bool(quick))
+    rows = exp.report(res)
+    if out is not None:
+        write_report(out, exp, res, rows)
+        if plot:
+            exp.figures(res, os.path.join(out, "figures"))
+    return res, rows
+
+
+def replot(out) -> list[str]:
+    """Redraw the figures (and the report) of a results directory."""
+    res = load_sweep(out)
+    exp = get(res.meta.get("name", ""))
+    rows = exp.report(res)
+    write_report(out, exp, res, rows)
+    return exp.figures(res, os.path.join(out, "figures"))
+
+
+def write_report(out, exp: Experiment, res: SweepResult, rows: list[dict]) -> None:
+    text = report_text(exp, res, rows)
+    for fname, body in (("report.txt", text),
+                        ("report.json", json.dumps({"experiment": exp.name, "meta": res.meta,
+                                                    "rows": rows}, indent=1, default=str))):
+        tmp = os.path.join(out, f"{fname}.tmp-{os.getpid()}")
+        with open(tmp, "w") as fh:
+            fh.write(body)
+        os.replace(tmp, os.path.join(out, fname))
+
+
+def stats(values) -> dict:
+    """median, IQR and counts of the finite values."""
+    v = np.asarray(values, dtype=np.float64)
+    f = v[np.isfinite(v)]
+    if f.size == 0:
+        return {"median": np.nan, "q1": np.nan, "q3": np.nan, "n": 0, "of": int(v.size)}
+    q1, med, q3 = np.percentile(f, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(f.size),
+            "of": int(v.size)}
+
+
+def _num(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if not np.isfinite(x):
+        return "n/a"
+    return f"{x:.4g}"
+
+
+def report_text(exp: Experiment, res: SweepResult, rows: list[dict]) -> str:
+    """The side-by-side table: our median [IQR] (seeds that got there) next to the paper's
+    value and the theory's, for every legend entry and quantity."""
+    head = (f"{exp.title}\n{res.meta.get('seeds')} seeds per config, backend "
+            f"{res.meta.get('backend')}"
+            + (", quick variant" if res.meta.get("quick") else "") + "\n")
+    cols = ("entry", "quantity", "ours: median [IQR]", "seeds", "paper", "theory")
+    table = [cols]
+    for r in rows:
+        s = r["ours"]
+        ours = (f"{_num(s['median'])} [{_num(s['q1'])}, {_num(s['q3'])}]" if s["n"]
+                else "not reached")
+        table.append((r["entry"], r["quantity"], ours, f"{s['n']}/{s['of']}",
+                      _num(r.get("paper")), _num(r.get("theory"))))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {n}" for n in _notes(exp)]
+    timing = res.meta.get("timings", [])
+    secs = sum(t["seconds"] for t in timing)
+    steps = sum(t["problem_steps"] for t in timing)
+    tail = (f"\n{len(timing)} batches, {steps:.3g} problem-steps in {secs:.1f} s"
+            + (f" ({steps / secs:.3g} problem-steps/s)" if secs > 0 else ""))
+    body = "\n".join(lines) + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+    return head + body + tail + "\n"
+
+
+def _notes(exp: Experiment) -> list[str]:
+    return [line.strip() for line in exp.doc.strip().splitlines() if line.strip().startswith("*")]
+
+
+from . import matrix  # noqa: E402,F401  (registers the experiments)

@@ -1,0 +1,444 @@
+"""Sweeps: a grid of configurations x seeds, grouped into batches that share a shape, a depth,
+a dtype and a training schedule, each trained as one fused batch; the result is a tidy table,
+one row per (config, seed), with the trajectories kept beside it.
+
+A configuration is a flat dict (DEFAULTS lists every key). Problem b of a config is seed b:
+its start (and, for random problems, its data) depends only on (seed, b), so every config of a
+sweep sees the same seeds (paired comparisons) whatever the batching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import problems as problems_mod
+from ._backend import build_info
+from ._checks import choice, integer
+from ._io import load_npz, save_npz
+from .init import init_factors
+from .models import DeepFactorization, _progress
+from .problems import completion, sensing
+from .trajectory import Trajectory, every, geometric
+from .trajectory import load as load_trajectory
+
+__all__ = ["DEFAULTS", "PROBLEMS", "SweepResult", "expand", "load_sweep", "sweep"]
+
+# Problem builders of implicitreg.problems and the config keys each one reads.
+PROBLEMS = {
+    "paper_2x2": (),
+    "perturbed_2x2": ("b12", "b21", "eps"),
+    "paper_family": ("d",),
+    "random_low_rank_completion": ("m", "n", "rank", "n_obs", "problem_seed"),
+    "random_sensing": ("m", "n", "rank", "n_meas", "problem_seed", "std"),
+}
+
+DEFAULTS = {
+    # what is learned
+    "problem": "paper_2x2", "b12": -2.0, "b21": 0.5, "eps": 0.0, "d": 3, "m": 10, "n": 10,
+    "rank": 2, "n_obs": 50, "n_meas": 50, "problem_seed": 0, "std": 1.0,
+    # where it starts (implicitreg.init)
+    "depth": 3, "widths": None, "init": "normal", "scale": 1e-3, "scale_by": "product",
+    "det": None, "seed": 0,
+    # how it is trained and what is recorded
+    "lr": 1e-3, "max_steps": 10_000, "tol": None, "log": 200,
+    "metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
+    "dtype": "float64",
+}
+# Keys that may differ inside one batch (per-problem data, start or learning rate).
+_PER_PROBLEM = {"b12", "b21", "eps", "rank", "n_obs", "problem_seed", "std", "init", "scale",
+                "scale_by", "det", "seed", "lr"}
+_FORMAT = "implicitreg.sweep/1"
+_BATCH_FORMAT = "implicitreg.sweep-batch/1"
+
+
+def expand(base: dict, grid=None) -> list[dict]:
+    """Configs from base overridden by a grid: a dict of lists (their Cartesian product) or a
+    list of such dicts (concatenated); a plain value in a grid dict is a single choice.
+    Every key is checked against DEFAULTS before anything runs."""
+    if not isinstance(base, dict):
+        raise TypeError(f"base: expected a dict of config values, got {type(base).__name__}")
+    if grid is None:
+        grid = [{}]
+    elif isinstance(grid, dict):
+        grid = [grid]
+    elif not isinstance(grid, (list, tuple)) or not all(isinstance(g, dict) for g in grid):
+        raise TypeError("grid: expected a dict of lists or a list of dicts, got "
+                        f"{type(grid).__name__}")
+    configs = []
+    for g in grid:
+        keys = list(g)
+        values = [v if isinstance(v, (list, tuple)) and k not in ("metrics", "thresholds")
+                  else [v] for k, v in g.items()]
+        for combo in itertools.product(*values):
+            configs.append(_check({**DEFAULTS, **base, **dict(zip(keys, combo, strict=True))}))
+    return configs
+
+
+def _check(cfg: dict) -> dict:
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: unknown key(s) {', '.join(map(repr, unknown))}; "
+                         f"valid keys: {', '.join(DEFAULTS)}")
+    choice(cfg["problem"], "problem", tuple(PROBLEMS))
+    cfg["depth"] = integer(cfg["depth"], "depth", minimum=1)
+    cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
+    cfg["metrics"] = tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (
+        cfg["metrics"],)
+    if "loss" not in cfg["metrics"]:
+        cfg["metrics"] = ("loss",) + cfg["metrics"]
+    cfg["thresholds"] = tuple(float(t) for t in cfg["thresholds"])
+    if cfg["widths"] is not None:
+        cfg["widths"] = tuple(int(w) for w in cfg["widths"])
+    _log(cfg["log"])
+    return cfg
+
+
+def _log(log):
+    """A config's log: n (about n geometric rows) or "every:k"."""
+    if isinstance(log, str) and log.startswith("every:"):
+        return every(int(log[len("every:"):]))
+    if isinstance(log, (int, np.integer)) and not isinstance(log, bool):
+        return geometric(int(log))
+    raise ValueError(f"log: expected a number of geometric rows or 'every:k', got {log!r}")
+
+
+def _batch_key(cfg: dict) -> str:
+    """Configs with equal keys run in one batch."""
+    shared = {k: v for k, v in cfg.items() if k not in _PER_PROBLEM}
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def _build_problem(cfg: dict, seeds: int):
+    name = cfg["problem"]
+    args = {k: cfg[k] for k in PROBLEMS[name]}
+    if "problem_seed" in args:
+        args["seed"] = args.pop("problem_seed")
+    if name == "perturbed_2x2":
+        return problems_mod.perturbed_2x2(**args, batch=seeds)
+    return getattr(problems_mod, name)(**args, batch=seeds)
+
+
+def _concat_problems(parts):
+    """One problem batch from several of one kind and shape (shared arrays broadcast)."""
+    def cat(arrays):
+        if arrays[0] is None:
+            return None
+        return np.concatenate([np.broadcast_to(a, (p.batch,) + a.shape[1:])
+                               for a, p in zip(arrays, parts, strict=True)])
+    truth = cat([p.truth for p in parts]) if all(p.truth is not None for p in parts) else None
+    if parts[0].kind == "completion":
+        return completion(cat([p.targets for p in parts]), cat([p.masks for p in parts]),
+                          truth=truth)
+    return sensing(cat([p.A for p in parts]), cat([p.y for p in parts]), truth=truth)
+
+
+def _label(t: float) -> str:
+    """1e-4 -> '1e-4', 0.13 -> '1.3e-1': threshold labels for column names."""
+    mant, exp = f"{t:.6e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+class SweepResult:
+    """columns: {name: (rows,) array}, one row per (config, seed), with the config's values,
+    "seed", "status", "steps" (steps run), "batch" and "index" (the problem's column in
+    trajectories[batch]), every metric at the end ("name") and at each threshold
+    ("name@1e-4", with "step@1e-4"); configs: the configs, in row-block order; meta: the sweep's
+    description and timings."""
+
+    def __init__(self, columns: dict, trajectories: list[Trajectory], configs: list[dict],
+                 meta: dict):
+        self.columns = columns
+        self.trajectories = trajectories
+        self.configs = configs
+        self.meta = meta
+
+    @property
+    def table(self):
+        """The tidy table as a pandas DataFrame (extra "pandas")."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("SweepResult.table needs pandas: pip install "
+                              "'implicitreg[pandas]' (SweepResult.columns has the same data "
+                              "as NumPy arrays)") from exc
+        return pd.DataFrame(self.columns)
+
+    def rows(self, **match) -> np.ndarray:
+        """Indices of the rows whose config values equal `match` (floats to 1e-12)."""
+        keep = np.ones(len(self.columns["seed"]), dtype=bool)
+        for k, v in match.items():
+            col = self.columns[k]
+            if col.dtype.kind == "f":
+                keep &= np.isclose(col, v, rtol=1e-12, atol=0)
+            else:
+                keep &= col == v
+        return np.nonzero(keep)[0]
+
+    def trajectory_of(self, row: int) -> tuple[Trajectory, int]:
+        """(trajectory, column) holding table row `row`."""
+        return self.trajectories[self.columns["batch"][row]], int(self.columns["index"][row])
+
+    def save(self, out) -> None:
+        """Write into directory `out`: results.npz (columns + metadata), results.csv, and one
+        trajectory file per batch."""
+        os.makedirs(os.path.join(out, "batches"), exist_ok=True)
+        for i, t in enumerate(self.trajectories):
+            t.save(os.path.join(out, "batches", f"{i:03d}.trajectory.npz"))
+        _save_columns(os.path.join(out, "results.npz"), self.columns,
+                      {"configs": self.configs, **self.meta})
+        _write_csv(os.path.join(out, "results.csv"), self.columns)
+
+    def __repr__(self) -> str:
+        return (f"SweepResult(rows={len(self.columns['seed'])}, configs={len(self.configs)}, "
+                f"batches={len(self.trajectories)})")
+
+
+def load_sweep(out) -> SweepResult:
+    """Read a SweepResult written by SweepResult.save (or by sweep(out=...))."""
+    meta, cols = _load_columns(os.path.join(out, "results.npz"))
+    n = int(cols["batch"].max()) + 1 if cols["batch"].size else 0
+    trajs = [load_trajectory(os.path.join(out, "batches", f"{i:03d}.trajectory.npz"))
+             for i in range(n)]
+    configs = meta.pop("configs")
+    return SweepResult(cols, trajs, configs, meta)
+
+
+def _save_columns(path, columns: dict, meta: dict) -> None:
+    save_npz(path, _FORMAT, json.loads(json.dumps(meta, default=_jsonable)),
+             {f"col/{k}": v for k, v in columns.items()})
+
+
+def _load_columns(path) -> tuple[dict, dict]:
+    meta, z = load_npz(path, _FORMAT, "implicitreg sweep results")
+    return meta, {k[len("col/"):]: v for k, v in z.items() if k.startswith("col/")}
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _write_csv(path, columns: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    names = list(columns)
+    with open(tmp, "w") as fh:
+        fh.write(",".join(names) + "\n")
+        for i in range(len(columns[names[0]]) if names else 0):
+            fh.write(",".join(_csv_cell(columns[k][i]) for k in names) + "\n")
+    os.replace(tmp, path)
+
+
+def _csv_cell(v) -> str:
+    s = repr(v.item()) if isinstance(v, np.generic) else str(v)
+    return f'"{s}"' if "," in s else s
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def _config_columns(configs: list[dict], seeds: int) -> dict:
+    """Config values per row: scalars as they are, tuples as text."""
+    cols = {}
+    for k in DEFAULTS:
+        vals = [c[k] for c in configs]
+        if all(isinstance(v, (bool, np.bool_)) for v in vals):
+            arr = np.array(vals, dtype=bool)
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
+            arr = np.array(vals, dtype=np.int64)
+        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                 for v in vals):
+            arr = np.array(vals, dtype=np.float64)
+        else:
+            arr = np.array(["" if v is None else (",".join(map(str, v))
+                            if isinstance(v, tuple) else str(v)) for v in vals])
+        cols[k] = np.repeat(arr, seeds)
+    return cols
+
+
+def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoint,
+               checkpoint_every: float) -> tuple[dict, Trajectory, float]:
+    """Train one batch; (result columns without the config values, trajectory, seconds)."""
+    c0 = configs[0]
+    parts = [_build_problem(c, seeds) for c in configs]
+    problem = _concat_problems(parts)
+    factors = None
+    for c in configs:  # each config's seeds 0..seeds-1: the same starts across configs
+        f = init_factors(problem.shape, seeds, c["depth"], c["widths"], c["init"], c["scale"],
+                         c["scale_by"], c["det"], c["seed"])
+        factors = f if factors is None else [np.concatenate([a, b])
+                                             for a, b in zip(factors, f, strict=True)]
+    lr = np.repeat([c["lr"] for c in configs], seeds).astype(np.float64)
+    model = DeepFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
+    t0 = time.perf_counter()
+    traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
+                     metrics=c0["metrics"], thresholds=c0["thresholds"], progress=advance,
+                     checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    seconds = time.perf_counter() - t0
+    B = problem.batch
+    cols = {"status": traj.status.copy(),
+            "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
+            "index": np.arange(B)}
+    for name, v in traj.data.items():
+        _put(cols, name, v[-1])
+    if traj.crossings is not None:
+        for k, t in enumerate(traj.crossings["thresholds"]):
+            lab = _label(t)
+            cols[f"step@{lab}"] = traj.crossings["step"][k]
+            for name in traj.data:
+                _put(cols, f"{name}@{lab}", traj.crossings[name][k])
+    return cols, traj, seconds
+
+
+def _put(cols: dict, name: str, v: np.ndarray) -> None:
+    """A (B,) metric as one column, a (B, k) one (svals) as name:0 ... name:k-1."""
+    if v.ndim == 1:
+        cols[name] = v
+    else:
+        for i in range(v.shape[1]):
+            cols[f"{name}:{i}"] = v[:, i]
+
+
+def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
+          resume: bool = False, progress=True, executor: str = "local",
+          checkpoint_every: float = 300.0, name: str = "sweep") -> SweepResult:
+    """Run every config of expand(base, grid) on `seeds` seeds and return a SweepResult.
+
+    Configs that share everything but per-problem values (problem data such as eps or n_obs,
+    the init, det and scale, seed, lr) run as one batch in one fused fit.
+    out: a directory for results. Each finished batch is written there at once (atomically),
+    and running batches are checkpointed every checkpoint_every seconds; resume=True skips
+    finished batches and continues the others, ending with what an uninterrupted run gives.
+    A directory holding other results is refused unless resume is set and it holds this very
+    sweep; a directory holding anything else is refused.
+    """
+    seeds = integer(seeds, "seeds", minimum=1)
+    choice(executor, "executor", ("local",))
+    configs = expand(base, grid)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(_batch_key(c), []).append(i)
+    batches = list(groups.values())
+    order = [i for b in batches for i in b]
+    configs = [configs[i] for i in order]  # row blocks follow batch order
+    spans, at = [], 0
+    for b in batches:
+        spans.append((at, at + len(b)))
+        at += len(b)
+    meta = {"name": name, "seeds": seeds, "backend": backend, "executor": executor,
+            "version": build_info()["version"], "machine": _machine()}
+    spec = {"configs": configs, "seeds": seeds, "backend": backend}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=_jsonable).encode()
+                            ).hexdigest()
+    if out is not None:
+        _prepare_dir(out, digest, resume, name)
+    total = sum(configs[a]["max_steps"] for a, _ in spans)
+    advance, close = _progress(progress, total)
+    trajs, parts, timings = [], [], []
+    try:
+        for bi, (a, b) in enumerate(spans):
+            group = configs[a:b]
+            done_file = None if out is None else os.path.join(out, "batches", f"{bi:03d}.npz")
+            if done_file is not None and os.path.exists(done_file):
+                bmeta, cols = _load_columns(done_file)
+                traj = load_trajectory(os.path.join(out, "batches",
+                                                    f"{bi:03d}.trajectory.npz"))
+                seconds = bmeta["seconds"]
+                advance(group[0]["max_steps"])
+            else:
+                ran = [0]
+
+                def step_counter(n, ran=ran):
+                    ran[0] += n
+                    advance(n)
+                ckpt = None if out is None else os.path.join(out, "batches", f"{bi:03d}.ckpt.npz")
+                cols, traj, seconds = _run_batch(group, seeds, backend, step_counter, ckpt,
+                                                 checkpoint_every)
+                advance(group[0]["max_steps"] - ran[0])
+                if out is not None:
+                    traj.save(os.path.join(out, "batches", f"{bi:03d}.trajectory.npz"))
+                    _save_columns(done_file, cols, {"seconds": seconds})
+                    os.remove(ckpt)
+            cols = {**{k: v for k, v in _config_columns(group, seeds).items()},
+                    "seed": np.tile(np.arange(seeds), len(group)), **cols,
+                    "batch": np.full(len(group) * seeds, bi)}
+            trajs.append(traj)
+            parts.append(cols)
+            timings.append({"batch": bi, "configs": len(group), "problems": len(group) * seeds,
+                            "seconds": seconds,
+                            "problem_steps": int(np.sum(cols["steps"]))})
+    finally:
+        close()
+    meta["timings"] = timings
+    result = SweepResult(_stack(parts), trajs, configs, meta)
+    if out is not None:
+        _save_columns(os.path.join(out, "results.npz"), result.columns,
+                      {"configs": configs, **meta})
+        _write_csv(os.path.join(out, "results.csv"), result.columns)
+    return result
+
+
+def _stack(parts: list[dict]) -> dict:
+    """Concatenate per-batch columns; a column missing from a batch is NaN (or "") there."""
+    names = list(dict.fromkeys(k for p in parts for k in p))
+    out = {}
+    for k in names:
+        arrays = []
+        for p in parts:
+            n = len(p["seed"])
+            if k in p:
+                arrays.append(np.asarray(p[k]))
+            else:
+                like = next(q[k] for q in parts if k in q)
+                arrays.append(np.full(n, np.nan) if np.asarray(like).dtype.kind in "fiub"
+                              else np.full(n, "", dtype=object).astype(str))
+        out[k] = np.concatenate(arrays) if arrays else np.zeros(0)
+    return out
+
+
+def _machine() -> dict:
+    return {"node": platform.node(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+
+
+def _prepare_dir(out, digest: str, resume: bool, name: str) -> None:
+    """Claim `out` for this sweep (manifest.json), or check that it is this sweep's."""
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.exists(manifest):
+        with open(manifest) as fh:
+            try:
+                old = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"out: {manifest} is corrupt; move it away or choose another "
+                                 "directory") from exc
+        if old.get("format") != _FORMAT:
+            raise ValueError(f"out: {out} holds a manifest.json that is not implicitreg's; "
+                             "choose another directory")
+        if not resume:
+            raise ValueError(f"out: {out} already holds results of {old.get('name')!r}; pass "
+                             "resume=True (--resume) to continue them, or choose another "
+                             "directory")
+        if old.get("digest") != digest:
+            raise ValueError(f"out: {out} holds results of another sweep ({old.get('name')!r} "
+                             "with other configs, seeds or backend); resume needs the same "
+                             "ones, or choose another directory")
+        return
+    if os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"out: {out} is not empty and holds no implicitreg results; choose "
+                         "an empty or new directory")
+    os.makedirs(os.path.join(out, "batches"), exist_ok=True)
+    tmp = f"{manifest}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump({"format": _FORMAT, "name": name, "digest": digest,
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh, indent=1)
+    os.replace(tmp, manifest)
