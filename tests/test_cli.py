@@ -1,4 +1,4 @@
-"""The command line: `implicitreg info` and `implicitreg run`."""
+"""The command line: `implicitreg info | run | list | reproduce | plot`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import implicitreg as ir
 from implicitreg.cli import main
+from implicitreg.experiments import EXPERIMENTS
+from implicitreg.sweep import load_sweep
 
 
 def test_info_json(capsys):
@@ -33,11 +36,44 @@ def test_run_prints_w11_at_each_threshold_and_saves(tmp_path, capsys):
     for thr in ("loss < 0.1", "loss < 0.01", "loss < 0.001", "loss < 0.0001"):
         assert thr in out
     assert "depth 2: 8/8 converged" in out
-    t = ir.load(tmp_path / "depth3.npz")
-    assert t.batch == 8 and t.meta["depth"] == 3
-    # the printed medians are those of the saved trajectory
-    fb = np.abs(t.first_below("loss", 1e-2)["entry:0,0"][:4])
-    assert f"{np.median(fb):8.3g}" in out
+    res = load_sweep(tmp_path)
+    idx = res.rows(depth=3, lr=6e-3)
+    assert idx.size == 4 and res.meta["name"] == "run"
+    # the printed medians are those of the saved table, read at the exact crossings
+    w = np.abs(res.columns["entry:0,0@1e-2"][idx])
+    assert f"{np.median(w):8.3g}" in out
+    assert (res.columns["loss@1e-2"][idx] < 1e-2).all()
+
+
+def test_list_names_every_experiment(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in EXPERIMENTS:
+        assert name in out
+
+
+def test_reproduce_quick_writes_report_figures_and_resumes(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="figures need matplotlib (extra 'plot')")
+    out = tmp_path / "res"
+    args = ["reproduce", "family-dxd", "--quick", "--seeds", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "ours: median [IQR]" in printed and "d 5, depth 3, balanced" in printed
+    assert (out / "report.txt").exists() and (out / "figures" / "family-dxd.png").exists()
+    assert main(args) == 2  # the directory holds results: not overwritten without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # every batch is done: read back, same report
+    again = capsys.readouterr().out
+    assert again.split("\n")[:-4] == printed.split("\n")[:-4]  # all but the timings
+    (out / "figures" / "family-dxd.png").unlink()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "figures" / "family-dxd.png").exists()
+
+
+def test_reproduce_unknown_name_lists_the_choices(capsys):
+    assert main(["reproduce", "paper-3x3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "paper-3x3" in err and "paper-2x2" in err and "random-completion" in err
 
 
 def test_run_bad_argument_is_a_clear_error(capsys):

@@ -98,6 +98,25 @@ double det_lu(double* a, int n) {
 }
 
 // det(W_N ... W_1) of problem b in double (square end-to-end matrix).
+// ad - bc by Kahan's FMA form (within 2 ulps). Entries so large that a product overflows
+// are scaled by a power of two first, so the result is the rounded value or +-inf, never the
+// NaN of inf - inf.
+inline double det2(double a, double b, double c, double d) {
+  auto kahan = [](double a, double b, double c, double d) {
+    const double w = b * c;
+    return std::fma(a, d, -w) + std::fma(-b, c, w);
+  };
+  const double det = kahan(a, b, c, d);
+  if (!std::isnan(det) ||
+      !(std::isfinite(a) && std::isfinite(b) && std::isfinite(c) && std::isfinite(d)))
+    return det;
+  int e = 0;
+  std::frexp(std::max(std::max(std::abs(a), std::abs(b)), std::max(std::abs(c), std::abs(d))), &e);
+  const double r =
+      kahan(std::ldexp(a, -e), std::ldexp(b, -e), std::ldexp(c, -e), std::ldexp(d, -e));
+  return std::ldexp(r, 2 * e);
+}
+
 template <class T>
 double det_f64(const T* const* factors, const DmfShape& shape, std::int64_t b,
                std::vector<double>& buf, std::vector<double>& tmp) {
@@ -110,9 +129,8 @@ double det_f64(const T* const* factors, const DmfShape& shape, std::int64_t b,
     buf.resize(std::size_t(n) * n);
     for (int j = 0; j < shape.depth; ++j) {
       const T* W = factors[j] + b * n * n;
-      if (n == 2) {  // Kahan's FMA form: within 2 ulps
-        const double w = double(W[1]) * W[2];
-        det *= std::fma(double(W[0]), double(W[3]), -w) + std::fma(-double(W[1]), double(W[2]), w);
+      if (n == 2) {
+        det *= det2(W[0], W[1], W[2], W[3]);
         continue;
       }
       std::copy(W, W + n * n, buf.begin());

@@ -43,7 +43,8 @@ def _run(args) -> int:
     from .sweep import sweep
 
     base = {"problem": "paper_2x2", "init": args.init, "scale_by": args.scale_by,
-            "det": args.det, "seed": args.seed, "max_steps": args.max_steps, "tol": args.tol,
+            "init_det": args.det, "init_seed": args.seed, "max_steps": args.max_steps,
+            "tol": args.tol,
             "log": f"every:{args.log_every}", "metrics": ("loss", "entry:0,0", "det"),
             "thresholds": THRESHOLDS, "dtype": args.dtype}
     grid = {"depth": args.depths, "lr": args.lrs, "scale": args.scales}

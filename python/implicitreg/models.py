@@ -185,6 +185,8 @@ class DeepFactorization:
         lr_arr = self._lr(lr)
         steps = integer(steps, "steps", minimum=0)
         tol_v = self._tol(tol)
+        if crossings is not None:
+            self._check_crossings(crossings)
         # Calls of bounded work (about a second), so that Ctrl-C is honoured between them and
         # leaves a consistent state. Cutting changes no result: each call ends with the same
         # tolerance check the next one would start with.
@@ -237,7 +239,26 @@ class DeepFactorization:
 
     def crossings(self, thresholds) -> Crossings:
         """Empty records of first crossings of the loss thresholds, for step()."""
-        return Crossings(_thresholds(thresholds), self.batch, self.dims, self.dtype)
+        t = _thresholds(thresholds)
+        with np.errstate(over="ignore"):
+            if not np.isfinite(t.astype(self.dtype)).all():
+                raise ValueError(f"thresholds: expected values representable in {self.dtype}, "
+                                 f"got {t.tolist()}")
+        return Crossings(t, self.batch, self.dims, self.dtype)
+
+    def _check_crossings(self, c) -> None:
+        """A Crossings made for this model (by self.crossings), or TypeError/ValueError."""
+        if not isinstance(c, Crossings):
+            raise TypeError(f"crossings: expected model.crossings(thresholds), got "
+                            f"{type(c).__name__}")
+        k = c.thresholds.size
+        dims = self.dims
+        want = [(self.batch, k, dims[j], dims[j - 1]) for j in range(1, len(dims))]
+        if (c.step.shape != (self.batch, k) or [S.shape for S in c.factors] != want
+                or any(S.dtype != self.dtype for S in c.factors)
+                or c.thresholds.dtype != self.dtype):
+            raise ValueError(f"crossings: made for another model (batch, dims or dtype differ "
+                             f"from {self.batch}, {dims}, {self.dtype}); use model.crossings()")
 
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",), thresholds=(),
             progress=True, checkpoint=None, checkpoint_every: float = 300.0) -> Trajectory:
@@ -269,6 +290,7 @@ class DeepFactorization:
         log = schedule(log, max_steps)
         _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log)
         checkpoint_every = float(checkpoint_every)
+        _check_progress(progress)
         points = log.points(max_steps)
         # Every row goes straight from the core into this buffer (pages are touched only as
         # rows are written), so logging costs no copy.
@@ -318,7 +340,7 @@ class DeepFactorization:
         flat = [S.reshape((B * k,) + S.shape[2:]) for S in cross.factors]
         out = np.empty((sum(metric_rows), B * k))
         ops.dmf_measure(flat, self.problem.repeat_each(k), kinds, params, out, self.backend)
-        per = np.moveaxis(out.reshape(-1, B, k), 2, 0)  # (k, rows, B)
+        per = np.moveaxis(out.reshape(sum(metric_rows), B, k), 2, 0)  # (k, rows, B)
         data = _split_rows(per, names, metric_rows)
         hit = (cross.step >= 0).T  # (k, B)
         for name, v in data.items():
@@ -390,6 +412,7 @@ def _check_log_memory(rows: int, batch: int, n_metrics: int, log) -> None:
 def _progress(progress, total: int):
     """(advance(n_steps), close()) for a tqdm bar when progress is True and tqdm is installed
     (extra "progress"), for a user callable, or doing nothing."""
+    _check_progress(progress)
     if callable(progress):
         return progress, lambda: None
     if progress is True:
@@ -400,9 +423,12 @@ def _progress(progress, total: int):
         else:
             bar = tqdm(total=total, unit="step", leave=False)
             return bar.update, bar.close
-    elif progress is not False:
-        raise TypeError(f"progress: expected True, False or a callable, got {progress!r}")
     return (lambda n: None), (lambda: None)
+
+
+def _check_progress(progress) -> None:
+    if not (progress is True or progress is False or callable(progress)):
+        raise TypeError(f"progress: expected True, False or a callable, got {progress!r}")
 
 
 def _thresholds(thresholds) -> np.ndarray:

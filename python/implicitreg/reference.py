@@ -161,12 +161,13 @@ def det_float64(factors):
     is square (exact sign even when the product rounds to rank one), else from the float64
     product."""
     f64 = [np.asarray(W, dtype=np.float64) for W in factors]
-    if all(W.shape[1] == W.shape[2] for W in f64):
-        det = np.ones(f64[0].shape[0])
-        for W in f64:
-            det = det * np.linalg.det(W)
-        return det
-    return np.linalg.det(_forward(f64)[-1])
+    with np.errstate(all="ignore"):  # a diverged problem's det is +-inf, as in the core
+        if all(W.shape[1] == W.shape[2] for W in f64):
+            det = np.ones(f64[0].shape[0])
+            for W in f64:
+                det = det * np.linalg.det(W)
+            return det
+        return np.linalg.det(_forward(f64)[-1])
 
 
 def recon_error(E, truth):

@@ -2,13 +2,17 @@
 a dtype and a training schedule, each trained as one fused batch; the result is a tidy table,
 one row per (config, seed), with the trajectories kept beside it.
 
-A configuration is a flat dict (DEFAULTS lists every key). Problem b of a config is seed b:
-its start (and, for random problems, its data) depends only on (seed, b), so every config of a
-sweep sees the same seeds (paired comparisons) whatever the batching.
+A configuration is a flat dict (DEFAULTS lists every key; they are the arguments of the
+problem builders, of DeepFactorization.init and of fit, except init_det, init_seed and
+target_rank for init's det and seed and the builders' rank, so that no key is also a metric
+name). Problem b of a config is its seed b: its start (and, for random problems, its data)
+depends only on (init_seed, b) (and (problem_seed, b)), so every config of a sweep sees the
+same seeds (paired comparisons) whatever the batching.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -35,33 +39,34 @@ PROBLEMS = {
     "paper_2x2": (),
     "perturbed_2x2": ("b12", "b21", "eps"),
     "paper_family": ("d",),
-    "random_low_rank_completion": ("m", "n", "rank", "n_obs", "problem_seed"),
-    "random_sensing": ("m", "n", "rank", "n_meas", "problem_seed", "std"),
+    "random_low_rank_completion": ("m", "n", "target_rank", "n_obs", "problem_seed"),
+    "random_sensing": ("m", "n", "target_rank", "n_meas", "problem_seed", "std"),
 }
 
 DEFAULTS = {
     # what is learned
     "problem": "paper_2x2", "b12": -2.0, "b21": 0.5, "eps": 0.0, "d": 3, "m": 10, "n": 10,
-    "rank": 2, "n_obs": 50, "n_meas": 50, "problem_seed": 0, "std": 1.0,
+    "target_rank": 2, "n_obs": 50, "n_meas": 50, "problem_seed": 0, "std": 1.0,
     # where it starts (implicitreg.init)
     "depth": 3, "widths": None, "init": "normal", "scale": 1e-3, "scale_by": "product",
-    "det": None, "seed": 0,
+    "init_det": None, "init_seed": 0,
     # how it is trained and what is recorded
     "lr": 1e-3, "max_steps": 10_000, "tol": None, "log": 200,
     "metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
     "dtype": "float64",
 }
 # Keys that may differ inside one batch (per-problem data, start or learning rate).
-_PER_PROBLEM = {"b12", "b21", "eps", "rank", "n_obs", "problem_seed", "std", "init", "scale",
-                "scale_by", "det", "seed", "lr"}
+_PER_PROBLEM = {"b12", "b21", "eps", "target_rank", "n_obs", "problem_seed", "std", "init",
+                "scale", "scale_by", "init_det", "init_seed", "lr"}
 _FORMAT = "implicitreg.sweep/1"
 _BATCH_FORMAT = "implicitreg.sweep-batch/1"
 
 
 def expand(base: dict, grid=None) -> list[dict]:
-    """Configs from base overridden by a grid: a dict of lists (their Cartesian product) or a
-    list of such dicts (concatenated); a plain value in a grid dict is a single choice.
-    Every key is checked against DEFAULTS before anything runs."""
+    """Configs from base overridden by a grid: a dict whose list values are axes (their
+    Cartesian product) or a list of such dicts (concatenated). Any other value, a tuple
+    included (widths, metrics, thresholds), is a single choice. Every key is checked against
+    DEFAULTS before anything runs."""
     if not isinstance(base, dict):
         raise TypeError(f"base: expected a dict of config values, got {type(base).__name__}")
     if grid is None:
@@ -74,10 +79,12 @@ def expand(base: dict, grid=None) -> list[dict]:
     configs = []
     for g in grid:
         keys = list(g)
-        values = [v if isinstance(v, (list, tuple)) and k not in ("metrics", "thresholds")
-                  else [v] for k, v in g.items()]
+        values = [v if isinstance(v, list) and k not in ("metrics", "thresholds") else [v]
+                  for k, v in g.items()]
         for combo in itertools.product(*values):
             configs.append(_check({**DEFAULTS, **base, **dict(zip(keys, combo, strict=True))}))
+    if not configs:
+        raise ValueError("grid: expected at least one config, got an empty grid")
     return configs
 
 
@@ -94,8 +101,11 @@ def _check(cfg: dict) -> dict:
     if "loss" not in cfg["metrics"]:
         cfg["metrics"] = ("loss",) + cfg["metrics"]
     cfg["thresholds"] = tuple(float(t) for t in cfg["thresholds"])
-    if cfg["widths"] is not None:
-        cfg["widths"] = tuple(int(w) for w in cfg["widths"])
+    if isinstance(cfg["widths"], (list, tuple)):
+        cfg["widths"] = tuple(cfg["widths"])
+    clash = sorted({m.split(":")[0] for m in cfg["metrics"]} & set(DEFAULTS))
+    if clash:  # a table column holds either a config value or a metric, never both
+        raise ValueError(f"metrics: {clash} are config keys, not metric names")
     _log(cfg["log"])
     return cfg
 
@@ -120,6 +130,7 @@ def _build_problem(cfg: dict, seeds: int):
     args = {k: cfg[k] for k in PROBLEMS[name]}
     if "problem_seed" in args:
         args["seed"] = args.pop("problem_seed")
+        args["rank"] = args.pop("target_rank")
     if name == "perturbed_2x2":
         return problems_mod.perturbed_2x2(**args, batch=seeds)
     return getattr(problems_mod, name)(**args, batch=seeds)
@@ -175,8 +186,12 @@ class SweepResult:
         """Indices of the rows whose config values equal `match` (floats to 1e-12)."""
         keep = np.ones(len(self.columns["seed"]), dtype=bool)
         for k, v in match.items():
+            if k not in self.columns:
+                raise KeyError(f"no column {k!r}; columns: {', '.join(self.columns)}")
             col = self.columns[k]
-            if col.dtype.kind == "f":
+            if v is None or isinstance(v, tuple):
+                keep &= col == _text(v)
+            elif col.dtype.kind == "f":
                 keep &= np.isclose(col, v, rtol=1e-12, atol=0)
             else:
                 keep &= col == v
@@ -230,18 +245,23 @@ def _jsonable(x):
 
 
 def _write_csv(path, columns: dict) -> None:
+    """The table as CSV (floats written to full precision), atomically."""
     tmp = f"{path}.tmp-{os.getpid()}"
     names = list(columns)
-    with open(tmp, "w") as fh:
-        fh.write(",".join(names) + "\n")
-        for i in range(len(columns[names[0]]) if names else 0):
-            fh.write(",".join(_csv_cell(columns[k][i]) for k in names) + "\n")
+    cells = [[repr(float(x)) for x in v] if v.dtype.kind == "f" else [str(x) for x in v]
+             for v in (np.asarray(columns[k]) for k in names)]
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        w.writerows(zip(*cells, strict=True))
     os.replace(tmp, path)
 
 
-def _csv_cell(v) -> str:
-    s = repr(v.item()) if isinstance(v, np.generic) else str(v)
-    return f'"{s}"' if "," in s else s
+def _text(v) -> str:
+    """How a non-numeric config value reads in the table: None as "", a tuple joined by ","."""
+    if v is None:
+        return ""
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 # ------------------------------------------------------------------------------ running
@@ -260,8 +280,7 @@ def _config_columns(configs: list[dict], seeds: int) -> dict:
                  for v in vals):
             arr = np.array(vals, dtype=np.float64)
         else:
-            arr = np.array(["" if v is None else (",".join(map(str, v))
-                            if isinstance(v, tuple) else str(v)) for v in vals])
+            arr = np.array([_text(v) for v in vals])
         cols[k] = np.repeat(arr, seeds)
     return cols
 
@@ -275,7 +294,7 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
     factors = None
     for c in configs:  # each config's seeds 0..seeds-1: the same starts across configs
         f = init_factors(problem.shape, seeds, c["depth"], c["widths"], c["init"], c["scale"],
-                         c["scale_by"], c["det"], c["seed"])
+                         c["scale_by"], c["init_det"], c["init_seed"])
         factors = f if factors is None else [np.concatenate([a, b])
                                              for a, b in zip(factors, f, strict=True)]
     lr = np.repeat([c["lr"] for c in configs], seeds).astype(np.float64)
@@ -311,7 +330,8 @@ def _put(cols: dict, name: str, v: np.ndarray) -> None:
 
 def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
           resume: bool = False, progress=True, executor: str = "local",
-          checkpoint_every: float = 300.0, name: str = "sweep") -> SweepResult:
+          checkpoint_every: float = 300.0, name: str = "sweep", info: dict | None = None
+          ) -> SweepResult:
     """Run every config of expand(base, grid) on `seeds` seeds and return a SweepResult.
 
     Configs that share everything but per-problem values (problem data such as eps or n_obs,
@@ -320,7 +340,8 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     and running batches are checkpointed every checkpoint_every seconds; resume=True skips
     finished batches and continues the others, ending with what an uninterrupted run gives.
     A directory holding other results is refused unless resume is set and it holds this very
-    sweep; a directory holding anything else is refused.
+    sweep; a directory holding anything else is refused. name and info (JSON-able) are kept
+    in the result's meta.
     """
     seeds = integer(seeds, "seeds", minimum=1)
     choice(executor, "executor", ("local",))
@@ -336,7 +357,7 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
         spans.append((at, at + len(b)))
         at += len(b)
     meta = {"name": name, "seeds": seeds, "backend": backend, "executor": executor,
-            "version": build_info()["version"], "machine": _machine()}
+            "version": build_info()["version"], "machine": _machine(), **(info or {})}
     spec = {"configs": configs, "seeds": seeds, "backend": backend}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=_jsonable).encode()
                             ).hexdigest()
@@ -355,6 +376,9 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
                                                     f"{bi:03d}.trajectory.npz"))
                 seconds = bmeta["seconds"]
                 advance(group[0]["max_steps"])
+                stale = os.path.join(out, "batches", f"{bi:03d}.ckpt.npz")
+                if os.path.exists(stale):  # a crash between writing the result and this
+                    os.remove(stale)
             else:
                 ran = [0]
 

@@ -70,8 +70,8 @@ def reproduce(name: str, seeds: int | None = None, backend: str = "cpu",
     exp = get(name)
     base, grid, n = exp.spec(quick, seeds, dtype)
     res = sweep(base, grid, seeds=n, backend=backend, out=out, resume=resume,
-                progress=progress, checkpoint_every=checkpoint_every, name=name)
-    res.meta.update(experiment=name, quick=bool(quick))
+                progress=progress, checkpoint_every=checkpoint_every, name=name,
+                info={"quick": bool(quick)})
     rows = exp.report(res)
     if out is not None:
         write_report(out, exp, res, rows)

@@ -268,13 +268,14 @@ def figure_random_completion(res, figdir: str) -> list[str]:
     axes[0].set_yscale("log")
     axes[0].set_ylabel(r"$\|E - W^*\|_F / \|W^*\|_F$")
     axes[0].set_title("reconstruction error (all entries)")
-    axes[1].axhline(cfg["rank"], color="k", ls=":", label=f"target rank {cfg['rank']}")
+    r = cfg["target_rank"]
+    axes[1].axhline(r, color="k", ls=":", label=f"target rank {r}")
     axes[1].set_ylabel("effective rank")
     axes[1].set_title("effective rank of the solution")
     for ax in axes:
         ax.set_xlabel("depth")
         ax.set_xticks(depths)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Random rank-{cfg['rank']} {cfg['m']}x{cfg['n']} completion: median and "
+    fig.suptitle(f"Random rank-{cfg['target_rank']} {cfg['m']}x{cfg['n']} completion: median and "
                  f"IQR over {res.meta['seeds']} seeds")
     return _save(fig, figdir, "random-completion")

@@ -116,7 +116,7 @@ register(Experiment(
     * theory: |w11| > (1-s)^2/s, s = sqrt(2 loss), holds while det(W) > 0 (PAPER.md §2.4);
       depth 2 (and unbalanced runs) may flip det under GD and plateau below it.
     """,
-    base={"problem": "paper_2x2", "det": "positive", "scale_by": "product", "tol": 1e-4,
+    base={"problem": "paper_2x2", "init_det": "positive", "scale_by": "product", "tol": 1e-4,
           "max_steps": 10_000_000, "log": 400, "metrics": ("loss", "entry:0,0", "det"),
           "thresholds": loss_grid(1e-4)},
     grid=[{"depth": d, "lr": lr, "scale": s, "init": ["normal", "balanced"]}
@@ -167,7 +167,7 @@ register(Experiment(
     * theory: at loss l, |w11| > (2-s)(0.5-s)/(eps+s) while det < 0; the reachable solutions
       need w11 < -1/eps, whose norm is about 1/eps against sqrt(4.25 + eps^2) at the minimum.
     """,
-    base={"problem": "perturbed_2x2", "det": "negative", "init": "balanced",
+    base={"problem": "perturbed_2x2", "init_det": "negative", "init": "balanced",
           "scale_by": "product", "tol": None, "max_steps": 1_690_000, "log": 400,
           "metrics": ("loss", "entry:0,0", "det"), "thresholds": loss_grid(1e-8, 5)},
     grid=[{"depth": d, "lr": lr, "scale": s, "eps": list(EPSILONS)}
@@ -209,7 +209,7 @@ register(Experiment(
     * theory: the 2x2 block follows the rank-1 path |w11| = 1/sqrt(2 loss) when the
       identity block is fitted first; the paper reports no values for d > 2.
     """,
-    base={"problem": "paper_family", "depth": 3, "det": "positive", "scale_by": "product",
+    base={"problem": "paper_family", "depth": 3, "init_det": "positive", "scale_by": "product",
           "lr": 6e-3, "scale": 1e-5, "tol": 1e-4, "max_steps": 10_000_000, "log": 300,
           "metrics": ("loss", "entry:0,0", "det", "erank"), "thresholds": loss_grid(1e-4)},
     grid=[{"d": d, "init": ["normal", "balanced"]} for d in FAMILY_D],
@@ -259,7 +259,7 @@ register(Experiment(
     * paper: the infimum of each quantity over all solutions (the norms' minima are at
       w11 = 0); theory: PAPER.md §2.4's bounds at that loss, valid while det > 0.
     """,
-    base={"problem": "paper_2x2", "depth": 3, "det": "positive", "scale_by": "product",
+    base={"problem": "paper_2x2", "depth": 3, "init_det": "positive", "scale_by": "product",
           "lr": 6e-3, "scale": 1e-5, "tol": 1e-4, "max_steps": 10_000_000, "log": 400,
           "metrics": ("loss", "entry:0,0", "det") + NORMS + ("erank", "dist_rank:1"),
           "thresholds": loss_grid(1e-4)},
@@ -281,7 +281,7 @@ def report_random(res) -> list[dict]:
             entry = f"{n_obs} observed, depth {depth}"
             rows.append(_row(entry, "reconstruction error", c["recon_error"][idx]))
             rows.append(_row(entry, "effective rank", c["erank"][idx], None,
-                             f"rank {int(c['rank'][idx[0]])} target"))
+                             f"rank {int(c['target_rank'][idx[0]])} target"))
     return rows
 
 
@@ -294,7 +294,7 @@ register(Experiment(
     * ours: normalized reconstruction error ||E - W*||_F / ||W*||_F over all entries and the
       effective rank of the solution at the end; depth 1 is the min-norm-like baseline.
     """,
-    base={"problem": "random_low_rank_completion", "m": 30, "n": 30, "rank": 3,
+    base={"problem": "random_low_rank_completion", "m": 30, "n": 30, "target_rank": 3,
           "scale": 1e-3, "scale_by": "product", "lr": 1e-2, "tol": 1e-8, "max_steps": 50_000,
           "log": 100, "metrics": ("loss", "recon_error", "erank", "nuc", "fro"),
           "thresholds": ()},
@@ -302,6 +302,6 @@ register(Experiment(
     report=report_random,
     figures=figure_random_completion,
     seeds=16,
-    quick={"seeds": 4, "base": {"m": 12, "n": 12, "rank": 2, "max_steps": 20_000},
+    quick={"seeds": 4, "base": {"m": 12, "n": 12, "target_rank": 2, "max_steps": 20_000},
            "grid": [{"depth": [1, 2, 3, 4], "n_obs": [50, 70, 100]}]},
 ))
