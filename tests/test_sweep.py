@@ -616,3 +616,20 @@ def test_metric_columns_never_hide_config_values(metric):
 def test_empty_grid_is_refused():
     with pytest.raises(ValueError, match="grid"):
         expand({}, [])
+
+
+@pytest.mark.parametrize("bad,match", [({"scale": -1.0}, "scale"), ({"lr": 0.0}, "lr"),
+                                       ({"metrics": ("loss", "entry:5,5")}, "entry"),
+                                       ({"thresholds": (1e-3, 1e-1)}, "thresholds"),
+                                       ({"init": "orthogonal"}, "init")])
+def test_a_bad_value_in_a_late_batch_is_refused_before_anything_runs(tmp_path, bad, match):
+    grid = [{"depth": 2}, {"depth": 3, **bad}]  # the bad config is in the second batch
+    with pytest.raises((ValueError, TypeError), match=match):
+        sweep(FAST, grid, seeds=2, progress=False, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unavailable_backend_is_refused_before_the_directory_is_claimed(tmp_path):
+    with pytest.raises(RuntimeError, match="cuda"):
+        sweep(FAST, seeds=2, backend="cuda", progress=False, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -13,11 +13,13 @@ from ._backend import backends, build_info
 from .metrics import svdvals
 from .models import DeepFactorization, Trajectory, every, geometric, load
 from .problems import completion, sensing
+from .sweep import SweepResult, load_sweep, sweep
 
 __version__: str = build_info()["version"]  # type: ignore[assignment]
 
 __all__ = [
     "DeepFactorization",
+    "SweepResult",
     "Trajectory",
     "__version__",
     "backends",
@@ -26,8 +28,10 @@ __all__ = [
     "every",
     "geometric",
     "load",
+    "load_sweep",
     "metrics",
     "problems",
     "sensing",
     "svdvals",
+    "sweep",
 ]

@@ -286,9 +286,13 @@ class DeepFactorization:
         max_steps = integer(max_steps, "max_steps", minimum=0)
         tol_v = self._tol(tol)
         names, kinds, params, metric_rows = self._metric_specs(metrics)
-        cross = self.crossings(thresholds)
         log = schedule(log, max_steps)
-        _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log)
+        k = _thresholds(thresholds).size
+        # crossings: the factors at each threshold, and their metrics measured at the end
+        cross_bytes = self.batch * k * (sum(W.shape[1] * W.shape[2] for W in self._factors)
+                                        * self.dtype.itemsize + 8 * (sum(metric_rows) + 1))
+        _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log, cross_bytes)
+        cross = self.crossings(thresholds)
         checkpoint_every = float(checkpoint_every)
         _check_progress(progress)
         points = log.points(max_steps)
@@ -394,13 +398,19 @@ def _split_rows(buf: np.ndarray, names: list[str], rows: list[int]) -> dict:
     return out
 
 
-def _check_log_memory(rows: int, batch: int, n_metrics: int, log) -> None:
-    """Refuse, before any work, a log that would not fit in half of this machine's memory."""
+def _check_log_memory(rows: int, batch: int, n_metrics: int, log, cross_bytes: int = 0) -> None:
+    """Refuse, before any work, a log (and crossings record) that would not fit in half of
+    this machine's memory."""
     need = rows * batch * n_metrics * 8
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return
+    if need <= total // 2 < need + cross_bytes:
+        raise ValueError(f"thresholds: recording the crossings of {batch} problems needs "
+                         f"{cross_bytes / 2**30:.1f} GiB beside the log's "
+                         f"{need / 2**30:.1f} GiB, more than half of this machine's "
+                         f"{total / 2**30:.1f} GiB; pass fewer thresholds or a smaller batch")
     if need > total // 2:
         fit_rows = max(1, (total // 2) // max(1, batch * n_metrics * 8))
         raise ValueError(f"log: {rows} rows x {batch} problems x {n_metrics} metrics need "

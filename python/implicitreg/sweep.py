@@ -202,14 +202,22 @@ class SweepResult:
         return self.trajectories[self.columns["batch"][row]], int(self.columns["index"][row])
 
     def save(self, out) -> None:
-        """Write into directory `out`: results.npz (columns + metadata), results.csv, and one
-        trajectory file per batch."""
+        """Write into directory `out`: results.npz (columns + metadata), results.csv,
+        meta.json (configs, version, backend, timings, machine) and one trajectory file per
+        batch."""
         os.makedirs(os.path.join(out, "batches"), exist_ok=True)
         for i, t in enumerate(self.trajectories):
             t.save(os.path.join(out, "batches", f"{i:03d}.trajectory.npz"))
-        _save_columns(os.path.join(out, "results.npz"), self.columns,
-                      {"configs": self.configs, **self.meta})
+        self._save_tables(out)
+
+    def _save_tables(self, out) -> None:
+        meta = {"configs": self.configs, **self.meta}
+        _save_columns(os.path.join(out, "results.npz"), self.columns, meta)
         _write_csv(os.path.join(out, "results.csv"), self.columns)
+        tmp = os.path.join(out, f"meta.json.tmp-{os.getpid()}")
+        with open(tmp, "w") as fh:
+            json.dump(meta, fh, indent=1, default=_jsonable)
+        os.replace(tmp, os.path.join(out, "meta.json"))
 
     def __repr__(self) -> str:
         return (f"SweepResult(rows={len(self.columns['seed'])}, configs={len(self.configs)}, "
@@ -285,6 +293,19 @@ def _config_columns(configs: list[dict], seeds: int) -> dict:
     return cols
 
 
+def _dry_run(cfg: dict, backend: str) -> None:
+    """Every check a config's run would make, on one problem, so that a bad value is refused
+    before any batch runs (and before an output directory is claimed)."""
+    problem = _build_problem(cfg, 1)
+    factors = init_factors(problem.shape, 1, cfg["depth"], cfg["widths"], cfg["init"],
+                           cfg["scale"], cfg["scale_by"], cfg["init_det"], cfg["init_seed"])
+    model = DeepFactorization(problem, factors, backend=backend, dtype=cfg["dtype"])
+    model._lr(cfg["lr"])
+    model._tol(cfg["tol"])
+    model._metric_specs(cfg["metrics"])
+    model.crossings(cfg["thresholds"])
+
+
 def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoint,
                checkpoint_every: float) -> tuple[dict, Trajectory, float]:
     """Train one batch; (result columns without the config values, trajectory, seconds)."""
@@ -356,6 +377,8 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     for b in batches:
         spans.append((at, at + len(b)))
         at += len(b)
+    for c in configs:
+        _dry_run(c, backend)
     meta = {"name": name, "seeds": seeds, "backend": backend, "executor": executor,
             "version": build_info()["version"], "machine": _machine(), **(info or {})}
     spec = {"configs": configs, "seeds": seeds, "backend": backend}
@@ -405,10 +428,8 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
         close()
     meta["timings"] = timings
     result = SweepResult(_stack(parts), trajs, configs, meta)
-    if out is not None:
-        _save_columns(os.path.join(out, "results.npz"), result.columns,
-                      {"configs": configs, **meta})
-        _write_csv(os.path.join(out, "results.csv"), result.columns)
+    if out is not None:  # the trajectories were written as their batches finished
+        result._save_tables(out)
     return result
 
 

@@ -131,8 +131,12 @@ def report_text(exp: Experiment, res: SweepResult, rows: list[dict]) -> str:
     table = [cols]
     for r in rows:
         s = r["ours"]
-        ours = (f"{_num(s['median'])} [{_num(s['q1'])}, {_num(s['q3'])}]" if s["n"]
-                else "not reached")
+        if not s["n"]:
+            ours = "not reached"
+        elif "share" in s:
+            ours = f"{100 * s['share']:.0f}% of seeds"
+        else:
+            ours = f"{_num(s['median'])} [{_num(s['q1'])}, {_num(s['q3'])}]"
         table.append((r["entry"], r["quantity"], ours, f"{s['n']}/{s['of']}",
                       _num(r.get("paper")), _num(r.get("theory"))))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(cols))]

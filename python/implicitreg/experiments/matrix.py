@@ -57,6 +57,15 @@ def _row(entry, quantity, values, paper=None, theory=None) -> dict:
             "theory": theory}
 
 
+def _share(entry, quantity, flags) -> dict:
+    """A row giving the share of seeds where `flags` holds (NaN flags: seed not there)."""
+    f = np.asarray(flags, dtype=np.float64)
+    there = f[np.isfinite(f)]
+    return {"entry": entry, "quantity": quantity, "paper": None, "theory": None,
+            "ours": {"share": float(there.mean()) if there.size else np.nan,
+                     "n": int(there.size), "of": int(f.size)}}
+
+
 # ------------------------------------------------------------------------------ paper-2x2
 
 # (depth, lr, init) of PAPER.md §3.1, each with and without balanced init.
@@ -100,9 +109,9 @@ def report_paper_2x2(res) -> list[dict]:
                 rows.append(_row(entry, f"|w11| at loss<{lab}",
                                  np.abs(c[f"entry:0,0@{lab}"][idx]), p,
                                  f"> {det_bound(t):.4g} if det>0"))
-            rows.append(_row(entry, "share det>0 at loss<1e-4",
-                             (c["det@1e-4"][idx] > 0).astype(float)
-                             [np.isfinite(c["det@1e-4"][idx])], None, None))
+            det = c["det@1e-4"][idx]
+            rows.append(_share(entry, "det>0 at loss<1e-4",
+                               np.where(np.isfinite(det), det > 0, np.nan)))
     return rows
 
 
