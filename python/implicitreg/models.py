@@ -293,7 +293,9 @@ class DeepFactorization:
                                         * self.dtype.itemsize + 8 * (sum(metric_rows) + 1))
         _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log, cross_bytes)
         cross = self.crossings(thresholds)
-        checkpoint_every = float(checkpoint_every)
+        checkpoint_every = float(real_array(checkpoint_every, "checkpoint_every"))
+        if not checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every: expected seconds >= 0, got {checkpoint_every}")
         _check_progress(progress)
         points = log.points(max_steps)
         # Every row goes straight from the core into this buffer (pages are touched only as
@@ -304,7 +306,7 @@ class DeepFactorization:
                 "log": repr(log), "metrics": names, "thresholds": cross.thresholds_f64.tolist(),
                 "backend": self.backend, "dtype": str(self.dtype), "dims": self.dims,
                 "problem": repr(self.problem)}
-        saver = None if checkpoint is None else _FitCheckpoint(checkpoint, self, meta)
+        saver = None if checkpoint is None else _FitCheckpoint(checkpoint, self, meta, lr_arr)
         rows: list[int] = []
         start, done = self.steps_done, False
         if saver is not None and os.path.exists(saver.path):
@@ -472,11 +474,12 @@ class _FitCheckpoint:
 
     FORMAT = "implicitreg.fit-checkpoint/1"
 
-    def __init__(self, path, model: DeepFactorization, meta: dict):
+    def __init__(self, path, model: DeepFactorization, meta: dict, lr: np.ndarray):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"checkpoint: expected a path, got {type(path).__name__}")
         self.path = os.fspath(path)
-        self.key = {"call": meta, "start": _state_digest(model)}
+        call = {**meta, "lr": hashlib.sha256(lr.tobytes()).hexdigest()}  # B values: a digest
+        self.key = {"call": call, "start": _state_digest(model)}
 
     def save(self, model, start, rows, buf, cross, done: bool) -> None:
         arrays = {"rows": np.asarray(rows, dtype=np.int64), "buf": buf[:len(rows)],
