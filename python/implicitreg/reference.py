@@ -204,3 +204,187 @@ def dmf_measure(factors, target, mask, A, y, kinds, params, truth=None):
         else:
             rows.append(svals_metrics(s, [kd], [(p, r)]))
     return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, E.shape[0]))
+
+
+# ------------------------------------------------------------------- CP tensor factorization
+GD, GROUP_RMSPROP = 0, 1  # optimizer codes (implicitreg/cp_step.h CpOptimizer)
+
+
+def cp_tensor(factors):
+    """(B, numel) tensors sum_r prod_n U_n[i_n, r] of CP factors [(B, d_n, R)], products taken
+    from the last mode to the first as in the core."""
+    S = factors[-1]  # (B, d_N, R), then (B, d_n ... d_N, R)
+    for U in factors[-2:0:-1]:
+        S = (U[:, :, None, :] * S[:, None, :, :]).reshape(U.shape[0], -1, U.shape[2])
+    if len(factors) == 1:
+        return S.sum(axis=2)
+    U0 = factors[0]
+    return np.einsum("bir,bjr->bij", U0, S).reshape(U0.shape[0], -1)
+
+
+def _cp_gradients(factors, G):
+    """dL/dU_n for dL/dW = G (B, numel), as einsum contractions."""
+    B = G.shape[0]
+    dims = [U.shape[1] for U in factors]
+    Gt = G.reshape((B,) + tuple(dims))
+    letters = "acdefg"[:len(factors)]
+    grads = []
+    for n in range(len(factors)):
+        others = [f"b{c}r" for m, c in enumerate(letters) if m != n]
+        spec = f"b{letters}," + ",".join(others) + f"->b{letters[n]}r"
+        grads.append(np.einsum(spec, Gt, *[U for m, U in enumerate(factors) if m != n],
+                               optimize=True))
+    return grads
+
+
+def cp_step(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps, v, t, status,
+            frozen_at, loss_out):
+    """In place, like _core.cp_step: `steps` updates (gd, or group_rmsprop with per-problem
+    state v, t) of running problems; loss = mean squared error over observed entries (in
+    float64, stored in the factors' dtype); freeze and divergence as dmf_step."""
+    dtype = factors[0].dtype
+    B = factors[0].shape[0]
+    lr = np.broadcast_to(np.asarray(lr, dtype=dtype), (B,))
+    mask = np.broadcast_to(mask, (B, mask.shape[1]))
+    n_obs = mask.sum(axis=1)
+    scale = np.where(n_obs > 0, 2.0 / np.maximum(n_obs, 1), 0.0).astype(dtype)
+    with np.errstate(all="ignore"):
+        for it in range(steps + 1):
+            W = cp_tensor(factors)
+            res = np.where(mask, W - target, 0).astype(dtype)
+            loss = ((res.astype(np.float64) ** 2).sum(axis=1)
+                    / np.maximum(n_obs, 1)).astype(dtype)
+            run = status == RUNNING
+            if it == 0:
+                loss_out[:] = loss  # frozen problems: the loss of their frozen iterate
+            loss_out[run] = loss[run]
+            bad = run & ~np.isfinite(loss)
+            done = run & np.isfinite(loss) & (loss < tol)
+            status[bad], frozen_at[bad] = DIVERGED, step0 + it
+            status[done], frozen_at[done] = CONVERGED, step0 + it
+            run = status == RUNNING
+            if it == steps or not run.any():
+                return
+            grads = _cp_gradients(factors, res * scale[:, None])
+            step = lr.copy()
+            if optimizer == GROUP_RMSPROP:
+                sq = sum((g.astype(np.float64) ** 2).sum(axis=(1, 2)) for g in grads)
+                v_new = beta * v + (1 - beta) * sq.astype(dtype)
+                bias = 1.0 - np.power(float(beta), (t + 1).astype(np.float64))
+                step = (lr / (np.sqrt(v_new.astype(np.float64) / bias).astype(dtype)
+                              + dtype.type(eps))).astype(dtype)
+            new = [U - step[:, None, None] * g for U, g in zip(factors, grads, strict=True)]
+            fin = np.isfinite(step)
+            for Un in new:
+                fin &= np.isfinite(Un).all(axis=(1, 2))
+            bad = run & ~fin
+            status[bad], frozen_at[bad] = DIVERGED, step0 + it
+            keep = run & fin
+            for U, Un in zip(factors, new, strict=True):
+                np.copyto(U, Un, where=keep[:, None, None])
+            if optimizer == GROUP_RMSPROP:
+                v[keep] = v_new[keep]
+                t[keep] += 1
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 arrays (wrapping arithmetic, as in the core)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def als_start(dims, r: int, seed: int, index: int, restart: int) -> list[np.ndarray]:
+    """The CP-ALS start of the core (tensor_rank.cpp): standard normals of the counter-based
+    stream keyed by (seed, index, r, restart), factor after factor, row-major."""
+    with np.errstate(over="ignore"):
+        key = _mix(_mix(_mix(np.array([seed], dtype=np.uint64)) ^ np.uint64(index))
+                   ^ np.uint64((r << 20) | restart))[0]
+        total = sum(dims) * r
+        k = np.arange(total, dtype=np.uint64)
+        u1 = ((_mix(key + np.uint64(2) * k) >> np.uint64(11)) + np.uint64(1)) * 2.0 ** -53
+        u2 = (_mix(key + np.uint64(2) * k + np.uint64(1)) >> np.uint64(11)) * 2.0 ** -53
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
+    out, at = [], 0
+    for d in dims:
+        out.append(z[at:at + d * r].reshape(d, r))
+        at += d * r
+    return out
+
+
+def _khatri_rao(mats):
+    K = mats[0]
+    for M in mats[1:]:
+        K = (K[:, None, :] * M[None, :, :]).reshape(-1, K.shape[1])
+    return K
+
+
+def _solve_normal(V, M):
+    """F with F V = M (V symmetric PSD), by Cholesky with the core's ridge."""
+    r = V.shape[0]
+    base = max(np.trace(V) / r, 1e-300)
+    ridge = 1e-12 * base
+    while True:
+        try:
+            L = np.linalg.cholesky(V + ridge * np.eye(r))
+            break
+        except np.linalg.LinAlgError:
+            if ridge > base:
+                raise
+            ridge *= 100
+    return np.linalg.solve(L.T, np.linalg.solve(L, M.T)).T
+
+
+def cp_als_mse(tensor, dims, r, tol, max_iter, seed, index, restart) -> float:
+    """Like _core.cp_als_mse: the mean squared error of the CP-ALS fit of rank r."""
+    X = np.asarray(tensor, dtype=np.float64).reshape(dims)
+    F = als_start(dims, r, seed, index, restart)
+    N = len(dims)
+    err = np.inf
+    for _ in range(max_iter):
+        for n in range(N):
+            others = [m for m in range(N) if m != n]
+            V = np.ones((r, r))
+            for m in others:
+                V *= F[m].T @ F[m]
+            K = _khatri_rao([F[m] for m in others])
+            Xn = np.moveaxis(X, n, 0).reshape(dims[n], -1)
+            upd = _solve_normal(V, Xn @ K)
+            if n < N - 1:
+                coeff = np.linalg.norm(F[n], axis=0)
+                upd = upd / np.where(coeff > 0, coeff, 1.0)
+            F[n] = upd
+        W = (_khatri_rao(F[:-1]) @ F[-1].T).reshape(dims) if N > 1 else F[0].sum(axis=1)
+        err = float(((X - W) ** 2).mean())
+        if not err >= tol:
+            break
+    return err
+
+
+def tensor_rank(tensors, dims, tol, max_rank, max_iter, restarts, seed):
+    """Like _core.tensor_rank: (B,) estimated CP ranks by CP-ALS bisection."""
+    out = np.empty(tensors.shape[0], dtype=np.int64)
+    for b, X in enumerate(tensors):
+        if not np.isfinite(X).all():
+            out[b] = -1
+            continue
+        if (np.abs(X) <= 1e-8).all():
+            out[b] = 0
+            continue
+
+        def fits(r, X=X, b=b):
+            return any(cp_als_mse(X, dims, r, tol, max_iter, seed, b, k) < tol
+                       for k in range(restarts))
+        first, last, found = 0, max_rank - 1, max_rank
+        while first <= last:
+            mid = (first + last) // 2
+            if fits(mid + 1):
+                found, last = mid + 1, mid - 1
+            else:
+                first = mid + 1
+        out[b] = found
+    return out
