@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from . import metrics, problems
 from ._backend import backends, build_info
-from .metrics import svdvals
-from .models import DeepFactorization, Trajectory, every, geometric, load
-from .problems import completion, sensing
+from .metrics import svdvals, tensor_rank
+from .models import CPFactorization, DeepFactorization, Trajectory, every, geometric, load
+from .problems import completion, sensing, tensor_completion
 from .sweep import SweepResult, load_sweep, sweep
 
 __version__: str = build_info()["version"]  # type: ignore[assignment]
 
 __all__ = [
+    "CPFactorization",
     "DeepFactorization",
     "SweepResult",
     "Trajectory",
@@ -34,4 +35,6 @@ __all__ = [
     "sensing",
     "svdvals",
     "sweep",
+    "tensor_completion",
+    "tensor_rank",
 ]

@@ -226,3 +226,37 @@ def parse(name: str, shape: tuple[int, int], dtype) -> tuple[int, float, float, 
     if base == "rank":
         rtol = max(m, n) * float(np.finfo(dtype).eps)
     return kind, param, rtol, min(m, n) if base == "svals" else 1
+
+
+def tensor_rank(T, tol: float = 1e-6, restarts: int = 1, seed: int = 0, max_iter: int = 1000,
+                max_rank: int | None = None, backend: str = "cpu") -> np.ndarray:
+    """(B,) int64 estimated CP ranks of tensors T (B, d_1, ..., d_N), N >= 2 (a single tensor:
+    T[None]).
+
+    PAPER.md §4.5: 0 when every |entry| <= 1e-8; else the smallest r in [1, max_rank]
+    (default prod(d) / max(d), the largest CP rank) found by bisection whose CP-ALS fit (at
+    most max_iter sweeps) has mean squared error over all entries below tol; -1 for a tensor
+    with a NaN or inf entry. Each tried r gets `restarts` seeded random starts and keeps the
+    best, which tames ALS's randomness; starts depend only on (seed, b, r, restart), so the
+    result is deterministic. Computed in float64, one tensor per thread.
+    """
+    _backend(backend)
+    if backend == "cuda":
+        raise RuntimeError("tensor_rank: backend 'cuda' is not available in this version")
+    a = real_array(T, "T")
+    if a.ndim < 3 or a.ndim > 7:
+        raise ValueError(f"T: expected a batch of tensors (B, d_1, ..., d_N) with 2 <= N <= 6, "
+                         f"got shape {a.shape}")
+    dims = a.shape[1:]
+    if min(dims) < 1:
+        raise ValueError(f"T: expected non-empty tensors, got shape {a.shape}")
+    tol = float(real_array(tol, "tol"))
+    if not (np.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol: expected a number > 0, got {tol}")
+    restarts = integer(restarts, "restarts", minimum=1)
+    max_iter = integer(max_iter, "max_iter", minimum=1)
+    seed = integer(seed, "seed", minimum=0)
+    top = int(np.prod(dims)) // max(dims)
+    max_rank = top if max_rank is None else integer(max_rank, "max_rank", minimum=1)
+    X = np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float64)
+    return ops.tensor_rank(X, dims, tol, max_rank, max_iter, restarts, seed, backend)

@@ -10,16 +10,17 @@ import time
 
 import numpy as np
 
+from . import _rng, ops, reference
 from . import metrics as metrics_mod
-from . import ops, reference
 from ._backend import backends
-from ._checks import choice, finite, float_dtype, integer, real_array
+from ._checks import choice, finite, float_dtype, integer, positive, real_array
 from ._io import load_npz, save_npz
 from .init import init_factors
-from .problems import Completion, Sensing, completion, sensing
+from .problems import Completion, Sensing, TensorCompletion, completion, sensing
 from .trajectory import Trajectory, every, geometric, load, schedule
 
-__all__ = ["DeepFactorization", "Trajectory", "every", "geometric", "load"]
+__all__ = ["CPFactorization", "DeepFactorization", "Trajectory", "every", "geometric", "load",
+           "memorizer"]
 
 STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
 _CHECKPOINT = "implicitreg.DeepFactorization/1"
@@ -41,7 +42,60 @@ def _check_problem(problem):
     return problem
 
 
-class DeepFactorization:
+class _Trained:
+    """What both factorization models share: per-problem status, learning rates, tolerance.
+    Subclasses hold their factors in self._factors, each with the batch axis first."""
+
+    _factors: list[np.ndarray]
+    _status: np.ndarray
+    _frozen_at: np.ndarray
+
+    @property
+    def batch(self) -> int:
+        return self._factors[0].shape[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._factors[0].dtype
+
+    @property
+    def status(self) -> np.ndarray:
+        """(B,) "running" | "converged" | "diverged"."""
+        return np.asarray(STATUS_NAMES, dtype=str)[self._status]
+
+    @property
+    def frozen_at(self) -> np.ndarray:
+        """(B,) step at which each problem was frozen, -1 while it runs."""
+        return self._frozen_at.copy()
+
+    def _lr(self, lr) -> np.ndarray:
+        a = real_array(lr, "lr")
+        if a.ndim == 0:
+            a = a.reshape(1)
+        if a.ndim != 1 or a.shape[0] not in (1, self.batch):
+            raise ValueError(f"lr: expected a number or shape ({self.batch},), got {a.shape}")
+        with np.errstate(over="ignore"):  # a value too large for float32 becomes inf: refused
+            a = np.ascontiguousarray(a, dtype=self.dtype)
+        if not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"lr: expected finite learning rates > 0 (in {self.dtype}), "
+                             f"got {a if a.size <= 4 else 'some that are not'}")
+        return a
+
+    @staticmethod
+    def _tol(tol) -> float:
+        if tol is None:
+            return -np.inf
+        t = real_array(tol, "tol")
+        if t.ndim != 0:
+            raise TypeError(f"tol: expected a number or None, got an array of shape {t.shape}")
+        t = float(t)
+        if not (np.isfinite(t) and t > 0):
+            raise ValueError(f"tol: expected a number > 0 or None, got {tol}")
+        return t
+
+
+
+class DeepFactorization(_Trained):
     """B deep matrix factorizations of one shape, trained together.
 
     factors: [W_1, ..., W_N], W_j of shape (B, d_j, d_{j-1}), d_0 = n, d_N = m, all float32 or
@@ -108,30 +162,12 @@ class DeepFactorization:
         return list(self._factors)
 
     @property
-    def batch(self) -> int:
-        return self._factors[0].shape[0]
-
-    @property
     def depth(self) -> int:
         return len(self._factors)
 
     @property
     def dims(self) -> list[int]:
         return [self._factors[0].shape[2]] + [W.shape[1] for W in self._factors]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._factors[0].dtype
-
-    @property
-    def status(self) -> np.ndarray:
-        """(B,) "running" | "converged" | "diverged"."""
-        return np.asarray(STATUS_NAMES, dtype=str)[self._status]
-
-    @property
-    def frozen_at(self) -> np.ndarray:
-        """(B,) step at which each problem was frozen, -1 while it runs."""
-        return self._frozen_at.copy()
 
     def product(self) -> np.ndarray:
         """(B, m, n) end-to-end matrices W_N ... W_1."""
@@ -149,31 +185,6 @@ class DeepFactorization:
         return reference.det_float64(self._factors)
 
     # ------------------------------------------------------------------ training
-
-    def _lr(self, lr) -> np.ndarray:
-        a = real_array(lr, "lr")
-        if a.ndim == 0:
-            a = a.reshape(1)
-        if a.ndim != 1 or a.shape[0] not in (1, self.batch):
-            raise ValueError(f"lr: expected a number or shape ({self.batch},), got {a.shape}")
-        with np.errstate(over="ignore"):  # a value too large for float32 becomes inf: refused
-            a = np.ascontiguousarray(a, dtype=self.dtype)
-        if not (np.isfinite(a).all() and (a > 0).all()):
-            raise ValueError(f"lr: expected finite learning rates > 0 (in {self.dtype}), "
-                             f"got {a if a.size <= 4 else 'some that are not'}")
-        return a
-
-    @staticmethod
-    def _tol(tol) -> float:
-        if tol is None:
-            return -np.inf
-        t = real_array(tol, "tol")
-        if t.ndim != 0:
-            raise TypeError(f"tol: expected a number or None, got an array of shape {t.shape}")
-        t = float(t)
-        if not (np.isfinite(t) and t > 0):
-            raise ValueError(f"tol: expected a number > 0 or None, got {tol}")
-        return t
 
     def step(self, lr, steps: int = 1, tol=None, crossings: Crossings | None = None
              ) -> DeepFactorization:
@@ -389,6 +400,291 @@ class DeepFactorization:
     def __repr__(self) -> str:
         return (f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
                 f"backend={self.backend!r}, steps_done={self.steps_done})")
+
+
+OPTIMIZERS = {"gd": reference.GD, "group_rmsprop": reference.GROUP_RMSPROP}
+CP_METRICS = ("loss", "recon_error", "norm", "component_norms")
+_CP_CHECKPOINT = "implicitreg.CPFactorization/1"
+
+
+class CPFactorization(_Trained):
+    """B CP tensor factorizations (PAPER.md §4.1) of one shape, trained together:
+    W = sum_r u_r^1 x ... x u_r^N, factors [U_1, ..., U_N] with U_n of shape (B, d_n, R)
+    (column r of U_n is u_r^n). The arrays are copied: the model owns its state.
+    Loss: mean squared error over the observed entries (PAPER.md §4.3), per problem.
+    """
+
+    def __init__(self, problem, factors, backend: str = "cpu", dtype=None):
+        if not isinstance(problem, TensorCompletion):
+            raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
+                            f"{type(problem).__name__}")
+        backend = _check_backend(backend)
+        if backend == "cuda":
+            raise RuntimeError("backend 'cuda' has no CP kernels in this version")
+        if not isinstance(factors, (list, tuple)) or len(factors) != problem.order:
+            raise TypeError(f"factors: expected a list of {problem.order} arrays (B, d_n, R), "
+                            f"got {type(factors).__name__} of length "
+                            f"{len(factors) if hasattr(factors, '__len__') else '?'}")
+        arrays = [real_array(U, f"factors[{n}]") for n, U in enumerate(factors)]
+        if dtype is None:
+            kinds = {a.dtype for a in arrays}
+            if len(kinds) > 1:
+                raise TypeError(f"factors: expected one dtype for every factor, got "
+                                f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
+            dtype = float_dtype(arrays[0].dtype, "factors")
+        else:
+            dtype = float_dtype(dtype, "dtype")
+        B, R = problem.batch, arrays[0].shape[-1] if arrays[0].ndim in (2, 3) else -1
+        for n, (a, d) in enumerate(zip(arrays, problem.dims, strict=True)):
+            if a.ndim not in (2, 3) or a.shape[-2:] != (d, R) or (a.ndim == 3 and a.shape[0] != B):
+                raise ValueError(f"factors[{n}]: expected shape ({B}, {d}, R) or ({d}, R) with "
+                                 f"one R for every factor, got {a.shape}")
+            finite(a, f"factors[{n}]")
+        if not 1 <= R <= 1024:
+            raise ValueError(f"factors: expected 1 to 1024 components R, got {R}")
+        self.problem = problem
+        self.backend = backend
+        self._factors = [np.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
+                                  order="C") for a in arrays]
+        self._status = np.zeros(B, dtype=np.int8)
+        self._frozen_at = np.full(B, -1, dtype=np.int64)
+        self._v = np.zeros(B, dtype=dtype)  # group_rmsprop state, per problem
+        self._t = np.zeros(B, dtype=np.int64)
+        self.steps_done = 0
+
+    @classmethod
+    def init(cls, problem, rank: int | None = None, scale: float = 1e-3, seed: int = 0,
+             dtype="float64", backend: str = "cpu") -> CPFactorization:
+        """Factors with i.i.d. N(0, scale^2) entries (PAPER.md §4.3's init_std); rank R
+        defaults to the largest CP rank prod(d) / max(d) (64 for 8x8x8, 512 for 8x8x8x8), so
+        that nothing constrains the rank. Problem b's start depends only on (seed, b)."""
+        if not isinstance(problem, TensorCompletion):
+            raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
+                            f"{type(problem).__name__}")
+        dims = problem.dims
+        R = int(np.prod(dims)) // max(dims) if rank is None else integer(rank, "rank", minimum=1)
+        if R > 1024:
+            raise ValueError(f"rank: expected at most 1024 components, got {R}")
+        scale = positive(scale, "scale")
+        seed = _rng.check_seed(seed)
+        dtype = float_dtype(dtype, "dtype")
+        _check_backend(backend)
+        factors = [np.empty((problem.batch, d, R)) for d in dims]
+        for b in range(problem.batch):
+            g = _rng.generator(seed, "init", b)
+            for U in factors:
+                U[b] = g.normal(0.0, scale, size=U.shape[1:])
+        return cls(problem, factors, backend=backend, dtype=dtype)
+
+    @property
+    def factors(self) -> list[np.ndarray]:
+        """[U_1, ..., U_N], each (B, d_n, R); views of the live state."""
+        return list(self._factors)
+
+    @property
+    def order(self) -> int:
+        return len(self._factors)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(U.shape[1] for U in self._factors)
+
+    @property
+    def rank(self) -> int:
+        return self._factors[0].shape[2]
+
+    def tensor(self) -> np.ndarray:
+        """(B, d_1, ..., d_N) the factorizations' tensors."""
+        return ops.cp_tensor(self._factors, self.backend).reshape((self.batch,) + self.dims)
+
+    def loss(self) -> np.ndarray:
+        """(B,) mean squared error over the observed entries."""
+        return self.measure(("loss",))["loss"]
+
+    def _optimizer(self, optimizer) -> int:
+        return OPTIMIZERS[choice(optimizer, "optimizer", tuple(OPTIMIZERS))]
+
+    def step(self, lr, steps: int = 1, tol=None, optimizer: str = "gd", beta: float = 0.99,
+             eps: float = 1e-6) -> CPFactorization:
+        """`steps` updates in place with no Python between steps: "gd" (U <- U - lr g) or
+        "group_rmsprop" (PAPER.md §4.4: lr divided by sqrt of the bias-corrected running
+        mean of ||g||^2 plus eps; beta, eps; its state is per problem and kept across calls).
+        Freezing and divergence as for DeepFactorization.step."""
+        lr_arr = self._lr(lr)
+        steps = integer(steps, "steps", minimum=0)
+        tol_v = self._tol(tol)
+        opt = self._optimizer(optimizer)
+        beta = float(real_array(beta, "beta"))
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta: expected a number in [0, 1), got {beta}")
+        eps = float(real_array(eps, "eps"))
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+        loss = np.empty(self.batch, dtype=self.dtype)
+        # calls of bounded work, so that Ctrl-C is honoured between them (results unchanged)
+        nnz = int(self.problem.n_observed.max(initial=0))
+        per_step = max(1, self.batch * max(nnz, 1) * 3 * self.order * self.rank)
+        chunk = max(1, _WORK_PER_CALL // 4 // per_step)
+        done = 0
+        while True:
+            n = min(chunk, steps - done)
+            ops.cp_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done, opt,
+                        beta, eps, self._v, self._t, self._status, self._frozen_at, loss,
+                        backend=self.backend)
+            self.steps_done += n
+            done += n
+            if done == steps or (self._status != 0).all():
+                self.steps_done += steps - done
+                return self
+
+    def _metric_names(self, metrics) -> list[str]:
+        if isinstance(metrics, str):
+            metrics = (metrics,)
+        if not isinstance(metrics, (list, tuple)):
+            raise TypeError(f"metrics: expected a list of metric names, got "
+                            f"{type(metrics).__name__}")
+        for name in metrics:
+            if name not in CP_METRICS:
+                raise ValueError(f"metrics: unknown metric {name!r}; known: "
+                                 f"{', '.join(CP_METRICS)}")
+        return list(dict.fromkeys(metrics))
+
+    def measure(self, metrics=("loss", "recon_error")) -> dict[str, np.ndarray]:
+        """The named metrics of the current state, float64: "loss" (mean squared error over
+        observed entries), "recon_error" (||W - W*||_F / ||W*||_F over all entries;
+        unnormalized where W* = 0), "norm" (||W||_F), each (B,); "component_norms" (B, R):
+        ||u_r^1 x ... x u_r^N|| = prod_n ||u_r^n||."""
+        names = self._metric_names(metrics)
+        out = {}
+        if set(names) - {"component_norms"}:
+            W = ops.cp_tensor(self._factors, self.backend).astype(np.float64)
+            a = self.problem.arrays(np.float64)
+            target = np.broadcast_to(a["target"], W.shape)
+            mask = np.broadcast_to(a["mask"], W.shape)
+            with np.errstate(all="ignore"):
+                if "loss" in names:
+                    n = mask.sum(axis=1)
+                    sq = np.where(mask, (W - target) ** 2, 0.0).sum(axis=1)
+                    out["loss"] = np.where(n > 0, sq / np.maximum(n, 1), 0.0)
+                if "recon_error" in names:
+                    num = np.linalg.norm(W - target, axis=1)
+                    den = np.linalg.norm(target, axis=1)
+                    out["recon_error"] = np.where(den > 0, num / np.where(den > 0, den, 1), num)
+                if "norm" in names:
+                    out["norm"] = np.linalg.norm(W, axis=1)
+        if "component_norms" in names:
+            norms = np.ones((self.batch, self.rank))
+            for U in self._factors:
+                norms *= np.linalg.norm(U.astype(np.float64), axis=1)
+            out["component_norms"] = norms
+        return {k: out[k] for k in names}
+
+    def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
+            optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float = 1e-6,
+            patience: int | None = None, check_every: int = 100,
+            progress=True) -> Trajectory:
+        """Train for up to max_steps more steps (optimizer as in step; PAPER.md §4.4 uses
+        group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
+        return the Trajectory. Stops early when every problem is frozen.
+
+        tol with patience=None freezes a problem at its first iterate with loss < tol, found
+        in the core. With patience=k, the paper's rule (PAPER.md §4.3): the loss is checked
+        every check_every steps and a problem is frozen (converged) at the (k+1)-th
+        consecutive check below tol; the paper uses tol 1e-6, patience 2, checks every 100.
+        """
+        self._lr(lr)
+        max_steps = integer(max_steps, "max_steps", minimum=0)
+        self._tol(tol)
+        if patience is not None:
+            patience = integer(patience, "patience", minimum=0)
+            check_every = integer(check_every, "check_every", minimum=1)
+            if tol is None:
+                raise ValueError("patience: needs a tol to count the checks below it")
+        self._optimizer(optimizer)
+        names = self._metric_names(metrics)
+        log = schedule(log, max_steps)
+        widths = [self.rank if n == "component_norms" else 1 for n in names]
+        _check_log_memory(log.rows(max_steps), self.batch, sum(widths), log)
+        _check_progress(progress)
+        points = log.points(max_steps)
+        checks = (np.arange(0, max_steps + 1, check_every) if patience is not None
+                  else np.zeros(0, dtype=np.int64))
+        rows: list[int] = []
+        data: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        start = self.steps_done
+        below = np.zeros(self.batch, dtype=np.int64)  # consecutive checks below tol
+        core_tol = None if patience is not None else tol
+        logged = set(points.tolist())
+        advance, close = _progress(progress, max_steps)
+        try:
+            for p in np.union1d(points, checks):
+                before = self.steps_done
+                self.step(lr, int(start + p - self.steps_done), core_tol, optimizer, beta, eps)
+                advance(self.steps_done - before)
+                if patience is not None and p % check_every == 0:
+                    run = self._status == 0
+                    below = np.where(run & (self.loss() < tol), below + 1, 0)
+                    done = run & (below > patience)
+                    self._status[done] = 1  # converged
+                    self._frozen_at[done] = self.steps_done
+                if p in logged or (self._status != 0).all():
+                    for k, v in self.measure(names).items():
+                        data[k].append(v)
+                    rows.append(self.steps_done)
+                if (self._status != 0).all():
+                    break
+        finally:
+            close()
+        lr_arr = self._lr(lr)
+        meta = {"model": "cp", "lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
+                "max_steps": max_steps, "tol": None if tol is None else self._tol(tol),
+                "log": repr(log), "metrics": names, "optimizer": optimizer, "beta": beta,
+                "eps": eps, "patience": patience,
+                "check_every": check_every if patience is not None else None,
+                "backend": self.backend, "dtype": str(self.dtype),
+                "dims": list(self.dims), "rank": self.rank, "problem": repr(self.problem)}
+        status = np.where(self._status == 0, "max_steps", self.status)
+        return Trajectory(rows, {k: np.array(v) for k, v in data.items()}, status,
+                          self._frozen_at, meta)
+
+    def save(self, path) -> None:
+        """Write the whole state (problem, factors, optimizer state, status, step count) to an
+        .npz file atomically; CPFactorization.load resumes it bit for bit."""
+        pb = self.problem
+        arrays = {"targets": pb.targets, "masks": pb.masks, "status": self._status,
+                  "frozen_at": self._frozen_at, "v": self._v, "t": self._t,
+                  **{f"factor{n}": U for n, U in enumerate(self._factors)}}
+        save_npz(path, _CP_CHECKPOINT, {"batch": pb.batch, "order": self.order,
+                                        "steps_done": self.steps_done,
+                                        "backend": self.backend}, arrays)
+
+    @classmethod
+    def load(cls, path, backend: str | None = None) -> CPFactorization:
+        meta, z = load_npz(path, _CP_CHECKPOINT, "a CPFactorization checkpoint")
+        problem = TensorCompletion(z["targets"], z["masks"], meta["batch"])
+        c = cls(problem, [z[f"factor{n}"] for n in range(meta["order"])],
+                backend=backend or meta["backend"])
+        c._status[:] = z["status"]
+        c._frozen_at[:] = z["frozen_at"]
+        c._v[:] = z["v"]
+        c._t[:] = z["t"]
+        c.steps_done = int(meta["steps_done"])
+        return c
+
+    def __repr__(self) -> str:
+        return (f"CPFactorization(batch={self.batch}, dims={self.dims}, rank={self.rank}, "
+                f"dtype={self.dtype}, backend={self.backend!r}, steps_done={self.steps_done})")
+
+
+def memorizer(problem) -> np.ndarray:
+    """The "linear" baseline of PAPER.md §4.6: observed entries copied, all others 0
+    (B, d_1, ..., d_N) — what gradient descent on the tensor itself from zero converges to."""
+    if not isinstance(problem, TensorCompletion):
+        raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
+                        f"{type(problem).__name__}")
+    shape = (problem.batch,) + problem.dims
+    return np.where(np.broadcast_to(problem.masks, shape),
+                    np.broadcast_to(problem.targets, shape), 0.0)
 
 
 def _split_rows(buf: np.ndarray, names: list[str], rows: list[int]) -> dict:

@@ -84,3 +84,33 @@ def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np
     else:
         _module(backend).dmf_measure(*args, out, a["truth"])
     return out
+
+
+def cp_step(factors, problem, lr, steps, tol, step0, optimizer, beta, eps, v, t, status,
+            frozen_at, loss, backend="cpu"):
+    """In place: `steps` updates of every running CP factorization (see _core.cp_step)."""
+    a = problem.arrays(factors[0].dtype)
+    _module(backend).cp_step(list(factors), a["target"], a["mask"], lr, steps, tol, step0,
+                             optimizer, beta, eps, v, t, status, frozen_at, loss)
+
+
+def cp_tensor(factors, backend="cpu") -> np.ndarray:
+    """(B, numel) full tensors of CP factors [(B, d_n, R)]."""
+    if backend == "numpy":
+        return reference.cp_tensor(list(factors))
+    numel = int(np.prod([U.shape[1] for U in factors]))
+    out = np.empty((factors[0].shape[0], numel), dtype=factors[0].dtype)
+    _module(backend).cp_tensor(list(factors), out)
+    return out
+
+
+def tensor_rank(tensors, dims, tol, max_rank, max_iter, restarts, seed,
+                backend="cpu") -> np.ndarray:
+    """(B,) estimated CP ranks of tensors (B, numel) float64 (see _core.tensor_rank)."""
+    if backend == "numpy":
+        return reference.tensor_rank(tensors, list(dims), tol, max_rank, max_iter, restarts,
+                                     seed)
+    out = np.empty(tensors.shape[0], dtype=np.int64)
+    _module(backend).tensor_rank(tensors, list(dims), tol, max_rank, max_iter, restarts, seed,
+                                 out)
+    return out

@@ -27,8 +27,9 @@ from ._backend import build_info
 from ._checks import choice, integer
 from ._io import load_npz, save_npz
 from .init import init_factors
-from .models import DeepFactorization, _progress
-from .problems import completion, sensing
+from .metrics import tensor_rank
+from .models import CPFactorization, DeepFactorization, _progress, memorizer
+from .problems import completion, sensing, tensor_completion
 from .trajectory import Trajectory, every, geometric
 from .trajectory import load as load_trajectory
 
@@ -41,12 +42,18 @@ PROBLEMS = {
     "paper_family": ("d",),
     "random_low_rank_completion": ("m", "n", "target_rank", "n_obs", "problem_seed"),
     "random_sensing": ("m", "n", "target_rank", "n_meas", "problem_seed", "std"),
+    # tensor completion (model "cp"): random_cp_tensor of `order` modes of size `dim`,
+    # observed at the first n_obs entries of its random order
+    "random_cp_completion": ("order", "dim", "target_rank", "n_obs", "problem_seed"),
 }
 
 DEFAULTS = {
+    # "dmf": DeepFactorization (matrix problems); "cp": CPFactorization (tensor completion)
+    "model": "dmf",
     # what is learned
     "problem": "paper_2x2", "b12": -2.0, "b21": 0.5, "eps": 0.0, "d": 3, "m": 10, "n": 10,
-    "target_rank": 2, "n_obs": 50, "n_meas": 50, "problem_seed": 0, "std": 1.0,
+    "target_rank": 2, "n_obs": 50, "n_meas": 50, "problem_seed": 0, "std": 1.0, "order": 3,
+    "dim": 8,
     # where it starts (implicitreg.init)
     "depth": 3, "widths": None, "init": "normal", "scale": 1e-3, "scale_by": "product",
     "init_det": None, "init_seed": 0,
@@ -54,6 +61,12 @@ DEFAULTS = {
     "lr": 1e-3, "max_steps": 10_000, "tol": None, "log": 200,
     "metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
     "dtype": "float64",
+    # model "cp" only: components R (None: the largest CP rank), the optimizer and stop rule
+    # of CPFactorization.fit, and what is estimated at the end: the tensor rank of the
+    # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated), and
+    # with baseline the memorizer's error and rank (PAPER.md §4.6)
+    "components": None, "optimizer": "gd", "patience": None, "check_every": 100,
+    "rank_restarts": 0, "baseline": False,
 }
 # Keys that may differ inside one batch (per-problem data, start or learning rate).
 _PER_PROBLEM = {"b12", "b21", "eps", "target_rank", "n_obs", "problem_seed", "std", "init",
@@ -94,6 +107,11 @@ def _check(cfg: dict) -> dict:
         raise ValueError(f"config: unknown key(s) {', '.join(map(repr, unknown))}; "
                          f"valid keys: {', '.join(DEFAULTS)}")
     choice(cfg["problem"], "problem", tuple(PROBLEMS))
+    choice(cfg["model"], "model", ("dmf", "cp"))
+    if (cfg["model"] == "cp") != (cfg["problem"] == "random_cp_completion"):
+        raise ValueError(f"model: 'cp' goes with problem 'random_cp_completion' and 'dmf' with "
+                         f"the matrix problems, got model {cfg['model']!r} and problem "
+                         f"{cfg['problem']!r}")
     cfg["depth"] = integer(cfg["depth"], "depth", minimum=1)
     cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
     cfg["metrics"] = tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (
@@ -133,6 +151,13 @@ def _build_problem(cfg: dict, seeds: int):
         args["rank"] = args.pop("target_rank")
     if name == "perturbed_2x2":
         return problems_mod.perturbed_2x2(**args, batch=seeds)
+    if name == "random_cp_completion":
+        dims = (integer(args["dim"], "dim", minimum=1),) * integer(args["order"], "order",
+                                                                   minimum=2)
+        targets, orders = problems_mod.random_cp_tensor(dims, args["rank"], batch=seeds,
+                                                        seed=args["seed"])
+        return problems_mod.tensor_completion(
+            targets, problems_mod.observe_first(orders, integer(args["n_obs"], "n_obs"), dims))
     return getattr(problems_mod, name)(**args, batch=seeds)
 
 
@@ -143,6 +168,8 @@ def _concat_problems(parts):
             return None
         return np.concatenate([np.broadcast_to(a, (p.batch,) + a.shape[1:])
                                for a, p in zip(arrays, parts, strict=True)])
+    if parts[0].kind == "tensor_completion":
+        return tensor_completion(cat([p.targets for p in parts]), cat([p.masks for p in parts]))
     truth = cat([p.truth for p in parts]) if all(p.truth is not None for p in parts) else None
     if parts[0].kind == "completion":
         return completion(cat([p.targets for p in parts]), cat([p.masks for p in parts]),
@@ -297,13 +324,26 @@ def _dry_run(cfg: dict, backend: str) -> None:
     """Every check a config's run would make, on one problem, so that a bad value is refused
     before any batch runs (and before an output directory is claimed)."""
     problem = _build_problem(cfg, 1)
-    factors = init_factors(problem.shape, 1, cfg["depth"], cfg["widths"], cfg["init"],
-                           cfg["scale"], cfg["scale_by"], cfg["init_det"], cfg["init_seed"])
-    model = DeepFactorization(problem, factors, backend=backend, dtype=cfg["dtype"])
+    if cfg["model"] == "cp":
+        if cfg["thresholds"]:
+            raise ValueError("thresholds: not recorded for model 'cp'; pass thresholds=()")
+        model = _cp_model(cfg, problem, backend)
+        model._optimizer(cfg["optimizer"])
+        model._metric_names(cfg["metrics"])
+        integer(cfg["rank_restarts"], "rank_restarts", minimum=0)
+    else:
+        factors = init_factors(problem.shape, 1, cfg["depth"], cfg["widths"], cfg["init"],
+                               cfg["scale"], cfg["scale_by"], cfg["init_det"], cfg["init_seed"])
+        model = DeepFactorization(problem, factors, backend=backend, dtype=cfg["dtype"])
+        model._metric_specs(cfg["metrics"])
+        model.crossings(cfg["thresholds"])
     model._lr(cfg["lr"])
     model._tol(cfg["tol"])
-    model._metric_specs(cfg["metrics"])
-    model.crossings(cfg["thresholds"])
+
+
+def _cp_model(cfg: dict, problem, backend: str) -> CPFactorization:
+    return CPFactorization.init(problem, rank=cfg["components"], scale=cfg["scale"],
+                                seed=cfg["init_seed"], dtype=cfg["dtype"], backend=backend)
 
 
 def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoint,
@@ -312,6 +352,8 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
     c0 = configs[0]
     parts = [_build_problem(c, seeds) for c in configs]
     problem = _concat_problems(parts)
+    if c0["model"] == "cp":
+        return _run_cp_batch(configs, parts, problem, seeds, backend, advance)
     factors = None
     for c in configs:  # each config's seeds 0..seeds-1: the same starts across configs
         f = init_factors(problem.shape, seeds, c["depth"], c["widths"], c["init"], c["scale"],
@@ -338,6 +380,36 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
             for name in traj.data:
                 _put(cols, f"{name}@{lab}", traj.crossings[name][k])
     return cols, traj, seconds
+
+
+def _run_cp_batch(configs, parts, problem, seeds, backend, advance):
+    """The CP version of _run_batch: fit, then the end-of-run tensor ranks and baseline."""
+    c0 = configs[0]
+    starts = [_cp_model(c, p, backend).factors for c, p in zip(configs, parts, strict=True)]
+    factors = [np.concatenate([s[n] for s in starts]) for n in range(len(starts[0]))]
+    lr = np.repeat([c["lr"] for c in configs], seeds).astype(np.float64)
+    model = CPFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
+    t0 = time.perf_counter()
+    traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
+                     metrics=c0["metrics"], optimizer=c0["optimizer"],
+                     patience=c0["patience"], check_every=c0["check_every"], progress=advance)
+    B = problem.batch
+    cols = {"status": traj.status.copy(),
+            "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
+            "index": np.arange(B)}
+    for name, v in traj.data.items():
+        _put(cols, name, v[-1])
+    restarts = int(c0["rank_restarts"])
+    if restarts:
+        cols["tensor_rank"] = tensor_rank(model.tensor(), restarts=restarts, backend=backend)
+    if c0["baseline"]:
+        mem = memorizer(problem)
+        truth = np.broadcast_to(problem.targets, mem.shape).reshape(B, -1)
+        cols["memorizer_error"] = (np.linalg.norm(mem.reshape(B, -1) - truth, axis=1)
+                                   / np.linalg.norm(truth, axis=1))
+        if restarts:
+            cols["memorizer_rank"] = tensor_rank(mem, restarts=restarts, backend=backend)
+    return cols, traj, time.perf_counter() - t0
 
 
 def _put(cols: dict, name: str, v: np.ndarray) -> None:
@@ -415,7 +487,8 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
                 if out is not None:
                     traj.save(os.path.join(out, "batches", f"{bi:03d}.trajectory.npz"))
                     _save_columns(done_file, cols, {"seconds": seconds})
-                    os.remove(ckpt)
+                    if os.path.exists(ckpt):  # model "cp" fits write none
+                        os.remove(ckpt)
             cols = {**{k: v for k, v in _config_columns(group, seeds).items()},
                     "seed": np.tile(np.arange(seeds), len(group)), **cols,
                     "batch": np.full(len(group) * seeds, bi)}

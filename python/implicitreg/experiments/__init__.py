@@ -157,4 +157,4 @@ def _notes(exp: Experiment) -> list[str]:
     return [line.strip() for line in exp.doc.strip().splitlines() if line.strip().startswith("*")]
 
 
-from . import matrix  # noqa: E402,F401  (registers the experiments)
+from . import matrix, tensor  # noqa: E402,F401  (registers the experiments)

@@ -279,3 +279,58 @@ def figure_random_completion(res, figdir: str) -> list[str]:
     fig.suptitle(f"Random rank-{cfg['target_rank']} {cfg['m']}x{cfg['n']} completion: median and "
                  f"IQR over {res.meta['seeds']} seeds")
     return _save(fig, figdir, "random-completion")
+
+
+def _quartiles(res, column: str, groups: list[np.ndarray]) -> np.ndarray:
+    """(len(groups), 3): 25th, 50th, 75th percentiles of a column over each group of rows."""
+    out = np.full((len(groups), 3), np.nan)
+    for k, rows in enumerate(groups):
+        v = res.columns[column][rows] if rows.size else np.zeros(0)
+        if np.isfinite(v).any():
+            out[k] = np.nanpercentile(v, [25, 50, 75])
+    return out
+
+
+def _errorbars(ax, x, q, **kw):
+    ax.errorbar(x, q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]], capsize=3, **kw)
+
+
+def figure_tensor_completion(res, figdir: str) -> list[str]:
+    """PAPER.md §4.7's two panels per (order, target rank): normalized reconstruction error
+    (log y) and estimated tensor rank against the number of observations, for tf at each init
+    and the linear baseline, median and IQR, with the ground-truth rank."""
+    plt = _plt()
+    c = res.columns
+    cases = sorted({(int(o), int(r)) for o, r in zip(c["order"], c["target_rank"], strict=True)})
+    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 4.2 * len(cases)), squeeze=False,
+                             layout="constrained")
+    styles = {1e-2: ("C1", "v", "-"), 1e-3: ("C2", "^", "-.")}
+    for (order, rank), (ax_err, ax_rank) in zip(cases, axes, strict=True):
+        ns = sorted(set(c["n_obs"][res.rows(order=order, target_rank=rank)].tolist()))
+        per_n = [res.rows(order=order, target_rank=rank, n_obs=n) for n in ns]
+        # the baseline does not depend on the init: one init's rows
+        base = [r[np.isclose(c["scale"][r], c["scale"][r[0]], rtol=1e-12)] for r in per_n]
+        if "memorizer_error" in c:
+            kw = {"color": "C0", "marker": "o", "ls": "--", "label": "linear"}
+            _errorbars(ax_err, ns, _quartiles(res, "memorizer_error", base), **kw)
+            if "memorizer_rank" in c:
+                _errorbars(ax_rank, ns, _quartiles(res, "memorizer_rank", base), **kw)
+        for init, (color, marker, ls) in styles.items():
+            sel = [r[np.isclose(c["scale"][r], init, rtol=1e-12)] for r in per_n]
+            if not any(r.size for r in sel):
+                continue
+            kw = {"color": color, "marker": marker, "ls": ls, "label": f"tf, init {init:g}"}
+            _errorbars(ax_err, ns, _quartiles(res, "recon_error", sel), **kw)
+            if "tensor_rank" in c:
+                _errorbars(ax_rank, ns, _quartiles(res, "tensor_rank", sel), **kw)
+        ax_rank.axhline(rank, color="C3", lw=3, label="ground truth", zorder=0)
+        shape = "x".join(["8"] * order)
+        for ax in (ax_err, ax_rank):
+            ax.set_xlabel("# of observations")
+            ax.legend(fontsize=8)
+            ax.set_title(f"{shape} (order {order}) rank {rank} tensor completion")
+        ax_err.set_yscale("log")
+        ax_err.set_ylabel("reconstruction error")
+        ax_rank.set_ylabel("rank")
+    fig.suptitle(f"CP tensor completion: median and IQR over {res.meta['seeds']} seeds")
+    return _save(fig, figdir, res.meta.get("name", "tensor-completion"))
