@@ -633,3 +633,42 @@ def test_an_unavailable_backend_is_refused_before_the_directory_is_claimed(tmp_p
     with pytest.raises(RuntimeError, match="cuda"):
         sweep(FAST, seeds=2, backend="cuda", progress=False, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------- model "cp"
+
+CP = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 4,
+      "target_rank": 1, "optimizer": "group_rmsprop", "lr": 1e-2, "tol": 1e-6, "patience": 1,
+      "check_every": 20, "max_steps": 400, "log": 20, "metrics": ("loss", "recon_error"),
+      "thresholds": (), "rank_restarts": 1, "baseline": True}
+
+
+def test_cp_sweep_equals_direct_fits():
+    res = sweep(CP, {"n_obs": [30, 50], "scale": [1e-2, 1e-3]}, seeds=3, progress=False)
+    assert len(res.meta["timings"]) == 1  # n_obs and scale are per problem: one batch
+    for n_obs in (30, 50):
+        for scale in (1e-2, 1e-3):
+            rows = res.rows(n_obs=n_obs, scale=scale)
+            T, orders = ir.problems.random_cp_tensor((4, 4, 4), 1, batch=3, seed=0)
+            q = ir.tensor_completion(T, ir.problems.observe_first(orders, n_obs, (4, 4, 4)))
+            c = ir.CPFactorization.init(q, scale=scale, seed=0)
+            t = c.fit(1e-2, 400, tol=1e-6, patience=1, check_every=20, log=ir.geometric(20),
+                      progress=False)
+            np.testing.assert_array_equal(res.columns["recon_error"][rows], t["recon_error"][-1])
+            np.testing.assert_array_equal(res.columns["status"][rows], t.status)
+            np.testing.assert_array_equal(res.columns["tensor_rank"][rows],
+                                          ir.tensor_rank(c.tensor()))
+            mem = ir.models.memorizer(q).reshape(3, -1)
+            np.testing.assert_allclose(res.columns["memorizer_error"][rows],
+                                       np.linalg.norm(mem - T.reshape(3, -1), axis=1), rtol=1e-12)
+
+
+def test_cp_config_mismatches_are_refused():
+    with pytest.raises(ValueError, match="model"):
+        expand({**CP, "problem": "paper_2x2"})
+    with pytest.raises(ValueError, match="model"):
+        expand({"problem": "random_cp_completion"})
+    with pytest.raises(ValueError, match="thresholds"):
+        sweep({**CP, "thresholds": (1e-1,)}, seeds=1, progress=False)
+    with pytest.raises(ValueError, match="metrics"):
+        sweep({**CP, "metrics": ("loss", "entry:0,0")}, seeds=1, progress=False)
