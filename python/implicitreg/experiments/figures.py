@@ -332,5 +332,6 @@ def figure_tensor_completion(res, figdir: str) -> list[str]:
         ax_err.set_yscale("log")
         ax_err.set_ylabel("reconstruction error")
         ax_rank.set_ylabel("rank")
+        ax_rank.set_ylim(bottom=0)
     fig.suptitle(f"CP tensor completion: median and IQR over {res.meta['seeds']} seeds")
     return _save(fig, figdir, res.meta.get("name", "tensor-completion"))
