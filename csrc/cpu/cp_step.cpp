@@ -171,8 +171,9 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
           const double bias = 1.0 - std::pow(double(opt.beta), double(opt.t[b] + 1));
           step = rate / (T(std::sqrt(double(v_new) / bias)) + opt.eps);
         }
-        // The next iterate, committed only if every entry is finite.
-        bool finite = std::isfinite(step);
+        // The next iterate, committed only if every entry (and the optimizer state) is finite:
+        // an overflowing running mean of ||g||^2 would make the step 0 and stall the problem.
+        bool finite = std::isfinite(step) && std::isfinite(v_new);
         std::int64_t off = 0;
         for (int n = 0; n < N && finite; ++n) {
           const std::int64_t sz = std::int64_t(shape.dims[n]) * R;

@@ -250,13 +250,21 @@ def tensor_rank(T, tol: float = 1e-6, restarts: int = 1, seed: int = 0, max_iter
     dims = a.shape[1:]
     if min(dims) < 1:
         raise ValueError(f"T: expected non-empty tensors, got shape {a.shape}")
-    tol = float(real_array(tol, "tol"))
-    if not (np.isfinite(tol) and tol > 0):
-        raise ValueError(f"tol: expected a number > 0, got {tol}")
-    restarts = integer(restarts, "restarts", minimum=1)
-    max_iter = integer(max_iter, "max_iter", minimum=1)
-    seed = integer(seed, "seed", minimum=0)
+    t = real_array(tol, "tol")
+    if t.ndim != 0 or not (np.isfinite(t) and t > 0):
+        raise ValueError(f"tol: expected a number > 0, got {tol!r}")
+    tol = float(t)
+    restarts = _bounded(restarts, "restarts", 1, 2**31 - 1)
+    max_iter = _bounded(max_iter, "max_iter", 1, 2**31 - 1)
+    seed = _bounded(seed, "seed", 0, 2**64 - 1)
     top = int(np.prod(dims)) // max(dims)
-    max_rank = top if max_rank is None else integer(max_rank, "max_rank", minimum=1)
-    X = np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float64)
+    max_rank = top if max_rank is None else _bounded(max_rank, "max_rank", 1, 2**31 - 1)
+    X = np.ascontiguousarray(a.reshape(a.shape[0], int(np.prod(dims))), dtype=np.float64)
     return ops.tensor_rank(X, dims, tol, max_rank, max_iter, restarts, seed, backend)
+
+
+def _bounded(x, name: str, low: int, high: int) -> int:
+    x = integer(x, name, minimum=low)
+    if x > high:
+        raise ValueError(f"{name}: expected an integer <= {high}, got {x}")
+    return x

@@ -345,10 +345,11 @@ class TensorCompletion:
 def tensor_completion(targets, masks, batch: int | None = None) -> TensorCompletion:
     """A batch of tensor completion problems of order N >= 2.
 
-    targets: (d_1, ..., d_N) or (B, d_1, ..., d_N) real, the full tensors; masks: bool of the
-    same shape, True where observed. A tensor without a batch axis is shared by the whole
-    batch; pass `batch` (and masks with a batch axis) when the targets are shared. Mode sizes
-    1..16, orders 2..6.
+    targets: (B, d_1, ..., d_N) real, the full tensors; masks: (B, d_1, ..., d_N) bool, True
+    where observed. A leading size of 1 is shared by the whole batch, and one of the two may
+    come without the batch axis, (d_1, ..., d_N), to be shared; when both have the same number
+    of axes, the first is the batch axis (so one 8x8x8 problem is targets[None], masks[None]).
+    Mode sizes 1..16, orders 2..6.
     """
     t = real_array(targets, "targets")
     mk = np.asarray(masks)

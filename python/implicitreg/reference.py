@@ -223,17 +223,21 @@ def cp_tensor(factors):
 
 
 def _cp_gradients(factors, G):
-    """dL/dU_n for dL/dW = G (B, numel), as einsum contractions."""
+    """dL/dU_n = G_(n) KR(U_m, m != n) for dL/dW = G (B, numel): the mode-n unfolding times
+    the Khatri-Rao product of the other factors, one matrix product per problem (so each
+    problem's rounding does not depend on the batch)."""
     B = G.shape[0]
     dims = [U.shape[1] for U in factors]
     Gt = G.reshape((B,) + tuple(dims))
-    letters = "acdefg"[:len(factors)]
     grads = []
     for n in range(len(factors)):
-        others = [f"b{c}r" for m, c in enumerate(letters) if m != n]
-        spec = f"b{letters}," + ",".join(others) + f"->b{letters[n]}r"
-        grads.append(np.einsum(spec, Gt, *[U for m, U in enumerate(factors) if m != n],
-                               optimize=True))
+        K = None  # (B, prod of the other modes, R), the last mode fastest
+        for m, U in enumerate(factors):
+            if m != n:
+                K = U if K is None else (K[:, :, None, :] * U[:, None, :, :]).reshape(
+                    B, -1, U.shape[2])
+        Gn = np.moveaxis(Gt, n + 1, 1).reshape(B, dims[n], -1)
+        grads.append(Gn @ K)
     return grads
 
 
@@ -275,6 +279,8 @@ def cp_step(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps, 
                               + dtype.type(eps))).astype(dtype)
             new = [U - step[:, None, None] * g for U, g in zip(factors, grads, strict=True)]
             fin = np.isfinite(step)
+            if optimizer == GROUP_RMSPROP:  # an overflowing state would stall the problem
+                fin &= np.isfinite(v_new)
             for Un in new:
                 fin &= np.isfinite(Un).all(axis=(1, 2))
             bad = run & ~fin
