@@ -51,6 +51,7 @@ void solve_normal(std::vector<double>& V, int r, double* M, int rows) {
     bool ok = true;
     for (int j = 0; j < r && ok; ++j) {
       double d = A[j * r + j] + ridge;
+#pragma omp simd reduction(- : d)
       for (int k = 0; k < j; ++k) d -= A[j * r + k] * A[j * r + k];
       if (!(d > 0)) {
         ok = false;
@@ -60,6 +61,7 @@ void solve_normal(std::vector<double>& V, int r, double* M, int rows) {
       A[j * r + j] = d;
       for (int i = j + 1; i < r; ++i) {
         double s = A[i * r + j];
+#pragma omp simd reduction(- : s)
         for (int k = 0; k < j; ++k) s -= A[i * r + k] * A[j * r + k];
         A[i * r + j] = s / d;
       }
@@ -70,11 +72,13 @@ void solve_normal(std::vector<double>& V, int r, double* M, int rows) {
     double* f = M + std::int64_t(row) * r;
     for (int i = 0; i < r; ++i) {
       double s = f[i];
+#pragma omp simd reduction(- : s)
       for (int k = 0; k < i; ++k) s -= A[i * r + k] * f[k];
       f[i] = s / A[i * r + i];
     }
     for (int i = r - 1; i >= 0; --i) {
       double s = f[i];
+#pragma omp simd reduction(- : s)
       for (int k = i + 1; k < r; ++k) s -= A[k * r + i] * f[k];
       f[i] = s / A[i * r + i];
     }
@@ -148,6 +152,7 @@ struct Als {
           if (x == 0) continue;
           double* mrow = M.data() + std::int64_t(row_of[n][e]) * r;
           const double* krow = K.data() + std::int64_t(col_of[n][e]) * r;
+#pragma omp simd
           for (int c = 0; c < r; ++c) mrow[c] += x * krow[c];
         }
         solve_normal(V, r, M.data(), dims[n]);
@@ -169,6 +174,7 @@ struct Als {
         const double* krow = K.data() + std::int64_t(col_of[last][e]) * r;
         const double* frow = F[last].data() + std::int64_t(row_of[last][e]) * r;
         double v = 0;
+#pragma omp simd reduction(+ : v)
         for (int c = 0; c < r; ++c) v += krow[c] * frow[c];
         sq += (X[e] - v) * (X[e] - v);
       }
