@@ -672,3 +672,26 @@ def test_cp_config_mismatches_are_refused():
         sweep({**CP, "thresholds": (1e-1,)}, seeds=1, progress=False)
     with pytest.raises(ValueError, match="metrics"):
         sweep({**CP, "metrics": ("loss", "entry:0,0")}, seeds=1, progress=False)
+
+
+def test_cp_sweep_resumes_after_a_crash_exactly(tmp_path, monkeypatch):
+    grid = {"n_obs": [30, 50], "scale": [1e-2, 1e-3]}
+    ref = sweep(CP, grid, seeds=2, progress=False)
+    real, calls = ir.CPFactorization.measure, [0]
+
+    def crash(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ir.CPFactorization, "measure", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(CP, grid, seeds=2, progress=False, out=tmp_path, checkpoint_every=0)
+    assert (tmp_path / "batches" / "000.ckpt.npz").exists()
+    monkeypatch.setattr(ir.CPFactorization, "measure", real)
+    res = sweep(CP, grid, seeds=2, progress=False, out=tmp_path, resume=True)
+    for k, v in ref.columns.items():
+        np.testing.assert_array_equal(res.columns[k], v, err_msg=k)
+    np.testing.assert_array_equal(res.trajectories[0].steps, ref.trajectories[0].steps)
+    assert not (tmp_path / "batches" / "000.ckpt.npz").exists()

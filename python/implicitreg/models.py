@@ -68,6 +68,11 @@ class _Trained:
         """(B,) step at which each problem was frozen, -1 while it runs."""
         return self._frozen_at.copy()
 
+    def _state(self) -> dict[str, np.ndarray]:
+        """The live arrays of the model's state (what a checkpoint saves and restores)."""
+        return {"status": self._status, "frozen_at": self._frozen_at,
+                **{f"factor{j}": W for j, W in enumerate(self._factors)}}
+
     def _lr(self, lr) -> np.ndarray:
         a = real_array(lr, "lr")
         if a.ndim == 0:
@@ -321,7 +326,11 @@ class DeepFactorization(_Trained):
         rows: list[int] = []
         start, done = self.steps_done, False
         if saver is not None and os.path.exists(saver.path):
-            start, done = saver.restore(self, rows, buf, cross)
+            start, done, rows, saved = saver.restore(self)
+            buf[:len(rows)] = saved["buf"]
+            cross.step[...] = saved["crossed_at"]
+            for j, S in enumerate(cross.factors):
+                S[...] = saved[f"cross{j}"]
         advance, close = _progress(progress, max_steps)
         advance(rows[-1] - start if rows else 0)
         last_save = time.monotonic()
@@ -336,10 +345,10 @@ class DeepFactorization(_Trained):
                 if (self._status != 0).all():
                     break
                 if saver is not None and time.monotonic() - last_save >= checkpoint_every:
-                    saver.save(self, start, rows, buf, cross, done=False)
+                    saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=False)
                     last_save = time.monotonic()
             if saver is not None and not done:
-                saver.save(self, start, rows, buf, cross, done=True)
+                saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=True)
         finally:
             close()
         data = _split_rows(buf[:len(rows)], names, metric_rows)
@@ -481,6 +490,9 @@ class CPFactorization(_Trained):
         """[U_1, ..., U_N], each (B, d_n, R); views of the live state."""
         return list(self._factors)
 
+    def _state(self) -> dict[str, np.ndarray]:
+        return {**super()._state(), "v": self._v, "t": self._t}
+
     @property
     def order(self) -> int:
         return len(self._factors)
@@ -582,7 +594,7 @@ class CPFactorization(_Trained):
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
             optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float = 1e-6,
             patience: int | None = None, check_every: int = 100,
-            progress=True) -> Trajectory:
+            progress=True, checkpoint=None, checkpoint_every: float = 300.0) -> Trajectory:
         """Train for up to max_steps more steps (optimizer as in step; PAPER.md §4.4 uses
         group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
         return the Trajectory. Stops early when every problem is frozen.
@@ -591,6 +603,7 @@ class CPFactorization(_Trained):
         in the core. With patience=k, the paper's rule (PAPER.md §4.3): the loss is checked
         every check_every steps and a problem is frozen (converged) at the (k+1)-th
         consecutive check below tol; the paper uses tol 1e-6, patience 2, checks every 100.
+        checkpoint, checkpoint_every: as for DeepFactorization.fit (resumable, bit for bit).
         """
         self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
@@ -606,35 +619,12 @@ class CPFactorization(_Trained):
         widths = [self.rank if n == "component_norms" else 1 for n in names]
         _check_log_memory(log.rows(max_steps), self.batch, sum(widths), log)
         _check_progress(progress)
+        checkpoint_every = float(real_array(checkpoint_every, "checkpoint_every"))
+        if not checkpoint_every >= 0:
+            raise ValueError(f"checkpoint_every: expected seconds >= 0, got {checkpoint_every}")
         points = log.points(max_steps)
         checks = (np.arange(0, max_steps + 1, check_every) if patience is not None
                   else np.zeros(0, dtype=np.int64))
-        rows: list[int] = []
-        data: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        start = self.steps_done
-        below = np.zeros(self.batch, dtype=np.int64)  # consecutive checks below tol
-        core_tol = None if patience is not None else tol
-        logged = set(points.tolist())
-        advance, close = _progress(progress, max_steps)
-        try:
-            for p in np.union1d(points, checks):
-                before = self.steps_done
-                self.step(lr, int(start + p - self.steps_done), core_tol, optimizer, beta, eps)
-                advance(self.steps_done - before)
-                if patience is not None and p % check_every == 0:
-                    run = self._status == 0
-                    below = np.where(run & (self.loss() < tol), below + 1, 0)
-                    done = run & (below > patience)
-                    self._status[done] = 1  # converged
-                    self._frozen_at[done] = self.steps_done
-                if p in logged or (self._status != 0).all():
-                    for k, v in self.measure(names).items():
-                        data[k].append(v)
-                    rows.append(self.steps_done)
-                if (self._status != 0).all():
-                    break
-        finally:
-            close()
         lr_arr = self._lr(lr)
         meta = {"model": "cp", "lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
                 "max_steps": max_steps, "tol": None if tol is None else self._tol(tol),
@@ -643,6 +633,51 @@ class CPFactorization(_Trained):
                 "check_every": check_every if patience is not None else None,
                 "backend": self.backend, "dtype": str(self.dtype),
                 "dims": list(self.dims), "rank": self.rank, "problem": repr(self.problem)}
+        saver = None if checkpoint is None else _FitCheckpoint(checkpoint, self, meta, lr_arr)
+        rows: list[int] = []
+        data: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        start, done = self.steps_done, False
+        below = np.zeros(self.batch, dtype=np.int64)  # consecutive checks below tol
+        if saver is not None and os.path.exists(saver.path):
+            start, done, rows, saved = saver.restore(self)
+            for k in names:
+                data[k] = list(saved[f"data/{k}"])
+            below[:] = saved["below"]
+        core_tol = None if patience is not None else tol
+        logged = set(points.tolist())
+        advance, close = _progress(progress, max_steps)
+        advance(rows[-1] - start if rows else 0)
+        last_save = time.monotonic()
+
+        def progress_arrays():
+            return {"below": below, **{f"data/{k}": np.array(v).reshape(
+                (len(rows), self.batch) + (() if k != "component_norms" else (self.rank,)))
+                for k, v in data.items()}}
+        try:
+            todo = np.union1d(points, checks)
+            for p in todo[todo > (rows[-1] - start if rows else -1)] if not done else ():
+                before = self.steps_done
+                self.step(lr, int(start + p - self.steps_done), core_tol, optimizer, beta, eps)
+                advance(self.steps_done - before)
+                if patience is not None and p % check_every == 0:
+                    run = self._status == 0
+                    below = np.where(run & (self.loss() < tol), below + 1, 0)
+                    stop = run & (below > patience)
+                    self._status[stop] = 1  # converged
+                    self._frozen_at[stop] = self.steps_done
+                if p in logged or (self._status != 0).all():
+                    for k, v in self.measure(names).items():
+                        data[k].append(v)
+                    rows.append(self.steps_done)
+                    if saver is not None and time.monotonic() - last_save >= checkpoint_every:
+                        saver.save(self, start, rows, progress_arrays(), done=False)
+                        last_save = time.monotonic()
+                if (self._status != 0).all():
+                    break
+            if saver is not None and not done:
+                saver.save(self, start, rows, progress_arrays(), done=True)
+        finally:
+            close()
         status = np.where(self._status == 0, "max_steps", self.status)
         return Trajectory(rows, {k: np.array(v) for k, v in data.items()}, status,
                           self._frozen_at, meta)
@@ -685,6 +720,12 @@ def memorizer(problem) -> np.ndarray:
     shape = (problem.batch,) + problem.dims
     return np.where(np.broadcast_to(problem.masks, shape),
                     np.broadcast_to(problem.targets, shape), 0.0)
+
+
+def _dmf_progress(rows, buf, cross) -> dict:
+    """What a DeepFactorization fit has computed so far: its rows and crossings."""
+    return {"buf": buf[:len(rows)], "crossed_at": cross.step,
+            **{f"cross{j}": S for j, S in enumerate(cross.factors)}}
 
 
 def _split_rows(buf: np.ndarray, names: list[str], rows: list[int]) -> dict:
@@ -766,51 +807,45 @@ class Crossings:
 
 class _FitCheckpoint:
     """The resumable state of one fit() call in one .npz file, tied to that call's arguments
-    and to the model's state when it started."""
+    and to the model's state when it started: the model's state arrays (model._state()) and
+    the fit's progress arrays (rows logged so far, crossings, stop-rule counters)."""
 
     FORMAT = "implicitreg.fit-checkpoint/1"
 
-    def __init__(self, path, model: DeepFactorization, meta: dict, lr: np.ndarray):
+    def __init__(self, path, model, meta: dict, lr: np.ndarray):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"checkpoint: expected a path, got {type(path).__name__}")
         self.path = os.fspath(path)
         call = {**meta, "lr": hashlib.sha256(lr.tobytes()).hexdigest()}  # B values: a digest
         self.key = {"call": call, "start": _state_digest(model)}
 
-    def save(self, model, start, rows, buf, cross, done: bool) -> None:
-        arrays = {"rows": np.asarray(rows, dtype=np.int64), "buf": buf[:len(rows)],
-                  "status": model._status, "frozen_at": model._frozen_at,
-                  "crossed_at": cross.step,
-                  **{f"factor{j}": W for j, W in enumerate(model._factors)},
-                  **{f"cross{j}": S for j, S in enumerate(cross.factors)}}
+    def save(self, model, start: int, rows: list[int], progress: dict, done: bool) -> None:
+        arrays = {"rows": np.asarray(rows, dtype=np.int64),
+                  **{f"state/{k}": v for k, v in model._state().items()},
+                  **{f"progress/{k}": v for k, v in progress.items()}}
         save_npz(self.path, self.FORMAT, {"key": self.key, "start": start, "done": done,
                                           "steps_done": model.steps_done}, arrays)
 
-    def restore(self, model, rows, buf, cross) -> tuple[int, bool]:
+    def restore(self, model) -> tuple[int, bool, list[int], dict]:
+        """(start, done, rows, progress arrays), the model's state restored."""
         meta, z = load_npz(self.path, self.FORMAT, "a fit() checkpoint")
         if json.dumps(meta["key"], sort_keys=True) != json.dumps(self.key, sort_keys=True):
             raise ValueError(f"checkpoint: {self.path} was written by another fit (other "
                              "arguments or another starting state); delete it or pass another "
                              "path")
-        rows.extend(int(r) for r in z["rows"])
-        buf[:len(rows)] = z["buf"]
-        model._status[:] = z["status"]
-        model._frozen_at[:] = z["frozen_at"]
-        for j, W in enumerate(model._factors):
-            W[...] = z[f"factor{j}"]
-        cross.step[...] = z["crossed_at"]
-        for j, S in enumerate(cross.factors):
-            S[...] = z[f"cross{j}"]
+        for k, v in model._state().items():
+            v[...] = z[f"state/{k}"]
         model.steps_done = int(meta["steps_done"])
-        return int(meta["start"]), bool(meta["done"])
+        progress = {k[len("progress/"):]: v for k, v in z.items() if k.startswith("progress/")}
+        return (int(meta["start"]), bool(meta["done"]), [int(r) for r in z["rows"]],
+                progress)
 
 
-def _state_digest(model: DeepFactorization) -> str:
+def _state_digest(model) -> str:
     """A digest of the model's whole state and problem (what a resumed fit must start from)."""
     h = hashlib.sha256()
     pb = model.problem.arrays(model.dtype)
-    for a in [*model._factors, model._status, model._frozen_at,
-              *(v for v in pb.values() if v is not None)]:
+    for a in [*model._state().values(), *(v for v in pb.values() if v is not None)]:
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(str(model.steps_done).encode())
     return h.hexdigest()

@@ -353,7 +353,8 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
     parts = [_build_problem(c, seeds) for c in configs]
     problem = _concat_problems(parts)
     if c0["model"] == "cp":
-        return _run_cp_batch(configs, parts, problem, seeds, backend, advance)
+        return _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
+                             checkpoint_every)
     factors = None
     for c in configs:  # each config's seeds 0..seeds-1: the same starts across configs
         f = init_factors(problem.shape, seeds, c["depth"], c["widths"], c["init"], c["scale"],
@@ -382,7 +383,8 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
     return cols, traj, seconds
 
 
-def _run_cp_batch(configs, parts, problem, seeds, backend, advance):
+def _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
+                  checkpoint_every):
     """The CP version of _run_batch: fit, then the end-of-run tensor ranks and baseline."""
     c0 = configs[0]
     starts = [_cp_model(c, p, backend).factors for c, p in zip(configs, parts, strict=True)]
@@ -392,7 +394,8 @@ def _run_cp_batch(configs, parts, problem, seeds, backend, advance):
     t0 = time.perf_counter()
     traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
                      metrics=c0["metrics"], optimizer=c0["optimizer"],
-                     patience=c0["patience"], check_every=c0["check_every"], progress=advance)
+                     patience=c0["patience"], check_every=c0["check_every"], progress=advance,
+                     checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     B = problem.batch
     cols = {"status": traj.status.copy(),
             "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
@@ -487,7 +490,7 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
                 if out is not None:
                     traj.save(os.path.join(out, "batches", f"{bi:03d}.trajectory.npz"))
                     _save_columns(done_file, cols, {"seconds": seconds})
-                    if os.path.exists(ckpt):  # model "cp" fits write none
+                    if os.path.exists(ckpt):  # none when the batch ran in one go
                         os.remove(ckpt)
             cols = {**{k: v for k, v in _config_columns(group, seeds).items()},
                     "seed": np.tile(np.arange(seeds), len(group)), **cols,
