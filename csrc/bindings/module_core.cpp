@@ -336,6 +336,7 @@ void cp_step_t(const py::list& factors, const py::array& target, const py::array
                py::array status, py::array frozen_at, py::array loss) {
   const std::string fn = "cp_step";
   CpBatch<T> c = make_cp<T>(fn, factors, true);
+  require(c.shape.order >= 2 && c.shape.order <= 6, fn, "orders 2 to 6 only");
   const std::int64_t B = c.shape.batch;
   std::int64_t numel = 1;
   for (int d : c.dims) numel *= d;

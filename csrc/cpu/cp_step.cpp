@@ -5,9 +5,10 @@
 // entries of a problem once: for entry (i_1..i_N) with suffix products S_n = U_n[i_n] * ... *
 // U_N[i_N] (elementwise over r), the value is sum_r S_1[r]; with g = 2 (value - target) / n
 // and prefix products P_n = U_1[i_1] * ... * U_{n-1}[i_{n-1}], factor n's gradient row i_n
-// gains g * P_n * S_{n+1}. That is about 3N vector operations of length R per entry. The
-// loops over r are marked simd (the dot product a reduction, summed in vector lanes), since
-// without -ffast-math the compiler keeps a float sum in order, one dependent add at a time.
+// gains g * P_n * S_{n+1}. Per entry that is two passes over r with the order N known at
+// compile time, so every product stays in registers. The loops over r are marked simd (the
+// value a reduction, summed in vector lanes), since without -ffast-math the compiler keeps a
+// float sum in order, one dependent add at a time.
 #include "implicitreg/cp_step.h"
 
 #include <algorithm>
@@ -23,7 +24,6 @@ struct Workspace {
   std::vector<int> digits;    // their multi-indices, order per entry
   std::vector<T> target;      // their targets
   std::vector<T> grad, next;  // all factors' gradient / next iterate, factor after factor
-  std::vector<T> suffix, prefix;
 };
 
 // Observed entries of problem b: flat index, multi-index and target.
@@ -49,83 +49,83 @@ void gather_observed(const CpShape& shape, const CpProblem<T>& pb, std::int64_t 
   }
 }
 
-// Loss of the current iterate of problem b, and (when grad is not null) its gradient.
-template <class T>
-T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, Workspace<T>& ws,
-                    T* grad) {
-  const int N = shape.order, R = shape.rank;
-  const std::int64_t n_obs = std::int64_t(ws.obs.size());
-  std::vector<const T*> U(N);
-  std::vector<T*> G(N);
-  std::int64_t off = 0;
-  for (int n = 0; n < N; ++n) {
-    U[n] = factors[n] + b * std::int64_t(shape.dims[n]) * R;
-    if (grad != nullptr) G[n] = grad + off;
-    off += std::int64_t(shape.dims[n]) * R;
-  }
-  if (grad != nullptr) std::fill(grad, grad + off, T(0));
-  T* S = ws.suffix.data();  // S_n at S + n * R for n = 1..N-1
-  T* P = ws.prefix.data();
-  const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+// Sum over the observed entries of the squared residual and, when G is not null, the
+// gradient rows: compile-time order N, so that per component r the products stay in registers
+// and the loops over r vectorize. Two passes over r per entry: the value, then every factor's
+// gradient row from prefix and suffix products.
+template <int N, class T>
+double entries(const T* const* U, T* const* G, const Workspace<T>& ws, int R, T scale) {
   double loss = 0;
+  const std::int64_t n_obs = std::int64_t(ws.obs.size());
   for (std::int64_t e = 0; e < n_obs; ++e) {
     const int* d = ws.digits.data() + e * N;
-    const T* last = U[N - 1] + std::int64_t(d[N - 1]) * R;
-    if (N == 1) {
-      std::copy(last, last + R, S);
-    } else {
-      std::copy(last, last + R, S + (N - 1) * R);
-      for (int n = N - 2; n >= 1; --n) {
-        const T* u = U[n] + std::int64_t(d[n]) * R;
-        const T* s1 = S + (n + 1) * R;
-        T* s = S + n * R;
-#pragma omp simd
-        for (int r = 0; r < R; ++r) s[r] = u[r] * s1[r];
-      }
-    }
-    const T* u0 = U[0] + std::int64_t(d[0]) * R;
+    const T* u[N];
+    for (int n = 0; n < N; ++n) u[n] = U[n] + std::int64_t(d[n]) * R;
     T value = 0;
-    if (N == 1) {
 #pragma omp simd reduction(+ : value)
-      for (int r = 0; r < R; ++r) value += S[r];
-    } else {
-      const T* s1 = S + R;
-#pragma omp simd reduction(+ : value)
-      for (int r = 0; r < R; ++r) value += u0[r] * s1[r];
+    for (int r = 0; r < R; ++r) {
+      T p = u[N - 1][r];  // u_0 (u_1 (... u_{N-1})), the order of cp_tensor and the oracle
+      for (int n = N - 2; n >= 0; --n) p = u[n][r] * p;
+      value += p;
     }
     const T res = value - ws.target[e];
     loss += double(res) * double(res);
-    if (grad == nullptr) continue;
+    if (G == nullptr) continue;
     const T g = scale * res;
-    // factor 0: g * S_1; factor n: g * P_n * S_{n+1}; factor N-1: g * P_{N-1}
-    if (N == 1) {
-      T* g0 = G[0] + std::int64_t(d[0]) * R;
+    T* gr[N];
+    for (int n = 0; n < N; ++n) gr[n] = G[n] + std::int64_t(d[n]) * R;
 #pragma omp simd
-      for (int r = 0; r < R; ++r) g0[r] += g;
-      continue;
-    }
-    {
-      T* g0 = G[0] + std::int64_t(d[0]) * R;
-      const T* s1 = S + R;
-#pragma omp simd
-      for (int r = 0; r < R; ++r) g0[r] += g * s1[r];
-#pragma omp simd
-      for (int r = 0; r < R; ++r) P[r] = u0[r];
-    }
-    for (int n = 1; n < N; ++n) {
-      T* gn = G[n] + std::int64_t(d[n]) * R;
-      const T* u = U[n] + std::int64_t(d[n]) * R;
-      if (n < N - 1) {
-        const T* s1 = S + (n + 1) * R;
-#pragma omp simd
-        for (int r = 0; r < R; ++r) gn[r] += g * (P[r] * s1[r]);
-#pragma omp simd
-        for (int r = 0; r < R; ++r) P[r] *= u[r];
-      } else {
-#pragma omp simd
-        for (int r = 0; r < R; ++r) gn[r] += g * P[r];
+    for (int r = 0; r < R; ++r) {
+      T suf[N + 1];  // suf[n] = u_n (u_{n+1} (... u_{N-1}))
+      suf[N] = T(1);
+      suf[N - 1] = u[N - 1][r];
+      for (int n = N - 2; n >= 1; --n) suf[n] = u[n][r] * suf[n + 1];
+      gr[0][r] += g * suf[1];
+      T pre = u[0][r];  // u_0 ... u_{n-1}
+      for (int n = 1; n < N - 1; ++n) {
+        gr[n][r] += g * (pre * suf[n + 1]);
+        pre *= u[n][r];
       }
+      gr[N - 1][r] += g * pre;
     }
+  }
+  return loss;
+}
+
+// Loss of the current iterate of problem b, and (when grad is not null) its gradient.
+template <class T>
+T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, const Workspace<T>& ws,
+                    T* grad) {
+  const int N = shape.order, R = shape.rank;
+  const T* U[6];
+  T* G[6];
+  std::int64_t off = 0;
+  for (int n = 0; n < N; ++n) {
+    U[n] = factors[n] + b * std::int64_t(shape.dims[n]) * R;
+    G[n] = grad + off;
+    off += std::int64_t(shape.dims[n]) * R;
+  }
+  if (grad != nullptr) std::fill(grad, grad + off, T(0));
+  T* const* Gp = grad != nullptr ? G : nullptr;
+  const std::int64_t n_obs = std::int64_t(ws.obs.size());
+  const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+  double loss = 0;
+  switch (N) {  // orders 2..6 (checked by the callers)
+    case 2:
+      loss = entries<2>(U, Gp, ws, R, scale);
+      break;
+    case 3:
+      loss = entries<3>(U, Gp, ws, R, scale);
+      break;
+    case 4:
+      loss = entries<4>(U, Gp, ws, R, scale);
+      break;
+    case 5:
+      loss = entries<5>(U, Gp, ws, R, scale);
+      break;
+    default:
+      loss = entries<6>(U, Gp, ws, R, scale);
+      break;
   }
   return n_obs > 0 ? T(loss / double(n_obs)) : T(0);
 }
@@ -150,8 +150,6 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
     Workspace<T> ws;
     ws.grad.resize(size);
     ws.next.resize(size);
-    ws.suffix.resize(std::size_t(N + 1) * R);
-    ws.prefix.resize(R);
     // dynamic: problems that freeze early finish early
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < shape.batch; ++b) {
