@@ -77,10 +77,11 @@ def _run(args) -> int:
 def _list(args) -> int:
     from .experiments import EXPERIMENTS
 
+    width = max(len(name) for name in EXPERIMENTS)
     for exp in EXPERIMENTS.values():
         base, grid, seeds = exp.spec()
-        print(f"{exp.name:18s} {exp.title}")
-        print(f"{'':18s} default {seeds} seeds per config; --quick: "
+        print(f"{exp.name:{width}s} {exp.title}")
+        print(f"{'':{width}s} default {seeds} seeds per config; --quick: "
               f"{exp.quick.get('seeds', seeds)} seeds")
     return 0
 
