@@ -368,12 +368,7 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
                      metrics=c0["metrics"], thresholds=c0["thresholds"], progress=advance,
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     seconds = time.perf_counter() - t0
-    B = problem.batch
-    cols = {"status": traj.status.copy(),
-            "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
-            "index": np.arange(B)}
-    for name, v in traj.data.items():
-        _put(cols, name, v[-1])
+    cols = _result_columns(traj)
     if traj.crossings is not None:
         for k, t in enumerate(traj.crossings["thresholds"]):
             lab = _label(t)
@@ -397,11 +392,7 @@ def _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
                      patience=c0["patience"], check_every=c0["check_every"], progress=advance,
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     B = problem.batch
-    cols = {"status": traj.status.copy(),
-            "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
-            "index": np.arange(B)}
-    for name, v in traj.data.items():
-        _put(cols, name, v[-1])
+    cols = _result_columns(traj)
     restarts = int(c0["rank_restarts"])
     if restarts:
         cols["tensor_rank"] = tensor_rank(model.tensor(), restarts=restarts, backend=backend)
@@ -413,6 +404,16 @@ def _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
         if restarts:
             cols["memorizer_rank"] = tensor_rank(mem, restarts=restarts, backend=backend)
     return cols, traj, time.perf_counter() - t0
+
+
+def _result_columns(traj: Trajectory) -> dict:
+    """Status, steps run, column index and every metric's last logged value, per problem."""
+    cols = {"status": traj.status.copy(),
+            "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
+            "index": np.arange(traj.batch)}
+    for name, v in traj.data.items():
+        _put(cols, name, v[-1])
+    return cols
 
 
 def _put(cols: dict, name: str, v: np.ndarray) -> None:
