@@ -35,6 +35,17 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+def _factor_dtype(arrays: list[np.ndarray], dtype) -> np.dtype:
+    """The dtype the factors are stored in: `dtype` when given, else their common one."""
+    if dtype is not None:
+        return float_dtype(dtype, "dtype")
+    kinds = {a.dtype for a in arrays}
+    if len(kinds) > 1:
+        raise TypeError(f"factors: expected one dtype for every factor, got "
+                        f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
+    return float_dtype(arrays[0].dtype, "factors")
+
+
 def _check_problem(problem):
     if not isinstance(problem, (Completion, Sensing)):
         raise TypeError("problem: expected implicitreg.completion(...) or "
@@ -115,14 +126,7 @@ class DeepFactorization(_Trained):
             raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
                             f"got {type(factors).__name__}")
         arrays = [real_array(W, f"factors[{j}]") for j, W in enumerate(factors)]
-        if dtype is None:
-            kinds = {a.dtype for a in arrays}
-            if len(kinds) > 1:
-                raise TypeError(f"factors: expected one dtype for every factor, got "
-                                f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
-            dtype = float_dtype(arrays[0].dtype, "factors")
-        else:
-            dtype = float_dtype(dtype, "dtype")
+        dtype = _factor_dtype(arrays, dtype)
         B, (m, n) = problem.batch, problem.shape
         prev = n
         for j, a in enumerate(arrays):
@@ -435,14 +439,7 @@ class CPFactorization(_Trained):
                             f"got {type(factors).__name__} of length "
                             f"{len(factors) if hasattr(factors, '__len__') else '?'}")
         arrays = [real_array(U, f"factors[{n}]") for n, U in enumerate(factors)]
-        if dtype is None:
-            kinds = {a.dtype for a in arrays}
-            if len(kinds) > 1:
-                raise TypeError(f"factors: expected one dtype for every factor, got "
-                                f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
-            dtype = float_dtype(arrays[0].dtype, "factors")
-        else:
-            dtype = float_dtype(dtype, "dtype")
+        dtype = _factor_dtype(arrays, dtype)
         B, R = problem.batch, arrays[0].shape[-1] if arrays[0].ndim in (2, 3) else -1
         for n, (a, d) in enumerate(zip(arrays, problem.dims, strict=True)):
             if a.ndim not in (2, 3) or a.shape[-2:] != (d, R) or (a.ndim == 3 and a.shape[0] != B):

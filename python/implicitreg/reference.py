@@ -49,6 +49,16 @@ def _record_crossings(factors, loss, run, step, thresholds, crossed_at, snapshot
             S[b, k] = W[b]
 
 
+def _freeze(loss, run, tol, step, status, frozen_at):
+    """Freezes the running problems whose loss is non-finite (diverged) or below tol
+    (converged) at `step`; returns the problems still running."""
+    bad = run & ~np.isfinite(loss)
+    done = run & np.isfinite(loss) & (loss < tol)
+    status[bad], frozen_at[bad] = DIVERGED, step
+    status[done], frozen_at[done] = CONVERGED, step
+    return status == RUNNING
+
+
 def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at,
              thresholds=None, crossed_at=None, snapshots=None):
     """In place, like _core.dmf_step: `steps` simultaneous GD updates of running problems;
@@ -64,11 +74,7 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
             if thresholds is not None:
                 _record_crossings(factors, loss, run, step0 + it, thresholds, crossed_at,
                                   snapshots)
-            bad = run & ~np.isfinite(loss)
-            done = run & np.isfinite(loss) & (loss < tol)
-            status[bad], frozen_at[bad] = DIVERGED, step0 + it
-            status[done], frozen_at[done] = CONVERGED, step0 + it
-            run = status == RUNNING
+            run = _freeze(loss, run, tol, step0 + it, status, frozen_at)
             if it == steps or not run.any():
                 return
             H, new = G, [None] * len(factors)
@@ -262,11 +268,7 @@ def cp_step(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps, 
             if it == 0:
                 loss_out[:] = loss  # frozen problems: the loss of their frozen iterate
             loss_out[run] = loss[run]
-            bad = run & ~np.isfinite(loss)
-            done = run & np.isfinite(loss) & (loss < tol)
-            status[bad], frozen_at[bad] = DIVERGED, step0 + it
-            status[done], frozen_at[done] = CONVERGED, step0 + it
-            run = status == RUNNING
+            run = _freeze(loss, run, tol, step0 + it, status, frozen_at)
             if it == steps or not run.any():
                 return
             grads = _cp_gradients(factors, res * scale[:, None])
