@@ -154,7 +154,18 @@ def report_text(exp: Experiment, res: SweepResult, rows: list[dict]) -> str:
 
 
 def _notes(exp: Experiment) -> list[str]:
-    return [line.strip() for line in exp.doc.strip().splitlines() if line.strip().startswith("*")]
+    """The doc's bullet points ("* ..." and the lines that continue them)."""
+    notes: list[str] = []
+    bullet = False
+    for line in (raw.strip() for raw in exp.doc.strip().splitlines()):
+        if line.startswith("*"):
+            notes.append(line)
+            bullet = True
+        elif line and bullet:
+            notes[-1] += " " + line
+        else:
+            bullet = False
+    return notes
 
 
 from . import matrix, tensor  # noqa: E402,F401  (registers the experiments)
