@@ -15,6 +15,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/hd.h"
+
 namespace implicitreg {
 namespace {
 
@@ -62,7 +64,7 @@ double entries(const T* const* U, T* const* G, const Workspace<T>& ws, int R, T 
     const T* u[N];
     for (int n = 0; n < N; ++n) u[n] = U[n] + std::int64_t(d[n]) * R;
     T value = 0;
-#pragma omp simd reduction(+ : value)
+    IR_SIMD_SUM(value)
     for (int r = 0; r < R; ++r) {
       T p = u[N - 1][r];  // u_0 (u_1 (... u_{N-1})), the order of cp_tensor and the oracle
       for (int n = N - 2; n >= 0; --n) p = u[n][r] * p;
@@ -247,11 +249,11 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
         }
         T value = 0;
         if (N == 1) {
-#pragma omp simd reduction(+ : value)
+          IR_SIMD_SUM(value)
           for (int r = 0; r < R; ++r) value += s[r];
         } else {
           const T* u0 = factors[0] + (b * shape.dims[0] + d[0]) * std::int64_t(R);
-#pragma omp simd reduction(+ : value)
+          IR_SIMD_SUM(value)
           for (int r = 0; r < R; ++r) value += u0[r] * s[r];
         }
         o[e] = value;
