@@ -456,6 +456,7 @@ class CPFactorization(_Trained):
         self._frozen_at = np.full(B, -1, dtype=np.int64)
         self._v = np.zeros(B, dtype=dtype)  # group_rmsprop state, per problem
         self._t = np.zeros(B, dtype=np.int64)
+        self._step_loss = np.empty(B, dtype=dtype)  # the last step() call's final losses
         self.steps_done = 0
 
     @classmethod
@@ -529,7 +530,7 @@ class CPFactorization(_Trained):
         eps = float(real_array(eps, "eps"))
         if not (np.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
-        loss = np.empty(self.batch, dtype=self.dtype)
+        loss = self._step_loss
         # calls of bounded work, so that Ctrl-C is honoured between them (results unchanged)
         nnz = int(self.problem.n_observed.max(initial=0))
         per_step = max(1, self.batch * max(nnz, 1) * 3 * self.order * self.rank)
@@ -658,7 +659,8 @@ class CPFactorization(_Trained):
                 advance(self.steps_done - before)
                 if patience is not None and p % check_every == 0:
                     run = self._status == 0
-                    below = np.where(run & (self.loss() < tol), below + 1, 0)
+                    # the core's loss of this very iterate: no tensor to rebuild per check
+                    below = np.where(run & (self._step_loss < tol), below + 1, 0)
                     stop = run & (below > patience)
                     self._status[stop] = 1  # converged
                     self._frozen_at[stop] = self.steps_done
