@@ -155,6 +155,7 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
     // dynamic: problems that freeze early finish early
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < shape.batch; ++b) {
+      if (status[b] != kRunning) continue;  // frozen: nothing to do, loss_out left as it is
       gather_observed(shape, problem, numel, b, ws);
       const T rate = lr[b * lr_stride];
       for (std::int64_t it = 0;; ++it) {

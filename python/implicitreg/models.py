@@ -532,8 +532,9 @@ class CPFactorization(_Trained):
             raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
         loss = self._step_loss
         # calls of bounded work, so that Ctrl-C is honoured between them (results unchanged)
-        nnz = int(self.problem.n_observed.max(initial=0))
-        per_step = max(1, self.batch * max(nnz, 1) * 3 * self.order * self.rank)
+        running = self._status == 0  # frozen problems cost nothing in the core
+        nnz = int(self.problem.n_observed[running].max(initial=0))
+        per_step = max(1, int(running.sum()) * max(nnz, 1) * 3 * self.order * self.rank)
         chunk = max(1, _WORK_PER_CALL // 4 // per_step)
         done = 0
         while True:

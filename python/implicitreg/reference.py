@@ -265,9 +265,7 @@ def cp_step(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps, 
             loss = ((res.astype(np.float64) ** 2).sum(axis=1)
                     / np.maximum(n_obs, 1)).astype(dtype)
             run = status == RUNNING
-            if it == 0:
-                loss_out[:] = loss  # frozen problems: the loss of their frozen iterate
-            loss_out[run] = loss[run]
+            loss_out[run] = loss[run]  # frozen before the call: left as it is
             run = _freeze(loss, run, tol, step0 + it, status, frozen_at)
             if it == steps or not run.any():
                 return

@@ -46,7 +46,8 @@ namespace cpu {
 // dmf_step: before each update and once after the last, loss < tol freezes a problem as
 // kConverged and a non-finite loss or update freezes it as kDiverged at its last finite
 // iterate (optimizer state included); frozen_at gets the number of updates made (from step0).
-// loss_out (batch,) receives each problem's loss at its last iterate.
+// loss_out (batch,) receives the loss of the last iterate of each problem running at the
+// start of the call; a problem frozen before the call is skipped (loss_out[b] unchanged).
 template <class T>
 void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
