@@ -31,3 +31,8 @@ def write_json(path: str | None, report: dict) -> None:
         with open(path, "w") as fh:
             json.dump(report, fh, indent=2)
         print(f"wrote {path}")
+
+
+def ratio_text(v) -> str:
+    """A ratio as a table cell: "12.3x", or "-" where there is none."""
+    return "-" if v is None else f"{v:.1f}x"

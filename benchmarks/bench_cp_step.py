@@ -41,7 +41,7 @@ import numpy as np
 import implicitreg as ir
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine, write_json  # noqa: E402
+from _timing import machine, ratio_text, write_json  # noqa: E402
 
 LR, SCALE, BETA, EPS = 1e-3, 1e-2, 0.99, 1e-6
 CHECK_STEPS, CHECK_RTOL = 5, 1e-8
@@ -267,10 +267,6 @@ def run_case(case, repeats, sample_s, torch, jax) -> dict:
     return row
 
 
-def _x(v) -> str:
-    return "-" if v is None else f"{v:.1f}x"
-
-
 def _r(v) -> str:
     return "-" if v is None else f"{v:.3e}"
 
@@ -302,10 +298,10 @@ def main() -> int:
         t = row["target"]
         frozen = row["cpu_frozen"] + row["numpy_frozen"]
         print(f"{row['case']:52s} {_r(row['cpu_problem_steps_per_s']):>10s} "
-              f"{_r(row['numpy_problem_steps_per_s']):>10s} {_x(row['numpy_ratio']):>7s} "
+              f"{_r(row['numpy_problem_steps_per_s']):>10s} {ratio_text(row['numpy_ratio']):>7s} "
               f"{(f'{t:.0f}x' if t else '-'):>6s} {_r(row['torch_problem_steps_per_s']):>10s} "
-              f"{_x(row['torch_ratio']):>9s} {_r(row['jax_problem_steps_per_s']):>10s} "
-              f"{_x(row['jax_ratio']):>8s}{'' if row['met'] else '  MISSED'}"
+              f"{ratio_text(row['torch_ratio']):>9s} {_r(row['jax_problem_steps_per_s']):>10s} "
+              f"{ratio_text(row['jax_ratio']):>8s}{'' if row['met'] else '  MISSED'}"
               f"{f'  ({frozen} problems froze)' if frozen else ''}")
 
     print(f"\nsteps per sample and median sample seconds; loss after {CHECK_STEPS} steps against "

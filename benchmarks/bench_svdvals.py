@@ -33,7 +33,7 @@ import numpy as np
 import implicitreg as ir
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine, median_time, write_json  # noqa: E402
+from _timing import machine, median_time, ratio_text, write_json  # noqa: E402
 
 CASES = [  # (n, batch, float64 target ratio); every case also runs in float32, untargeted
     (2, 65536, 30.0),
@@ -140,10 +140,6 @@ def fit_overhead(steps: int, repeats: int) -> dict:
             "measure_all_us": 1e6 * measure_s, "target_pct": FIT_TARGET_PCT}
 
 
-def _x(v) -> str:
-    return "-" if v is None else f"{v:.1f}x"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer fit steps and repeats")
@@ -175,8 +171,8 @@ def main() -> int:
                 "" if row["max_rel_err"] <= tol else f"  MISMATCH {row['max_rel_err']:.1e}")
             print(f"{row['case']:22s} {row['cpu_s']:10.3e} {row['cpu_matrices_per_s']:10.3e} "
                   f"{row['numpy_s']:10.3e} {row['numpy_matrices_per_s']:11.3e} "
-                  f"{_x(row['numpy_ratio']):>8s} {(f'{target:.0f}x' if target else '-'):>7s} "
-                  f"{_x(row['torch_ratio']):>8s} {_x(row['jax_ratio']):>8s}{marks}")
+                  f"{ratio_text(row['numpy_ratio']):>8s} {ratio_text(target):>7s} "
+                  f"{ratio_text(row['torch_ratio']):>8s} {ratio_text(row['jax_ratio']):>8s}{marks}")
             rows.append(row)
 
     fit = fit_overhead(steps, repeats)

@@ -9,6 +9,7 @@ default import mode); fixtures parametrize over backends and dtypes.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,17 @@ def explicit_loss(problem, factors) -> np.ndarray:
     r = np.einsum("bkij,bij->bk", np.broadcast_to(problem.A, (E.shape[0],) + problem.A.shape[1:]),
                   E) - problem.y
     return 0.5 * (r**2).sum(axis=1)
+
+
+# The paper's tensor-completion data (../shared/data, outside the repository).
+ANCHOR_TC = Path(__file__).resolve().parents[2] / "shared" / "data" / "anchor_tc.npz"
+
+
+@pytest.fixture(scope="module")
+def anchor():
+    """The arrays of anchor_tc.npz; the test skips, with the reason, where it is absent."""
+    if not ANCHOR_TC.exists():
+        pytest.skip(f"reference data {ANCHOR_TC} not present (the authors' tensors are kept "
+                    "outside the repository, in the shared data folder)")
+    with np.load(ANCHOR_TC) as z:
+        return {k: z[k] for k in z.files}

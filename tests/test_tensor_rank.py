@@ -5,8 +5,6 @@ both backends, PAPER.md §7.1 item 9 on the paper's tensors, and bad input."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,8 +12,6 @@ import implicitreg as ir
 from implicitreg import _core, reference
 from implicitreg.models import memorizer
 from implicitreg.problems import observe_first, random_cp_tensor
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "anchor_tc.npz"
 
 
 def _flat(X) -> np.ndarray:
@@ -183,13 +179,6 @@ def test_als_start_is_keyed_standard_normal():
 # --------------------------------------------------------------------------- paper tensors
 
 
-@pytest.fixture(scope="module")
-def anchor():
-    if not DATA.exists():
-        pytest.skip(f"reference data {DATA} not present (the authors' tensors are kept "
-                    "outside the repository, in the shared data folder)")
-    with np.load(DATA) as z:
-        return {k: z[k] for k in z.files}
 
 
 def test_paper_targets_and_memorizer(anchor):

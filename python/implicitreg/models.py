@@ -80,9 +80,15 @@ class _Trained:
         return self._frozen_at.copy()
 
     def _state(self) -> dict[str, np.ndarray]:
-        """The live arrays of the model's state (what a checkpoint saves and restores)."""
+        """The live arrays of the model's state (what save() and fit checkpoints keep)."""
         return {"status": self._status, "frozen_at": self._frozen_at,
                 **{f"factor{j}": W for j, W in enumerate(self._factors)}}
+
+    def _restore(self, arrays, meta: dict) -> None:
+        """Load a saved state (arrays by _state()'s names) into this model."""
+        for k, v in self._state().items():
+            v[...] = arrays[k]
+        self.steps_done = int(meta["steps_done"])
 
     def _lr(self, lr) -> np.ndarray:
         a = real_array(lr, "lr")
@@ -387,12 +393,10 @@ class DeepFactorization(_Trained):
                   else {"A": pb.A, "y": pb.y})
         if pb.truth is not None:
             arrays["truth"] = pb.truth
-        for j, W in enumerate(self._factors):
-            arrays[f"factor{j}"] = W
         meta = {"kind": pb.kind, "batch": pb.batch, "depth": self.depth,
                 "steps_done": self.steps_done, "backend": self.backend}
         save_npz(path, _CHECKPOINT, meta,
-                 {"status": self._status, "frozen_at": self._frozen_at, **arrays})
+                 {**self._state(), **arrays})
 
     @classmethod
     def load(cls, path, backend: str | None = None) -> DeepFactorization:
@@ -405,9 +409,7 @@ class DeepFactorization(_Trained):
             problem = sensing(z["A"], z["y"], batch=meta["batch"], truth=truth)
         f = cls(problem, [z[f"factor{j}"] for j in range(meta["depth"])],
                 backend=backend or meta["backend"])
-        f._status[:] = z["status"]
-        f._frozen_at[:] = z["frozen_at"]
-        f.steps_done = int(meta["steps_done"])
+        f._restore(z, meta)
         return f
 
     def __repr__(self) -> str:
@@ -686,9 +688,7 @@ class CPFactorization(_Trained):
         """Write the whole state (problem, factors, optimizer state, status, step count) to an
         .npz file atomically; CPFactorization.load resumes it bit for bit."""
         pb = self.problem
-        arrays = {"targets": pb.targets, "masks": pb.masks, "status": self._status,
-                  "frozen_at": self._frozen_at, "v": self._v, "t": self._t,
-                  **{f"factor{n}": U for n, U in enumerate(self._factors)}}
+        arrays = {"targets": pb.targets, "masks": pb.masks, **self._state()}
         save_npz(path, _CP_CHECKPOINT, {"batch": pb.batch, "order": self.order,
                                         "steps_done": self.steps_done,
                                         "backend": self.backend}, arrays)
@@ -699,11 +699,7 @@ class CPFactorization(_Trained):
         problem = TensorCompletion(z["targets"], z["masks"], meta["batch"])
         c = cls(problem, [z[f"factor{n}"] for n in range(meta["order"])],
                 backend=backend or meta["backend"])
-        c._status[:] = z["status"]
-        c._frozen_at[:] = z["frozen_at"]
-        c._v[:] = z["v"]
-        c._t[:] = z["t"]
-        c.steps_done = int(meta["steps_done"])
+        c._restore(z, meta)
         return c
 
     def __repr__(self) -> str:
@@ -833,9 +829,8 @@ class _FitCheckpoint:
             raise ValueError(f"checkpoint: {self.path} was written by another fit (other "
                              "arguments or another starting state); delete it or pass another "
                              "path")
-        for k, v in model._state().items():
-            v[...] = z[f"state/{k}"]
-        model.steps_done = int(meta["steps_done"])
+        model._restore({k[len("state/"):]: v for k, v in z.items() if k.startswith("state/")},
+                       meta)
         progress = {k[len("progress/"):]: v for k, v in z.items() if k.startswith("progress/")}
         return (int(meta["start"]), bool(meta["done"]), [int(r) for r in z["rows"]],
                 progress)
