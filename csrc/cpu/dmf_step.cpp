@@ -172,81 +172,36 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
   const std::int64_t batch = shape.batch;
   const int mn = lay.d[lay.depth] * lay.d[0];
   auto run_pack = [&](Workspace<T, L, Dims>& ws, const PackProblem<T>& ppb, std::int64_t b0) {
-    std::int8_t st[L];
-    std::int64_t fz[L];
+    kernels::PackState<T, L> s;
     T lrp[L];
-    T next_thr[L];  // loss below which lane l crosses its next threshold; -inf when none is left
-    int next[L];
+    int next[L];  // lane l's first uncrossed threshold
     bool any_running = false;
+    auto next_threshold = [&](int k) {
+      return k < cr.count ? cr.thresholds[k] : -std::numeric_limits<T>::infinity();
+    };
     for (int l = 0; l < L; ++l) {
       const std::int64_t b = lane_problem(b0, l, batch);
-      st[l] = b0 + l < batch ? status[b] : kPadding;
-      fz[l] = b0 + l < batch ? frozen_at[b] : 0;
+      s.st[l] = b0 + l < batch ? status[b] : kPadding;
+      s.fz[l] = b0 + l < batch ? frozen_at[b] : 0;
       lrp[l] = lr[b * lr_stride];
-      any_running |= st[l] == kRunning;
+      any_running |= s.st[l] == kRunning;
       next[l] = 0;
       while (next[l] < cr.count && cr.step[b * cr.count + next[l]] >= 0) ++next[l];
-      next_thr[l] =
-          next[l] < cr.count ? cr.thresholds[next[l]] : -std::numeric_limits<T>::infinity();
+      s.next_thr[l] = next_threshold(next[l]);
     }
     if (!any_running) return;
-    T* W = ws.W.data();
-    T* Wn = ws.Wn.data();
-    gather_factors<T, L>(lay, factors, b0, batch, W);
-    for (std::int64_t it = 0; it <= steps; ++it) {
-      const T* E = kernels::pack_forward<T, L>(lay, W, ws.P.data());
-      T loss[L];
-      kernels::pack_residual<T, L>(ppb, E, ws.G.data(), loss, mn);
-      // Crossings are rare: one vectorizable test per step, the bookkeeping only when one is due
-      // (a NaN loss compares false; frozen lanes are skipped).
-      bool crossing = false;
-      for (int l = 0; l < L; ++l) crossing |= loss[l] < next_thr[l];
-      if (crossing)
-        for (int l = 0; l < L; ++l)
-          if (st[l] == kRunning && loss[l] < next_thr[l]) {
-            record_crossings(lay, cr, W, b0 + l, l, loss[l], step0 + it, next[l]);
-            next_thr[l] =
-                next[l] < cr.count ? cr.thresholds[next[l]] : -std::numeric_limits<T>::infinity();
-          }
-      int running = 0;
-      for (int l = 0; l < L; ++l) {
-        if (st[l] != kRunning) continue;
-        if (!std::isfinite(loss[l])) {
-          st[l] = kDiverged;
-          fz[l] = step0 + it;
-        } else if (loss[l] < tol) {
-          st[l] = kConverged;
-          fz[l] = step0 + it;
-        } else {
-          ++running;
-        }
-      }
-      if (running == 0 || it == steps) break;
-      T fin[L] = {};
-      kernels::pack_backward<T, L>(lay, W, Wn, ws.P.data(), ws.G.data(), ws.H.data(), ws.H2.data(),
-                                   lrp, fin);
-      // Keep the new iterate only in lanes that are running and stayed finite.
-      bool keep_all = running == L;
-      for (int l = 0; l < L; ++l) {
-        if (st[l] == kRunning && fin[l] != T(0)) {
-          st[l] = kDiverged;
-          fz[l] = step0 + it;
-          keep_all = false;
-        }
-      }
-      if (!keep_all) {
-        bool keep[L];
-        for (int l = 0; l < L; ++l) keep[l] = st[l] == kRunning;
-        const std::int64_t size = lay.factors_size() / L;
-        for (std::int64_t e = 0; e < size; ++e)
-          for (int l = 0; l < L; ++l) Wn[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
-      }
-      std::swap(W, Wn);
-    }
+    gather_factors<T, L>(lay, factors, b0, batch, ws.W.data());
+    auto on_cross = [&](int l, T loss, std::int64_t step, const T* W) {
+      record_crossings(lay, cr, W, b0 + l, l, loss, step, next[l]);
+      s.next_thr[l] = next_threshold(next[l]);
+    };
+    const T* W =
+        kernels::pack_steps<true>(lay, ppb, ws.W.data(), ws.Wn.data(), ws.P.data(), ws.G.data(),
+                                  ws.H.data(), ws.H2.data(), lrp, steps, tol, step0, s, on_cross);
     scatter_factors<T, L>(lay, W, b0, batch, factors);
     for (int l = 0; l < L && b0 + l < batch; ++l) {
-      status[b0 + l] = st[l];
-      frozen_at[b0 + l] = fz[l];
+      status[b0 + l] = s.st[l];
+      frozen_at[b0 + l] = s.fz[l];
     }
   };
   for_each_pack(lay, batch, pb, run_pack);

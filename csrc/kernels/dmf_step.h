@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "implicitreg/dmf_step.h"
 #include "kernels/hd.h"
 
 namespace implicitreg {
@@ -42,7 +43,7 @@ struct RuntimeDims {
 // lanes; store(i, j, acc) receives each finished sum. Blocking changes no result: every
 // output is the same sum in the same order.
 template <class T, int L, int IB, int JB, class FA, class FB, class Store>
-IR_INLINE void pack_block(int i0, int j0, int K, FA a, FB b, Store store) {
+IR_HD IR_INLINE void pack_block(int i0, int j0, int K, FA a, FB b, Store store) {
   T acc[IB][JB][L];
   for (int ib = 0; ib < IB; ++ib)
     for (int jb = 0; jb < JB; ++jb)
@@ -56,7 +57,7 @@ IR_INLINE void pack_block(int i0, int j0, int K, FA a, FB b, Store store) {
 }
 
 template <class T, int L, class FA, class FB, class Store>
-IR_INLINE void pack_products(int M, int K, int N, FA a, FB b, Store store) {
+IR_HD IR_INLINE void pack_products(int M, int K, int N, FA a, FB b, Store store) {
   constexpr int IB = 2, JB = 4;
   int i = 0;
   for (; i + IB <= M; i += IB) {
@@ -73,8 +74,8 @@ IR_INLINE void pack_products(int M, int K, int N, FA a, FB b, Store store) {
 
 // C (M x N) = A (M x K) * B (K x N)
 template <class T, int L, bool Block>
-IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M, int K,
-                       int N) {
+IR_HD IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
+                             int K, int N) {
   if constexpr (L == 1) {  // one big problem: rows of C accumulate, contiguous in j
     for (int i = 0; i < M; ++i) {
       T* c = C + i * N;
@@ -108,8 +109,8 @@ IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restri
 
 // C (M x N) = A^T B with A (K x M), B (K x N)
 template <class T, int L, bool Block>
-IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
-                          int K, int N) {
+IR_HD IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __restrict B,
+                                int M, int K, int N) {
   if constexpr (L == 1) {
     for (int i = 0; i < M; ++i) {
       T* c = C + i * N;
@@ -144,9 +145,9 @@ IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __res
 // Wn (M x N) = W - lr * (H P^T) with H (M x K), P (N x K); fin accumulates Wn * 0, which is
 // NaN in a lane as soon as one of its new entries is not finite.
 template <class T, int L, bool Block>
-IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
-                              const T* __restrict P, const T* __restrict lr, T* __restrict fin,
-                              int M, int K, int N) {
+IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
+                                    const T* __restrict P, const T* __restrict lr,
+                                    T* __restrict fin, int M, int K, int N) {
   if constexpr (L == 1) {  // dot products of contiguous rows, vectorized as a reduction
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) {
@@ -190,8 +191,8 @@ IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* 
 
 // Wn = W - lr * H (the first factor, whose right cofactor P_0 is the identity)
 template <class T, int L>
-IR_INLINE void pack_update_id(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
-                              const T* __restrict lr, T* __restrict fin, int size) {
+IR_HD IR_INLINE void pack_update_id(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
+                                    const T* __restrict lr, T* __restrict fin, int size) {
   for (int e = 0; e < size; ++e)
     for (int l = 0; l < L; ++l) {
       const T w = W[e * L + l] - lr[l] * H[e * L + l];
@@ -233,7 +234,7 @@ struct PackLayout {
 
 // Forward pass: fills the prefix products; returns a pointer to E (m x n).
 template <class T, int L, class Dims>
-IR_INLINE const T* pack_forward(const PackLayout<T, L, Dims>& lay, const T* W, T* P) {
+IR_HD IR_INLINE const T* pack_forward(const PackLayout<T, L, Dims>& lay, const T* W, T* P) {
   const auto& d = lay.d;
   const T* prev = W;  // P_1 = W_1
   for (int j = 2; j <= lay.depth; ++j) {
@@ -257,8 +258,8 @@ struct PackProblem {
 
 // Residual G and loss of E for every lane.
 template <class T, int L>
-IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict E, T* __restrict G,
-                             T* __restrict loss, int mn) {
+IR_HD IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict E, T* __restrict G,
+                                   T* __restrict loss, int mn) {
   for (int l = 0; l < L; ++l) loss[l] = T(0);
   if (!pb.sensing) {
     for (int e = 0; e < mn; ++e)
@@ -286,8 +287,8 @@ IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict E, T*
 
 // Backward pass and update of every factor into Wn. H and H2 hold max_rows x n each.
 template <class T, int L, class Dims>
-IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W, T* Wn, const T* P,
-                             const T* G, T* H, T* H2, const T* lr, T* fin) {
+IR_HD IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W, T* Wn, const T* P,
+                                   const T* G, T* H, T* H2, const T* lr, T* fin) {
   const auto& d = lay.d;
   const T* Hj = G;
   for (int j = lay.depth; j >= 1; --j) {
@@ -303,6 +304,86 @@ IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W, T* W
       Hj = Hn;
     }
   }
+}
+
+// Per-lane state of a step loop: status, step at which the lane froze, and the loss below
+// which it crosses its next threshold (-inf when none is left).
+template <class T, int L>
+struct PackState {
+  std::int8_t st[L];
+  std::int64_t fz[L];
+  T next_thr[L];
+};
+
+// The step loop of dmf_step on one pack, shared by the CPU (L lanes) and CUDA (L = 1, one
+// problem per thread) drivers. Before each of up to `steps` updates, and once after the last:
+// crossings due at this iterate are recorded (on_cross(l, loss, step, W) records them and
+// updates next_thr[l]); a lane whose loss is non-finite is frozen as diverged, one below tol
+// as converged (frozen_at = the iterate's step). A running lane whose update is not finite is
+// frozen as diverged at its last finite iterate. W and Wn are the iterate and the buffer for
+// the next; the returned pointer holds the final iterates (Swap: exchange the two pointers
+// each step; else copy Wn into W, which lets a CUDA thread keep both in registers).
+template <bool Swap, class T, int L, class Dims, class OnCross>
+IR_HD IR_INLINE T* pack_steps(const PackLayout<T, L, Dims>& lay, const PackProblem<T>& pb, T* W,
+                              T* Wn, T* P, T* G, T* H, T* H2, const T* lr, std::int64_t steps,
+                              T tol, std::int64_t step0, PackState<T, L>& s, OnCross on_cross) {
+  const int mn = lay.d[lay.depth] * lay.d[0];
+  const std::int64_t size = lay.factors_size() / L;
+  for (std::int64_t it = 0; it <= steps; ++it) {
+    const T* E = pack_forward<T, L>(lay, W, P);
+    T loss[L];
+    pack_residual<T, L>(pb, E, G, loss, mn);
+    // Crossings are rare: one vectorizable test per step, the bookkeeping only when one is due
+    // (a NaN loss compares false; frozen lanes are skipped).
+    bool crossing = false;
+    for (int l = 0; l < L; ++l) crossing |= loss[l] < s.next_thr[l];
+    if (crossing)
+      for (int l = 0; l < L; ++l)
+        if (s.st[l] == kRunning && loss[l] < s.next_thr[l]) on_cross(l, loss[l], step0 + it, W);
+    int running = 0;
+    for (int l = 0; l < L; ++l) {
+      if (s.st[l] != kRunning) continue;
+      if (!std::isfinite(loss[l])) {
+        s.st[l] = kDiverged;
+        s.fz[l] = step0 + it;
+      } else if (loss[l] < tol) {
+        s.st[l] = kConverged;
+        s.fz[l] = step0 + it;
+      } else {
+        ++running;
+      }
+    }
+    if (running == 0 || it == steps) break;
+    T fin[L];
+    for (int l = 0; l < L; ++l) fin[l] = T(0);
+    pack_backward<T, L>(lay, W, Wn, P, G, H, H2, lr, fin);
+    // Keep the new iterate only in lanes that are running and stayed finite.
+    bool keep_all = running == L;
+    for (int l = 0; l < L; ++l) {
+      if (s.st[l] == kRunning && fin[l] != T(0)) {
+        s.st[l] = kDiverged;
+        s.fz[l] = step0 + it;
+        keep_all = false;
+      }
+    }
+    if constexpr (Swap) {
+      if (!keep_all) {
+        bool keep[L];
+        for (int l = 0; l < L; ++l) keep[l] = s.st[l] == kRunning;
+        for (std::int64_t e = 0; e < size; ++e)
+          for (int l = 0; l < L; ++l) Wn[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
+      }
+      T* t = W;
+      W = Wn;
+      Wn = t;
+    } else {
+      bool keep[L];
+      for (int l = 0; l < L; ++l) keep[l] = s.st[l] == kRunning;
+      for (std::int64_t e = 0; e < size; ++e)
+        for (int l = 0; l < L; ++l) W[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
+    }
+  }
+  return W;
 }
 
 }  // namespace kernels
