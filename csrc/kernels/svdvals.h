@@ -76,7 +76,7 @@ struct JacobiScratch {
 // Lanes that need no rotation take t = 0 (s = tau = 0), so one instruction stream serves the
 // pack; all lanes share the sweep count.
 template <class T, int L, int SM = 0, int SN = 0>
-inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch, T* norm2,
+IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch, T* norm2,
                        int max_sweeps, bool* unconverged) {
   const int m = SM ? SM : m_rt, n = SN ? SN : n_rt;
   const T tol = std::numeric_limits<T>::epsilon() * std::sqrt(T(m));
@@ -204,7 +204,7 @@ inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T
 // with the same singular values. A is overwritten; w is scratch of m * L. Every reflector is
 // computed lane by lane with selects, so one instruction stream serves the pack.
 template <class T, int L>
-inline void pack_bidiagonalize(T* A, int m, int n, T* d, T* e, T* w) {
+IR_HD inline void pack_bidiagonalize(T* A, int m, int n, T* d, T* e, T* w) {
   auto at = [&](int c, int r) { return A + (std::int64_t(c) * m + r) * L; };
   // Reflector H = I - tau v v^T with v[0] = 1 mapping x to (beta, 0, ...): from x0 and the
   // sum of squares of the rest; returns beta and writes tau and 1 / (x0 - beta).
@@ -285,7 +285,7 @@ inline void pack_bidiagonalize(T* A, int m, int n, T* d, T* e, T* w) {
 // return |d| are the singular values, unsorted; unconverged[l] says which lanes hit
 // max_sweeps (a zero on the diagonal can stall the shifted sweep; the caller falls back).
 template <class T, int L>
-inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* unconverged) {
+IR_HD inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* unconverged) {
   T thresh[L];
   int lo[L], hi[L];
   for (int l = 0; l < L; ++l) {

@@ -66,6 +66,25 @@ void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T
 
 }  // namespace cpu
 
+namespace cuda {
+
+// cpu::dmf_step and cpu::dmf_loss on device memory: every array is a device pointer (the
+// arrays of pointers, factors and snapshots, are read on the host). They run on `stream` (a
+// cudaStream_t) and return without waiting; errors throw std::runtime_error. Depth <= 16.
+constexpr int kMaxDepth = 16;
+
+template <class T>
+void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
+              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings,
+              void* stream);
+
+template <class T>
+void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,
+              T* product, void* stream);
+
+}  // namespace cuda
+
 // Build facts reported by implicitreg.build_info().
 int simd_lanes_f64();
 bool openmp_enabled();

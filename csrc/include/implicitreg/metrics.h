@@ -71,4 +71,26 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
                  std::int64_t truth_stride = 0);
 
 }  // namespace cpu
+
+namespace cuda {
+
+// The cpu:: functions above on device memory (factor pointer arrays read on the host), on
+// `stream` (a cudaStream_t), without waiting; errors throw std::runtime_error.
+template <class T>
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+             int max_sweeps, void* stream);
+
+template <class T>
+void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* specs, int n_specs,
+                   double* out, void* stream);
+
+template <class T>
+void balancedness(const T* const* factors, const DmfShape& shape, double* out, void* stream);
+
+template <class T>
+void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem,
+                 const MetricSpec* specs, int n_specs, double* out, const T* truth,
+                 std::int64_t truth_stride, void* stream);
+
+}  // namespace cuda
 }  // namespace implicitreg
