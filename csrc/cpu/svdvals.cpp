@@ -49,23 +49,7 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
 #pragma omp parallel for schedule(static)
   for (std::int64_t b = 0; b < batch; ++b) {
     if (!info[b]) continue;
-    const T* x = X + 4 * b;
-    const T mx = max_abs(x, 4);
-    info[b] = kSvdOk;
-    if (!std::isfinite(mx)) {
-      s[2 * b] = s[2 * b + 1] = kNaN<T>;
-      info[b] = kSvdNonFinite;
-    } else if (mx == T(0)) {
-      s[2 * b] = s[2 * b + 1] = T(0);
-    } else {
-      int ex;
-      std::frexp(mx, &ex);
-      T s1, s2;
-      kernels::svd2x2(std::ldexp(x[0], -ex), std::ldexp(x[1], -ex), std::ldexp(x[2], -ex),
-                      std::ldexp(x[3], -ex), s1, s2);
-      s[2 * b] = std::ldexp(s1, ex);
-      s[2 * b + 1] = std::ldexp(s2, ex);
-    }
+    info[b] = std::int8_t(kernels::svd2x2_scaled(X + 4 * b, s[2 * b], s[2 * b + 1]));
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "implicitreg/metrics.h"
 #include "kernels/hd.h"
 
 namespace implicitreg {
@@ -32,11 +33,38 @@ IR_HD IR_INLINE void svd2x2(T a, T b, T c, T d, T& s1, T& s2) {
   s2 = s2 < s1 ? s2 : s1;  // s2 <= s1 also where rounding would say otherwise
 }
 
+// Singular values of any 2x2 [[x0, x1], [x2, x3]] and its SvdInfo:
+// NaN for a non-finite entry, 0 for the zero matrix, otherwise svd2x2 on the matrix scaled
+// by an exact power of two so that its largest entry lies in [1/2, 1).
+template <class T>
+IR_HD IR_INLINE int svd2x2_scaled(const T* x, T& s1, T& s2) {
+  T mx = T(0), bad = T(0);
+  for (int e = 0; e < 4; ++e) {
+    mx = std::fabs(x[e]) > mx ? std::fabs(x[e]) : mx;
+    bad += x[e] - x[e];  // NaN exactly when x[e] is NaN or inf
+  }
+  if (bad != T(0)) {
+    s1 = s2 = std::numeric_limits<T>::quiet_NaN();
+    return kSvdNonFinite;
+  }
+  if (mx == T(0)) {
+    s1 = s2 = T(0);
+    return kSvdOk;
+  }
+  int ex;
+  std::frexp(mx, &ex);
+  svd2x2(std::ldexp(x[0], -ex), std::ldexp(x[1], -ex), std::ldexp(x[2], -ex), std::ldexp(x[3], -ex),
+         s1, s2);
+  s1 = std::ldexp(s1, ex);
+  s2 = std::ldexp(s2, ex);
+  return kSvdOk;
+}
+
 // Round-robin ("circle") order of all column pairs of n columns: n' - 1 rounds (n' = n
 // rounded up to even) of n' / 2 disjoint pairs, written to pairs[(round * n'/2 + i) * 2 + {0,1}]
 // (-1 marks the bye of odd n). Disjoint pairs let one round's dot products, rotation
 // parameters and rotations run side by side instead of as one long dependency chain.
-inline int round_robin(int n, int* pairs) {
+IR_HD inline int round_robin(int n, int* pairs) {
   const int np = n + (n & 1), half = np / 2;
   for (int round = 0; round < np - 1; ++round)
     for (int i = 0; i < half; ++i) {
@@ -54,7 +82,7 @@ inline int round_robin(int n, int* pairs) {
 // Scratch of pack_jacobi for n columns and L lanes.
 template <class T, int L>
 struct JacobiScratch {
-  static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 6 * L; }
+  IR_HD static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 6 * L; }
 };
 
 // One-sided Jacobi on a pack of L matrices with m rows and n <= m columns, lane-packed:
@@ -76,8 +104,8 @@ struct JacobiScratch {
 // Lanes that need no rotation take t = 0 (s = tau = 0), so one instruction stream serves the
 // pack; all lanes share the sweep count.
 template <class T, int L, int SM = 0, int SN = 0>
-IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch, T* norm2,
-                       int max_sweeps, bool* unconverged) {
+IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch,
+                             T* norm2, int max_sweeps, bool* unconverged) {
   const int m = SM ? SM : m_rt, n = SN ? SN : n_rt;
   const T tol = std::numeric_limits<T>::epsilon() * std::sqrt(T(m));
   const T tol2 = tol * tol;

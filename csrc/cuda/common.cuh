@@ -1,0 +1,73 @@
+// What every CUDA driver needs: error checks that throw, the stream from its opaque handle,
+// grid sizes, a block-wide sum, and device scratch that is freed on every exit path.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace implicitreg {
+namespace cuda {
+
+inline void check(cudaError_t err, const char* what, const char* file, int line) {
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear a non-sticky error so that the next call starts clean
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err) + " (" + file +
+                             ":" + std::to_string(line) + ")");
+  }
+}
+#define IR_CUDA_CHECK(call) ::implicitreg::cuda::check((call), #call, __FILE__, __LINE__)
+// After a launch: a bad configuration is reported here, a fault in the kernel at the next sync.
+#define IR_CUDA_LAUNCHED(name) \
+  ::implicitreg::cuda::check(cudaGetLastError(), name " launch", __FILE__, __LINE__)
+
+inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+inline unsigned grid_for(std::int64_t n, int block) { return unsigned((n + block - 1) / block); }
+
+// Device memory of `count` T, stream-ordered, released when the owner goes out of scope.
+template <class T>
+class Scratch {
+ public:
+  Scratch(std::int64_t count, cudaStream_t stream) : stream_(stream) {
+    if (count > 0) {
+      const cudaError_t err =
+          cudaMallocAsync(reinterpret_cast<void**>(&ptr_), std::size_t(count) * sizeof(T), stream);
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        throw std::runtime_error(
+            "out of device memory: " + std::to_string(double(count) * sizeof(T) / (1 << 20)) +
+            " MiB of scratch could not be allocated (" + cudaGetErrorString(err) +
+            "); run a smaller batch");
+      }
+    }
+  }
+  ~Scratch() {
+    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+// Sum of v over the block, returned to every thread. Every thread of the block must call it
+// (it synchronizes); `red` is __shared__ storage of 32 values.
+template <class T>
+__device__ __forceinline__ T block_sum(T v, T* red) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = (blockDim.x + 31) >> 5;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  T total = T(0);
+  for (int w = 0; w < warps; ++w) total += red[w];  // the same order in every thread
+  return total;
+}
+
+}  // namespace cuda
+}  // namespace implicitreg

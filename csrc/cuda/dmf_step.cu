@@ -1,0 +1,478 @@
+// CUDA driver of the deep matrix factorization kernels.
+//
+// Square problems of size <= 4 and depth <= 4 run one per thread: factors, prefix products and
+// problem data stay in registers for the whole call, and the step loop is the CPU's
+// (kernels/dmf_step.h, one lane). Every other shape runs one problem per block: each phase of a
+// step (one product, the residual, one layer's update) spreads its outputs over the block's
+// threads, with the problem's matrices in shared memory when they fit and in a per-block slice
+// of global scratch otherwise. Both follow cpu::dmf_step's semantics exactly (freezing,
+// divergence at the last finite iterate, crossings checked before the tolerance); only the
+// order of a few sums differs.
+#include <algorithm>
+#include <limits>
+
+#include "cuda/common.cuh"
+#include "implicitreg/dmf_step.h"
+#include "kernels/dmf_step.h"
+
+namespace implicitreg {
+namespace cuda {
+namespace {
+
+template <class T>
+struct StepArgs {
+  T* factors[kMaxDepth];
+  T* snapshots[kMaxDepth];  // null: crossing steps only
+  int dims[kMaxDepth + 1];
+  int depth;
+  std::int64_t batch;
+  DmfProblem<T> pb;
+  const T* lr;
+  std::int64_t lr_stride;
+  std::int64_t steps;
+  T tol;
+  std::int64_t step0;
+  std::int8_t* status;
+  std::int64_t* frozen_at;
+  int count;  // crossing thresholds
+  const T* thresholds;
+  std::int64_t* crossed;
+  T* loss;  // dmf_loss only
+  T* product;
+};
+
+template <class T>
+StepArgs<T> make_args(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb) {
+  if (shape.depth < 1 || shape.depth > kMaxDepth)
+    throw std::invalid_argument("cuda dmf_step: depth must be 1.." + std::to_string(kMaxDepth) +
+                                ", got " + std::to_string(shape.depth));
+  StepArgs<T> a{};
+  for (int j = 0; j < shape.depth; ++j) a.factors[j] = const_cast<T*>(factors[j]);
+  for (int j = 0; j <= shape.depth; ++j) a.dims[j] = shape.dims[j];
+  a.depth = shape.depth;
+  a.batch = shape.batch;
+  a.pb = pb;
+  return a;
+}
+
+template <class T>
+__device__ __forceinline__ T threshold_at(const StepArgs<T>& a, int k) {
+  return k < a.count ? a.thresholds[k] : -std::numeric_limits<T>::infinity();
+}
+
+template <class T>
+__device__ __forceinline__ int first_uncrossed(const StepArgs<T>& a, std::int64_t b) {
+  int k = 0;
+  while (k < a.count && a.crossed[b * a.count + k] >= 0) ++k;
+  return k;
+}
+
+// ---- one problem per thread -------------------------------------------------------------------
+
+constexpr int kThreadBlock = 128;
+
+template <class T, int D, int Depth>
+__global__ void __launch_bounds__(kThreadBlock) dmf_step_thread(const StepArgs<T> a) {
+  const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
+  if (b >= a.batch || a.status[b] != kRunning) return;
+  constexpr int S = D * D, F = Depth * S, NP = Depth > 1 ? (Depth - 1) * S : 1;
+  using Dims = kernels::StaticDims<D>;
+  const kernels::PackLayout<T, 1, Dims> lay{Dims{}, Depth};
+  T W[F], Wn[F], P[NP], G[S], H[S], H2[S], tgt[S], msk[S];
+#pragma unroll
+  for (int j = 0; j < Depth; ++j)
+#pragma unroll
+    for (int e = 0; e < S; ++e) W[j * S + e] = a.factors[j][b * S + e];
+  kernels::PackProblem<T> pp{a.pb.sensing, tgt, msk, nullptr, nullptr, a.pb.K};
+  if (!a.pb.sensing) {
+#pragma unroll
+    for (int e = 0; e < S; ++e) {
+      tgt[e] = a.pb.target[b * a.pb.target_stride + e];
+      msk[e] = a.pb.mask[b * a.pb.mask_stride + e] ? T(1) : T(0);
+    }
+  } else {
+    pp.A = a.pb.A + b * a.pb.A_stride;  // (K, m, n) of this problem: lane stride 1
+    pp.y = a.pb.y + b * a.pb.y_stride;
+  }
+  kernels::PackState<T, 1> s;
+  s.st[0] = kRunning;
+  s.fz[0] = a.frozen_at[b];
+  int next = first_uncrossed(a, b);
+  s.next_thr[0] = threshold_at(a, next);
+  const T lr = a.lr[b * a.lr_stride];
+  auto on_cross = [&](int, T loss, std::int64_t step, const T* Wc) {
+    for (; next < a.count && loss < a.thresholds[next]; ++next) {
+      a.crossed[b * a.count + next] = step;
+      if (a.snapshots[0] != nullptr)
+        for (int j = 0; j < Depth; ++j)
+          for (int e = 0; e < S; ++e) a.snapshots[j][(b * a.count + next) * S + e] = Wc[j * S + e];
+    }
+    s.next_thr[0] = threshold_at(a, next);
+  };
+  const T* Wf = kernels::pack_steps<false>(lay, pp, W, Wn, P, G, H, H2, &lr, a.steps, a.tol,
+                                           a.step0, s, on_cross);
+#pragma unroll
+  for (int j = 0; j < Depth; ++j)
+#pragma unroll
+    for (int e = 0; e < S; ++e) a.factors[j][b * S + e] = Wf[j * S + e];
+  a.status[b] = s.st[0];
+  a.frozen_at[b] = s.fz[0];
+}
+
+template <class T, int D, int Depth>
+void launch_thread(const StepArgs<T>& a, cudaStream_t stream) {
+  dmf_step_thread<T, D, Depth><<<grid_for(a.batch, kThreadBlock), kThreadBlock, 0, stream>>>(a);
+  IR_CUDA_LAUNCHED("dmf_step_thread");
+}
+
+// True when the shape has a one-problem-per-thread kernel, which then has been launched.
+template <class T>
+bool try_thread(const StepArgs<T>& a, cudaStream_t stream) {
+  for (int j = 1; j <= a.depth; ++j)
+    if (a.dims[j] != a.dims[0]) return false;
+  if (a.dims[0] > 4 || a.depth > 4) return false;
+  auto with_depth = [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    switch (a.depth) {
+      case 1:
+        return launch_thread<T, D, 1>(a, stream);
+      case 2:
+        return launch_thread<T, D, 2>(a, stream);
+      case 3:
+        return launch_thread<T, D, 3>(a, stream);
+      default:
+        return launch_thread<T, D, 4>(a, stream);
+    }
+  };
+  switch (a.dims[0]) {
+    case 1:
+      with_depth(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      with_depth(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      with_depth(std::integral_constant<int, 3>{});
+      break;
+    default:
+      with_depth(std::integral_constant<int, 4>{});
+      break;
+  }
+  return true;
+}
+
+// ---- one problem per block --------------------------------------------------------------------
+
+// Element offsets of one problem's buffers in its workspace (shared or global).
+struct BlockLayout {
+  std::int64_t factor[kMaxDepth + 1];  // factor[j - 1]: W_j; factor[depth]: total
+  std::int64_t prefix[kMaxDepth + 2];  // prefix[j]: P_j (j >= 2)
+  std::int64_t Wn, G, H, H2, tgt, msk, R, size;
+  int threads;
+};
+
+BlockLayout block_layout(const int* d, int depth, int K) {
+  BlockLayout l{};
+  const std::int64_t n = d[0], mn = std::int64_t(d[depth]) * n;
+  std::int64_t at = 0, rows = d[1], outputs = mn;
+  for (int j = 1; j <= depth; ++j) {
+    l.factor[j - 1] = at;
+    at += std::int64_t(d[j]) * d[j - 1];
+    rows = std::max<std::int64_t>(rows, d[j]);
+    outputs = std::max<std::int64_t>(outputs, std::int64_t(d[j]) * std::max(d[j - 1], d[0]));
+  }
+  l.factor[depth] = at;
+  const std::int64_t F = at;
+  l.Wn = at;
+  at += F;
+  for (int j = 2; j <= depth; ++j) {
+    l.prefix[j] = at;
+    at += std::int64_t(d[j]) * n;
+  }
+  l.G = at;
+  l.H = l.G + mn;
+  l.H2 = l.H + rows * n;
+  l.tgt = l.H2 + rows * n;
+  l.msk = l.tgt + mn;
+  l.R = l.msk + mn;
+  l.size = l.R + K;
+  outputs = std::max<std::int64_t>(outputs, K);
+  l.threads = int(std::min<std::int64_t>(256, (outputs + 31) / 32 * 32));
+  return l;
+}
+
+// C (M x N) = A (M x K) B (K x N), the outputs spread over the block.
+template <class T>
+__device__ void block_mm(T* C, const T* A, const T* B, int M, int K, int N) {
+  for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
+    const int i = o / N, j = o - i * N;
+    T acc = T(0);
+    for (int k = 0; k < K; ++k) acc += A[i * K + k] * B[k * N + j];
+    C[o] = acc;
+  }
+}
+
+// C (M x N) = A^T B with A (K x M), B (K x N).
+template <class T>
+__device__ void block_mm_tn(T* C, const T* A, const T* B, int M, int K, int N) {
+  for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
+    const int i = o / N, j = o - i * N;
+    T acc = T(0);
+    for (int k = 0; k < K; ++k) acc += A[k * M + i] * B[k * N + j];
+    C[o] = acc;
+  }
+}
+
+// Forward pass of problem b into the prefix buffers; returns E. Ends synchronized.
+template <class T>
+__device__ const T* block_forward(const StepArgs<T>& a, const BlockLayout& l, const T* W, T* ws) {
+  const T* prev = W;
+  for (int j = 2; j <= a.depth; ++j) {
+    T* cur = ws + l.prefix[j];
+    block_mm(cur, W + l.factor[j - 1], prev, a.dims[j], a.dims[j - 1], a.dims[0]);
+    __syncthreads();
+    prev = cur;
+  }
+  return prev;
+}
+
+// Residual G and loss of E for problem b (tgt/msk already in the workspace for completion).
+// Every thread gets the loss; ends synchronized.
+template <class T>
+__device__ T block_residual(const StepArgs<T>& a, const BlockLayout& l, std::int64_t b, const T* E,
+                            T* ws, T* red) {
+  const int mn = a.dims[a.depth] * a.dims[0];
+  T* G = ws + l.G;
+  T part = T(0);
+  if (!a.pb.sensing) {
+    const T* tgt = ws + l.tgt;
+    const T* msk = ws + l.msk;
+    for (int o = threadIdx.x; o < mn; o += blockDim.x) {
+      const T r = msk[o] != T(0) ? E[o] - tgt[o] : T(0);
+      G[o] = r;
+      part += r * r;
+    }
+  } else {
+    const T* A = a.pb.A + b * a.pb.A_stride;
+    const T* y = a.pb.y + b * a.pb.y_stride;
+    T* R = ws + l.R;
+    for (int k = threadIdx.x; k < a.pb.K; k += blockDim.x) {
+      T r = -y[k];
+      for (int e = 0; e < mn; ++e) r += A[std::int64_t(k) * mn + e] * E[e];
+      R[k] = r;
+      part += r * r;
+    }
+    __syncthreads();
+    for (int o = threadIdx.x; o < mn; o += blockDim.x) {
+      T g = T(0);
+      for (int k = 0; k < a.pb.K; ++k) g += R[k] * A[std::int64_t(k) * mn + o];
+      G[o] = g;
+    }
+  }
+  return T(0.5) * block_sum(part, red);
+}
+
+// Copies problem b's factors (and completion data) into the workspace. Ends synchronized.
+template <class T>
+__device__ void block_load(const StepArgs<T>& a, const BlockLayout& l, std::int64_t b, T* ws) {
+  for (int j = 1; j <= a.depth; ++j) {
+    const std::int64_t size = l.factor[j] - l.factor[j - 1];
+    for (std::int64_t e = threadIdx.x; e < size; e += blockDim.x)
+      ws[l.factor[j - 1] + e] = a.factors[j - 1][b * size + e];
+  }
+  if (!a.pb.sensing) {
+    const int mn = a.dims[a.depth] * a.dims[0];
+    for (int e = threadIdx.x; e < mn; e += blockDim.x) {
+      ws[l.tgt + e] = a.pb.target[b * a.pb.target_stride + e];
+      ws[l.msk + e] = a.pb.mask[b * a.pb.mask_stride + e] ? T(1) : T(0);
+    }
+  }
+  __syncthreads();
+}
+
+template <class T>
+__device__ T* block_workspace(const BlockLayout& l, T* global_ws) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  return global_ws != nullptr ? global_ws + blockIdx.x * l.size : reinterpret_cast<T*>(smem);
+}
+
+template <class T>
+__global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* global_ws) {
+  __shared__ T red[32];
+  T* ws = block_workspace(l, global_ws);
+  const int n = a.dims[0];
+  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    if (a.status[b] != kRunning) continue;  // the same in every thread of the block
+    block_load(a, l, b, ws);
+    T* W = ws;
+    T* Wn = ws + l.Wn;
+    std::int8_t st = kRunning;
+    std::int64_t fz = a.frozen_at[b];
+    int next = first_uncrossed(a, b);
+    T next_thr = threshold_at(a, next);
+    const T lr = a.lr[b * a.lr_stride];
+    // Every thread holds the same loss, status and crossing state, so that every branch below
+    // is taken by the whole block.
+    for (std::int64_t it = 0; it <= a.steps; ++it) {
+      const T* E = block_forward(a, l, W, ws);
+      const T loss = block_residual(a, l, b, E, ws, red);
+      if (loss < next_thr) {
+        for (; next < a.count && loss < a.thresholds[next]; ++next) {
+          if (threadIdx.x == 0) a.crossed[b * a.count + next] = a.step0 + it;
+          if (a.snapshots[0] != nullptr)
+            for (int j = 1; j <= a.depth; ++j) {
+              const std::int64_t size = l.factor[j] - l.factor[j - 1];
+              T* dst = a.snapshots[j - 1] + (b * a.count + next) * size;
+              for (std::int64_t e = threadIdx.x; e < size; e += blockDim.x)
+                dst[e] = W[l.factor[j - 1] + e];
+            }
+        }
+        next_thr = threshold_at(a, next);
+      }
+      if (!isfinite(loss)) {
+        st = kDiverged;
+        fz = a.step0 + it;
+      } else if (loss < a.tol) {
+        st = kConverged;
+        fz = a.step0 + it;
+      }
+      if (st != kRunning || it == a.steps) break;
+      // Backward: dW_j = H_j P_{j-1}^T, H_{j-1} = W_j^T H_j, from H_N = G.
+      T bad = T(0);  // NaN once a new entry is not finite
+      const T* Hj = ws + l.G;
+      for (int j = a.depth; j >= 1; --j) {
+        const int rows = a.dims[j], cols = a.dims[j - 1];
+        const T* Wj = W + l.factor[j - 1];
+        T* Wnj = Wn + l.factor[j - 1];
+        if (j == 1) {
+          for (int o = threadIdx.x; o < rows * cols; o += blockDim.x) {
+            const T w = Wj[o] - lr * Hj[o];
+            Wnj[o] = w;
+            bad += w * T(0);
+          }
+          break;
+        }
+        const T* Pprev = j == 2 ? W : ws + l.prefix[j - 1];
+        for (int o = threadIdx.x; o < rows * cols; o += blockDim.x) {
+          const int i = o / cols, c = o - i * cols;
+          T acc = T(0);
+          for (int k = 0; k < n; ++k) acc += Hj[i * n + k] * Pprev[c * n + k];
+          const T w = Wj[o] - lr * acc;
+          Wnj[o] = w;
+          bad += w * T(0);
+        }
+        T* Hn = Hj == ws + l.H ? ws + l.H2 : ws + l.H;
+        block_mm_tn(Hn, Wj, Hj, cols, rows, n);
+        __syncthreads();
+        Hj = Hn;
+      }
+      if (block_sum(bad, red) != T(0)) {  // keep the last finite iterate
+        st = kDiverged;
+        fz = a.step0 + it;
+        break;
+      }
+      T* t = W;
+      W = Wn;
+      Wn = t;
+    }
+    for (int j = 1; j <= a.depth; ++j) {
+      const std::int64_t size = l.factor[j] - l.factor[j - 1];
+      for (std::int64_t e = threadIdx.x; e < size; e += blockDim.x)
+        a.factors[j - 1][b * size + e] = W[l.factor[j - 1] + e];
+    }
+    if (threadIdx.x == 0) {
+      a.status[b] = st;
+      a.frozen_at[b] = fz;
+    }
+    __syncthreads();  // before the next problem reuses the workspace
+  }
+}
+
+template <class T>
+__global__ void dmf_loss_block(const StepArgs<T> a, const BlockLayout l, T* global_ws) {
+  __shared__ T red[32];
+  T* ws = block_workspace(l, global_ws);
+  const int mn = a.dims[a.depth] * a.dims[0];
+  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    block_load(a, l, b, ws);
+    const T* E = block_forward(a, l, ws, ws);
+    const T loss = block_residual(a, l, b, E, ws, red);
+    for (int e = threadIdx.x; e < mn; e += blockDim.x) a.product[b * mn + e] = E[e];
+    if (threadIdx.x == 0) a.loss[b] = loss;
+    __syncthreads();
+  }
+}
+
+// Launches kernel(a, l, ws) with one problem per block: the workspace in shared memory when
+// the device allows that much per block, else in global scratch for a bounded grid.
+template <class T, class Kernel>
+void launch_block(Kernel kernel, const StepArgs<T>& a, cudaStream_t stream) {
+  const BlockLayout l = block_layout(a.dims, a.depth, a.pb.sensing ? a.pb.K : 0);
+  int device = 0, optin = 0, sms = 0;
+  IR_CUDA_CHECK(cudaGetDevice(&device));
+  IR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  IR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const std::int64_t bytes = l.size * std::int64_t(sizeof(T));
+  const std::int64_t static_bytes = 32 * std::int64_t(sizeof(T));
+  if (bytes + static_bytes <= optin) {
+    IR_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
+    kernel<<<grid, l.threads, std::size_t(bytes), stream>>>(a, l, nullptr);
+    IR_CUDA_LAUNCHED("dmf_step (block, shared memory)");
+    return;
+  }
+  const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * sms);
+  Scratch<T> ws(grid * l.size, stream);
+  kernel<<<unsigned(grid), l.threads, 0, stream>>>(a, l, ws.get());
+  IR_CUDA_LAUNCHED("dmf_step (block, global memory)");
+}
+
+}  // namespace
+
+template <class T>
+void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
+              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings,
+              void* stream) {
+  if (shape.batch == 0) return;
+  StepArgs<T> a = make_args(factors, shape, problem);
+  a.lr = lr;
+  a.lr_stride = lr_stride;
+  a.steps = steps;
+  a.tol = tol;
+  a.step0 = step0;
+  a.status = status;
+  a.frozen_at = frozen_at;
+  a.count = crossings.count;
+  a.thresholds = crossings.thresholds;
+  a.crossed = crossings.step;
+  for (int j = 0; j < shape.depth && crossings.snapshots != nullptr; ++j)
+    a.snapshots[j] = crossings.snapshots[j];
+  const cudaStream_t st = as_stream(stream);
+  if (!try_thread(a, st)) launch_block<T>(dmf_step_block<T>, a, st);
+}
+
+template <class T>
+void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,
+              T* product, void* stream) {
+  if (shape.batch == 0) return;
+  StepArgs<T> a = make_args(factors, shape, problem);
+  a.loss = loss;
+  a.product = product;
+  launch_block<T>(dmf_loss_block<T>, a, as_stream(stream));
+}
+
+template void dmf_step<float>(float* const*, const DmfShape&, const DmfProblem<float>&,
+                              const float*, std::int64_t, std::int64_t, float, std::int64_t,
+                              std::int8_t*, std::int64_t*, const DmfCrossings<float>&, void*);
+template void dmf_step<double>(double* const*, const DmfShape&, const DmfProblem<double>&,
+                               const double*, std::int64_t, std::int64_t, double, std::int64_t,
+                               std::int8_t*, std::int64_t*, const DmfCrossings<double>&, void*);
+template void dmf_loss<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
+                              float*, float*, void*);
+template void dmf_loss<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,
+                               double*, double*, void*);
+
+}  // namespace cuda
+}  // namespace implicitreg
