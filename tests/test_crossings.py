@@ -268,7 +268,7 @@ def test_crossings_continue_across_step_calls(backend, chunked, monkeypatch):
     cf, cg = f.crossings(THR), g.crossings(THR)
     g.step(LR, 1000, crossings=cg)
     if chunked:  # one kernel call per step inside a single step() call
-        monkeypatch.setattr(models_mod, "_WORK_PER_CALL", 1)
+        monkeypatch.setitem(models_mod._WORK_PER_CALL, backend, 1)
         f.step(LR, 1000, crossings=cf)
     else:
         for _ in range(10):

@@ -6,6 +6,8 @@ import importlib
 import importlib.util
 import os
 
+import numpy as np
+
 from . import _core
 
 _cuda = None
@@ -33,7 +35,43 @@ def cuda_reason() -> str | None:
         import cupy  # noqa: F401
     except ImportError:
         return "no CuPy: install implicitreg[cuda13] (or [cuda12])"
-    return "the CUDA kernels are not part of this version yet"
+    return None
+
+
+def cuda_module():
+    """The _cuda module, or RuntimeError saying why the cuda backend cannot run here."""
+    reason = cuda_reason()
+    if reason is not None:
+        raise RuntimeError(f"backend 'cuda' is not available here: {reason}")
+    return _cuda
+
+
+def is_device(x) -> bool:
+    """True for a device array (CuPy, or anything with __cuda_array_interface__)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def array_module(backend: str):
+    """numpy, or cupy for the cuda backend: where a model on that backend keeps its state."""
+    if backend != "cuda":
+        return np
+    cuda_module()
+    import cupy
+
+    return cupy
+
+
+def to_host(x):
+    """x as a NumPy array (a device array is copied to the host; anything else as is)."""
+    return x.get() if is_device(x) else x
+
+
+def to_device(x):
+    """x as a CuPy array (copied once from the host when it is not one already)."""
+    cuda_module()
+    import cupy
+
+    return cupy.asarray(x)
 
 
 def backends() -> dict[str, dict[str, object]]:

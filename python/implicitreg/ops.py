@@ -1,5 +1,11 @@
 """One thin function per kernel: routes backend="cpu" to the compiled core (_core),
-backend="numpy" to reference.py. Arguments are validated by the callers (models.py)."""
+backend="cuda" to the CUDA module (_cuda, same signatures, device arrays) and
+backend="numpy" to reference.py. Arguments are validated by the callers (models.py).
+
+On the cuda backend the model's state (factors, lr, status, crossings) is already on the
+device; problem data is copied there once per problem and dtype (problem.arrays(device=True)).
+Outputs that a caller passes in as host arrays (the measurement rows of fit()) are filled
+from the device, which is where fit() synchronizes."""
 
 from __future__ import annotations
 
@@ -16,71 +22,93 @@ def _module(backend: str):
         return _core
     if backend == "numpy":
         return reference
-    raise RuntimeError(f"backend 'cuda' is not available here: {_backend.cuda_reason()}")
+    return _backend.cuda_module()
+
+
+def _inputs(problem, dtype, backend: str) -> dict:
+    return problem.arrays(dtype, device=backend == "cuda")
+
+
+def _empty(backend: str, shape, dtype):
+    return _backend.array_module(backend).empty(shape, dtype=dtype)
 
 
 def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, thresholds=None,
              crossed_at=None, snapshots=None, backend="cpu"):
     """In place: `steps` fused GD updates of every running problem, recording first crossings
     of the loss thresholds when given (see _core.dmf_step)."""
-    a = problem.arrays(factors[0].dtype)
+    a = _inputs(problem, factors[0].dtype, backend)
     _module(backend).dmf_step(list(factors), a["target"], a["mask"], a["A"], a["y"], lr, steps,
                               tol, step0, status, frozen_at, thresholds, crossed_at,
                               None if snapshots is None else list(snapshots))
 
 
 def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(loss (B,), product (B, m, n)) of the current factors."""
-    a = problem.arrays(factors[0].dtype)
+    """(loss (B,), product (B, m, n)) of the current factors, in their array module."""
+    a = _inputs(problem, factors[0].dtype, backend)
     if backend == "numpy":
         return reference.dmf_loss(list(factors), a["target"], a["mask"], a["A"], a["y"])
     B, dtype = factors[0].shape[0], factors[0].dtype
-    loss = np.empty(B, dtype=dtype)
-    product = np.empty((B, factors[-1].shape[1], factors[0].shape[2]), dtype=dtype)
+    loss = _empty(backend, B, dtype)
+    product = _empty(backend, (B, factors[-1].shape[1], factors[0].shape[2]), dtype)
     _module(backend).dmf_loss(list(factors), a["target"], a["mask"], a["A"], a["y"], loss,
                               product)
     return loss, product
 
 
 def svdvals(X: np.ndarray, backend: str, max_sweeps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(s (B, min(m, n)) descending, info (B,) int8) of X (B, m, n) C-contiguous float;
-    max_sweeps caps the compiled backends' Jacobi sweeps."""
+    """(s (B, min(m, n)) descending, info (B,) int8) of X (B, m, n) C-contiguous float, in
+    X's array module; max_sweeps caps the compiled backends' Jacobi sweeps."""
     if backend == "numpy":
         return reference.svdvals(X)
+    host = not _backend.is_device(X)
+    if backend == "cuda":
+        X = _backend.to_device(X)
     B, m, n = X.shape
-    s = np.empty((B, min(m, n)), dtype=X.dtype)
-    info = np.empty(B, dtype=np.int8)
+    s = _empty(backend, (B, min(m, n)), X.dtype)
+    info = _empty(backend, B, np.int8)
     _module(backend).svdvals(X, s, info, max_sweeps)
-    return s, info
+    return (_backend.to_host(s), _backend.to_host(info)) if host else (s, info)
 
 
 def svals_metrics(s: np.ndarray, kinds: np.ndarray, params: np.ndarray,
                   backend="cpu") -> np.ndarray:
-    """(n, B) float64: metric (kinds[i], params[i] = [param, rtol]) of singular values s."""
+    """(n, B) float64: metric (kinds[i], params[i] = [param, rtol]) of singular values s, in
+    s's array module."""
     if backend == "numpy":
         return reference.svals_metrics(s, kinds, params)
-    out = np.empty((kinds.shape[0], s.shape[0]))
+    host = not _backend.is_device(s)
+    if backend == "cuda":
+        s = _backend.to_device(s)
+    out = _empty(backend, (kinds.shape[0], s.shape[0]), np.float64)
     _module(backend).svals_metrics(s, kinds, params, out)
-    return out
+    return _backend.to_host(out) if host else out
 
 
 def balancedness(factors, backend="cpu") -> np.ndarray:
-    """(B,) max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F."""
+    """(B,) max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F, in the factors' array module."""
     if backend == "numpy":
         return reference.balancedness(factors)
-    out = np.empty(factors[0].shape[0])
+    host = not _backend.is_device(factors[0])
+    if backend == "cuda":
+        factors = [_backend.to_device(W) for W in factors]
+    out = _empty(backend, factors[0].shape[0], np.float64)
     _module(backend).balancedness(list(factors), out)
-    return out
+    return _backend.to_host(out) if host else out
 
 
 def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np.ndarray,
                 backend="cpu") -> np.ndarray:
     """Writes into out (rows, B) float64 every requested metric of the factors, from one
-    product and one SVD per problem; returns out."""
-    a = problem.arrays(factors[0].dtype)
+    product and one SVD per problem; returns out (a host array on every backend)."""
+    a = _inputs(problem, factors[0].dtype, backend)
     args = (list(factors), a["target"], a["mask"], a["A"], a["y"], kinds, params)
     if backend == "numpy":
         out[...] = reference.dmf_measure(*args, truth=a["truth"])
+    elif backend == "cuda":
+        dev = _empty(backend, out.shape, np.float64)
+        _module(backend).dmf_measure(*args, dev, a["truth"])
+        out[...] = dev.get()
     else:
         _module(backend).dmf_measure(*args, out, a["truth"])
     return out

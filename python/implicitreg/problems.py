@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _rng
+from ._backend import to_device
 from ._checks import batch_size, finite, integer, ndim_in, positive, real_array
 
 __all__ = [
@@ -56,8 +57,9 @@ class Completion:
         """(B,) number of observed entries of each problem."""
         return np.broadcast_to(self.masks.sum(axis=(1, 2)), (self.batch,))
 
-    def arrays(self, dtype) -> dict[str, np.ndarray | None]:
-        """Kernel inputs in `dtype`, C-contiguous, converted once and cached."""
+    def arrays(self, dtype, device: bool = False) -> dict[str, np.ndarray | None]:
+        """Kernel inputs in `dtype`, C-contiguous, converted once and cached; device=True:
+        CuPy copies of them, made once."""
         dtype = np.dtype(dtype)
         if dtype not in self._cache:
             self._cache[dtype] = {
@@ -67,7 +69,7 @@ class Completion:
                 "y": None,
                 "truth": _truth(self.truth, dtype),
             }
-        return self._cache[dtype]
+        return _on_device(self._cache, dtype) if device else self._cache[dtype]
 
     def repeat_each(self, k: int) -> Completion:
         """The batch with each problem repeated k times in a row (B * k problems)."""
@@ -95,7 +97,8 @@ class Sensing:
     def shape(self) -> tuple[int, int]:
         return self.A.shape[2], self.A.shape[3]
 
-    def arrays(self, dtype) -> dict[str, np.ndarray | None]:
+    def arrays(self, dtype, device: bool = False) -> dict[str, np.ndarray | None]:
+        """As Completion.arrays."""
         dtype = np.dtype(dtype)
         if dtype not in self._cache:
             self._cache[dtype] = {
@@ -105,7 +108,7 @@ class Sensing:
                 "y": np.ascontiguousarray(self.y, dtype=dtype),
                 "truth": _truth(self.truth, dtype),
             }
-        return self._cache[dtype]
+        return _on_device(self._cache, dtype) if device else self._cache[dtype]
 
     def repeat_each(self, k: int) -> Sensing:
         """The batch with each problem repeated k times in a row (B * k problems)."""
@@ -118,6 +121,14 @@ class Sensing:
 
 
 Problem = Completion | Sensing
+
+
+def _on_device(cache: dict, dtype: np.dtype) -> dict:
+    """The cached host inputs cache[dtype], copied to the device once."""
+    key = (dtype, "device")
+    if key not in cache:
+        cache[key] = {k: None if v is None else to_device(v) for k, v in cache[dtype].items()}
+    return cache[key]
 
 
 def _repeat(a, k: int):
