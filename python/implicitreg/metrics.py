@@ -3,8 +3,13 @@
 Every function takes matrices X of shape (..., m, n) or, by keyword, their precomputed
 singular values `svals` of shape (..., k) (descending, as svdvals gives them), and returns
 one float64 value per matrix, shape (...). The singular values come from the compiled core
-(backend="cpu": 2x2 in closed form, other sizes by Jacobi or bidiagonal QR) or from LAPACK
-(backend="numpy", the oracle). A matrix with a NaN or infinite entry gets NaN.
+(backend="cpu": 2x2 in closed form, other sizes by Jacobi or bidiagonal QR), from the same
+math on the GPU (backend="cuda") or from LAPACK (backend="numpy", the oracle). A matrix with
+a NaN or infinite entry gets NaN.
+
+Arrays come back in the module they went in with: CuPy input runs on the cuda backend (the
+default for it) and gives CuPy output with no host round trip; NumPy input with
+backend="cuda" is copied to the device once and the results come back as NumPy.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import warnings
 import numpy as np
 
 from . import ops, reference
+from ._backend import array_module, is_device, to_host
 from ._checks import choice, integer, real_array
 
 __all__ = ["balancedness", "dist_to_rank", "effective_rank", "frobenius", "nuclear", "rank",
@@ -36,20 +42,42 @@ NAMES = ("loss", "entry:i,j", "det", "svals", "fro", "nuc", "spectral", "schatte
 _PARAM = re.compile(r"^(entry|schatten|dist_rank):(.+)$")
 
 
-def _backend(backend: str) -> str:
-    return choice(backend, "backend", ("cpu", "numpy", "cuda"))
+def _backend(backend: str | None, x=None) -> str:
+    """The backend for input x: None picks cuda for a device array and cpu otherwise; a device
+    array runs on cuda only."""
+    if backend is None:
+        return "cuda" if is_device(x) else "cpu"
+    backend = choice(backend, "backend", ("cpu", "numpy", "cuda"))
+    if is_device(x) and backend != "cuda":
+        raise TypeError(f"backend: a device array ({type(x).__name__}) runs on backend 'cuda', "
+                        f"got backend={backend!r}; pass the array's .get() for another backend")
+    return backend
 
 
-def _matrices(X, name: str = "X") -> np.ndarray:
-    a = real_array(X, name)
-    if a.ndim < 2:
-        raise ValueError(f"{name}: expected matrices of shape (..., m, n), got shape {a.shape}")
+def _real(x, name: str):
+    """x as a real float32/float64 array, C-contiguous, in its own array module (a device
+    array stays on the device)."""
+    if is_device(x):
+        xp = array_module("cuda")
+        a = xp.asarray(x)
+        if a.dtype == np.bool_ or a.dtype.kind not in "iuf":
+            raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    else:
+        xp, a = np, real_array(x, name)
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
-    return np.ascontiguousarray(a)
+    return xp.ascontiguousarray(a)
 
 
-def svdvals(X, backend: str = "cpu", return_info: bool = False, max_sweeps: int = MAX_SWEEPS):
+def _matrices(X, name: str = "X"):
+    a = _real(X, name)
+    if a.ndim < 2:
+        raise ValueError(f"{name}: expected matrices of shape (..., m, n), got shape {a.shape}")
+    return a
+
+
+def svdvals(X, backend: str | None = None, return_info: bool = False,
+            max_sweeps: int = MAX_SWEEPS):
     """Singular values of X (..., m, n), shape (..., min(m, n)), descending, in X's float
     dtype (integers become float64).
 
@@ -61,14 +89,14 @@ def svdvals(X, backend: str = "cpu", return_info: bool = False, max_sweeps: int 
     "non_finite"; without it, a matrix that reached the Jacobi sweep cap (max_sweeps, default
     40: far more than the 5 to 8 that small matrices take) raises a RuntimeWarning.
     """
+    backend = _backend(backend, X)
     a = _matrices(X)
-    backend = _backend(backend)
     max_sweeps = integer(max_sweeps, "max_sweeps", minimum=1)
     lead, (m, n) = a.shape[:-2], a.shape[-2:]
     s, info = ops.svdvals(a.reshape((math.prod(lead), m, n)), backend, max_sweeps)
     s = s.reshape(lead + (min(m, n),))
-    if return_info:
-        return s, np.asarray(SVD_INFO, dtype=str)[info].reshape(lead)
+    if return_info:  # names are host strings
+        return s, np.asarray(SVD_INFO, dtype=str)[to_host(info)].reshape(lead)
     bad = int((info == 1).sum())
     if bad:
         warnings.warn(f"svdvals: {bad} matrices did not converge within {max_sweeps} Jacobi "
@@ -76,23 +104,22 @@ def svdvals(X, backend: str = "cpu", return_info: bool = False, max_sweeps: int 
     return s
 
 
-def _svals(X, svals, backend: str) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """(singular values (..., k), (m, n) when matrices were given)."""
+def _svals(X, svals, backend: str | None):
+    """(singular values (..., k), (m, n) when matrices were given, the backend to use)."""
     if (X is None) == (svals is None):
         raise TypeError("expected exactly one of X (matrices) or svals= (singular values)")
+    backend = _backend(backend, X if svals is None else svals)
     if X is not None:
         a = _matrices(X)
-        return svdvals(a, backend), a.shape[-2:]
-    s = real_array(svals, "svals")
+        return svdvals(a, backend), a.shape[-2:], backend
+    s = _real(svals, "svals")
     if s.ndim < 1:
         raise ValueError(f"svals: expected shape (..., k), got shape {s.shape}")
-    if s.dtype not in (np.float32, np.float64):
-        s = s.astype(np.float64)
     with np.errstate(invalid="ignore"):
-        if (s < 0).any() or (np.diff(s, axis=-1) > 0).any():
+        if bool((s < 0).any()) or bool((s[..., 1:] > s[..., :-1]).any()):
             raise ValueError("svals: expected non-negative singular values in descending order "
                              "along the last axis")
-    return np.ascontiguousarray(s), None
+    return s, None, backend
 
 
 def _compute(s: np.ndarray, name: str, param: float = 0.0, rtol: float = 0.0,
@@ -104,19 +131,22 @@ def _compute(s: np.ndarray, name: str, param: float = 0.0, rtol: float = 0.0,
     return out[0].reshape(lead)
 
 
-def frobenius(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def frobenius(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """||X||_F = sqrt(sum sigma_i^2)."""
-    return _compute(_svals(X, svals, _backend(backend))[0], "fro", backend=backend)
+    s, _, backend = _svals(X, svals, backend)
+    return _compute(s, "fro", backend=backend)
 
 
-def nuclear(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def nuclear(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """||X||_* = sum sigma_i."""
-    return _compute(_svals(X, svals, _backend(backend))[0], "nuc", backend=backend)
+    s, _, backend = _svals(X, svals, backend)
+    return _compute(s, "nuc", backend=backend)
 
 
-def spectral(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def spectral(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """||X||_2 = sigma_1 (0 for an empty matrix)."""
-    return _compute(_svals(X, svals, _backend(backend))[0], "spectral", backend=backend)
+    s, _, backend = _svals(X, svals, backend)
+    return _compute(s, "spectral", backend=backend)
 
 
 def _p(p) -> float:
@@ -128,25 +158,27 @@ def _p(p) -> float:
     return float(p)
 
 
-def schatten(X=None, p=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def schatten(X=None, p=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """(sum sigma_i^p)^(1/p) for any p > 0: a norm for p >= 1 (p = 1 nuclear, p = 2
     Frobenius), a quasi-norm for p < 1."""
     p = _p(p)
-    return _compute(_svals(X, svals, _backend(backend))[0], "schatten", p, backend=backend)
+    s, _, backend = _svals(X, svals, backend)
+    return _compute(s, "schatten", p, backend=backend)
 
 
-def effective_rank(X=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def effective_rank(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """Roy & Vetterli's effective rank exp(-sum p_i ln p_i), p_i = sigma_i / sum sigma_j over
     the non-zero sigma_i: 1 <= erank <= rank; 0 for the zero matrix."""
-    return _compute(_svals(X, svals, _backend(backend))[0], "erank", backend=backend)
+    s, _, backend = _svals(X, svals, backend)
+    return _compute(s, "erank", backend=backend)
 
 
-def rank(X=None, tol=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def rank(X=None, tol=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """Numerical rank #{sigma_i > tol}, int64; -1 for a matrix with a non-finite entry.
 
     tol=None: sigma_1 * max(m, n) * eps(dtype), where (m, n) is the matrix shape (k for
     singular values given as svals=, which is the same for square matrices)."""
-    s, shape = _svals(X, svals, _backend(backend))
+    s, shape, backend = _svals(X, svals, backend)
     if tol is None:
         size = max(shape) if shape is not None else s.shape[-1]
         param, rtol = 0.0, size * float(np.finfo(s.dtype).eps)
@@ -156,26 +188,28 @@ def rank(X=None, tol=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
             raise ValueError(f"tol: expected a finite number >= 0 or None, got {tol}")
         param, rtol = float(t), 0.0
     r = _compute(s, "rank", param, rtol, backend)
-    return np.where(np.isnan(r), -1, r).astype(np.int64)
+    xp = array_module("cuda") if is_device(r) else np
+    return xp.where(xp.isnan(r), -1, r).astype(np.int64)
 
 
-def dist_to_rank(X=None, r=None, *, svals=None, backend: str = "cpu") -> np.ndarray:
+def dist_to_rank(X=None, r=None, *, svals=None, backend: str | None = None) -> np.ndarray:
     """Frobenius distance to the nearest matrix of rank <= r (Eckart-Young):
     sqrt(sum_{i > r} sigma_i^2)."""
     if r is None:
         raise TypeError("r: expected an integer >= 0, got None")
     r = integer(r, "r", minimum=0)
-    return _compute(_svals(X, svals, _backend(backend))[0], "dist_rank", r, backend=backend)
+    s, _, backend = _svals(X, svals, backend)
+    return _compute(s, "dist_rank", r, backend=backend)
 
 
-def balancedness(factors, backend: str = "cpu") -> np.ndarray:
+def balancedness(factors, backend: str | None = None) -> np.ndarray:
     """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F of factors [W_1, ..., W_N], each
     (B, d_j, d_{j-1}); float64 (B,). Zero for balanced factors (and at depth 1)."""
-    backend = _backend(backend)
     if not isinstance(factors, (list, tuple)) or len(factors) == 0:
         raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
                         f"got {type(factors).__name__}")
-    arrays = [real_array(W, f"factors[{j}]") for j, W in enumerate(factors)]
+    backend = _backend(backend, factors[0])
+    arrays = [_real(W, f"factors[{j}]") for j, W in enumerate(factors)]
     dtype = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
     B = arrays[0].shape[0] if arrays[0].ndim == 3 else None
     for j, a in enumerate(arrays):
@@ -185,7 +219,7 @@ def balancedness(factors, backend: str = "cpu") -> np.ndarray:
         if j and a.shape[2] != arrays[j - 1].shape[1]:
             raise ValueError(f"factors[{j}]: expected {arrays[j - 1].shape[1]} columns to chain "
                              f"with factors[{j - 1}], got shape {a.shape}")
-    arrays = [np.ascontiguousarray(a, dtype=dtype) for a in arrays]
+    arrays = [a.astype(dtype, copy=False) for a in arrays]  # C-contiguous already (_real)
     return ops.balancedness(arrays, backend)
 
 
