@@ -695,3 +695,109 @@ def test_cp_sweep_resumes_after_a_crash_exactly(tmp_path, monkeypatch):
         np.testing.assert_array_equal(res.columns[k], v, err_msg=k)
     np.testing.assert_array_equal(res.trajectories[0].steps, ref.trajectories[0].steps)
     assert not (tmp_path / "batches" / "000.ckpt.npz").exists()
+
+
+# ------------------------------------------------------------- kill -9 and corrupt files
+
+_KILL_BASE = {"problem": "paper_2x2", "scale": 0.3, "scale_by": "factor", "lr": 1e-4,
+              "max_steps": 300_000, "log": "every:3000", "metrics": ("loss", "entry:0,0"),
+              "thresholds": (0.5,)}
+_KILL_GRID = {"depth": [2, 3, 4]}
+_KILL_SCRIPT = """
+import sys
+import implicitreg as ir
+ir.sweep(eval(sys.argv[1]), eval(sys.argv[2]), seeds=64, progress=False, out=sys.argv[3],
+         checkpoint_every=0)
+"""
+
+
+def _package_env() -> dict:
+    """The environment of a child Python that imports this very implicitreg."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(ir.__file__))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
+    """A real kill -9 (no Python cleanup, no finally) in the middle of a batch: the finished
+    batch survives, the running one resumes from its last checkpoint, and the results equal
+    those of a run never interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, repr(_KILL_BASE),
+                             repr(_KILL_GRID), str(out)], env=_package_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    batches = out / "batches"
+    deadline = time.monotonic() + 120
+    try:
+        # kill once batch 0 is written and batch 1 is part way (has checkpointed)
+        while not ((batches / "000.npz").exists() and (batches / "001.ckpt.npz").exists()):
+            assert proc.poll() is None, ("the sweep ended before it could be killed: "
+                                         f"{proc.communicate()}")
+            assert time.monotonic() < deadline, "the sweep never reached batch 1"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert (batches / "000.npz").exists() and not (batches / "002.npz").exists()
+    assert not (out / "results.npz").exists()
+    ckpt_rows = np.load(batches / "001.ckpt.npz")["rows"].size
+
+    ref = sweep(_KILL_BASE, _KILL_GRID, seeds=64, progress=False)
+    steps = []
+    res = sweep(_KILL_BASE, _KILL_GRID, seeds=64, progress=steps.append, out=out,
+                resume=True, checkpoint_every=0)
+    # batch 0 was read back, batch 1 went on from its checkpoint, batch 2 ran whole
+    assert 0 < ckpt_rows < ref.trajectories[1].steps.size
+    _assert_columns_equal(res.columns, ref.columns)
+    for ta, tb in zip(res.trajectories, ref.trajectories, strict=True):
+        _assert_trajectories_equal(ta, tb)
+    loaded = load_sweep(out)
+    _assert_columns_equal(loaded.columns, ref.columns)
+    for ta, tb in zip(loaded.trajectories, ref.trajectories, strict=True):
+        _assert_trajectories_equal(ta, tb)
+    assert sum(steps) == 3 * _KILL_BASE["max_steps"]
+    names = sorted(os.listdir(batches))
+    assert names == [f"{i:03d}.{s}" for i in range(3) for s in ("npz", "trajectory.npz")]
+
+
+@pytest.mark.parametrize("which", ["npz", "trajectory.npz"])
+@pytest.mark.parametrize("content", ["garbage", "truncated", "foreign"])
+def test_corrupt_or_foreign_batch_file_is_a_clear_error(tmp_path, which, content):
+    out = tmp_path / "run"
+    _sweep(grid={"depth": [2, 3]}, out=out)
+    path = out / "batches" / f"001.{which}"
+    if content == "garbage":
+        path.write_bytes(b"not an npz at all")
+    elif content == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        with open(path, "wb") as fh:  # a whole .npz, of another program
+            np.savez(fh, meta=np.array('{"format": "someone.else/1"}'), x=np.zeros(3))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"batch 1 .*cannot be read back.*Delete both"):
+        _sweep(grid={"depth": [2, 3]}, out=out, resume=True)
+    assert path.read_bytes() == before  # never overwritten
+    # the advice works: without the batch's files, it runs again
+    for s in ("npz", "trajectory.npz"):
+        (out / "batches" / f"001.{s}").unlink(missing_ok=True)
+    res = _sweep(grid={"depth": [2, 3]}, out=out, resume=True)
+    _assert_columns_equal(res.columns, _sweep(grid={"depth": [2, 3]}).columns)
+
+
+def test_resume_removes_the_temporary_files_of_a_killed_write(tmp_path):
+    out = tmp_path / "run"
+    ref = _sweep(grid={"depth": [2, 3]}, out=out)
+    (out / "batches" / "001.npz").unlink()
+    (out / "batches" / "001.npz.tmp-12345.npz").write_bytes(b"half a file")
+    (out / "results.npz.tmp-12345.npz").write_bytes(b"half a file")
+    res = _sweep(grid={"depth": [2, 3]}, out=out, resume=True)
+    _assert_columns_equal(res.columns, ref.columns)
+    assert not [f for d in (out, out / "batches") for f in os.listdir(d) if ".tmp-" in f]

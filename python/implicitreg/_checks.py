@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import os
 
 import numpy as np
 
@@ -15,7 +16,8 @@ def real_array(x, name: str) -> np.ndarray:
     """x as a NumPy array of real numbers (bool and complex refused)."""
     if hasattr(x, "__cuda_array_interface__"):
         raise TypeError(f"{name}: expected a host (NumPy) array, got a device array "
-                        f"({type(x).__name__}); the cuda backend is not available in this version")
+                        f"({type(x).__name__}); device arrays are taken by the cuda backend's "
+                        "models and metrics, or pass x.get()")
     a = np.asarray(x)
     if a.dtype == np.bool_ or a.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
@@ -80,3 +82,36 @@ def batch_size(sizes: dict[str, int], batch: int | None) -> int:
             raise ValueError(f"{name}: batch size {s} does not match the batch of {target} "
                              f"(expected 1 or {target}; got {others})")
     return target
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still take without swapping (MemAvailable), or the
+    machine's physical memory where that is unknown; None where neither is."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def batch_memory(per_problem: int, batch: int, name: str, what: str, fixed: int = 0) -> None:
+    """Refuse, before anything is allocated, a batch whose arrays (about per_problem bytes per
+    problem, plus `fixed`) would not fit in the memory available, naming the largest batch
+    that would. Overcommitting kernels let such an allocation succeed and kill the process
+    when its pages are touched, so this is the only place the error can be clear."""
+    need = per_problem * batch + fixed
+    if need <= 1 << 26:  # small enough never to matter: no need to ask the system
+        return
+    have = available_memory()
+    if have is None or need <= have:
+        return
+    fits = max(0, (have - fixed) // max(1, per_problem))
+    raise ValueError(f"{name}: {what} of {batch} problems needs about {need / 2**30:.3g} GiB, "
+                     f"more than the {have / 2**30:.3g} GiB of memory available here; the "
+                     f"largest batch that fits is {fits} problems")

@@ -52,7 +52,8 @@ def _run(args) -> int:
           f"det {args.det}, {args.seeds} seeds per config, tol {args.tol:g}, {args.dtype}, "
           f"backend {args.backend}")
     res = sweep(base, grid, seeds=args.seeds, backend=args.backend, out=args.out,
-                progress=not args.quiet, name="run")
+                progress=not args.quiet, name="run", executor=args.executor,
+                address=args.address)
     print("|w11| at the first step with loss below each threshold: "
           "median [min, max] (problems that got there)")
     print(f"{'depth':>5s} {'lr':>8s} {'scale':>8s} " + " ".join(
@@ -87,14 +88,21 @@ def _list(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .experiments import get, report_text, reproduce
+    from .experiments import get, report_text, write_report
+    from .sweep import sweep
 
     exp = get(args.name)  # an unknown name fails here, listing the valid ones
     out = args.out or os.path.join("results", exp.name)
-    res, rows = reproduce(exp.name, seeds=args.seeds, backend=args.backend, dtype=args.dtype,
-                          out=out, resume=args.resume, quick=args.quick,
-                          progress=not args.quiet, plot=not args.no_plot,
-                          checkpoint_every=args.checkpoint_every)
+    # experiments.reproduce(), with the executor's arguments passed on to the sweep
+    base, grid, seeds = exp.spec(args.quick, args.seeds, args.dtype)
+    res = sweep(base, grid, seeds=seeds, backend=args.backend, out=out, resume=args.resume,
+                progress=not args.quiet, checkpoint_every=args.checkpoint_every,
+                name=exp.name, info={"quick": bool(args.quick)}, executor=args.executor,
+                address=args.address)
+    rows = exp.report(res)
+    write_report(out, exp, res, rows)
+    if not args.no_plot:
+        exp.figures(res, os.path.join(out, "figures"))
     print(report_text(exp, res, rows))
     print(f"results, report and figures in {out}")
     return 0
@@ -106,6 +114,15 @@ def _plot(args) -> int:
     for path in replot(args.dir):
         print(path)
     return 0
+
+
+def _executor_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="run the batches here one after another (local) or as Ray tasks "
+                    "(ray; extra 'ray')")
+    ap.add_argument("--address", help="with --executor ray: the cluster to run on, e.g. "
+                    "HEAD:6379 or ray://HEAD:10001 (default: $RAY_ADDRESS, else the cluster "
+                    "`ray start` runs on this machine, else a new local one)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     run.add_argument("--backend", choices=["cpu", "numpy", "cuda"], default="cpu")
     run.add_argument("--out", help="results directory (see implicitreg.sweep)")
+    _executor_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=_run)
 
@@ -159,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--checkpoint-every", type=float, default=120.0,
                      help="seconds between checkpoints of a running batch (default 120)")
     rep.add_argument("--quiet", action="store_true", help="no progress bar")
+    _executor_arguments(rep)
     rep.set_defaults(fn=_reproduce)
 
     plot = sub.add_parser("plot", help="redraw the figures of a results directory")

@@ -12,10 +12,10 @@ import numpy as np
 
 from . import _rng, ops, reference
 from . import metrics as metrics_mod
-from ._backend import backends
-from ._checks import choice, finite, float_dtype, integer, positive, real_array
+from ._backend import array_module, backends, to_host
+from ._checks import batch_memory, choice, finite, float_dtype, integer, positive, real_array
 from ._io import load_npz, save_npz
-from .init import init_factors
+from .init import init_factors, layer_dims
 from .problems import Completion, Sensing, TensorCompletion, completion, sensing
 from .trajectory import Trajectory, every, geometric, load, schedule
 
@@ -24,7 +24,11 @@ __all__ = ["CPFactorization", "DeepFactorization", "Trajectory", "every", "geome
 
 STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
 _CHECKPOINT = "implicitreg.DeepFactorization/1"
-_WORK_PER_CALL = 3 * 10**10  # flops per kernel call in step(): about a second on one core
+# Flops per kernel call in step(): about a second on one core, or on one GPU (where each call
+# ends with the host reading the status, so calls are made long).
+_WORK_PER_CALL = {"cpu": 3 * 10**10, "numpy": 3 * 10**10, "cuda": 3 * 10**12}
+_STATE_BYTES = 1 + 8  # per problem: status (int8) and frozen_at (int64)
+_GENERATOR_BYTES = 1200  # a numpy Generator held per problem while drawing a start
 
 
 def _check_backend(backend: str) -> str:
@@ -72,22 +76,23 @@ class _Trained:
     @property
     def status(self) -> np.ndarray:
         """(B,) "running" | "converged" | "diverged"."""
-        return np.asarray(STATUS_NAMES, dtype=str)[self._status]
+        return np.asarray(STATUS_NAMES, dtype=str)[to_host(self._status)]
 
     @property
     def frozen_at(self) -> np.ndarray:
-        """(B,) step at which each problem was frozen, -1 while it runs."""
-        return self._frozen_at.copy()
+        """(B,) step at which each problem was frozen, -1 while it runs (NumPy)."""
+        return np.array(to_host(self._frozen_at))
 
     def _state(self) -> dict[str, np.ndarray]:
-        """The live arrays of the model's state (what save() and fit checkpoints keep)."""
+        """The live arrays of the model's state (what save() and fit checkpoints keep; on the
+        device for the cuda backend)."""
         return {"status": self._status, "frozen_at": self._frozen_at,
                 **{f"factor{j}": W for j, W in enumerate(self._factors)}}
 
     def _restore(self, arrays, meta: dict) -> None:
         """Load a saved state (arrays by _state()'s names) into this model."""
         for k, v in self._state().items():
-            v[...] = arrays[k]
+            v[...] = array_module(self.backend).asarray(arrays[k])
         self.steps_done = int(meta["steps_done"])
 
     def _lr(self, lr) -> np.ndarray:
@@ -131,7 +136,8 @@ class DeepFactorization(_Trained):
         if not isinstance(factors, (list, tuple)) or len(factors) == 0:
             raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
                             f"got {type(factors).__name__}")
-        arrays = [real_array(W, f"factors[{j}]") for j, W in enumerate(factors)]
+        # Validated on the host (a device array is copied once), then placed on the backend.
+        arrays = [real_array(to_host(W), f"factors[{j}]") for j, W in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
         B, (m, n) = problem.batch, problem.shape
         prev = n
@@ -148,12 +154,16 @@ class DeepFactorization(_Trained):
         if prev != m:
             raise ValueError(f"factors[{len(arrays) - 1}]: expected {m} rows (the problem is "
                              f"{m} x {n}), got shape {arrays[-1].shape}")
+        size = sum(a.shape[-1] * a.shape[-2] for a in arrays)
+        batch_memory(size * dtype.itemsize + _STATE_BYTES, B, "factors",
+                     "the model's factors")
         self.problem = problem
         self.backend = backend
-        self._factors = [np.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
+        xp = array_module(backend)
+        self._factors = [xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
                                   order="C") for a in arrays]
-        self._status = np.zeros(B, dtype=np.int8)
-        self._frozen_at = np.full(B, -1, dtype=np.int64)
+        self._status = xp.zeros(B, dtype=np.int8)
+        self._frozen_at = xp.full(B, -1, dtype=np.int64)
         self.steps_done = 0
 
     @classmethod
@@ -165,6 +175,12 @@ class DeepFactorization(_Trained):
         problem = _check_problem(problem)
         dtype = float_dtype(dtype, "dtype")
         _check_backend(backend)
+        dims = layer_dims(problem.shape, depth, widths)
+        size = sum(dims[j] * dims[j - 1] for j in range(1, len(dims)))
+        # drawn in float64 (one generator per problem), then copied into the model's dtype
+        batch_memory(size * (8 + dtype.itemsize) + _STATE_BYTES
+                     + (_GENERATOR_BYTES if init != "identity" else 0), problem.batch,
+                     "problem", "drawing the starting factors")
         factors = init_factors(problem.shape, problem.batch, depth, widths, init, scale,
                                scale_by, det, seed)
         return cls(problem, factors, backend=backend, dtype=dtype)
@@ -173,7 +189,8 @@ class DeepFactorization(_Trained):
 
     @property
     def factors(self) -> list[np.ndarray]:
-        """[W_1, ..., W_N], each (B, d_j, d_{j-1}); views of the live state."""
+        """[W_1, ..., W_N], each (B, d_j, d_{j-1}); views of the live state (CuPy arrays on
+        the cuda backend)."""
         return list(self._factors)
 
     @property
@@ -197,7 +214,7 @@ class DeepFactorization(_Trained):
         m, n = self.problem.shape
         if m != n:
             raise ValueError(f"det: needs a square problem, got shape ({m}, {n})")
-        return reference.det_float64(self._factors)
+        return reference.det_float64([to_host(W) for W in self._factors])
 
     # ------------------------------------------------------------------ training
 
@@ -216,7 +233,9 @@ class DeepFactorization(_Trained):
         # Calls of bounded work (about a second), so that Ctrl-C is honoured between them and
         # leaves a consistent state. Cutting changes no result: each call ends with the same
         # tolerance check the next one would start with.
-        chunk = max(1, _WORK_PER_CALL // max(1, self.batch * self._flops_per_step()))
+        chunk = max(1, _WORK_PER_CALL[self.backend]
+                    // max(1, self.batch * self._flops_per_step()))
+        lr_arr = array_module(self.backend).asarray(lr_arr)
         done = 0
         while True:
             n = min(chunk, steps - done)
@@ -229,7 +248,7 @@ class DeepFactorization(_Trained):
                              crossings.step, crossings.factors, backend=self.backend)
             self.steps_done += n
             done += n
-            if done == steps or (self._status != 0).all():
+            if done == steps or bool((self._status != 0).all()):
                 self.steps_done += steps - done
                 return self
 
@@ -266,11 +285,13 @@ class DeepFactorization(_Trained):
     def crossings(self, thresholds) -> Crossings:
         """Empty records of first crossings of the loss thresholds, for step()."""
         t = _thresholds(thresholds)
+        batch_memory(t.size * (sum(W[0].size for W in self._factors) * self.dtype.itemsize + 8),
+                     self.batch, "thresholds", "recording the crossings")
         with np.errstate(over="ignore"):
             if not np.isfinite(t.astype(self.dtype)).all():
                 raise ValueError(f"thresholds: expected values representable in {self.dtype}, "
                                  f"got {t.tolist()}")
-        return Crossings(t, self.batch, self.dims, self.dtype)
+        return Crossings(t, self.batch, self.dims, self.dtype, array_module(self.backend))
 
     def _check_crossings(self, c) -> None:
         """A Crossings made for this model (by self.crossings), or TypeError/ValueError."""
@@ -338,9 +359,10 @@ class DeepFactorization(_Trained):
         if saver is not None and os.path.exists(saver.path):
             start, done, rows, saved = saver.restore(self)
             buf[:len(rows)] = saved["buf"]
-            cross.step[...] = saved["crossed_at"]
+            xp = array_module(self.backend)
+            cross.step[...] = xp.asarray(saved["crossed_at"])
             for j, S in enumerate(cross.factors):
-                S[...] = saved[f"cross{j}"]
+                S[...] = xp.asarray(saved[f"cross{j}"])
         advance, close = _progress(progress, max_steps)
         advance(rows[-1] - start if rows else 0)
         last_save = time.monotonic()
@@ -352,7 +374,7 @@ class DeepFactorization(_Trained):
                 ops.dmf_measure(self._factors, self.problem, kinds, params, buf[len(rows)],
                                 self.backend)
                 rows.append(self.steps_done)
-                if (self._status != 0).all():
+                if bool((self._status != 0).all()):
                     break
                 if saver is not None and time.monotonic() - last_save >= checkpoint_every:
                     saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=False)
@@ -362,8 +384,8 @@ class DeepFactorization(_Trained):
         finally:
             close()
         data = _split_rows(buf[:len(rows)], names, metric_rows)
-        status = np.where(self._status == 0, "max_steps", self.status)
-        return Trajectory(rows, data, status, self._frozen_at, meta,
+        status = np.where(to_host(self._status) == 0, "max_steps", self.status)
+        return Trajectory(rows, data, status, self.frozen_at, meta,
                           crossings=self._measure_crossings(cross, names, kinds, params,
                                                             metric_rows))
 
@@ -378,10 +400,11 @@ class DeepFactorization(_Trained):
         ops.dmf_measure(flat, self.problem.repeat_each(k), kinds, params, out, self.backend)
         per = np.moveaxis(out.reshape(sum(metric_rows), B, k), 2, 0)  # (k, rows, B)
         data = _split_rows(per, names, metric_rows)
-        hit = (cross.step >= 0).T  # (k, B)
+        step = to_host(cross.step)
+        hit = (step >= 0).T  # (k, B)
         for name, v in data.items():
             data[name] = np.where(hit.reshape(hit.shape + (1,) * (v.ndim - 2)), v, np.nan)
-        return {"thresholds": cross.thresholds_f64.copy(), "step": cross.step.T.copy(), **data}
+        return {"thresholds": cross.thresholds_f64.copy(), "step": step.T.copy(), **data}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -396,7 +419,7 @@ class DeepFactorization(_Trained):
         meta = {"kind": pb.kind, "batch": pb.batch, "depth": self.depth,
                 "steps_done": self.steps_done, "backend": self.backend}
         save_npz(path, _CHECKPOINT, meta,
-                 {**self._state(), **arrays})
+                 {**_host_state(self), **arrays})
 
     @classmethod
     def load(cls, path, backend: str | None = None) -> DeepFactorization:
@@ -450,6 +473,9 @@ class CPFactorization(_Trained):
             finite(a, f"factors[{n}]")
         if not 1 <= R <= 1024:
             raise ValueError(f"factors: expected 1 to 1024 components R, got {R}")
+        # the factors, the optimizer state (v, t) and the last losses
+        batch_memory(sum(problem.dims) * R * dtype.itemsize + _STATE_BYTES + 8 + 8
+                     + dtype.itemsize, B, "factors", "the model's factors")
         self.problem = problem
         self.backend = backend
         self._factors = [np.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
@@ -478,6 +504,8 @@ class CPFactorization(_Trained):
         seed = _rng.check_seed(seed)
         dtype = float_dtype(dtype, "dtype")
         _check_backend(backend)
+        batch_memory(sum(dims) * R * (8 + dtype.itemsize) + _STATE_BYTES + 16 + dtype.itemsize,
+                     problem.batch, "problem", "drawing the starting factors")
         factors = [np.empty((problem.batch, d, R)) for d in dims]
         for b in range(problem.batch):
             g = _rng.generator(seed, "init", b)
@@ -537,7 +565,7 @@ class CPFactorization(_Trained):
         running = self._status == 0  # frozen problems cost nothing in the core
         nnz = int(self.problem.n_observed[running].max(initial=0))
         per_step = max(1, int(running.sum()) * max(nnz, 1) * 3 * self.order * self.rank)
-        chunk = max(1, _WORK_PER_CALL // 4 // per_step)
+        chunk = max(1, _WORK_PER_CALL[self.backend] // 4 // per_step)
         done = 0
         while True:
             n = min(chunk, steps - done)
@@ -546,7 +574,7 @@ class CPFactorization(_Trained):
                         backend=self.backend)
             self.steps_done += n
             done += n
-            if done == steps or (self._status != 0).all():
+            if done == steps or bool((self._status != 0).all()):
                 self.steps_done += steps - done
                 return self
 
@@ -619,6 +647,9 @@ class CPFactorization(_Trained):
         log = schedule(log, max_steps)
         widths = [self.rank if n == "component_norms" else 1 for n in names]
         _check_log_memory(log.rows(max_steps), self.batch, sum(widths), log)
+        if set(names) - {"component_norms"}:  # measure(): the tensors and two temporaries
+            batch_memory(3 * 8 * int(np.prod(self.dims)), self.batch, "metrics",
+                         "measuring the tensors")
         _check_progress(progress)
         checkpoint_every = float(real_array(checkpoint_every, "checkpoint_every"))
         if not checkpoint_every >= 0:
@@ -718,6 +749,11 @@ def memorizer(problem) -> np.ndarray:
                     np.broadcast_to(problem.targets, shape), 0.0)
 
 
+def _host_state(model) -> dict[str, np.ndarray]:
+    """The model's state arrays on the host (copied from the device for the cuda backend)."""
+    return {k: to_host(v) for k, v in model._state().items()}
+
+
 def _dmf_progress(rows, buf, cross) -> dict:
     """What a DeepFactorization fit has computed so far: its rows and crossings."""
     return {"buf": buf[:len(rows)], "crossed_at": cross.step,
@@ -792,12 +828,13 @@ class Crossings:
     """First crossings of loss thresholds, filled by the core during step():
     step (B, k) int64 (-1 until crossed) and factors [(B, k, d_j, d_{j-1})] at that iterate."""
 
-    def __init__(self, thresholds: np.ndarray, batch: int, dims: list[int], dtype):
+    def __init__(self, thresholds: np.ndarray, batch: int, dims: list[int], dtype, xp=np):
         k = thresholds.size
         self.thresholds_f64 = thresholds
-        self.thresholds = thresholds.astype(dtype)  # compared in the factors' precision
-        self.step = np.full((batch, k), -1, dtype=np.int64)
-        self.factors = [np.zeros((batch, k, dims[j], dims[j - 1]), dtype=dtype)
+        # compared in the factors' precision; the records live where the factors do (xp)
+        self.thresholds = xp.asarray(thresholds.astype(dtype))
+        self.step = xp.full((batch, k), -1, dtype=np.int64)
+        self.factors = [xp.zeros((batch, k, dims[j], dims[j - 1]), dtype=dtype)
                         for j in range(1, len(dims))]
 
 
@@ -817,8 +854,8 @@ class _FitCheckpoint:
 
     def save(self, model, start: int, rows: list[int], progress: dict, done: bool) -> None:
         arrays = {"rows": np.asarray(rows, dtype=np.int64),
-                  **{f"state/{k}": v for k, v in model._state().items()},
-                  **{f"progress/{k}": v for k, v in progress.items()}}
+                  **{f"state/{k}": v for k, v in _host_state(model).items()},
+                  **{f"progress/{k}": to_host(v) for k, v in progress.items()}}
         save_npz(self.path, self.FORMAT, {"key": self.key, "start": start, "done": done,
                                           "steps_done": model.steps_done}, arrays)
 
@@ -840,7 +877,7 @@ def _state_digest(model) -> str:
     """A digest of the model's whole state and problem (what a resumed fit must start from)."""
     h = hashlib.sha256()
     pb = model.problem.arrays(model.dtype)
-    for a in [*model._state().values(), *(v for v in pb.values() if v is not None)]:
+    for a in [*_host_state(model).values(), *(v for v in pb.values() if v is not None)]:
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(str(model.steps_done).encode())
     return h.hexdigest()

@@ -18,22 +18,24 @@ import itertools
 import json
 import os
 import platform
+import socket
 import time
+import zipfile
 
 import numpy as np
 
 from . import problems as problems_mod
 from ._backend import build_info
-from ._checks import choice, integer
+from ._checks import available_memory, choice, integer
 from ._io import load_npz, save_npz
 from .init import init_factors
 from .metrics import tensor_rank
-from .models import CPFactorization, DeepFactorization, _progress, memorizer
+from .models import _GENERATOR_BYTES, CPFactorization, DeepFactorization, _progress, memorizer
 from .problems import completion, sensing, tensor_completion
 from .trajectory import Trajectory, every, geometric
 from .trajectory import load as load_trajectory
 
-__all__ = ["DEFAULTS", "PROBLEMS", "SweepResult", "expand", "load_sweep", "sweep"]
+__all__ = ["DEFAULTS", "EXECUTORS", "PROBLEMS", "SweepResult", "expand", "load_sweep", "sweep"]
 
 # Problem builders of implicitreg.problems and the config keys each one reads.
 PROBLEMS = {
@@ -320,25 +322,59 @@ def _config_columns(configs: list[dict], seeds: int) -> dict:
     return cols
 
 
-def _dry_run(cfg: dict, backend: str) -> None:
+def _dry_run(cfg: dict, backend: str) -> int:
     """Every check a config's run would make, on one problem, so that a bad value is refused
-    before any batch runs (and before an output directory is claimed)."""
+    before any batch runs (and before an output directory is claimed); returns about how many
+    bytes each of the config's problems takes in a batch."""
     problem = _build_problem(cfg, 1)
     if cfg["model"] == "cp":
         if cfg["thresholds"]:
             raise ValueError("thresholds: not recorded for model 'cp'; pass thresholds=()")
         model = _cp_model(cfg, problem, backend)
         model._optimizer(cfg["optimizer"])
-        model._metric_names(cfg["metrics"])
+        names = model._metric_names(cfg["metrics"])
         integer(cfg["rank_restarts"], "rank_restarts", minimum=0)
+        numel = int(np.prod(model.dims))
+        row = sum(model.rank if n == "component_norms" else 1 for n in names)
+        # problem: targets, masks and the observation order, built per config and joined;
+        # factors: each config's start, the joined starts and the model's copy; measure()
+        # and the end-of-run tensors and memorizer: a few tensors at a time
+        need = 2 * numel * (8 + 1 + 8) + 3 * 8 * sum(model.dims) * model.rank + 4 * 8 * numel
     else:
         factors = init_factors(problem.shape, 1, cfg["depth"], cfg["widths"], cfg["init"],
                                cfg["scale"], cfg["scale_by"], cfg["init_det"], cfg["init_seed"])
         model = DeepFactorization(problem, factors, backend=backend, dtype=cfg["dtype"])
-        model._metric_specs(cfg["metrics"])
-        model.crossings(cfg["thresholds"])
+        specs = model._metric_specs(cfg["metrics"])
+        cross = model.crossings(cfg["thresholds"])
+        row = sum(specs[3])
+        size = sum(W.size for W in factors)
+        pb = sum(a[0].nbytes for a in (problem.targets, problem.masks, problem.truth,
+                                        getattr(problem, "A", None), getattr(problem, "y", None))
+                 if a is not None)
+        # problem: built per config (shared arrays broadcast to every seed) and joined;
+        # factors: as for the problem, plus the model's copy and the crossings' snapshots
+        need = (2 * pb + 3 * 8 * size + cross.thresholds.size * (size * model.dtype.itemsize
+                                                                  + 8 * (row + 1)))
     model._lr(cfg["lr"])
     model._tol(cfg["tol"])
+    rows = _log(cfg["log"]).rows(cfg["max_steps"])
+    return need + 8 * row * rows + _GENERATOR_BYTES
+
+
+def _check_batch_memory(configs: list[dict], need: list[int], seeds: int, bi: int) -> None:
+    """Refuse, before anything runs, a batch that would not fit in this machine's memory,
+    naming how many seeds would."""
+    per_seed = sum(need)
+    have = available_memory()
+    if have is None or per_seed * seeds <= have:
+        return
+    fits = have // per_seed
+    raise ValueError(f"seeds: batch {bi} ({len(configs)} configs x {seeds} seeds = "
+                     f"{len(configs) * seeds} problems) needs about "
+                     f"{per_seed * seeds / 2**30:.3g} GiB, more than the {have / 2**30:.3g} "
+                     f"GiB of memory available here; the largest batch that fits is "
+                     f"{fits * len(configs)} problems: {fits} seeds (or fewer configs per "
+                     "batch)")
 
 
 def _cp_model(cfg: dict, problem, backend: str) -> CPFactorization:
@@ -425,10 +461,14 @@ def _put(cols: dict, name: str, v: np.ndarray) -> None:
             cols[f"{name}:{i}"] = v[:, i]
 
 
+EXECUTORS = ("local", "ray")
+_RAY_TASK = "implicitreg_sweep_batch"  # the task name (a worker's process title while it runs)
+
+
 def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
           resume: bool = False, progress=True, executor: str = "local",
-          checkpoint_every: float = 300.0, name: str = "sweep", info: dict | None = None
-          ) -> SweepResult:
+          checkpoint_every: float = 300.0, name: str = "sweep", info: dict | None = None,
+          address: str | None = None, max_retries: int = 3) -> SweepResult:
     """Run every config of expand(base, grid) on `seeds` seeds and return a SweepResult.
 
     Configs that share everything but per-problem values (problem data such as eps or n_obs,
@@ -439,9 +479,19 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     A directory holding other results is refused unless resume is set and it holds this very
     sweep; a directory holding anything else is refused. name and info (JSON-able) are kept
     in the result's meta.
+    executor: "local" runs the batches one after another in this process; "ray" runs each
+    batch as a Ray task (extra "ray"; one CPU, and on backend "cuda" one GPU, per task) on
+    the cluster at `address` ("HEAD:6379", "ray://HEAD:10001"; None: the one this process
+    is connected to, else $RAY_ADDRESS, else the one `ray start` runs on this machine, else
+    a new local one), reruns a batch up to max_retries times when its worker dies, and
+    writes each batch into `out` as it arrives. Both give the same results, bit for bit.
     """
     seeds = integer(seeds, "seeds", minimum=1)
-    choice(executor, "executor", ("local",))
+    choice(executor, "executor", EXECUTORS)
+    if address is not None and executor != "ray":
+        raise ValueError(f"address: only used by executor 'ray', got executor {executor!r} "
+                         f"with address {address!r}")
+    max_retries = integer(max_retries, "max_retries", minimum=0)
     configs = expand(base, grid)
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(configs):
@@ -453,8 +503,11 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     for b in batches:
         spans.append((at, at + len(b)))
         at += len(b)
-    for c in configs:
-        _dry_run(c, backend)
+    need = [_dry_run(c, backend) for c in configs]
+    if executor == "local" or address is None:  # a cluster's workers have their own memory
+        for bi, (a, b) in enumerate(spans):
+            _check_batch_memory(configs[a:b], need[a:b], seeds, bi)
+    ray = _ray_connect(address) if executor == "ray" else None
     meta = {"name": name, "seeds": seeds, "backend": backend, "executor": executor,
             "version": build_info()["version"], "machine": _machine(), **(info or {})}
     spec = {"configs": configs, "seeds": seeds, "backend": backend}
@@ -464,50 +517,170 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
         _prepare_dir(out, digest, resume, name)
     total = sum(configs[a]["max_steps"] for a, _ in spans)
     advance, close = _progress(progress, total)
-    trajs, parts, timings = [], [], []
+    done: list[tuple[dict, Trajectory, float] | None] = [None] * len(spans)
     try:
-        for bi, (a, b) in enumerate(spans):
-            group = configs[a:b]
-            done_file = None if out is None else os.path.join(out, "batches", f"{bi:03d}.npz")
-            if done_file is not None and os.path.exists(done_file):
-                bmeta, cols = _load_columns(done_file)
-                traj = load_trajectory(os.path.join(out, "batches",
-                                                    f"{bi:03d}.trajectory.npz"))
-                seconds = bmeta["seconds"]
-                advance(group[0]["max_steps"])
-                stale = os.path.join(out, "batches", f"{bi:03d}.ckpt.npz")
-                if os.path.exists(stale):  # a crash between writing the result and this
-                    os.remove(stale)
-            else:
+        for bi, (a, _) in enumerate(spans):
+            if out is not None and os.path.exists(_batch_path(out, bi, "npz")):
+                done[bi] = _read_batch(out, bi)
+                advance(configs[a]["max_steps"])
+        todo = [bi for bi in range(len(spans)) if done[bi] is None]
+        if ray is None:
+            for bi in todo:
+                a, b = spans[bi]
                 ran = [0]
 
                 def step_counter(n, ran=ran):
                     ran[0] += n
                     advance(n)
-                ckpt = None if out is None else os.path.join(out, "batches", f"{bi:03d}.ckpt.npz")
-                cols, traj, seconds = _run_batch(group, seeds, backend, step_counter, ckpt,
-                                                 checkpoint_every)
-                advance(group[0]["max_steps"] - ran[0])
-                if out is not None:
-                    traj.save(os.path.join(out, "batches", f"{bi:03d}.trajectory.npz"))
-                    _save_columns(done_file, cols, {"seconds": seconds})
-                    if os.path.exists(ckpt):  # none when the batch ran in one go
-                        os.remove(ckpt)
-            cols = {**{k: v for k, v in _config_columns(group, seeds).items()},
-                    "seed": np.tile(np.arange(seeds), len(group)), **cols,
-                    "batch": np.full(len(group) * seeds, bi)}
-            trajs.append(traj)
-            parts.append(cols)
-            timings.append({"batch": bi, "configs": len(group), "problems": len(group) * seeds,
-                            "seconds": seconds,
-                            "problem_steps": int(np.sum(cols["steps"]))})
+                ckpt = None if out is None else _batch_path(out, bi, "ckpt.npz")
+                done[bi] = _run_batch(configs[a:b], seeds, backend, step_counter, ckpt,
+                                      checkpoint_every)
+                advance(configs[a]["max_steps"] - ran[0])
+                _write_batch(out, bi, *done[bi])
+        else:
+            for bi, got in _ray_run(ray, [(bi, configs[slice(*spans[bi])]) for bi in todo],
+                                    seeds, backend, out, checkpoint_every, max_retries):
+                done[bi] = got
+                advance(configs[spans[bi][0]]["max_steps"])
+                _write_batch(out, bi, *got)
     finally:
         close()
+    trajs, parts, timings = [], [], []
+    for bi, (a, b) in enumerate(spans):
+        group = configs[a:b]
+        cols, traj, seconds = done[bi]
+        cols = {**_config_columns(group, seeds),
+                "seed": np.tile(np.arange(seeds), len(group)), **cols,
+                "batch": np.full(len(group) * seeds, bi)}
+        trajs.append(traj)
+        parts.append(cols)
+        timings.append({"batch": bi, "configs": len(group), "problems": len(group) * seeds,
+                        "seconds": seconds, "problem_steps": int(np.sum(cols["steps"]))})
     meta["timings"] = timings
     result = SweepResult(_stack(parts), trajs, configs, meta)
     if out is not None:  # the trajectories were written as their batches finished
         result._save_tables(out)
     return result
+
+
+def _batch_path(out, bi: int, suffix: str) -> str:
+    return os.path.join(out, "batches", f"{bi:03d}.{suffix}")
+
+
+def _read_batch(out, bi: int) -> tuple[dict, Trajectory, float]:
+    """A finished batch of a results directory: (result columns, trajectory, seconds)."""
+    paths = [_batch_path(out, bi, suffix) for suffix in ("npz", "trajectory.npz")]
+    try:
+        for p in paths:  # np.load leaves a file open when it fails to read a zip's index
+            if not zipfile.is_zipfile(p):
+                raise ValueError(f"{p} is not a whole .npz archive")
+        bmeta, cols = _load_columns(paths[0])
+        traj = load_trajectory(paths[1])
+        seconds = float(bmeta["seconds"])
+    except Exception as exc:  # whatever makes them unreadable, the advice is the same
+        raise ValueError(f"out: batch {bi} of {out} cannot be read back ({paths[0]} or "
+                         f"{paths[1]}: {type(exc).__name__}: {exc}); these files were not "
+                         "written whole by this sweep. Delete both to run the batch again, "
+                         "or choose another directory") from exc
+    stale = _batch_path(out, bi, "ckpt.npz")
+    if os.path.exists(stale):  # a crash between writing the result and removing it
+        os.remove(stale)
+    return cols, traj, seconds
+
+
+def _write_batch(out, bi: int, cols: dict, traj: Trajectory, seconds: float) -> None:
+    """Keep a finished batch: its trajectory, then its table (the table marks it finished,
+    so a crash between the two reruns the batch), each written atomically."""
+    if out is None:
+        return
+    traj.save(_batch_path(out, bi, "trajectory.npz"))
+    _save_columns(_batch_path(out, bi, "npz"), cols, {"seconds": seconds})
+    ckpt = _batch_path(out, bi, "ckpt.npz")
+    if os.path.exists(ckpt):  # none when the batch ran in one go
+        os.remove(ckpt)
+
+
+# ------------------------------------------------------------------------------ ray
+
+
+def _ray_connect(address):
+    """The ray module, connected to the cluster at `address` (see sweep)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError("executor: 'ray' needs Ray: pip install 'implicitreg[ray]'") from exc
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address: expected a Ray cluster address such as 'auto' or "
+                        f"'ray://host:10001', got {type(address).__name__} {address!r}")
+    if not ray.is_initialized():
+        _check_reachable(address)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RuntimeError(f"address: could not connect to a Ray cluster at {address!r}: "
+                               f"{exc}") from exc
+    return ray
+
+
+def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """A concrete address ("host:port", "ray://host:port") must answer before Ray is asked:
+    Ray itself retries an unreachable address for minutes before giving up."""
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address: expected 'HOST:PORT', 'ray://HOST:PORT', 'auto' or "
+                         f"'local', got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RuntimeError(f"address: no Ray cluster answers at {address!r} ({exc}); start "
+                           "one with `ray start --head` on the head node, and pass its "
+                           "address") from exc
+
+
+def _ray_batch(configs: list[dict], seeds: int, backend: str, ckpt: str | None,
+               checkpoint_every: float, node: str) -> tuple[dict, Trajectory, float]:
+    """One batch in a Ray worker. The running batch is checkpointed into the results
+    directory only on the driver's node: elsewhere that path is another machine's (a retry
+    there, or a resume, restarts the batch from its beginning)."""
+    import ray
+
+    if ckpt is not None and ray.get_runtime_context().get_node_id() != node:
+        ckpt = None
+    return _run_batch(configs, seeds, backend, lambda n: None, ckpt, checkpoint_every)
+
+
+def _ray_run(ray, todo: list[tuple[int, list[dict]]], seeds: int, backend: str, out,
+             checkpoint_every: float, max_retries: int):
+    """Yield (batch index, _run_batch's result) for each batch of `todo`, in the order they
+    finish. Every batch is submitted at once; Ray queues what the cluster cannot yet run."""
+    task = ray.remote(_ray_batch).options(
+        num_cpus=1, num_gpus=1 if backend == "cuda" else 0, max_retries=max_retries,
+        name=_RAY_TASK)
+    node = ray.get_runtime_context().get_node_id()
+    pending = {}
+    for bi, group in todo:
+        ckpt = None if out is None else os.path.abspath(_batch_path(out, bi, "ckpt.npz"))
+        pending[task.remote(group, seeds, backend, ckpt, checkpoint_every, node)] = bi
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                bi = pending.pop(ref)
+                try:
+                    got = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    # the batch's own error, as the local executor would raise it
+                    raise (exc.cause if isinstance(exc.cause, Exception) else exc) from exc
+                except ray.exceptions.RayError as exc:  # its worker or node died, retries spent
+                    raise RuntimeError(f"executor: batch {bi} failed on Ray after "
+                                       f"{max_retries} retries: {exc}") from exc
+                yield bi, got
+    finally:
+        for ref in pending:  # an error or an interrupt: stop what still runs
+            ray.cancel(ref, force=True)
 
 
 def _stack(parts: list[dict]) -> dict:
@@ -554,6 +727,11 @@ def _prepare_dir(out, digest: str, resume: bool, name: str) -> None:
             raise ValueError(f"out: {out} holds results of another sweep ({old.get('name')!r} "
                              "with other configs, seeds or backend); resume needs the same "
                              "ones, or choose another directory")
+        # what a killed run was writing when it died (never read: the rename did not happen)
+        for d in (out, os.path.join(out, "batches")):
+            for f in os.listdir(d) if os.path.isdir(d) else ():
+                if ".tmp-" in f:
+                    os.remove(os.path.join(d, f))
         return
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"out: {out} is not empty and holds no implicitreg results; choose "
