@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -24,6 +25,7 @@ else:
         _cuda_reason = f"_cuda is installed but failed to import: {exc}"
 
 
+@functools.lru_cache(maxsize=1)  # asked before every kernel call; the answer does not change
 def cuda_reason() -> str | None:
     """Why the CUDA backend cannot run here, or None when it can."""
     if _cuda is None:
@@ -51,14 +53,18 @@ def is_device(x) -> bool:
     return hasattr(x, "__cuda_array_interface__")
 
 
+def _cupy():
+    import cupy
+
+    return cupy
+
+
 def array_module(backend: str):
     """numpy, or cupy for the cuda backend: where a model on that backend keeps its state."""
     if backend != "cuda":
         return np
     cuda_module()
-    import cupy
-
-    return cupy
+    return _cupy()
 
 
 def to_host(x):
@@ -68,10 +74,7 @@ def to_host(x):
 
 def to_device(x):
     """x as a CuPy array (copied once from the host when it is not one already)."""
-    cuda_module()
-    import cupy
-
-    return cupy.asarray(x)
+    return array_module("cuda").asarray(x)
 
 
 def backends() -> dict[str, dict[str, object]]:
