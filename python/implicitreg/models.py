@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import _rng, ops, reference
 from . import metrics as metrics_mod
-from ._backend import array_module, backends, to_host
+from ._backend import array_module, backends, is_device, to_host
 from ._checks import batch_memory, choice, finite, float_dtype, integer, positive, real_array
 from ._io import load_npz, save_npz
 from .init import init_factors, layer_dims
@@ -48,6 +49,15 @@ def _factor_dtype(arrays: list[np.ndarray], dtype) -> np.dtype:
         raise TypeError(f"factors: expected one dtype for every factor, got "
                         f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
     return float_dtype(arrays[0].dtype, "factors")
+
+
+def _host(x, name: str):
+    """x on the host: a CuPy array is copied once; another device array (PyTorch, Numba)
+    has no such copy, and is refused rather than failing inside the copy."""
+    if is_device(x) and not hasattr(x, "get"):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got a device array of type "
+                        f"{type(x).__name__}; pass cupy.asarray(x) (or a NumPy copy)")
+    return to_host(x)
 
 
 def _check_problem(problem):
@@ -137,7 +147,8 @@ class DeepFactorization(_Trained):
             raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
                             f"got {type(factors).__name__}")
         # Validated on the host (a device array is copied once), then placed on the backend.
-        arrays = [real_array(to_host(W), f"factors[{j}]") for j, W in enumerate(factors)]
+        arrays = [real_array(_host(W, f"factors[{j}]"), f"factors[{j}]")
+                  for j, W in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
         B, (m, n) = problem.batch, problem.shape
         prev = n
@@ -285,8 +296,9 @@ class DeepFactorization(_Trained):
     def crossings(self, thresholds) -> Crossings:
         """Empty records of first crossings of the loss thresholds, for step()."""
         t = _thresholds(thresholds)
-        batch_memory(t.size * (sum(W[0].size for W in self._factors) * self.dtype.itemsize + 8),
-                     self.batch, "thresholds", "recording the crossings")
+        size = sum(W.shape[1] * W.shape[2] for W in self._factors)
+        batch_memory(t.size * (size * self.dtype.itemsize + 8), self.batch, "thresholds",
+                     "recording the crossings")
         with np.errstate(over="ignore"):
             if not np.isfinite(t.astype(self.dtype)).all():
                 raise ValueError(f"thresholds: expected values representable in {self.dtype}, "
@@ -535,7 +547,7 @@ class CPFactorization(_Trained):
 
     def tensor(self) -> np.ndarray:
         """(B, d_1, ..., d_N) the factorizations' tensors."""
-        return ops.cp_tensor(self._factors, self.backend).reshape((self.batch,) + self.dims)
+        return _cp_tensor(self._factors, self.backend).reshape((self.batch,) + self.dims)
 
     def loss(self) -> np.ndarray:
         """(B,) mean squared error over the observed entries."""
@@ -560,6 +572,9 @@ class CPFactorization(_Trained):
         eps = float(real_array(eps, "eps"))
         if not (np.isfinite(eps) and eps >= 0):
             raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+        if self.batch == 0:  # nothing to train (and no kernel need see an empty batch)
+            self.steps_done += steps
+            return self
         loss = self._step_loss
         # calls of bounded work, so that Ctrl-C is honoured between them (results unchanged)
         running = self._status == 0  # frozen problems cost nothing in the core
@@ -598,7 +613,7 @@ class CPFactorization(_Trained):
         names = self._metric_names(metrics)
         out = {}
         if set(names) - {"component_norms"}:
-            W = ops.cp_tensor(self._factors, self.backend).astype(np.float64)
+            W = _cp_tensor(self._factors, self.backend).astype(np.float64)
             a = self.problem.arrays(np.float64)
             target = np.broadcast_to(a["target"], W.shape)
             mask = np.broadcast_to(a["mask"], W.shape)
@@ -736,6 +751,15 @@ class CPFactorization(_Trained):
     def __repr__(self) -> str:
         return (f"CPFactorization(batch={self.batch}, dims={self.dims}, rank={self.rank}, "
                 f"dtype={self.dtype}, backend={self.backend!r}, steps_done={self.steps_done})")
+
+
+def _cp_tensor(factors, backend: str):
+    """(B, numel) tensors of CP factors; an empty batch never reaches a kernel (the numpy
+    reference cannot reshape one)."""
+    if factors[0].shape[0] == 0:
+        numel = math.prod(U.shape[1] for U in factors)
+        return array_module(backend).zeros((0, numel), dtype=factors[0].dtype)
+    return ops.cp_tensor(factors, backend)
 
 
 def memorizer(problem) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _rng
 from ._backend import to_device
-from ._checks import batch_size, finite, integer, ndim_in, positive, real_array
+from ._checks import batch_memory, batch_size, finite, integer, ndim_in, positive, real_array
 
 __all__ = [
     "Completion",
@@ -271,6 +271,8 @@ def random_low_rank_completion(m: int, n: int, rank: int, n_obs: int, batch: int
     m, n, rank, n_obs = _check_low_rank(m, n, rank, n_obs, "n_obs", lambda m, n: m * n)
     batch = integer(batch, "batch", minimum=0)
     seed = _rng.check_seed(seed)
+    # targets and masks, then the problem's own copies of them and of the truth
+    batch_memory(m * n * (3 * 8 + 2), batch, "batch", "drawing the problems")
     targets = np.empty((batch, m, n))
     masks = np.zeros((batch, m, n), dtype=bool)
     for b in range(batch):
@@ -289,6 +291,9 @@ def random_sensing(m: int, n: int, rank: int, n_meas: int, batch: int = 1, seed:
     batch = integer(batch, "batch", minimum=0)
     seed = _rng.check_seed(seed)
     std = positive(std, "std")
+    # A, y and the truth, then the problem's own copies of them
+    batch_memory(8 * 2 * (n_meas * m * n + n_meas + m * n), batch, "batch",
+                 "drawing the problems")
     A = np.empty((batch, n_meas, m, n))
     truth = np.empty((batch, m, n))
     for b in range(batch):
@@ -342,10 +347,11 @@ class TensorCompletion:
         """Kernel inputs, flattened to (B|1, numel) C-contiguous, converted once and cached."""
         dtype = np.dtype(dtype)
         if dtype not in self._cache:
+            numel = int(np.prod(self.dims))  # not -1: an empty batch has no size to divide
             self._cache[dtype] = {
-                "target": np.ascontiguousarray(self.targets.reshape(self.targets.shape[0], -1),
-                                               dtype=dtype),
-                "mask": np.ascontiguousarray(self.masks.reshape(self.masks.shape[0], -1)),
+                "target": np.ascontiguousarray(
+                    self.targets.reshape(self.targets.shape[0], numel), dtype=dtype),
+                "mask": np.ascontiguousarray(self.masks.reshape(self.masks.shape[0], numel)),
             }
         return self._cache[dtype]
 
@@ -405,6 +411,7 @@ def random_cp_tensor(dims, rank: int, fro_norm: float = 1.0, batch: int = 1,
     batch = integer(batch, "batch", minimum=0)
     seed = _rng.check_seed(seed)
     numel = int(np.prod(dims))
+    batch_memory(numel * (8 + 8), batch, "batch", "drawing the tensors and their orders")
     targets = np.empty((batch,) + dims)
     orders = np.empty((batch, numel), dtype=np.int64)
     letters = "abcdef"[:len(dims)]

@@ -541,8 +541,8 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
             for bi, got in _ray_run(ray, [(bi, configs[slice(*spans[bi])]) for bi in todo],
                                     seeds, backend, out, checkpoint_every, max_retries):
                 done[bi] = got
-                advance(configs[spans[bi][0]]["max_steps"])
                 _write_batch(out, bi, *got)
+                advance(configs[spans[bi][0]]["max_steps"])
     finally:
         close()
     trajs, parts, timings = [], [], []
