@@ -557,6 +557,15 @@ def test_bad_executor(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_executor_ray_without_ray_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'implicitreg\[ray\]'"):
+        sweep(FAST, seeds=2, progress=False, executor="ray", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_config_is_refused_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         sweep(FAST, [{"lr": [0.1]}, {"lrr": [0.1]}], seeds=2, progress=False,
