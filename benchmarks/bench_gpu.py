@@ -1,0 +1,827 @@
+"""implicitreg on one device against PyTorch, JAX and CuPy on the same device, side by side in
+one run: the fused DMF step and batched singular values.
+
+    python benchmarks/bench_gpu.py [--device cuda|cpu] [--quick] [--repeats N] [--budget S]
+                                   [--no-compile] [--json out.json]
+
+--device cuda (default) runs implicitreg's `cuda` backend, torch on "cuda", jax on its GPU and
+CuPy; it exits with code 2 at once when implicitreg's cuda backend is not usable here.
+--device cpu runs the same cases at small sizes on the `cpu` backend, torch and jax on the CPU
+and numpy.linalg.svd in CuPy's place: it tests this script where there is no GPU; its figures
+say nothing about the GPU targets.
+
+DMF step (depth 3, float32 and float64): the paper's 2x2 completion problem
+(ir.problems.paper_2x2, B = 2**20) and a random 16x16 completion problem (N(0, 1) targets, ~50%
+of the entries observed, per problem; B = 2**14). implicitreg times `f.step(lr, steps)`; the
+peers, from the same start, are a batched PyTorch step with autograd (torch.bmm forward,
+.backward(), SGD under no_grad), a PyTorch step with closed-form gradients (bmm, no autograd),
+the same step under torch.compile (float32 rows only, for its compile time; skipped with
+--no-compile, when it fails, or once compiling took 60 s in all), and JAX (vmap
+of a per-problem jax.grad step, jit, lax.scan over a fixed number of steps). Each side gets its
+own step count, sized so that one timed call takes about --target-s seconds (0.3; 0.1 with
+--quick), and every timed call starts from the same start (reset outside the clock), so each
+repeat does the same work. Rate = B * steps / median seconds (problem-steps/s), after a warm-up
+calls that absorb compilation. Before timing, every side runs 20 steps (jax: one scan of 50)
+from the same start at a larger learning rate, and its change of the factors must match
+implicitreg's to 1e-10 (float64) or 1e-4 (float32) relative, max norm. A side that does not is
+flagged "!" (MISMATCH in the notes) and left out of "best peer"; when it is the reference
+(torch-closed, the same arithmetic; else the first peer that ran) the run fails.
+
+Singular values (float32 and float64): random normal batches 2x2 (B = 2**20), 8x8 (B = 2**16),
+32x32 (B = 2**14). `ir.svdvals(X)` on a device array against `cupy.linalg.svd(X,
+compute_uv=False)` and `torch.linalg.svdvals(X)`, each synchronized before the clock stops.
+Every side must match LAPACK (float64) on the first 2048 matrices to 1e-10 * sigma_1 (float64)
+or 100 * n * eps * sigma_1 (float32) first: implicitreg failing fails the run, a peer failing
+is flagged and left out of "best peer".
+
+Ratio = implicitreg rate / the best peer's rate. Targets (cuda): DMF 2x2 depth 3 float32 at
+least 1e11 problem-steps/s and at least 20x the best of PyTorch and JAX; svdvals at least 5x the
+best of CuPy and PyTorch at every size. Each prints "met" or "missed"; a missing peer is
+reported as skipped. Peers still waiting when --budget seconds (180; 60 with --quick) have
+passed are skipped, so the run stays short; the DMF peers stop at 65% of it, so that the
+svdvals peers keep theirs.
+
+Exit code: 0 when every check passed (targets may be missed), 1 when a check failed, a case
+raised or problems froze while timed, 2 when the device is not usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+import implicitreg as ir
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import machine, ratio_text, write_json  # noqa: E402
+
+DEPTH = 3
+CHECK_STEPS = 20
+RTOL = {"float64": 1e-10, "float32": 1e-4}
+SVD_REF_BATCH = 2048  # matrices checked against LAPACK
+SVD_PROBE_BATCH = 4096  # a side is first timed on this many, to foresee a full call's time
+SVD_MAX_CALL_S = 2.0  # a side slower than this per full batch is timed on fewer (marked *)
+DMF_TARGET_RATE, DMF_TARGET_RATIO, SVD_TARGET_RATIO = 1e11, 20.0, 5.0
+JAX_SCAN_STEPS = 50  # steps per jitted lax.scan call; a run is a whole number of these
+COMPILE_CAP_S = 60.0  # no more torch.compile sides once their warm-ups took this long
+DMF_SHARE = 0.65  # of --budget, for the DMF section
+
+# Per device: (name, shape d, batch, init std, timing lr, check lr, max steps per call).
+# The lr are small enough that no problem converges or diverges at any step count used here
+# (tol is None, so nothing freezes either way); the check lr moves the factors enough for the
+# change to be compared in float32. max steps bounds lr * steps for stability.
+DMF_CASES = {
+    "cuda": [("2x2", 2, 2**20, 0.3, 1e-3, 1e-2, 200_000),
+             ("16x16", 16, 2**14, 0.5 / 4, 1e-4, 1e-3, 1_000_000)],
+    "cpu": [("2x2", 2, 4096, 0.3, 1e-3, 1e-2, 200_000),
+            ("16x16", 16, 256, 0.5 / 4, 1e-4, 1e-3, 1_000_000)],
+}
+SVD_CASES = {"cuda": [(2, 2**20), (8, 2**16), (32, 2**14)],
+             "cpu": [(2, 1024), (8, 1024), (32, 1024)]}
+DTYPES = ("float32", "float64")
+
+
+def flops_per_step(d: int, depth: int = DEPTH) -> int:
+    """DMF step of d x d factors: forward (N-1) 2d^3, backward 2 (N-1) 2d^3, updates, residual."""
+    return 6 * (depth - 1) * d**3 + (2 * depth + 3) * d**2
+
+
+def host(x) -> np.ndarray:
+    """A host copy (never a view of live state) of a NumPy, CuPy, torch or jax array."""
+    if hasattr(x, "detach"):  # torch, on any device
+        return x.detach().cpu().numpy().copy()
+    if hasattr(x, "__cuda_array_interface__") and hasattr(x, "get"):  # CuPy
+        return x.get()
+    return np.array(x)
+
+
+def first_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text[:160]
+
+
+# ----------------------------------------------------------------------------- the device
+
+
+class Device:
+    """Where every side runs: implicitreg's backend and array module (and how to wait for
+    it), the torch device and the jax platform of the peers."""
+
+    def __init__(self, kind, backend, xp, sync, torch_device, jax_platform, name):
+        self.kind, self.backend, self.xp, self.sync = kind, backend, xp, sync
+        self.torch_device, self.jax_platform, self.name = torch_device, jax_platform, name
+
+    def put(self, a: np.ndarray):
+        return self.xp.asarray(a)
+
+
+def cuda_device() -> Device:
+    import cupy
+
+    try:
+        name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception as exc:  # only a label
+        name = f"cuda device ({first_line(exc)})"
+    return Device("cuda", "cuda", cupy, lambda: cupy.cuda.get_current_stream().synchronize(),
+                  "cuda", "gpu", name)
+
+
+def cpu_device() -> Device:
+    return Device("cpu", "cpu", np, lambda: None, "cpu", "cpu",
+                  f"cpu ({os.cpu_count()} logical cores)")
+
+
+class Peers:
+    """torch and jax, imported once; each is None with the reason it cannot run here."""
+
+    def __init__(self, dev: Device, compile_torch: bool):
+        self.torch = self.torch_reason = self.jax = self.jax_device = self.jax_reason = None
+        self.compile = compile_torch
+        self.compile_spent = 0.0
+        try:
+            import torch
+        except ImportError as exc:
+            self.torch_reason = f"torch not importable ({exc})"
+        else:
+            if dev.torch_device == "cuda" and not torch.cuda.is_available():
+                self.torch_reason = "torch sees no CUDA device"
+            else:
+                self.torch = torch
+                torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
+        # before jax starts: do not take 75% of the GPU's memory up front
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        try:
+            import jax
+        except ImportError as exc:
+            self.jax_reason = f"jax not importable ({exc})"
+        else:
+            jax.config.update("jax_enable_x64", True)  # float64 rows stay float64
+            jax.config.update("jax_default_matmul_precision", "highest")  # no TF32
+            try:
+                self.jax_device = jax.devices(dev.jax_platform)[0]
+                self.jax = jax
+            except Exception as exc:  # no such platform: RuntimeError, by jax version
+                self.jax_reason = f"jax has no {dev.jax_platform} device ({first_line(exc)})"
+        try:
+            import cupy
+        except ImportError:
+            cupy = None
+        self.versions = {"numpy": np.__version__,
+                         "torch": self.torch and self.torch.__version__,
+                         "jax": self.jax and self.jax.__version__,
+                         "cupy": cupy and cupy.__version__}
+
+
+# ----------------------------------------------------------------------------- DMF sides
+# A side holds B factorizations from one start: reset() restores the start (not timed),
+# run(steps, lr) does `steps` GD steps and returns when the device is done, factors() gives
+# host copies. granule: run() takes a whole multiple of it.
+
+
+class ImplicitregSide:
+    name, granule = "implicitreg", 1
+
+    def __init__(self, dev: Device, problem, start, dtype):
+        self.dev = dev
+        self.f = ir.DeepFactorization(problem, start, backend=dev.backend, dtype=dtype)
+        self.start = [W.copy() for W in self.f.factors]
+
+    def reset(self):
+        for W, S in zip(self.f.factors, self.start, strict=True):
+            W[...] = S  # the live state, in place
+        self.dev.sync()
+
+    def run(self, steps, lr):
+        self.f.step(lr, steps)  # reads the status back: returns when the device is done
+        self.dev.sync()
+
+    def factors(self):
+        return [host(W) for W in self.f.factors]
+
+    def all_running(self) -> bool:
+        return bool((self.f.status == "running").all())
+
+
+class TorchSide:
+    """Batched (B, d, d) factors; autograd or closed-form gradients, optionally compiled."""
+
+    def __init__(self, peers: Peers, dev: Device, targets, masks, start, dtype, mode):
+        torch = self.torch = peers.torch
+        self.name = {"autograd": "torch-autograd", "closed": "torch-closed",
+                     "compiled": "torch-compile"}[mode]
+        self.granule, self.mode, self.dev = 1, mode, dev
+        self.device = torch.device(dev.torch_device)
+        tdt = getattr(torch, dtype)
+        # a target or mask shared by the batch stays (1, d, d) and broadcasts
+        self.T = torch.as_tensor(targets.astype(dtype), device=self.device)
+        self.M = torch.as_tensor(masks.astype(dtype), device=self.device)
+        self.start = [torch.as_tensor(W, dtype=tdt, device=self.device) for W in start]
+        self.W = [S.clone().requires_grad_(mode == "autograd") for S in self.start]
+        self.fn = None
+        if mode == "compiled":
+            self.fn = torch.compile(_closed_form_step(torch), dynamic=False)
+            self.lr_tensors = {}
+
+    def sync(self):
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def reset(self):
+        with self.torch.no_grad():
+            for W, S in zip(self.W, self.start, strict=True):
+                W.copy_(S)
+                W.grad = None
+        self.sync()
+
+    def run(self, steps, lr):
+        torch = self.torch
+        if self.mode == "autograd":
+            for _ in range(steps):
+                E = self.W[0]
+                for W in self.W[1:]:
+                    E = torch.bmm(W, E)
+                loss = 0.5 * (self.M * (E - self.T)).square().sum()
+                loss.backward()
+                with torch.no_grad():
+                    for W in self.W:
+                        W.add_(W.grad, alpha=-lr)
+                        W.grad = None
+        elif self.mode == "closed":
+            with torch.no_grad():
+                for _ in range(steps):
+                    _closed_form_inplace(torch, self.W, self.T, self.M, lr)
+        else:
+            # lr as a 0-d tensor: a new value does not recompile
+            lr_t = self.lr_tensors.get(lr)
+            if lr_t is None:
+                lr_t = self.lr_tensors[lr] = torch.tensor(lr, dtype=self.start[0].dtype,
+                                                          device=self.device)
+            Ws = list(self.W)
+            with torch.no_grad():
+                for _ in range(steps):
+                    Ws = self.fn(Ws, self.T, self.M, lr_t)
+                for W, new in zip(self.W, Ws, strict=True):
+                    W.copy_(new)
+        self.sync()
+
+    def factors(self):
+        return [W.detach().cpu().numpy() for W in self.W]
+
+
+def _closed_form_inplace(torch, Ws, T, M, lr):
+    """One GD step, in place: P_j = W_{j+1} P_{j-1} forward, G = M * (E - T), then from the
+    top dW_j = H_j P_{j-1}^T with H_N = G, H_{j-1} = W_j^T H_j (old W_j)."""
+    P = [Ws[0]]
+    for W in Ws[1:]:
+        P.append(torch.bmm(W, P[-1]))
+    H = M * (P[-1] - T)
+    for j in range(len(Ws) - 1, -1, -1):
+        if j == 0:
+            Ws[0].add_(H, alpha=-lr)
+        else:
+            g = torch.bmm(H, P[j - 1].transpose(1, 2))
+            H = torch.bmm(Ws[j].transpose(1, 2), H)
+            Ws[j].add_(g, alpha=-lr)
+
+
+def _closed_form_step(torch):
+    def step(Ws, T, M, lr):
+        """The closed-form step as a function (new factors out) for torch.compile."""
+        P = [Ws[0]]
+        for W in Ws[1:]:
+            P.append(torch.bmm(W, P[-1]))
+        H = M * (P[-1] - T)
+        new = list(Ws)
+        for j in range(len(Ws) - 1, -1, -1):
+            g = H if j == 0 else torch.bmm(H, P[j - 1].transpose(1, 2))
+            if j:
+                H = torch.bmm(Ws[j].transpose(1, 2), H)
+            new[j] = Ws[j] - lr * g
+        return new
+
+    return step
+
+
+class JaxSide:
+    """vmap of one problem's jax.grad step, jit, lax.scan of JAX_SCAN_STEPS steps per call."""
+
+    name, granule = "jax", JAX_SCAN_STEPS
+
+    def __init__(self, peers: Peers, targets, masks, start, dtype):
+        jax = self.jax = peers.jax
+        jnp = jax.numpy
+        put = lambda a: jax.device_put(a, peers.jax_device)  # noqa: E731
+        self.dtype = dtype
+        self.start = tuple(put(np.asarray(W, dtype=dtype)) for W in start)
+        self.W = self.start
+        shared = (targets.shape[0] == 1, masks.shape[0] == 1)
+        self.T = put(targets[0] if shared[0] else targets).astype(dtype)
+        self.M = put(masks[0] if shared[1] else masks).astype(dtype)
+        self.put = put
+
+        def loss(Ws, T, M):
+            E = Ws[0]
+            for W in Ws[1:]:
+                E = W @ E
+            return 0.5 * jnp.sum(M * (E - T) ** 2)
+
+        def step(Ws, T, M, lr):
+            g = jax.grad(loss)(Ws, T, M)
+            return tuple(W - lr * gW for W, gW in zip(Ws, g, strict=True))
+
+        vstep = jax.vmap(step, in_axes=(0, None if shared[0] else 0,
+                                        None if shared[1] else 0, None))
+
+        def scan(Ws, T, M, lr):
+            body = lambda c, _: (vstep(c, T, M, lr), None)  # noqa: E731
+            return jax.lax.scan(body, Ws, None, length=JAX_SCAN_STEPS)[0]
+
+        self.fn = jax.jit(scan)
+
+    def reset(self):
+        self.W = self.start  # immutable arrays: nothing to copy
+
+    def run(self, steps, lr):
+        lr = self.put(np.asarray(lr, dtype=self.dtype))
+        Ws = self.W
+        for _ in range(steps // JAX_SCAN_STEPS):
+            Ws = self.fn(Ws, self.T, self.M, lr)
+        self.W = self.jax.block_until_ready(Ws)
+
+    def factors(self):
+        return [np.asarray(W) for W in self.W]
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _clock(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_steps(side, batch, lr, target_s, repeats, max_steps) -> dict:
+    """Steps per call sized to about target_s, then the median of `repeats` calls, each from
+    the start. The first two calls (compilation, first launches, thread start) are not
+    counted; each size is tried twice (the faster counts), so one hiccup does not shrink the
+    calls; calls that still come out under target_s / 4 are sized and timed again."""
+    g = side.granule
+
+    def once(steps) -> float:
+        side.reset()
+        return _clock(lambda: side.run(steps, lr))
+
+    warm = once(g)
+    once(g)
+    steps = g
+    while True:
+        t = min(once(steps), once(steps))
+        if t >= target_s / 4 or steps >= max_steps:
+            break
+        grow = min(100.0, max(2.0, target_s / 2 / max(t, 1e-6)))
+        steps = min(max_steps, g * max(1, math.ceil(steps * grow / g)))
+    for _ in range(2):
+        steps = min(max_steps, g * max(1, round(steps * target_s / max(t, 1e-9) / g)))
+        times = [once(steps) for _ in range(repeats)]
+        med = statistics.median(times)
+        if med >= target_s / 4 or steps >= max_steps:
+            break
+        t = med
+    return {"steps": steps, "median_s": med, "times_s": times, "warmup_s": warm,
+            "rate": batch * steps / med}
+
+
+def time_calls(fn, sync, target_s, repeats) -> dict:
+    """Median seconds of one fn() call: samples of enough calls for about target_s, each
+    synchronized at its end, after a first call that is not counted."""
+    def calls(n):
+        for _ in range(n):
+            fn()
+        sync()
+
+    warm = _clock(lambda: calls(1))
+    once = min(_clock(lambda: calls(1)), _clock(lambda: calls(1)))
+    n = max(1, min(10_000, round(target_s / max(once, 1e-9))))
+    times = [_clock(lambda: calls(n)) / n for _ in range(repeats)]
+    return {"calls": n, "median_s": statistics.median(times), "times_s": times,
+            "warmup_s": warm}
+
+
+class Clock:
+    """The run's deadline: peers still waiting when it has passed are skipped. The DMF
+    section ends at DMF_SHARE of it, so that the svdvals peers keep their time."""
+
+    def __init__(self, budget_s: float):
+        self.t0 = time.perf_counter()
+        self.budget_s = budget_s
+        self.share = 1.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over(self) -> bool:
+        return self.elapsed() > self.share * self.budget_s
+
+    def skipped(self) -> dict:
+        return {"skipped": f"time budget ({self.share * self.budget_s:.0f} s of "
+                           f"{self.budget_s:.0f} s) spent"}
+
+
+# ----------------------------------------------------------------------------- DMF cases
+
+
+def dmf_problem(shape: str, d: int, batch: int):
+    """(problem, host targets (Bt, d, d), host masks (Bm, d, d) bool)."""
+    if shape == "2x2":
+        p = ir.problems.paper_2x2(batch=batch)
+    else:
+        rng = np.random.default_rng(1)
+        p = ir.completion(rng.standard_normal((batch, d, d)), rng.random((batch, d, d)) < 0.5)
+    return p, p.targets, p.masks
+
+
+def rel_change_diff(got, want, start) -> float:
+    """max_j max|(got_j - start_j) - (want_j - start_j)| / max|want_j - start_j|: how well a
+    side's change of the factors matches implicitreg's (the factors alone would hide a wrong
+    gradient behind the start)."""
+    worst = 0.0
+    for a, b, s in zip(got, want, start, strict=True):
+        da = np.asarray(a, np.float64) - s
+        db = np.asarray(b, np.float64) - s
+        scale = np.abs(db).max(initial=0.0)
+        worst = max(worst, np.abs(da - db).max(initial=0.0) / scale if scale > 0 else np.inf)
+    return worst
+
+
+def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
+    shape, d, B, std, lr, lr_check, max_steps = case
+    problem, targets, masks = dmf_problem(shape, d, B)
+    rng = np.random.default_rng(0)
+    # one generator for the whole batch (ir's per-problem streams take seconds at B = 2**20)
+    start = [(std * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(DEPTH)]
+    start64 = [S.astype(np.float64) for S in start]
+    row = {"case": f"{shape} depth {DEPTH} B={B} {dtype}", "shape": shape, "batch": B,
+           "depth": DEPTH, "dtype": dtype, "lr": lr, "check_lr": lr_check,
+           "check_steps": CHECK_STEPS, "flops_per_step": flops_per_step(d), "sides": {}}
+    ir_side = ImplicitregSide(dev, problem, start, dtype)
+    ir_side.reset()
+    ir_side.run(CHECK_STEPS, lr_check)
+    want = ir_side.factors()
+    if not ir_side.all_running():
+        raise RuntimeError(f"{row['case']}: problems froze in the {CHECK_STEPS}-step check")
+
+    sides = [ir_side]
+    for mode in ("autograd", "closed", "compiled"):
+        name = {"autograd": "torch-autograd", "closed": "torch-closed",
+                "compiled": "torch-compile"}[mode]
+        if peers.torch is None:
+            row["sides"][name] = {"skipped": peers.torch_reason}
+        elif mode == "compiled" and not peers.compile:
+            row["sides"][name] = {"skipped": "--no-compile"}
+        elif mode == "compiled" and dtype != "float32":
+            row["sides"][name] = {"skipped": "torch.compile on float32 rows only (compile time)"}
+        elif mode == "compiled" and peers.compile_spent > COMPILE_CAP_S:
+            row["sides"][name] = {"skipped": f"torch.compile took over {COMPILE_CAP_S:.0f} s "
+                                             "in earlier cases"}
+        else:
+            sides.append((mode, name))
+    if peers.jax is None:
+        row["sides"]["jax"] = {"skipped": peers.jax_reason}
+    else:
+        sides.append(("jax", "jax"))
+
+    for item in sides:
+        if item is ir_side:
+            r = time_steps(ir_side, B, lr, target_s, repeats, max_steps)
+            r["all_running"] = ir_side.all_running()
+            r["check_rel_diff"], r["match"] = 0.0, True
+            row["sides"]["implicitreg"] = r
+            continue
+        mode, name = item
+        if clock.over():
+            row["sides"][name] = clock.skipped()
+            continue
+        t0 = time.perf_counter()
+        try:
+            if mode == "jax":
+                side = JaxSide(peers, targets, masks, start, dtype)
+                check_steps = JAX_SCAN_STEPS * math.ceil(CHECK_STEPS / JAX_SCAN_STEPS)
+            else:
+                side = TorchSide(peers, dev, targets, masks, start, dtype, mode)
+                check_steps = CHECK_STEPS
+            side.reset()
+            side.run(check_steps, lr_check)
+            if check_steps != CHECK_STEPS:  # jax runs whole scans: compare at its count
+                ir_side.reset()
+                ir_side.run(check_steps, lr_check)
+                ref = ir_side.factors()
+            else:
+                ref = want
+            got = side.factors()
+            diff = rel_change_diff(got, ref, start64)
+            factor_diff = max(float(np.abs(np.asarray(g, np.float64) - w).max(initial=0.0)
+                                    / max(np.abs(w).max(initial=0.0), 1e-300))
+                              for g, w in zip(got, ref, strict=True))
+            r = time_steps(side, B, lr, target_s, repeats, max_steps)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            row["sides"][name] = {"skipped": f"error: {first_line(exc)}"}
+            if mode == "compiled":
+                peers.compile_spent += time.perf_counter() - t0
+            continue
+        if mode == "compiled":  # compiled in the check run; its time counts whole
+            peers.compile_spent += time.perf_counter() - t0
+        r["check_rel_diff"] = diff  # of the change of the factors
+        r["check_factor_rel_diff"] = factor_diff  # of the factors themselves
+        r["check_steps"] = check_steps
+        r["match"] = bool(diff <= RTOL[dtype])
+        row["sides"][name] = r
+    return row
+
+
+# ----------------------------------------------------------------------------- svdvals
+
+
+def svd_case(dev, peers, clock, n, B, dtype, target_s, repeats) -> dict:
+    X = np.random.default_rng(0).standard_normal((B, n, n)).astype(dtype)
+    k = min(B, SVD_REF_BATCH)
+    ref = np.linalg.svd(X[:k].astype(np.float64), compute_uv=False)
+    tol = RTOL["float64"] if dtype == "float64" else 100 * n * float(np.finfo(np.float32).eps)
+    row = {"case": f"{n}x{n} B={B} {dtype}", "n": n, "batch": B, "dtype": dtype,
+           "check_tol": tol, "sides": {}}
+    Xd = dev.put(X)
+
+    def check(s) -> float:
+        s = np.asarray(host(s)[:k], dtype=np.float64)
+        return float(np.max(np.abs(s - ref).max(axis=1) / ref[:, 0]))
+
+    def add(name, on, sync, is_peer=True):
+        """Check and time fn = on(b), svdvals of the first b matrices: b = B, unless a probe
+        at SVD_PROBE_BATCH says one call of B would take over SVD_MAX_CALL_S (a per-matrix
+        loop somewhere): then the largest power-of-two multiple of the probe under that."""
+        if is_peer and clock.over():
+            row["sides"][name] = clock.skipped()
+            return
+        try:
+            b = min(B, SVD_PROBE_BATCH)
+            fn = on(b)
+            _clock(lambda: (fn(), sync()))  # first call: handles, workspaces, compilation
+            t = min(_clock(lambda: (fn(), sync())) for _ in range(2))
+            if t * B / b > SVD_MAX_CALL_S:
+                b = min(B, b * 2 ** max(0, math.floor(math.log2(SVD_MAX_CALL_S / max(t, 1e-9)))))
+            else:
+                b = B
+            fn = on(b)
+            err = check(fn())
+            r = time_calls(fn, sync, target_s, repeats)
+        except Exception as exc:
+            if not is_peer:
+                raise
+            row["sides"][name] = {"skipped": f"error: {first_line(exc)}"}
+            return
+        r["batch"] = b
+        r["rate"] = b / r["median_s"]
+        r["check_rel_err"] = err
+        r["match"] = bool(err <= tol)
+        row["sides"][name] = r
+
+    add("implicitreg", lambda b: lambda: ir.svdvals(Xd[:b]), dev.sync, is_peer=False)
+    if dev.kind == "cuda":
+        add("cupy", lambda b: lambda: dev.xp.linalg.svd(Xd[:b], compute_uv=False), dev.sync)
+    else:  # CuPy's place on the cpu: LAPACK through numpy
+        add("numpy", lambda b: lambda: np.linalg.svd(X[:b], compute_uv=False), lambda: None)
+    if peers.torch is None:
+        row["sides"]["torch"] = {"skipped": peers.torch_reason}
+    else:
+        torch = peers.torch
+        try:
+            Xt = torch.as_tensor(X, device=torch.device(dev.torch_device))
+        except Exception as exc:
+            row["sides"]["torch"] = {"skipped": f"error: {first_line(exc)}"}
+        else:
+            sync = torch.cuda.synchronize if Xt.is_cuda else (lambda: None)
+            add("torch", lambda b: lambda: torch.linalg.svdvals(Xt[:b]), sync)
+    return row
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def reference_side(row) -> str:
+    """The side whose disagreement with implicitreg fails the run: LAPACK's values are the
+    reference of svdvals (checked on implicitreg itself); for the DMF step the closed-form
+    torch step (the same arithmetic), else the first peer that ran."""
+    if "n" in row:
+        return "implicitreg"
+    for name in ("torch-closed", "jax", "torch-autograd", "torch-compile"):
+        if "rate" in row["sides"].get(name, {}):
+            return name
+    return "implicitreg"
+
+
+def best_peer(row) -> tuple[str | None, float | None]:
+    rates = {k: v["rate"] for k, v in row["sides"].items()
+             if k != "implicitreg" and "rate" in v and v.get("match", False)}
+    if not rates:
+        return None, None
+    name = max(rates, key=rates.get)
+    return name, rates[name]
+
+
+def finish_row(row) -> None:
+    own = row["sides"].get("implicitreg", {})
+    name, rate = best_peer(row)
+    row["best_peer"], row["best_peer_rate"] = name, rate
+    row["ratio"] = own["rate"] / rate if rate and "rate" in own else None
+
+
+def cell(side: dict, width: int, batch: int) -> str:
+    """A rate; "!" when its check failed, "*" when timed on fewer than the row's batch."""
+    if "rate" not in side:
+        return f"{'skip':>{width}s}"
+    mark = "!" if not side.get("match", True) else "*" if side.get("batch", batch) < batch else ""
+    return f"{side['rate']:{width - 1}.2e}{mark or ' '}"
+
+
+def print_table(title, rows, cols, extra=None) -> None:
+    w = 15
+    head = f"{title:30s}" + "".join(f"{c:>{w}s}" for c in cols)
+    head += f"{'best peer':>16s}{'ratio':>9s}"
+    if extra:
+        head += f"{extra:>12s}"
+    print("\n" + head)
+    for row in rows:
+        line = f"{row['case']:30s}" + "".join(cell(row["sides"].get(c, {}), w, row["batch"])
+                                          for c in cols)
+        line += f"{row['best_peer'] or '-':>16s}{ratio_text(row['ratio']):>9s}"
+        if extra:
+            own = row["sides"].get("implicitreg", {})
+            gf = own.get("rate", 0) * row.get("flops_per_step", 0) / 1e9
+            line += f"{gf:12.1f}"
+        print(line)
+    notes = {}
+    for row in rows:
+        for name, side in row["sides"].items():
+            if "skipped" in side:
+                notes.setdefault(f"{name}: {side['skipped']}", []).append(row["case"])
+            elif side.get("batch", row["batch"]) < row["batch"]:
+                notes.setdefault(f"{name}: * timed on B={side['batch']} (a call of the whole "
+                                 f"batch would take over {SVD_MAX_CALL_S:g} s)", []).append(
+                    row["case"])
+            if "rate" in side and not side.get("match", True):
+                err = side.get("check_rel_diff", side.get("check_rel_err"))
+                notes.setdefault(f"{name}: MISMATCH ({err:.1e} relative)", []).append(
+                    row["case"])
+    for text, cases in notes.items():
+        where = "every case" if len(cases) == len(rows) else ", ".join(cases)
+        print(f"  note: {text} [{where}]")
+
+
+def targets(dmf_rows, svd_rows) -> list[dict]:
+    """The issue's targets: {name (short), target (in words), value, threshold, met}; met is
+    None where there is nothing to compare with."""
+    out = []
+
+    def add(name, text, value, threshold, **extra):
+        out.append({"name": name, "target": text, "value": value, "threshold": threshold,
+                    "met": None if value is None else bool(value >= threshold), **extra})
+
+    for row in dmf_rows:
+        if row["shape"] == "2x2" and row["dtype"] == "float32":
+            short = f"DMF {row['shape']} {row['dtype']}"
+            add(f"{short} rate", f"DMF {row['case']}: >= {DMF_TARGET_RATE:.0e} "
+                "problem-steps/s", row["sides"].get("implicitreg", {}).get("rate"),
+                DMF_TARGET_RATE)
+            add(f"{short} vs peers", f"DMF {row['case']}: >= {DMF_TARGET_RATIO:.0f}x the best "
+                "of PyTorch and JAX", row["ratio"], DMF_TARGET_RATIO, best_peer=row["best_peer"])
+    for row in svd_rows:
+        if row["n"] <= 32:
+            add(f"svdvals {row['n']}x{row['n']} {row['dtype']}", f"svdvals {row['case']}: >= "
+                f"{SVD_TARGET_RATIO:.0f}x the best of CuPy and PyTorch", row["ratio"],
+                SVD_TARGET_RATIO, best_peer=row["best_peer"])
+    return out
+
+
+def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
+    """Every case on `dev`; (report, every check passed)."""
+    clock = Clock(args.budget)
+    repeats, target_s = args.repeats, args.target_s
+    print(f"implicitreg {ir.__version__} on {dev.name} (backend {dev.backend}); median of "
+          f"{repeats}, calls of about {target_s} s; "
+          + ", ".join(f"{k} {v or '-'}" for k, v in peers.versions.items()))
+    ok = True
+    dmf_rows, svd_rows, errors = [], [], []
+    clock.share = DMF_SHARE
+    for case in DMF_CASES[dev.kind]:
+        for dtype in DTYPES:
+            try:
+                row = dmf_case(dev, peers, clock, case, dtype, target_s, repeats)
+            except Exception as exc:
+                traceback.print_exc()
+                errors.append(f"DMF {case[0]} {dtype}: {first_line(exc)}")
+                ok = False
+                continue
+            finish_row(row)
+            dmf_rows.append(row)
+            print(f"  done {row['case']} ({clock.elapsed():.0f} s)", flush=True)
+    print_table("DMF step (problem-steps/s)", dmf_rows,
+                ["implicitreg", "torch-autograd", "torch-closed", "torch-compile", "jax"],
+                extra="ir Gflop/s")
+    clock.share = 1.0
+    for n, B in SVD_CASES[dev.kind]:
+        for dtype in DTYPES:
+            try:
+                row = svd_case(dev, peers, clock, n, B, dtype, target_s, repeats)
+            except Exception as exc:
+                traceback.print_exc()
+                errors.append(f"svdvals {n}x{n} {dtype}: {first_line(exc)}")
+                ok = False
+                continue
+            finish_row(row)
+            svd_rows.append(row)
+    peer = "cupy" if dev.kind == "cuda" else "numpy"
+    print_table("svdvals (matrices/s)", svd_rows, ["implicitreg", peer, "torch"])
+
+    for row in dmf_rows:
+        own = row["sides"]["implicitreg"]
+        if not own.get("all_running", True):
+            errors.append(f"DMF {row['case']}: problems froze while timed")
+            ok = False
+    warnings = []
+    for row in dmf_rows + svd_rows:
+        ref = reference_side(row)
+        for name, side in row["sides"].items():
+            if "rate" in side and not side["match"]:
+                if name == ref:
+                    errors.append(f"{row['case']}: implicitreg and {name} disagree "
+                                  f"({side.get('check_rel_diff', side.get('check_rel_err')):.1e}"
+                                  " relative)")
+                    ok = False
+                else:
+                    warnings.append(f"{row['case']}: {name} disagrees with implicitreg and "
+                                    "the reference; left out of best peer")
+    tg = targets(dmf_rows, svd_rows)
+    print("\nTargets" + ("" if dev.kind == "cuda" else
+                         " (set for --device cuda; on the cpu they only test this script)"))
+    for t in tg:
+        status = {True: "met", False: "missed", None: "no peer"}[t["met"]]
+        v = t["value"]
+        vtext = "-" if v is None else (f"{v:.3g}" if t["threshold"] > 100 else f"{v:.1f}x")
+        print(f"  {status:8s} {t['target']} (got {vtext})")
+    for w in warnings:
+        print(f"WARNING: {w}")
+    for e in errors:
+        print(f"ERROR: {e}")
+    print(f"total {clock.elapsed():.0f} s")
+    report = {"benchmark": "gpu", "device": dev.kind, "device_name": dev.name,
+              "machine": machine(), "build": ir.build_info(), "versions": peers.versions,
+              "quick": args.quick, "repeats": repeats, "target_s": target_s,
+              "budget_s": args.budget, "dmf": dmf_rows, "svdvals": svd_rows, "targets": tg,
+              "errors": errors, "warnings": warnings, "checks_passed": ok,
+              "elapsed_s": clock.elapsed()}
+    return report, ok
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter calls")
+    ap.add_argument("--repeats", type=int, help="timed calls per median (default 5; 3 quick)")
+    ap.add_argument("--target-s", type=float, help="seconds per timed call (0.3; 0.1 quick)")
+    ap.add_argument("--budget", type=float,
+                    help="seconds after which peers are skipped (180; 60 quick)")
+    ap.add_argument("--no-compile", action="store_true", help="no torch.compile side")
+    ap.add_argument("--json", help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    args.repeats = max(1, args.repeats or (3 if args.quick else 5))
+    args.target_s = args.target_s or (0.1 if args.quick else 0.3)
+    args.budget = args.budget or (60.0 if args.quick else 180.0)
+    if args.device == "cuda":
+        cuda = ir.backends()["cuda"]
+        if not cuda["available"]:
+            print(f"bench_gpu: implicitreg's cuda backend is not usable here: {cuda['reason']}\n"
+                  "  (run on a machine with an NVIDIA GPU and implicitreg built with CUDA, or "
+                  "use --device cpu to test this script)", file=sys.stderr)
+            write_json(args.json, {"benchmark": "gpu", "device": "cuda", "machine": machine(),
+                                   "error": f"cuda backend not usable: {cuda['reason']}"})
+            return 2
+        dev = cuda_device()
+    else:
+        dev = cpu_device()
+    peers = Peers(dev, compile_torch=not args.no_compile)
+    report, ok = run_all(dev, peers, args)
+    write_json(args.json, report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

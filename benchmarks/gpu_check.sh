@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The GPU check of implicitreg, in one go on a machine with an NVIDIA GPU (no package registry
+# needed): build with CUDA, print the build, run the gpu-marked tests, benchmark against
+# PyTorch, JAX and CuPy on the same device. About 8 minutes at most (the build, then 240 s for
+# the tests and 240 s for the benchmark at most).
+#
+#     bash benchmarks/gpu_check.sh [--no-build]
+#
+# Run from the repository root. --no-build skips step 2 (implicitreg already installed with
+# CUDA). PYTHON picks the interpreter (default python3). When OUT is set, everything printed
+# goes to $OUT/gpu_check.log too, the build's output to $OUT/gpu_check_build.log, and the
+# benchmark's report to $OUT/gpu_check.json (else ./gpu_check.json).
+#
+# Exit codes: 0 tests passed (or skipped: no pytest/hypothesis) and the benchmark's checks
+# passed (its targets may be missed: see the summary); 1 tests or benchmark failed; 2 no GPU
+# (nvidia-smi missing or failing, or no device listed); 3 the build failed or implicitreg's
+# cuda backend is not usable after it.
+set -euo pipefail
+
+PY="${PYTHON:-python3}"
+BUILD=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "gpu_check: unknown argument '$arg' (see --help)" >&2; exit 64 ;;
+  esac
+done
+
+say() { printf '\n=== gpu_check [%3ds] %s\n' "$SECONDS" "$*"; }
+
+fail() {  # fail CODE MESSAGE: stop here, with a summary line
+  local code="$1"; shift
+  echo "gpu_check: FAILED: $*" >&2
+  echo "gpu_check: SUMMARY: failed after ${SECONDS}s (exit $code): $*"
+  exit "$code"
+}
+
+main() {
+  local out="${OUT:-.}"
+  echo "gpu_check: implicitreg GPU check in $(pwd), $(date -u '+%Y-%m-%d %H:%M:%S UTC'), python: $PY"
+
+  say "1/5 GPU visible? (nvidia-smi)"
+  command -v nvidia-smi >/dev/null 2>&1 \
+    || fail 2 "nvidia-smi not found: no NVIDIA driver on this machine, so no GPU to check"
+  local gpus
+  gpus="$(timeout 60 nvidia-smi -L 2>&1)" \
+    || fail 2 "nvidia-smi failed (exit $?): ${gpus:-no output}"
+  grep -q '^GPU [0-9]' <<<"$gpus" || fail 2 "nvidia-smi lists no GPU: ${gpus:-no output}"
+  echo "$gpus"
+  timeout 60 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+    || true
+
+  if [[ "$BUILD" == 1 ]]; then
+    say "2/5 build: IMPLICITREG_CUDA=ON $PY -m pip install --no-build-isolation --no-deps ."
+    local build_log
+    if [[ -n "${OUT:-}" ]]; then build_log="$OUT/gpu_check_build.log"; else
+      build_log="$(mktemp -t gpu_check_build.XXXXXX.log)"; fi
+    # --no-index and no version check: nothing is fetched, nothing waits on a network
+    if ! IMPLICITREG_CUDA=ON PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        "$PY" -m pip install --no-index --no-build-isolation --no-deps . >"$build_log" 2>&1; then
+      echo "--- last 80 lines of the build ($build_log) ---"
+      tail -n 80 "$build_log"
+      fail 3 "build with IMPLICITREG_CUDA=ON failed (whole output in $build_log)"
+    fi
+    tail -n 2 "$build_log"
+    echo "build done (whole output in $build_log)"
+  else
+    say "2/5 build skipped (--no-build)"
+  fi
+
+  say "3/5 $PY -m implicitreg info"
+  "$PY" -m implicitreg info || fail 3 "'$PY -m implicitreg info' failed"
+  local reason
+  reason="$("$PY" -c 'import implicitreg as ir; print(ir.backends()["cuda"]["reason"] or "")')" \
+    || fail 3 "could not ask implicitreg for its backends"
+  [[ -z "$reason" ]] || fail 3 "implicitreg's cuda backend is not usable: $reason"
+  echo "cuda backend available"
+
+  say "4/5 gpu tests: timeout 240 $PY -m pytest -m gpu -q -p no:cacheprovider tests"
+  local tests="skipped (pytest or hypothesis not importable)" rc=0
+  if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
+    timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests || rc=$?
+    case "$rc" in
+      0) tests="passed" ;;
+      124) tests="TIMED OUT after 240 s" ;;
+      *) tests="FAILED (pytest exit $rc)" ;;
+    esac
+  else
+    echo "tests skipped: $PY cannot import pytest and hypothesis (the suite needs both)"
+  fi
+
+  say "5/5 benchmark: timeout 240 $PY benchmarks/bench_gpu.py --json $out/gpu_check.json"
+  local bench targets="" brc=0
+  PYTHONUNBUFFERED=1 timeout 240 "$PY" benchmarks/bench_gpu.py --json "$out/gpu_check.json" \
+    || brc=$?
+  case "$brc" in
+    0) bench="checks passed" ;;
+    124) bench="TIMED OUT after 240 s" ;;
+    *) bench="FAILED (exit $brc)" ;;
+  esac
+  if [[ -f "$out/gpu_check.json" ]]; then
+    targets="$("$PY" - "$out/gpu_check.json" <<'EOF' || true
+import json, sys
+t = json.load(open(sys.argv[1])).get("targets", [])
+met = sum(x["met"] is True for x in t)
+missed = [x.get("name", x["target"]) for x in t if x["met"] is False]
+nopeer = sum(x["met"] is None for x in t)
+print(f"targets met {met}/{len(t)}" + (f", {nopeer} without a peer" if nopeer else "")
+      + (" (missed: " + ", ".join(missed) + ")" if missed else ""))
+EOF
+)"
+  fi
+
+  local status=0
+  [[ "$tests" == passed || "$tests" == skipped* ]] || status=1
+  [[ "$brc" == 0 ]] || status=1
+  echo
+  echo "gpu_check: SUMMARY: $( ((status)) && echo FAILED || echo ok ) in ${SECONDS}s;" \
+       "gpu: $(head -n 1 <<<"$gpus"); tests: $tests; benchmark: $bench${targets:+; $targets}"
+  return "$status"
+}
+
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT"
+  main 2>&1 | tee "$OUT/gpu_check.log"
+  exit "${PIPESTATUS[0]}"
+fi
+main
