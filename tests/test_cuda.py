@@ -1,11 +1,13 @@
 """The cuda backend: the fused DMF step, singular values and metrics on the device, CuPy in and
 CuPy out, fit/sweep/reproduce end to end.
 
-Every test runs twice. "simulated" stands a NumPy-backed device array and the CPU core in for
-CuPy and _cuda, so that everything above the kernels (state on the device, problem data copied
-once, rows read back at log points, device arrays in and out) runs here, where there is no GPU,
-and must reproduce the cpu backend bit for bit. "cuda" (mark gpu) runs the real kernels on a
-GPU and must agree with the cpu backend to 1e-10 relative in float64 over 1000 steps.
+Every test runs three ways. "simulated" stands a NumPy-backed device array and the CPU core in
+for CuPy and _cuda, so that everything above the kernels (state on the device, problem data
+copied once, rows read back at log points, device arrays in and out) runs here, where there is
+no GPU, and must reproduce the cpu backend bit for bit. "emulated" runs the CUDA kernels
+themselves, compiled as C++ with every block's threads as real threads (_cuda_emulated), on
+the same device arrays. "cuda" (mark gpu) runs them on a GPU. Both must agree with the cpu
+backend to 1e-10 relative in float64 over 1000 steps (1e-4 in float32).
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class Device:
             assert max_rel_diff(got, want) <= self.rtol[dtype]
 
 
-@pytest.fixture(params=["simulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+RTOL = {"float64": 1e-10, "float32": 1e-4}
+
+
+@pytest.fixture(params=["simulated", "emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
 def dev(request, monkeypatch) -> Device:
     if request.param == "cuda":
         reason = ir.backends()["cuda"]["reason"]
@@ -78,11 +83,17 @@ def dev(request, monkeypatch) -> Device:
             pytest.skip(f"no cuda backend here: {reason}")
         import cupy
 
-        return Device("cuda", cupy, {"float64": 1e-10, "float32": 1e-4})
-    monkeypatch.setattr(_backend, "_cuda", SIMULATED_CUDA)
+        return Device("cuda", cupy, RTOL)
+    if request.param == "emulated":
+        emulated = pytest.importorskip(
+            "implicitreg._cuda_emulated",
+            reason="built without IMPLICITREG_CUDA_EMULATION: no CUDA emulation module")
+        monkeypatch.setattr(_backend, "_cuda", emulated)
+    else:
+        monkeypatch.setattr(_backend, "_cuda", SIMULATED_CUDA)
     monkeypatch.setattr(_backend, "cuda_reason", lambda: None)
     monkeypatch.setattr(_backend, "_cupy", lambda: SIMULATED_XP)
-    return Device("simulated", SIMULATED_XP, {})
+    return Device(request.param, SIMULATED_XP, RTOL)
 
 
 # Shapes that take each CUDA path: one problem per thread (square <= 4, depth <= 4), one per
@@ -97,8 +108,11 @@ CASES = {
     "3x6-d2-w4": dict(m=3, n=6, depth=2, widths=[4]),
     "16x16-d3": dict(m=16, n=16, depth=3),
     "48x48-d3": dict(m=48, n=48, depth=3, batch=3),
-    "sensing-3x3": dict(m=3, n=3, depth=3, sensing=9),
+    "sensing-3x3": dict(m=3, n=3, depth=3, sensing=9, lr=(5e-4, 2e-3)),
 }
+# Steps of the agreement test: 1000 on a device; the emulation runs every block's threads as
+# host threads, so it checks fewer steps on fewer problems.
+STEPS = {"simulated": 1000, "emulated": 40, "cuda": 1000}
 
 
 def _problem(case: dict, batch: int, seed: int = 0):
@@ -111,9 +125,9 @@ def _problem(case: dict, batch: int, seed: int = 0):
     return ir.completion(targets, masks)
 
 
-def _pair(case: dict, dtype: str, scale=0.5):
+def _pair(case: dict, dtype: str, scale=0.5, batch=None):
     """The same start on cpu and on cuda."""
-    batch = case.get("batch", 9)
+    batch = batch or case.get("batch", 9)
     p = _problem(case, batch)
     cpu = ir.DeepFactorization.init(p, depth=case["depth"], widths=case.get("widths"),
                                     scale=scale, seed=1, dtype=dtype)
@@ -123,10 +137,10 @@ def _pair(case: dict, dtype: str, scale=0.5):
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_step_matches_cpu_over_1000_steps(dev, case, dtype):
-    cpu, gpu = _pair(CASES[case], dtype)
-    lr = np.geomspace(2e-3, 2e-2, cpu.batch)
-    cpu.step(lr, 1000, tol=1e-7)
-    gpu.step(lr, 1000, tol=1e-7)
+    cpu, gpu = _pair(CASES[case], dtype, batch=3 if dev.name == "emulated" else None)
+    lr = np.geomspace(*CASES[case].get("lr", (2e-3, 2e-2)), cpu.batch)  # stable GD
+    cpu.step(lr, STEPS[dev.name], tol=1e-7)
+    gpu.step(lr, STEPS[dev.name], tol=1e-7)
     assert all(isinstance(W, dev.xp.ndarray) for W in gpu.factors)  # the state stays there
     dev.check(gpu.factors, cpu.factors, dtype)
     assert (gpu.status == cpu.status).all() and (gpu.frozen_at == cpu.frozen_at).all()
@@ -149,7 +163,8 @@ def test_fit_logs_metrics_and_crossings_like_cpu(dev, case):
     cpu, gpu = _pair(CASES[case], "float64")
     metrics = ("loss", "erank", "svals", "fro", "nuc", "schatten:0.5", "rank", "dist_rank:1",
                "balancedness", "det", "entry:0,1")
-    kw = dict(lr=1e-2, max_steps=1000, log=ir.every(100), metrics=metrics,
+    steps = STEPS[dev.name] * 5 if dev.name == "emulated" else 1000
+    kw = dict(lr=1e-2, max_steps=steps, log=ir.every(steps // 10), metrics=metrics,
               thresholds=(1.0, 0.3, 0.1), progress=False)
     t_cpu, t_gpu = cpu.fit(**kw), gpu.fit(**kw)
     assert t_gpu.steps.tolist() == t_cpu.steps.tolist()

@@ -99,10 +99,14 @@ T* ptr(const Dev& d) {
 }
 
 void* current_stream() {
+#ifdef IR_CUDA_EMULATION
+  return nullptr;  // the emulated device has one implicit stream
+#else
   return reinterpret_cast<void*>(py::module_::import("cupy.cuda")
                                      .attr("get_current_stream")()
                                      .attr("ptr")
                                      .cast<std::uintptr_t>());
+#endif
 }
 
 template <class T>
@@ -337,10 +341,7 @@ void dmf_measure_t(const py::list& factors, const py::object& target, const py::
                            ptr<double>(o), tp, truth_stride, current_stream());
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "implicitreg CUDA backend: the kernels of _core on device (CuPy) arrays";
+void define(py::module_& m) {
   m.def("device_count", []() { return implicitreg::cuda::device_info().device_count; });
   m.def("device_info", []() {
     const auto info = implicitreg::cuda::device_info();
@@ -428,3 +429,19 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("kinds"), py::arg("params"), py::arg("out"), py::arg("truth") = py::none(),
       "_core.dmf_measure on device arrays (kinds and params on the host).");
 }
+
+}  // namespace
+
+// _cuda_emulated is this module with the kernels run on the CPU (cuda/emulation.h), for tests
+// where there is no GPU.
+#ifdef IR_CUDA_EMULATION
+PYBIND11_MODULE(_cuda_emulated, m) {
+  m.doc() = "implicitreg CUDA backend emulated on the CPU (for tests): _cuda's functions";
+  define(m);
+}
+#else
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "implicitreg CUDA backend: the kernels of _core on device (CuPy) arrays";
+  define(m);
+}
+#endif

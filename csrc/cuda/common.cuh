@@ -1,7 +1,12 @@
 // What every CUDA driver needs: error checks that throw, the stream from its opaque handle,
-// grid sizes, a block-wide sum, and device scratch that is freed on every exit path.
+// launches, grid sizes, a block-wide sum, and device scratch that is freed on every exit path.
+// With IR_CUDA_EMULATION the same code compiles as C++ and runs on the CPU (emulation.h).
 #pragma once
+#ifdef IR_CUDA_EMULATION
+#include "cuda/emulation.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <stdexcept>
@@ -23,6 +28,28 @@ inline void check(cudaError_t err, const char* what, const char* file, int line)
   ::implicitreg::cuda::check(cudaGetLastError(), name " launch", __FILE__, __LINE__)
 
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+// kernel<<<grid, block, smem, stream>>>(args...), the one place that launches.
+template <class... P, class... A>
+void launch(void (*kernel)(P...), unsigned grid, unsigned block, std::size_t smem,
+            cudaStream_t stream, A... args) {
+#ifdef IR_CUDA_EMULATION
+  (void)stream;
+  emulation::launch(kernel, grid, block, smem, args...);
+#else
+  kernel<<<grid, block, smem, stream> > >(args...);
+#endif
+}
+
+// The block's dynamic shared memory (16-byte aligned).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+#ifdef IR_CUDA_EMULATION
+  return emulation::dynamic_smem();
+#else
+  extern __shared__ __align__(16) unsigned char smem[];
+  return smem;
+#endif
+}
 
 inline unsigned grid_for(std::int64_t n, int block) { return unsigned((n + block - 1) / block); }
 

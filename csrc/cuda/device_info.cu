@@ -1,9 +1,8 @@
 // Device facts for implicitreg.build_info(). Static cudart loads the driver lazily, so this
 // works on a machine with no driver: every error there simply means "no device".
-#include <cuda_runtime.h>
-
 #include <string>
 
+#include "cuda/common.cuh"
 #include "implicitreg/cuda_info.h"
 
 namespace implicitreg {

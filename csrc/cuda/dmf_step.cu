@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kThreadBlock) dmf_step_thread(const StepArgs<T
 
 template <class T, int D, int Depth>
 void launch_thread(const StepArgs<T>& a, cudaStream_t stream) {
-  dmf_step_thread<T, D, Depth><<<grid_for(a.batch, kThreadBlock), kThreadBlock, 0, stream>>>(a);
+  launch(dmf_step_thread<T, D, Depth>, grid_for(a.batch, kThreadBlock), kThreadBlock, 0, stream, a);
   IR_CUDA_LAUNCHED("dmf_step_thread");
 }
 
@@ -292,8 +292,8 @@ __device__ void block_load(const StepArgs<T>& a, const BlockLayout& l, std::int6
 
 template <class T>
 __device__ T* block_workspace(const BlockLayout& l, T* global_ws) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  return global_ws != nullptr ? global_ws + blockIdx.x * l.size : reinterpret_cast<T*>(smem);
+  return global_ws != nullptr ? global_ws + blockIdx.x * l.size
+                              : reinterpret_cast<T*>(dynamic_smem());
 }
 
 template <class T>
@@ -418,13 +418,13 @@ void launch_block(Kernel kernel, const StepArgs<T>& a, cudaStream_t stream) {
     IR_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
-    kernel<<<grid, l.threads, std::size_t(bytes), stream>>>(a, l, nullptr);
+    launch(kernel, grid, l.threads, std::size_t(bytes), stream, a, l, static_cast<T*>(nullptr));
     IR_CUDA_LAUNCHED("dmf_step (block, shared memory)");
     return;
   }
   const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * sms);
   Scratch<T> ws(grid * l.size, stream);
-  kernel<<<unsigned(grid), l.threads, 0, stream>>>(a, l, ws.get());
+  launch(kernel, unsigned(grid), l.threads, 0, stream, a, l, ws.get());
   IR_CUDA_LAUNCHED("dmf_step (block, global memory)");
 }
 

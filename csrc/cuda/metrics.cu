@@ -120,16 +120,16 @@ void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* spec
                    double* out, void* stream) {
   if (batch == 0) return;
   const Specs sp = make_specs(specs, n_specs);
-  svals_metrics_kernel<T>
-      <<<grid_for(batch, kBlock), kBlock, 0, as_stream(stream)>>>(s, batch, k, sp, out);
+  launch(svals_metrics_kernel<T>, grid_for(batch, kBlock), kBlock, 0, as_stream(stream), s, batch,
+         k, sp, out);
   IR_CUDA_LAUNCHED("svals_metrics");
 }
 
 template <class T>
 void balancedness(const T* const* factors, const DmfShape& shape, double* out, void* stream) {
   if (shape.batch == 0) return;
-  balancedness_kernel<T><<<grid_for(shape.batch, kBlock), kBlock, 0, as_stream(stream)>>>(
-      make_factors(factors, shape), out);
+  launch(balancedness_kernel<T>, grid_for(shape.batch, kBlock), kBlock, 0, as_stream(stream),
+         make_factors(factors, shape), out);
   IR_CUDA_LAUNCHED("balancedness");
 }
 
@@ -154,8 +154,9 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
   Scratch<double> det(batch * det_size, st);
   dmf_loss(factors, shape, problem, loss.get(), product.get(), stream);
   if (need_svals) svdvals(product.get(), batch, m, n, s.get(), info.get(), kMaxSweeps, stream);
-  measure_kernel<T><<<grid_for(batch, kBlock), kBlock, 0, st>>>(
-      f, sp, loss.get(), product.get(), s.get(), truth, truth_stride, det.get(), det_size, out);
+  launch(measure_kernel<T>, grid_for(batch, kBlock), kBlock, 0, st, f, sp,
+         static_cast<const T*>(loss.get()), static_cast<const T*>(product.get()),
+         static_cast<const T*>(s.get()), truth, truth_stride, det.get(), det_size, out);
   IR_CUDA_LAUNCHED("dmf_measure");
 }
 
