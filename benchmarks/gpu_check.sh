@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check of implicitreg, in one go on a machine with an NVIDIA GPU (no package registry
-# needed): build with CUDA, print the build, run the gpu-marked tests, benchmark against
-# PyTorch, JAX and CuPy on the same device. About 8 minutes at most (the build, then 240 s for
-# the tests and 240 s for the benchmark at most).
+# needed): build with CUDA, print the build, run the gpu-marked tests, run every kernel under
+# compute-sanitizer (memcheck, racecheck), benchmark against PyTorch, JAX and CuPy on the same
+# device. Under 8 minutes on an H100: the build, the tests (at most 180 s), the sanitizer
+# (two small runs, at most 120 s each) and the benchmark (its own budget is 180 s).
 #
 #     bash benchmarks/gpu_check.sh [--no-build]
 #
@@ -77,17 +78,27 @@ main() {
   [[ -z "$reason" ]] || fail 3 "implicitreg's cuda backend is not usable: $reason"
   echo "cuda backend available"
 
-  say "4/5 gpu tests: timeout 240 $PY -m pytest -m gpu -q -p no:cacheprovider tests"
+  say "4/5 gpu tests: timeout 180 $PY -m pytest -m gpu -q -p no:cacheprovider tests"
   local tests="skipped (pytest or hypothesis not importable)" rc=0
   if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
-    timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests || rc=$?
+    timeout 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests || rc=$?
     case "$rc" in
       0) tests="passed" ;;
-      124) tests="TIMED OUT after 240 s" ;;
+      124) tests="TIMED OUT after 180 s" ;;
       *) tests="FAILED (pytest exit $rc)" ;;
     esac
   else
     echo "tests skipped: $PY cannot import pytest and hypothesis (the suite needs both)"
+  fi
+
+  say "4b/5 compute-sanitizer memcheck and racecheck on a few small calls of every kernel"
+  local sanitize="skipped (no compute-sanitizer)"
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    sanitize="clean"
+    for tool in memcheck racecheck; do
+      timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        "$PY" benchmarks/gpu_sanitize.py || sanitize="$tool FAILED (exit $?)"
+    done
   fi
 
   say "5/5 benchmark: timeout 240 $PY benchmarks/bench_gpu.py --json $out/gpu_check.json"
@@ -114,10 +125,12 @@ EOF
 
   local status=0
   [[ "$tests" == passed || "$tests" == skipped* ]] || status=1
+  [[ "$sanitize" == clean || "$sanitize" == skipped* ]] || status=1
   [[ "$brc" == 0 ]] || status=1
   echo
   echo "gpu_check: SUMMARY: $( ((status)) && echo FAILED || echo ok ) in ${SECONDS}s;" \
-       "gpu: $(head -n 1 <<<"$gpus"); tests: $tests; benchmark: $bench${targets:+; $targets}"
+       "gpu: $(head -n 1 <<<"$gpus"); tests: $tests; compute-sanitizer: $sanitize;" \
+       "benchmark: $bench${targets:+; $targets}"
   return "$status"
 }
 

@@ -1,0 +1,23 @@
+"""A few small calls of every CUDA kernel, for compute-sanitizer (gpu_check.sh runs it under
+memcheck and racecheck): the DMF step on each path (one problem per thread; per block in
+shared memory; per block in global memory; sensing), crossings with snapshots, every metric,
+and svdvals on each path (2x2, local memory, bidiagonal QR, global memory)."""
+
+import cupy as cp
+import numpy as np
+
+import implicitreg as ir
+
+rng = np.random.default_rng(0)
+for m, n, depth in [(2, 2, 3), (5, 5, 3), (3, 6, 2), (48, 48, 3)]:
+    p = ir.completion(rng.standard_normal((3, m, n)), rng.random((3, m, n)) < 0.6)
+    f = ir.DeepFactorization.init(p, depth=depth, scale=0.5, backend="cuda")
+    f.step(1e-2, 20, crossings=f.crossings((10.0, 1.0, 0.1)))
+    metrics = ["loss", "svals", "erank", "rank", "balancedness", "fro", "entry:0,0"]
+    f.measure(metrics + (["det"] if m == n else []))
+p = ir.problems.random_sensing(3, 3, 1, 9, batch=3)
+ir.DeepFactorization.init(p, depth=3, scale=0.5, backend="cuda").step(1e-3, 20)
+for shape in [(2, 2), (8, 8), (13, 13), (40, 33)]:
+    ir.svdvals(cp.asarray(rng.standard_normal((3,) + shape)))
+cp.cuda.get_current_stream().synchronize()
+print("gpu_sanitize: every kernel ran")
