@@ -37,7 +37,9 @@ void launch(void (*kernel)(P...), unsigned grid, unsigned block, std::size_t sme
   (void)stream;
   emulation::launch(kernel, grid, block, smem, args...);
 #else
-  kernel<<<grid, block, smem, stream> > >(args...);
+  // clang-format off
+  kernel<<<grid, block, smem, stream>>>(args...);
+  // clang-format on
 #endif
 }
 

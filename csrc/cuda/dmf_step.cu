@@ -169,6 +169,7 @@ struct BlockLayout {
   std::int64_t prefix[kMaxDepth + 2];  // prefix[j]: P_j (j >= 2)
   std::int64_t Wn, G, H, H2, tgt, msk, R, size;
   int threads;
+  bool tiled;  // the workspace is in global memory: products go through shared-memory tiles
 };
 
 BlockLayout block_layout(const int* d, int depth, int K) {
@@ -201,26 +202,39 @@ BlockLayout block_layout(const int* d, int depth, int K) {
   return l;
 }
 
-// C (M x N) = A (M x K) B (K x N), the outputs spread over the block.
-template <class T>
-__device__ void block_mm(T* C, const T* A, const T* B, int M, int K, int N) {
-  for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
-    const int i = o / N, j = o - i * N;
-    T acc = T(0);
-    for (int k = 0; k < K; ++k) acc += A[i * K + k] * B[k * N + j];
-    C[o] = acc;
-  }
-}
+// store(i, j, sum_k a(i, k) b(k, j)) for every output of an M x N product, k ascending, the
+// outputs spread over the block. Untiled, each thread reads its operands where they are (the
+// workspace in shared memory). Tiled (the workspace in global memory), the block stages
+// kTile x kTile tiles of both operands in shared memory and each thread (blockDim = kTile^2)
+// accumulates one output of the current tile; out-of-range entries are staged as zeros, whose
+// products 0 * 0 leave every sum exactly as the untiled order gives it.
+constexpr int kTile = 16;
 
-// C (M x N) = A^T B with A (K x M), B (K x N).
-template <class T>
-__device__ void block_mm_tn(T* C, const T* A, const T* B, int M, int K, int N) {
-  for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
-    const int i = o / N, j = o - i * N;
-    T acc = T(0);
-    for (int k = 0; k < K; ++k) acc += A[k * M + i] * B[k * N + j];
-    C[o] = acc;
+template <class T, class FA, class FB, class Store>
+__device__ void block_product(bool tiled, int M, int K, int N, FA a, FB b, Store store) {
+  if (!tiled) {
+    for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
+      const int i = o / N, j = o - i * N;
+      T acc = T(0);
+      for (int k = 0; k < K; ++k) acc += a(i, k) * b(k, j);
+      store(i, j, acc);
+    }
+    return;
   }
+  __shared__ T ta[kTile][kTile + 1], tb[kTile][kTile + 1];  // +1: no bank conflicts
+  const int ti = threadIdx.x / kTile, tj = threadIdx.x % kTile;
+  for (int i0 = 0; i0 < M; i0 += kTile)
+    for (int j0 = 0; j0 < N; j0 += kTile) {
+      T acc = T(0);
+      for (int k0 = 0; k0 < K; k0 += kTile) {
+        ta[ti][tj] = i0 + ti < M && k0 + tj < K ? a(i0 + ti, k0 + tj) : T(0);
+        tb[ti][tj] = k0 + ti < K && j0 + tj < N ? b(k0 + ti, j0 + tj) : T(0);
+        __syncthreads();
+        for (int kk = 0; kk < kTile; ++kk) acc += ta[ti][kk] * tb[kk][tj];
+        __syncthreads();
+      }
+      if (i0 + ti < M && j0 + tj < N) store(i0 + ti, j0 + tj, acc);
+    }
 }
 
 // Forward pass of problem b into the prefix buffers; returns E. Ends synchronized.
@@ -229,7 +243,12 @@ __device__ const T* block_forward(const StepArgs<T>& a, const BlockLayout& l, co
   const T* prev = W;
   for (int j = 2; j <= a.depth; ++j) {
     T* cur = ws + l.prefix[j];
-    block_mm(cur, W + l.factor[j - 1], prev, a.dims[j], a.dims[j - 1], a.dims[0]);
+    const T* Wj = W + l.factor[j - 1];
+    const int K = a.dims[j - 1], n = a.dims[0];
+    block_product<T>(
+        l.tiled, a.dims[j], K, n, [&](int i, int k) { return Wj[i * K + k]; },
+        [&](int k, int c) { return prev[k * n + c]; },
+        [&](int i, int c, T acc) { cur[i * n + c] = acc; });
     __syncthreads();
     prev = cur;
   }
@@ -353,16 +372,19 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
           break;
         }
         const T* Pprev = j == 2 ? W : ws + l.prefix[j - 1];
-        for (int o = threadIdx.x; o < rows * cols; o += blockDim.x) {
-          const int i = o / cols, c = o - i * cols;
-          T acc = T(0);
-          for (int k = 0; k < n; ++k) acc += Hj[i * n + k] * Pprev[c * n + k];
-          const T w = Wj[o] - lr * acc;
-          Wnj[o] = w;
-          bad += w * T(0);
-        }
+        block_product<T>(
+            l.tiled, rows, n, cols, [&](int i, int k) { return Hj[i * n + k]; },
+            [&](int k, int c) { return Pprev[c * n + k]; },
+            [&](int i, int c, T acc) {
+              const T w = Wj[i * cols + c] - lr * acc;
+              Wnj[i * cols + c] = w;
+              bad += w * T(0);
+            });
         T* Hn = Hj == ws + l.H ? ws + l.H2 : ws + l.H;
-        block_mm_tn(Hn, Wj, Hj, cols, rows, n);
+        block_product<T>(
+            l.tiled, cols, rows, n, [&](int i, int k) { return Wj[k * cols + i]; },
+            [&](int k, int c) { return Hj[k * n + c]; },
+            [&](int i, int c, T acc) { Hn[i * n + c] = acc; });
         __syncthreads();
         Hj = Hn;
       }
@@ -407,14 +429,15 @@ __global__ void dmf_loss_block(const StepArgs<T> a, const BlockLayout l, T* glob
 // the device allows that much per block, else in global scratch for a bounded grid.
 template <class T, class Kernel>
 void launch_block(Kernel kernel, const StepArgs<T>& a, cudaStream_t stream) {
-  const BlockLayout l = block_layout(a.dims, a.depth, a.pb.sensing ? a.pb.K : 0);
+  BlockLayout l = block_layout(a.dims, a.depth, a.pb.sensing ? a.pb.K : 0);
   int device = 0, optin = 0, sms = 0;
   IR_CUDA_CHECK(cudaGetDevice(&device));
   IR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   IR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  cudaFuncAttributes attr{};
+  IR_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
   const std::int64_t bytes = l.size * std::int64_t(sizeof(T));
-  const std::int64_t static_bytes = 32 * std::int64_t(sizeof(T));
-  if (bytes + static_bytes <= optin) {
+  if (bytes + std::int64_t(attr.sharedSizeBytes) <= optin) {
     IR_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
@@ -424,6 +447,8 @@ void launch_block(Kernel kernel, const StepArgs<T>& a, cudaStream_t stream) {
   }
   const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * sms);
   Scratch<T> ws(grid * l.size, stream);
+  l.tiled = true;
+  l.threads = kTile * kTile;
   launch(kernel, unsigned(grid), l.threads, 0, stream, a, l, ws.get());
   IR_CUDA_LAUNCHED("dmf_step (block, global memory)");
 }

@@ -157,6 +157,14 @@ template <class F>
 cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) {
   return cudaSuccess;
 }
+struct cudaFuncAttributes {
+  std::size_t sharedSizeBytes;
+};
+template <class F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, F) {
+  attr->sharedSizeBytes = 0;  // emulated __shared__ variables are static host memory
+  return cudaSuccess;
+}
 inline cudaError_t cudaRuntimeGetVersion(int* v) {
   *v = 0;
   return cudaSuccess;
