@@ -54,8 +54,11 @@ done
 # does not load that runtime (only _core does, later), so without it the first C++ exception
 # (every input the core refuses) aborts.
 export LD_PRELOAD="$libasan $libstdcxx"
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# Reports go to files: pytest captures stderr, and a process the sanitizer stops takes its
+# captured output with it.
+rm -rf "$dir/reports" && mkdir -p "$dir/reports"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:log_path=$dir/reports/asan
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$dir/reports/ubsan
 export PYTHONPATH="$dir/stage"
 # The staged copy, never the installed package: checked before the suite runs.
 "$py" -c '
@@ -68,4 +71,12 @@ print("sanitized core:", c.__file__)' "$dir/stage"
 # left to the ordinary run; the _cuda module is not built here, so no test may expect it.
 unset IMPLICITREG_EXPECT_CUDA_COMPILED
 if [ $# -eq 0 ]; then set -- -q -m "not ray"; fi
-"$py" -m pytest -p no:cacheprovider "$@"
+status=0
+"$py" -m pytest -p no:cacheprovider "$@" || status=$?
+for report in "$dir"/reports/*; do
+  [ -e "$report" ] || continue
+  echo "sanitize.sh: sanitizer report $report:" >&2
+  cat "$report" >&2
+  status=${status/#0/1}
+done
+exit "$status"
