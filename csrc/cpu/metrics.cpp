@@ -15,8 +15,8 @@ namespace {
 using kernels::all_finite;
 using kernels::balancedness_one;
 using kernels::is_svals_kind;
+using kernels::kNaN;
 using kernels::svals_metric;
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 }  // namespace
 
@@ -62,38 +62,10 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
   {
     std::vector<double> buf(kernels::det_scratch(shape));
 #pragma omp for schedule(static)
-    for (std::int64_t b = 0; b < batch; ++b) {
-      const T* sb = need_svals ? s.data() + b * k : nullptr;
-      const bool finite = !need_svals || all_finite(sb, k);
-      double* row = out + b;
-      for (int i = 0; i < n_specs; ++i, row += batch) {
-        const MetricSpec& spec = specs[i];
-        switch (spec.kind) {
-          case kLoss:
-            *row = loss[b];
-            break;
-          case kEntry:
-            *row = product[b * m * n + std::int64_t(spec.param)];
-            break;
-          case kSvals:
-            for (int c = 0; c < k; ++c) row[c * batch] = sb[c];
-            row += (k - 1) * batch;
-            break;
-          case kBalancedness:
-            *row = balancedness_one(factors, shape, b);
-            break;
-          case kDet:
-            *row = kernels::det_f64(factors, shape, b, buf.data());
-            break;
-          case kReconError:
-            *row =
-                kernels::recon_error(product.data() + b * m * n, truth + b * truth_stride, m * n);
-            break;
-          default:
-            *row = finite ? svals_metric(spec, sb, k) : kNaN;
-        }
-      }
-    }
+    for (std::int64_t b = 0; b < batch; ++b)
+      kernels::measure_rows(specs, n_specs, factors, shape, b, loss.data(), product.data(),
+                            need_svals ? s.data() : nullptr,
+                            truth != nullptr ? truth + b * truth_stride : nullptr, buf.data(), out);
   }
 }
 

@@ -78,39 +78,10 @@ __global__ void measure_kernel(const Factors<T> f, const Specs specs, const T* l
                                std::int64_t truth_stride, double* det_scratch,
                                std::int64_t det_size, double* out) {
   const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
-  const std::int64_t batch = f.batch;
-  if (b >= batch) return;
-  const DmfShape shape = f.shape();
-  const int m = f.dims[f.depth], n = f.dims[0], k = m < n ? m : n;
-  const T* sb = s != nullptr ? s + b * k : nullptr;
-  const bool finite = sb == nullptr || kernels::all_finite(sb, k);
-  double* row = out + b;
-  for (int i = 0; i < specs.count; ++i, row += batch) {
-    const MetricSpec& spec = specs.spec[i];
-    switch (spec.kind) {
-      case kLoss:
-        *row = loss[b];
-        break;
-      case kEntry:
-        *row = product[b * m * n + std::int64_t(spec.param)];
-        break;
-      case kSvals:
-        for (int c = 0; c < k; ++c) row[c * batch] = sb[c];
-        row += (k - 1) * batch;
-        break;
-      case kBalancedness:
-        *row = kernels::balancedness_one(f.f, shape, b);
-        break;
-      case kDet:
-        *row = kernels::det_f64(f.f, shape, b, det_scratch + b * det_size);
-        break;
-      case kReconError:
-        *row = kernels::recon_error(product + b * m * n, truth + b * truth_stride, m * n);
-        break;
-      default:
-        *row = finite ? kernels::svals_metric(spec, sb, k) : kernels::kNaN;
-    }
-  }
+  if (b >= f.batch) return;
+  kernels::measure_rows(specs.spec, specs.count, f.f, f.shape(), b, loss, product, s,
+                        truth != nullptr ? truth + b * truth_stride : nullptr,
+                        det_scratch + b * det_size, out);
 }
 
 }  // namespace

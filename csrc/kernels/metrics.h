@@ -224,5 +224,47 @@ IR_HD inline bool is_svals_kind(std::int32_t kind) {
   return kind == kSvals || (kind >= kFro && kind <= kDistRank);
 }
 
+// Every requested metric of problem b, written to out[row * batch + b] (svals take min(m, n)
+// rows): what dmf_measure computes per problem on the CPU and on the GPU. loss, product and s
+// (its singular values, null when no spec needs them) are the batch's; truth is problem b's
+// (null without kReconError); det_buf holds det_scratch(shape) doubles.
+template <class T>
+IR_HD void measure_rows(const MetricSpec* specs, int n_specs, const T* const* factors,
+                        const DmfShape& shape, std::int64_t b, const T* loss, const T* product,
+                        const T* s, const T* truth, double* det_buf, double* out) {
+  const std::int64_t batch = shape.batch;
+  const int m = shape.dims[shape.depth], n = shape.dims[0], k = m < n ? m : n;
+  const T* sb = s != nullptr ? s + b * k : nullptr;
+  const T* E = product + b * m * n;
+  const bool finite = sb == nullptr || all_finite(sb, k);
+  double* row = out + b;
+  for (int i = 0; i < n_specs; ++i, row += batch) {
+    const MetricSpec& spec = specs[i];
+    switch (spec.kind) {
+      case kLoss:
+        *row = loss[b];
+        break;
+      case kEntry:
+        *row = E[std::int64_t(spec.param)];
+        break;
+      case kSvals:
+        for (int c = 0; c < k; ++c) row[c * batch] = sb[c];
+        row += (k - 1) * batch;
+        break;
+      case kBalancedness:
+        *row = balancedness_one(factors, shape, b);
+        break;
+      case kDet:
+        *row = det_f64(factors, shape, b, det_buf);
+        break;
+      case kReconError:
+        *row = recon_error(E, truth, m * n);
+        break;
+      default:
+        *row = finite ? svals_metric(spec, sb, k) : kNaN;
+    }
+  }
+}
+
 }  // namespace kernels
 }  // namespace implicitreg

@@ -66,7 +66,7 @@ def _real(x, name: str):
         xp, a = np, real_array(x, name)
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
-    return xp.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")  # (keeps a 0-d array 0-d)
 
 
 def _matrices(X, name: str = "X"):
