@@ -61,6 +61,21 @@ def _report_counts(request):
             json.dump({"total": total, **COUNTS}, fh, indent=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _scarce_memory():
+    """Fuzzed sizes meet a budget of 512 MiB, not the machine's memory: a size the machine
+    could just about hold would take seconds (and, beside other work, all its memory) to
+    allocate; the refusal path is the same."""
+    import sys
+
+    # sys.modules: the package's attribute "sweep" is the function, not the module
+    mods = [sys.modules["implicitreg._checks"], sys.modules["implicitreg.sweep"]]
+    with pytest.MonkeyPatch.context() as mp:
+        for mod in mods:
+            mp.setattr(mod, "available_memory", lambda: 512 * 2**20)
+        yield
+
+
 class FakeDeviceArray:
     """What CuPy, Numba or PyTorch CUDA tensors look like to us: __cuda_array_interface__
     and no host buffer. Where the cuda backend is unavailable they must be refused clearly."""

@@ -271,8 +271,10 @@ def random_low_rank_completion(m: int, n: int, rank: int, n_obs: int, batch: int
     m, n, rank, n_obs = _check_low_rank(m, n, rank, n_obs, "n_obs", lambda m, n: m * n)
     batch = integer(batch, "batch", minimum=0)
     seed = _rng.check_seed(seed)
-    # targets and masks, then the problem's own copies of them and of the truth
-    batch_memory(m * n * (3 * 8 + 2), batch, "batch", "drawing the problems")
+    # per problem: targets and masks, then the problem's own copies of them and of the
+    # truth; once: the two temporaries of drawing one target
+    batch_memory(m * n * (3 * 8 + 2), batch, "batch", "drawing the problems",
+                 fixed=2 * 8 * m * n)
     targets = np.empty((batch, m, n))
     masks = np.zeros((batch, m, n), dtype=bool)
     for b in range(batch):
@@ -291,9 +293,10 @@ def random_sensing(m: int, n: int, rank: int, n_meas: int, batch: int = 1, seed:
     batch = integer(batch, "batch", minimum=0)
     seed = _rng.check_seed(seed)
     std = positive(std, "std")
-    # A, y and the truth, then the problem's own copies of them
+    # per problem: A, y and the truth, then the problem's own copies of them; once: the
+    # temporaries of drawing one problem
     batch_memory(8 * 2 * (n_meas * m * n + n_meas + m * n), batch, "batch",
-                 "drawing the problems")
+                 "drawing the problems", fixed=8 * (n_meas * m * n + 2 * m * n))
     A = np.empty((batch, n_meas, m, n))
     truth = np.empty((batch, m, n))
     for b in range(batch):
@@ -411,7 +414,8 @@ def random_cp_tensor(dims, rank: int, fro_norm: float = 1.0, batch: int = 1,
     batch = integer(batch, "batch", minimum=0)
     seed = _rng.check_seed(seed)
     numel = int(np.prod(dims))
-    batch_memory(numel * (8 + 8), batch, "batch", "drawing the tensors and their orders")
+    batch_memory(numel * (8 + 8), batch, "batch", "drawing the tensors and their orders",
+                 fixed=3 * 8 * numel)
     targets = np.empty((batch,) + dims)
     orders = np.empty((batch, numel), dtype=np.int64)
     letters = "abcdef"[:len(dims)]
