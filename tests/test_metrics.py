@@ -735,6 +735,15 @@ def test_dist_to_rank_bad_r(r, exc):
         M.dist_to_rank(svals=[1.0], r=r)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+@pytest.mark.parametrize("r", [4, 2**31, 16879866890811516])
+def test_dist_to_rank_at_or_beyond_the_size_is_zero(backend, r):
+    # r past the int range once overflowed in the kernel and read out of bounds
+    X = _random((4, 4), lead=(3,), seed=1)
+    np.testing.assert_array_equal(M.dist_to_rank(X, r, backend=backend), np.zeros(3))
+    np.testing.assert_array_equal(M.dist_to_rank(svals=[[2.0, 1.0]], r=r, backend=backend), [0.0])
+
+
 def test_dist_to_rank_r_accepts_integral_values():
     X = _random((4, 4), lead=(2,), seed=3)
     np.testing.assert_array_equal(M.dist_to_rank(X, np.int64(2)), M.dist_to_rank(X, 2))

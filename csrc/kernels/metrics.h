@@ -41,7 +41,8 @@ IR_HD double svals_metric(const MetricSpec& spec, const T* s, int k) {
     }
     case kFro:
     case kDistRank: {
-      const int from = spec.kind == kFro ? 0 : std::min(k, int(spec.param));
+      // r >= k: distance 0 (the comparison also keeps a huge r from overflowing an int)
+      const int from = spec.kind == kFro ? 0 : spec.param < double(k) ? int(spec.param) : k;
       const double top = from < k ? double(s[from]) : 0.0;
       if (top == 0) return 0;
       double acc = 0;
