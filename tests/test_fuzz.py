@@ -53,8 +53,10 @@ def _report_counts(request):
     line = f"fuzzed {total} inputs over {len(COUNTS)} entry points: " + ", ".join(
         f"{k} {v}" for k, v in sorted(COUNTS.items()))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # teardown output is captured otherwise
+            reporter.write_line("\n" + line)
     path = os.environ.get("IMPLICITREG_FUZZ_COUNTS")
     if path:
         with open(path, "w") as fh:
