@@ -342,7 +342,7 @@ IR_HD inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* un
   int sweep = 0;
   for (; sweep < max_sweeps && deflate(); ++sweep) {
     int kmin = n, kmax = 0;
-    T y[L], z[L];
+    T y[L] = {}, z[L] = {};
     for (int l = 0; l < L; ++l) {
       if (hi[l] > lo[l]) {
         kmin = std::min(kmin, lo[l]);
@@ -356,7 +356,9 @@ IR_HD inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* un
         const int h = hi[l];
         const T dk = d[k * L + l], ek = e[k * L + l], dk1 = d[(k + 1) * L + l];
         const T ek1 = k + 1 < n - 1 ? e[(k + 1) * L + l] : T(0);
-        if (k == lo[l]) {  // the shift starts the chase
+        // the shift starts the chase (only in a lane whose block holds k: one without a block
+        // has hi = 0, and d[h - 1] would lie before the array)
+        if (active && k == lo[l]) {
           const T dh1 = d[(h - 1) * L + l], dh = d[h * L + l], eh1 = e[(h - 1) * L + l];
           const T eh2 = h - 2 >= lo[l] ? e[(h - 2) * L + l] : T(0);
           const T t11 = dh1 * dh1 + eh2 * eh2, t12 = dh1 * eh1, t22 = dh * dh + eh1 * eh1;

@@ -19,7 +19,8 @@ def save_npz(path, fmt: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
 def load_npz(path, fmt: str, what: str) -> tuple[dict, dict[str, np.ndarray]]:
     """(metadata without its format, arrays) of a file written by save_npz with `fmt`;
     ValueError naming `path` for any other file."""
-    with np.load(os.fspath(path), allow_pickle=False) as z:
+    # the file opened here, so that it is closed even when np.load cannot read it
+    with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
         if meta.pop("format", None) != fmt:
             raise ValueError(f"path: {path} is not {what}")
