@@ -88,21 +88,15 @@ def _list(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .experiments import get, report_text, write_report
-    from .sweep import sweep
+    from .experiments import get, report_text, reproduce
 
     exp = get(args.name)  # an unknown name fails here, listing the valid ones
     out = args.out or os.path.join("results", exp.name)
-    # experiments.reproduce(), with the executor's arguments passed on to the sweep
-    base, grid, seeds = exp.spec(args.quick, args.seeds, args.dtype)
-    res = sweep(base, grid, seeds=seeds, backend=args.backend, out=out, resume=args.resume,
-                progress=not args.quiet, checkpoint_every=args.checkpoint_every,
-                name=exp.name, info={"quick": bool(args.quick)}, executor=args.executor,
-                address=args.address)
-    rows = exp.report(res)
-    write_report(out, exp, res, rows)
-    if not args.no_plot:
-        exp.figures(res, os.path.join(out, "figures"))
+    res, rows = reproduce(exp.name, seeds=args.seeds, backend=args.backend, dtype=args.dtype,
+                          out=out, resume=args.resume, quick=args.quick,
+                          progress=not args.quiet, plot=not args.no_plot,
+                          checkpoint_every=args.checkpoint_every, executor=args.executor,
+                          address=args.address)
     print(report_text(exp, res, rows))
     print(f"results, report and figures in {out}")
     return 0

@@ -62,16 +62,18 @@ def get(name: str) -> Experiment:
 
 def reproduce(name: str, seeds: int | None = None, backend: str = "cpu",
               dtype: str | None = None, out=None, resume: bool = False, quick: bool = False,
-              progress=True, plot: bool = True, checkpoint_every: float = 300.0
+              progress=True, plot: bool = True, checkpoint_every: float = 300.0,
+              executor: str = "local", address: str | None = None
               ) -> tuple[SweepResult, list[dict]]:
     """Run experiment `name` and return (results, report rows). With `out`, the results,
     report (report.txt, report.json) and figures (figures/*.png, *.pdf) are written there,
-    and resume=True continues an interrupted run in that directory."""
+    and resume=True continues an interrupted run in that directory. executor and address
+    are those of implicitreg.sweep (executor="ray": one Ray task per batch)."""
     exp = get(name)
     base, grid, n = exp.spec(quick, seeds, dtype)
     res = sweep(base, grid, seeds=n, backend=backend, out=out, resume=resume,
                 progress=progress, checkpoint_every=checkpoint_every, name=name,
-                info={"quick": bool(quick)})
+                info={"quick": bool(quick)}, executor=executor, address=address)
     rows = exp.report(res)
     if out is not None:
         write_report(out, exp, res, rows)
