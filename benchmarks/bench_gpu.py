@@ -719,35 +719,40 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
           f"{repeats}, calls of about {target_s} s; "
           + ", ".join(f"{k} {v or '-'}" for k, v in peers.versions.items()))
     ok = True
-    dmf_rows, svd_rows, errors = [], [], []
+    errors = []
+
+    def run_cases(cases, run, label):
+        """The rows of run(case, dtype) for every case and dtype; a case that raises is
+        reported in errors and left out."""
+        rows = []
+        for case in cases:
+            for dtype in DTYPES:
+                try:
+                    row = run(case, dtype)
+                except Exception as exc:
+                    traceback.print_exc()
+                    errors.append(f"{label(case)} {dtype}: {first_line(exc)}")
+                    continue
+                finish_row(row)
+                rows.append(row)
+                print(f"  done {row['case']} ({clock.elapsed():.0f} s)", flush=True)
+        return rows
+
     clock.share = DMF_SHARE
-    for case in DMF_CASES[dev.kind]:
-        for dtype in DTYPES:
-            try:
-                row = dmf_case(dev, peers, clock, case, dtype, target_s, repeats)
-            except Exception as exc:
-                traceback.print_exc()
-                errors.append(f"DMF {case[0]} {dtype}: {first_line(exc)}")
-                ok = False
-                continue
-            finish_row(row)
-            dmf_rows.append(row)
-            print(f"  done {row['case']} ({clock.elapsed():.0f} s)", flush=True)
+    dmf_rows = run_cases(
+        DMF_CASES[dev.kind],
+        lambda case, dtype: dmf_case(dev, peers, clock, case, dtype, target_s, repeats),
+        lambda case: f"DMF {case[0]}")
     print_table("DMF step (problem-steps/s)", dmf_rows,
                 ["implicitreg", "torch-autograd", "torch-closed", "torch-compile", "jax"],
                 extra="ir Gflop/s")
     clock.share = 1.0
-    for n, B in SVD_CASES[dev.kind]:
-        for dtype in DTYPES:
-            try:
-                row = svd_case(dev, peers, clock, n, B, dtype, target_s, repeats)
-            except Exception as exc:
-                traceback.print_exc()
-                errors.append(f"svdvals {n}x{n} {dtype}: {first_line(exc)}")
-                ok = False
-                continue
-            finish_row(row)
-            svd_rows.append(row)
+    svd_rows = run_cases(
+        SVD_CASES[dev.kind],
+        lambda case, dtype: svd_case(dev, peers, clock, case[0], case[1], dtype, target_s,
+                                     repeats),
+        lambda case: f"svdvals {case[0]}x{case[0]}")
+    ok = ok and not errors
     peer = "cupy" if dev.kind == "cuda" else "numpy"
     print_table("svdvals (matrices/s)", svd_rows, ["implicitreg", peer, "torch"])
 

@@ -37,6 +37,15 @@ def _assert_columns_equal(a: dict, b: dict):
         np.testing.assert_array_equal(a[k], b[k], err_msg=f"column {k!r}")
 
 
+def _assert_sweeps_equal(res, ref, out):
+    """res equals ref in columns and trajectories, and so does what was written to out."""
+    for got in (res, load_sweep(out)):
+        _assert_columns_equal(got.columns, ref.columns)
+        assert len(got.trajectories) == len(ref.trajectories)
+        for ta, tb in zip(got.trajectories, ref.trajectories, strict=True):
+            _assert_trajectories_equal(ta, tb)
+
+
 def _assert_trajectories_equal(ta, tb):
     np.testing.assert_array_equal(ta.steps, tb.steps)
     assert ta.metrics == tb.metrics
@@ -521,15 +530,8 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
     assert resumed[0] == (rows1 - 3 + 1) + (a.trajectories[2].steps.size + 1)
     assert not (batches / "001.ckpt.npz").exists()
     assert not any(p.name.endswith(".ckpt.npz") for p in batches.iterdir())
-    _assert_columns_equal(b.columns, a.columns)
     assert len(b.trajectories) == 3
-    for ta, tb in zip(b.trajectories, a.trajectories, strict=True):
-        _assert_trajectories_equal(ta, tb)
-    # and so does what was written
-    loaded = load_sweep(out)
-    _assert_columns_equal(loaded.columns, a.columns)
-    for ta, tb in zip(loaded.trajectories, a.trajectories, strict=True):
-        _assert_trajectories_equal(ta, tb)
+    _assert_sweeps_equal(b, a, out)
     assert [t["configs"] for t in b.meta["timings"]] == [2, 2, 2]
 
 
@@ -765,13 +767,7 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
                 resume=True, checkpoint_every=0)
     # batch 0 was read back, batch 1 went on from its checkpoint, batch 2 ran whole
     assert 0 < ckpt_rows < ref.trajectories[1].steps.size
-    _assert_columns_equal(res.columns, ref.columns)
-    for ta, tb in zip(res.trajectories, ref.trajectories, strict=True):
-        _assert_trajectories_equal(ta, tb)
-    loaded = load_sweep(out)
-    _assert_columns_equal(loaded.columns, ref.columns)
-    for ta, tb in zip(loaded.trajectories, ref.trajectories, strict=True):
-        _assert_trajectories_equal(ta, tb)
+    _assert_sweeps_equal(res, ref, out)
     assert sum(steps) == 3 * _KILL_BASE["max_steps"]
     names = sorted(os.listdir(batches))
     assert names == [f"{i:03d}.{s}" for i in range(3) for s in ("npz", "trajectory.npz")]

@@ -113,22 +113,29 @@ def test_batches_are_written_as_they_arrive(tmp_path):
     assert seen[-1] == ["000.npz", "000.trajectory.npz", "001.npz", "001.trajectory.npz"]
 
 
+def _pids_running(needle: bytes) -> list[int]:
+    """The processes (this one aside) whose command line contains needle."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if needle in fh.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
 def _kill_a_running_batch(killed: list, stop: threading.Event):
     """SIGKILL the first Ray worker seen running a sweep batch (its process title names the
     task), as a machine failure would."""
     while not stop.is_set() and not killed:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    cmd = fh.read()
-            except OSError:
-                continue
-            if b"ray::implicitreg_sweep_batch" in cmd:
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(int(pid))
-                return
+        for pid in _pids_running(b"ray::implicitreg_sweep_batch"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
         time.sleep(0.01)
 
 
@@ -208,19 +215,11 @@ def _free_port() -> int:
 def _stop_processes_of(temp_dir: str) -> None:
     """Stop the Ray processes of the cluster whose files are in temp_dir, and only those
     (`ray stop` would stop every cluster of this user, the module's one included)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
+    for pid in _pids_running(temp_dir.encode()):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmd = fh.read()
+            os.kill(pid, signal.SIGKILL)
         except OSError:
-            continue
-        if temp_dir.encode() in cmd:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
+            pass
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="stops the cluster through /proc")
