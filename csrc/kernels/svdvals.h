@@ -139,7 +139,8 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
       const int* pr = pairs + round * half * 2;
       bool any = false;
       for (int i = 0; i < half; ++i) {
-        const int p = pr[2 * i] < 0 ? 0 : pr[2 * i], q = pr[2 * i + 1] < 0 ? 1 : pr[2 * i + 1];
+        // a bye (odd n) reads column 0 twice and rotates nothing (column 1 may not exist)
+        const int p = pr[2 * i] < 0 ? 0 : pr[2 * i], q = pr[2 * i + 1] < 0 ? 0 : pr[2 * i + 1];
         // Two partial sums per lane: half the dependency chain of one.
         T acc0[L] = {}, acc1[L] = {};
         if (pr[2 * i] >= 0) {
