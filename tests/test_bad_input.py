@@ -355,3 +355,16 @@ def test_core_valid_call_runs():
     args = _core_args()
     _core.dmf_step(**args)
     assert not np.array_equal(args["factors"][0], np.full((3, 2, 2), 0.1))
+
+
+def test_factors_that_overflow_the_requested_dtype_are_refused():
+    p = ir.completion(np.ones((1, 1)), np.ones((1, 1), bool))
+    factors = [np.zeros((3, 1)), np.zeros((3, 3)), np.array([[0.0, 0.0, 1e300]])]
+    with pytest.raises(ValueError, match=r"^factors\[2\]: expected finite values"):
+        ir.DeepFactorization(p, factors, dtype="float32")
+    ir.DeepFactorization(p, factors, dtype="float64")  # finite there
+
+
+def test_a_family_problem_too_large_for_memory_is_refused():
+    with pytest.raises(ValueError, match=r"^d: a 1000000000000 x 1000000000000 problem needs"):
+        ir.problems.paper_family(10**12)

@@ -151,6 +151,9 @@ class DeepFactorization(_Trained):
                   for j, W in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
         B, (m, n) = problem.batch, problem.shape
+        # finite in the model's dtype (a float64 1e300 would become inf in float32)
+        with np.errstate(over="ignore"):
+            arrays = [a.astype(dtype, copy=False) for a in arrays]
         prev = n
         for j, a in enumerate(arrays):
             if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != B):

@@ -13,7 +13,16 @@ import numpy as np
 
 from . import _rng
 from ._backend import to_device
-from ._checks import batch_memory, batch_size, finite, integer, ndim_in, positive, real_array
+from ._checks import (
+    available_memory,
+    batch_memory,
+    batch_size,
+    finite,
+    integer,
+    ndim_in,
+    positive,
+    real_array,
+)
 
 __all__ = [
     "Completion",
@@ -236,6 +245,10 @@ def paper_family(d: int, batch: int = 1) -> Completion:
     """The d x d generalization (PAPER.md §2.5): target blockdiag([[0,1],[1,0]], I_{d-2}),
     every entry observed but (0,0); every solution has det = -1."""
     d = integer(d, "d", minimum=2)
+    have = available_memory()
+    if have is not None and 9 * d * d > have:  # one shared float64 target and bool mask
+        raise ValueError(f"d: a {d} x {d} problem needs about {9 * d * d / 2**30:.3g} GiB, "
+                         f"more than the {have / 2**30:.3g} GiB of memory available here")
     t = np.eye(d)
     t[:2, :2] = [[0.0, 1.0], [1.0, 0.0]]
     mk = np.ones((d, d), dtype=bool)
