@@ -18,28 +18,7 @@ namespace ir = implicitreg;
 
 namespace {
 
-std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-void require(bool ok, const std::string& fn, const std::string& msg) {
-  if (!ok) throw std::invalid_argument(fn + ": " + msg);
-}
-
-template <class T>
-void require_array(const std::string& fn, const char* name, const py::array& a, bool writable) {
-  if (!py::isinstance<py::array_t<T>>(a))
-    throw py::type_error(fn + ": " + name + " must have dtype " + dtype_name(py::array_t<T>()) +
-                         ", got " + dtype_name(a));
-  require(a.flags() & py::array::c_style, fn, std::string(name) + " must be C-contiguous");
-  require(!writable || a.writeable(), fn, std::string(name) + " must be writable");
-}
-
-bool is_f32(const py::list& factors, const std::string& fn) {
-  if (factors.empty()) throw std::invalid_argument(fn + ": need at least one factor");
-  py::array W = factors[0].cast<py::array>();
-  if (py::isinstance<py::array_t<float>>(W)) return true;
-  if (py::isinstance<py::array_t<double>>(W)) return false;
-  throw py::type_error(fn + ": factors must be float32 or float64, got " + dtype_name(W));
-}
+using ir::bindings::require;
 
 // The CPU kernels for the DMF and metric functions (bindings/dmf_bindings.h), without the
 // GIL.
@@ -79,6 +58,12 @@ struct Cpu {
     ir::cpu::dmf_measure<T>(a...);
   }
 };
+
+// The CP functions' arrays get the DMF functions' checks: dtype, C-contiguity, writability.
+template <class T>
+void require_array(const std::string& fn, const char* name, const py::array& a, bool writable) {
+  ir::bindings::checked<Cpu, T>(fn, name, a, writable);
+}
 
 // CP factors: `order` arrays (B, d_n, R) of one dtype, C-contiguous.
 template <class T>
@@ -123,8 +108,7 @@ void cp_step_t(const py::list& factors, const py::array& target, const py::array
   std::int64_t numel = 1;
   for (int d : c.dims) numel *= d;
   require_array<T>(fn, "target", target, false);
-  require(mask.dtype().kind() == 'b' && mask.itemsize() == 1 && (mask.flags() & py::array::c_style),
-          fn, "mask must be a C-contiguous bool array, got " + dtype_name(mask));
+  require_array<bool>(fn, "mask", mask, false);
   require(target.ndim() == 2 && (target.shape(0) == B || target.shape(0) == 1) &&
               target.shape(1) == numel,
           fn, "target must be (B, numel) or (1, numel)");
@@ -220,7 +204,7 @@ PYBIND11_MODULE(_core, m) {
          const py::array& lr, std::int64_t steps, double tol, std::int64_t step0, int optimizer,
          double beta, double eps, const py::object& v, const py::object& t, py::array status,
          py::array frozen_at, py::array loss) {
-        if (is_f32(factors, "cp_step"))
+        if (ir::bindings::factors_f32<Cpu>("cp_step", factors))
           return cp_step_t<float>(factors, target, mask, lr, steps, tol, step0, optimizer, beta,
                                   eps, v, t, status, frozen_at, loss);
         return cp_step_t<double>(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps,
@@ -237,7 +221,8 @@ each problem's last iterate.)doc");
   m.def(
       "cp_tensor",
       [](const py::list& factors, py::array out) {
-        if (is_f32(factors, "cp_tensor")) return cp_tensor_t<float>(factors, out);
+        if (ir::bindings::factors_f32<Cpu>("cp_tensor", factors))
+          return cp_tensor_t<float>(factors, out);
         return cp_tensor_t<double>(factors, out);
       },
       py::arg("factors"), py::arg("out").noconvert(),

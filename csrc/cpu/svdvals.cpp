@@ -53,11 +53,6 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
   }
 }
 
-// Matrices with at least this many columns (of the M x N form below) take the bidiagonal
-// path: Householder bidiagonalization (4 M N^2 flops) and implicit-shift QR, instead of
-// Jacobi sweeps (about 6 M N^2 flops each, 7 to 10 of them).
-constexpr int kBidiagonalFrom = 12;
-
 // The singular values of an M x N matrix with M >= N: X itself when m >= n, else X^T (same
 // singular values), so that the columns are the longer vectors. The work is done in double
 // (C) whatever T: float32 input gets values within an ulp or so of the exact ones. Small N:
@@ -72,7 +67,7 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
   const bool transpose = m < n;
   const int M = transpose ? n : m, N = transpose ? m : n;
   const std::int64_t mn = std::int64_t(m) * n, npacks = (batch + L - 1) / L;
-  const bool bidiagonal = allow_bidiagonal && N >= kBidiagonalFrom;
+  const bool bidiagonal = allow_bidiagonal && N >= kernels::kBidiagonalFrom;
 #pragma omp parallel
   {
     std::vector<C> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L);

@@ -15,7 +15,6 @@ namespace cuda {
 namespace {
 
 constexpr int kBlock = 128;
-constexpr int kBidiagonalFrom = 12;  // as on the CPU (cpu/svdvals.cpp)
 
 template <class T>
 __global__ void svd2x2_kernel(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
@@ -73,7 +72,7 @@ __device__ std::int8_t svd_one(const T* x, int m, int n, T* s, int max_sweeps, c
   };
   load();
   bool unconverged = false, done = false;
-  if (N >= kBidiagonalFrom) {
+  if (N >= kernels::kBidiagonalFrom) {
     kernels::pack_bidiagonalize<double, 1>(A, M, N, sv, e, w);
     kernels::pack_bidiagonal_qr<double, 1>(sv, e, N, 8 * N, &unconverged);
     for (int i = 0; i < N; ++i) sv[i] = fabs(sv[i]);

@@ -60,6 +60,11 @@ IR_HD IR_INLINE int svd2x2_scaled(const T* x, T& s1, T& s2) {
   return kSvdOk;
 }
 
+// Matrices with at least this many columns (of their M x N form, M >= N) take the bidiagonal
+// path: Householder bidiagonalization (4 M N^2 flops) and implicit-shift QR, instead of
+// Jacobi sweeps (about 6 M N^2 flops each, 7 to 10 of them).
+constexpr int kBidiagonalFrom = 12;
+
 // Round-robin ("circle") order of all column pairs of n columns: n' - 1 rounds (n' = n
 // rounded up to even) of n' / 2 disjoint pairs, written to pairs[(round * n'/2 + i) * 2 + {0,1}]
 // (-1 marks the bye of odd n). Disjoint pairs let one round's dot products, rotation
