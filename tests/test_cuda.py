@@ -1,5 +1,5 @@
-"""The cuda backend: the fused DMF step, singular values and metrics on the device, CuPy in and
-CuPy out, fit/sweep/reproduce end to end.
+"""The cuda backend: the fused DMF and CP steps, singular values and metrics on the device, CuPy
+in and CuPy out, fit/sweep/reproduce end to end, batches sized to the device's memory.
 
 Every test runs three ways. "simulated" stands a NumPy-backed device array and the CPU core in
 for CuPy and _cuda, so that everything above the kernels (state on the device, problem data
@@ -42,8 +42,9 @@ def _on_device(fn):
 
 SIMULATED_XP = types.SimpleNamespace(
     **{name: _on_device(getattr(np, name))
-       for name in ("asarray", "array", "empty", "zeros", "full", "ascontiguousarray", "where",
-                    "isnan")},
+       for name in ("asarray", "array", "empty", "zeros", "ones", "full", "ascontiguousarray",
+                    "where", "isnan", "broadcast_to", "maximum")},
+    linalg=types.SimpleNamespace(norm=_on_device(np.linalg.norm)),
     ndarray=DeviceArray)
 
 
@@ -280,6 +281,111 @@ def test_sweep_and_reproduce_on_cuda(dev, tmp_path):
                  "--max-steps", "100000", "--backend", "cuda", "--quiet",
                  "--out", str(tmp_path / "run")]) == 0
     assert ir.load_sweep(tmp_path / "run").meta["backend"] == "cuda"
+
+
+# ---- CP tensor factorization -----------------------------------------------------------------
+
+# (dims, R, optimizer, mask density): orders 2 to 6; fewer components than a warp, several per
+# thread (R > 256), and a problem too large for a block's shared memory (its gradient in
+# global scratch: 48 * 1024 float64 entries are more than 227 KiB).
+CP_CASES = {
+    "o2-R5-gd": ((4, 5), 5, "gd", 0.6),
+    "o3-R64-rms": ((8, 8, 8), 64, "group_rmsprop", 0.1),
+    "o4-R33-gd": ((3, 4, 2, 3), 33, "gd", 0.5),
+    "o5-R16-rms": ((2, 3, 2, 2, 3), 16, "group_rmsprop", 0.5),
+    "o6-R300-rms": ((2, 2, 2, 2, 2, 2), 300, "group_rmsprop", 0.2),
+    "o3-d16-R1024-global": ((16, 16, 16), 1024, "gd", 0.004),
+}
+CP_STEPS = {"simulated": 1000, "emulated": 6, "cuda": 1000}
+
+
+def _cp_pair(dims, R, dtype, density, batch, scale=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = rng.standard_normal((batch,) + dims) / np.sqrt(R)
+    masks = rng.random((batch,) + dims) < density
+    masks.reshape(batch, -1)[:, 0] = True  # every problem observes something
+    q = ir.tensor_completion(targets, masks)
+    cpu = ir.CPFactorization.init(q, rank=R, scale=scale, seed=1, dtype=dtype)
+    return cpu, ir.CPFactorization(q, cpu.factors, backend="cuda")
+
+
+@pytest.mark.parametrize("case", list(CP_CASES), ids=list(CP_CASES))
+def test_cp_step_matches_cpu(dev, case, dtype):
+    dims, R, optimizer, density = CP_CASES[case]
+    steps = CP_STEPS[dev.name] if not case.endswith("global") else min(CP_STEPS[dev.name], 2)
+    cpu, gpu = _cp_pair(dims, R, dtype, density, batch=2 if dev.name == "emulated" else 6)
+    lr = np.geomspace(1e-3, 1e-2, cpu.batch)
+    for f in (cpu, gpu):
+        f.step(lr, steps, optimizer=optimizer)
+    assert all(isinstance(U, dev.xp.ndarray) for U in gpu.factors)  # the state stays there
+    dev.check(gpu.factors, cpu.factors, dtype)
+    dev.check([gpu._step_loss, gpu._v], [cpu._step_loss, cpu._v], dtype)
+    assert (gpu.status == cpu.status).all() and (gpu.frozen_at == cpu.frozen_at).all()
+    assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
+
+
+def test_cp_divergence_and_tolerance_freeze_like_cpu(dev):
+    cpu, gpu = _cp_pair((3, 3, 3), 8, "float64", 0.5, batch=6, scale=1.0)
+    lr = np.full(cpu.batch, 5e-2)
+    lr[::3] = 1e6  # these blow up
+    steps = 20 if dev.name == "emulated" else 300
+    for f in (cpu, gpu):
+        f.step(lr, steps, tol=1e-3)
+    assert "diverged" in cpu.status
+    assert (gpu.status == cpu.status).all() and (gpu.frozen_at == cpu.frozen_at).all()
+    dev.check(gpu.factors, cpu.factors)
+    assert np.isfinite(np.concatenate([_backend.to_host(U).ravel() for U in gpu.factors])).all()
+    for f in (cpu, gpu):  # a frozen problem is skipped: nothing changes, not even its loss
+        f.step(lr, 5, tol=1e-3)
+    assert (gpu.status == cpu.status).all()
+
+
+def test_cp_fit_tensor_measure_and_save_on_the_device(dev, tmp_path):
+    cpu, gpu = _cp_pair((3, 4, 3), 6, "float64", 0.5, batch=4)
+    steps = 20 if dev.name == "emulated" else 400
+    kw = dict(lr=1e-2, max_steps=steps, tol=1e-6, patience=1, check_every=steps // 4,
+              log=ir.every(steps // 4), metrics=("loss", "recon_error", "norm",
+                                                 "component_norms"), progress=False)
+    t_cpu, t_gpu = cpu.fit(**kw), gpu.fit(**kw)
+    assert t_gpu.steps.tolist() == t_cpu.steps.tolist()
+    for name in kw["metrics"]:
+        assert type(t_gpu[name]) is np.ndarray  # logs come back to the host
+        dev.check([t_gpu[name]], [t_cpu[name]])
+    assert isinstance(gpu.tensor(), dev.xp.ndarray) and gpu.tensor().shape == (4, 3, 4, 3)
+    dev.check([gpu.tensor()], [cpu.tensor()])
+    gpu.save(tmp_path / "cp.npz")
+    back = ir.CPFactorization.load(tmp_path / "cp.npz")
+    assert back.backend == "cuda" and back.steps_done == gpu.steps_done
+    dev.check(back.factors, [_backend.to_host(U) for U in gpu.factors])
+
+
+def test_tensor_rank_on_cuda_runs_the_cpu_kernel_with_one_copy_each_way(dev, monkeypatch):
+    rng = np.random.default_rng(5)
+    T = np.stack([np.einsum("ir,jr,kr->ijk", *rng.standard_normal((3, 4, r)))
+                  for r in (1, 2, 3, 1, 2)])
+    want = ir.tensor_rank(T, restarts=2)
+    copies = []
+    to_host = _backend.to_host
+    monkeypatch.setattr(_backend, "to_host", lambda x: copies.append(x) or to_host(x))
+    got = ir.tensor_rank(dev.put(T), restarts=2)  # backend None: cuda for a device array
+    assert isinstance(got, dev.xp.ndarray)
+    assert len(copies) == 1  # the whole batch, once
+    np.testing.assert_array_equal(_backend.to_host(got), want)
+    host = ir.tensor_rank(T, restarts=2, backend="cuda")
+    assert type(host) is np.ndarray and host.tolist() == want.tolist()
+
+
+def test_tensor_completion_sweep_on_cuda_matches_cpu(dev, tmp_path):
+    base = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 3,
+            "target_rank": 1, "n_obs": 12, "components": 4, "lr": 1e-2, "scale": 0.3,
+            "optimizer": "gd",
+            "max_steps": 30 if dev.name == "emulated" else 600, "log": "every:10",
+            "metrics": ("loss", "recon_error"), "rank_restarts": 1, "thresholds": ()}
+    on_cpu = ir.sweep(base, {"lr": [1e-2, 2e-2]}, seeds=2, backend="cpu", progress=False)
+    on_gpu = ir.sweep(base, {"lr": [1e-2, 2e-2]}, seeds=2, backend="cuda", progress=False)
+    for name in ("steps", "loss", "recon_error"):
+        dev.check([on_gpu.columns[name]], [on_cpu.columns[name]])
+    assert on_gpu.columns["tensor_rank"].tolist() == on_cpu.columns["tensor_rank"].tolist()
 
 
 @pytest.mark.gpu

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/cp_bindings.h"
 #include "bindings/dmf_bindings.h"
 #include "implicitreg/cp_step.h"
 #include "implicitreg/dmf_step.h"
@@ -57,114 +58,22 @@ struct Cpu {
     py::gil_scoped_release nogil;
     ir::cpu::dmf_measure<T>(a...);
   }
+  template <class T, class... A>
+  static void cp_step(A... a) {
+    py::gil_scoped_release nogil;
+    ir::cpu::cp_step<T>(a...);
+  }
+  template <class T, class... A>
+  static void cp_tensor(A... a) {
+    py::gil_scoped_release nogil;
+    ir::cpu::cp_tensor<T>(a...);
+  }
 };
 
 // The CP functions' arrays get the DMF functions' checks: dtype, C-contiguity, writability.
 template <class T>
 void require_array(const std::string& fn, const char* name, const py::array& a, bool writable) {
   ir::bindings::checked<Cpu, T>(fn, name, a, writable);
-}
-
-// CP factors: `order` arrays (B, d_n, R) of one dtype, C-contiguous.
-template <class T>
-struct CpBatch {
-  std::vector<T*> factors;
-  std::vector<int> dims;
-  ir::CpShape shape{};
-};
-
-template <class T>
-CpBatch<T> make_cp(const std::string& fn, const py::list& factors, bool writable) {
-  CpBatch<T> c;
-  const int order = int(factors.size());
-  require(order >= 1, fn, "need at least one factor");
-  std::int64_t batch = -1, rank = -1;
-  for (int n = 0; n < order; ++n) {
-    py::array U = factors[n].cast<py::array>();
-    require_array<T>(fn, "factors", U, writable);
-    require(U.ndim() == 3, fn, "factor " + std::to_string(n) + " must be 3-d (B, d_n, R)");
-    if (n == 0) {
-      batch = U.shape(0);
-      rank = U.shape(2);
-    }
-    require(U.shape(0) == batch && U.shape(2) == rank, fn,
-            "every factor must be (B, d_n, R) with the same B and R");
-    c.dims.push_back(int(U.shape(1)));
-    c.factors.push_back(static_cast<T*>(U.mutable_data()));
-  }
-  c.shape = {batch, order, c.dims.data(), int(rank)};
-  return c;
-}
-
-template <class T>
-void cp_step_t(const py::list& factors, const py::array& target, const py::array& mask,
-               const py::array& lr, std::int64_t steps, double tol, std::int64_t step0,
-               int optimizer, double beta, double eps, const py::object& v, const py::object& t,
-               py::array status, py::array frozen_at, py::array loss) {
-  const std::string fn = "cp_step";
-  CpBatch<T> c = make_cp<T>(fn, factors, true);
-  require(c.shape.order >= 2 && c.shape.order <= 6, fn, "orders 2 to 6 only");
-  const std::int64_t B = c.shape.batch;
-  std::int64_t numel = 1;
-  for (int d : c.dims) numel *= d;
-  require_array<T>(fn, "target", target, false);
-  require_array<bool>(fn, "mask", mask, false);
-  require(target.ndim() == 2 && (target.shape(0) == B || target.shape(0) == 1) &&
-              target.shape(1) == numel,
-          fn, "target must be (B, numel) or (1, numel)");
-  require(mask.ndim() == 2 && (mask.shape(0) == B || mask.shape(0) == 1) && mask.shape(1) == numel,
-          fn, "mask must be (B, numel) or (1, numel)");
-  require_array<T>(fn, "lr", lr, false);
-  require(lr.ndim() == 1 && (lr.shape(0) == B || lr.shape(0) == 1), fn, "lr must be (B,) or (1,)");
-  require_array<std::int8_t>(fn, "status", status, true);
-  require_array<std::int64_t>(fn, "frozen_at", frozen_at, true);
-  require_array<T>(fn, "loss", loss, true);
-  require(status.ndim() == 1 && status.shape(0) == B && frozen_at.ndim() == 1 &&
-              frozen_at.shape(0) == B && loss.ndim() == 1 && loss.shape(0) == B,
-          fn, "status, frozen_at and loss must be (B,)");
-  require(steps >= 0, fn, "steps must be >= 0");
-  require(optimizer == ir::kGd || optimizer == ir::kGroupRmsprop, fn, "unknown optimizer");
-  ir::CpOptimizerState<T> opt;
-  opt.kind = optimizer;
-  opt.beta = T(beta);
-  opt.eps = T(eps);
-  if (optimizer == ir::kGroupRmsprop) {
-    py::array va = v.cast<py::array>(), ta = t.cast<py::array>();
-    require_array<T>(fn, "v", va, true);
-    require_array<std::int64_t>(fn, "t", ta, true);
-    require(va.ndim() == 1 && va.shape(0) == B && ta.ndim() == 1 && ta.shape(0) == B, fn,
-            "v and t must be (B,)");
-    opt.v = static_cast<T*>(va.mutable_data());
-    opt.t = static_cast<std::int64_t*>(ta.mutable_data());
-  }
-  ir::CpProblem<T> pb;
-  pb.target = static_cast<const T*>(target.data());
-  pb.mask = static_cast<const std::uint8_t*>(mask.data());
-  pb.target_stride = target.shape(0) == 1 ? 0 : numel;
-  pb.mask_stride = mask.shape(0) == 1 ? 0 : numel;
-  const T* lrp = static_cast<const T*>(lr.data());
-  const std::int64_t lr_stride = lr.shape(0) == 1 ? 0 : 1;
-  auto* st = static_cast<std::int8_t*>(status.mutable_data());
-  auto* fz = static_cast<std::int64_t*>(frozen_at.mutable_data());
-  T* lo = static_cast<T*>(loss.mutable_data());
-  py::gil_scoped_release nogil;
-  ir::cpu::cp_step<T>(c.factors.data(), c.shape, pb, lrp, lr_stride, steps, T(tol), step0, opt, st,
-                      fz, lo);
-}
-
-template <class T>
-void cp_tensor_t(const py::list& factors, py::array out) {
-  const std::string fn = "cp_tensor";
-  CpBatch<T> c = make_cp<T>(fn, factors, false);
-  std::int64_t numel = 1;
-  for (int d : c.dims) numel *= d;
-  require_array<T>(fn, "out", out, true);
-  require(out.ndim() == 2 && out.shape(0) == c.shape.batch && out.shape(1) == numel, fn,
-          "out must be (B, numel)");
-  std::vector<const T*> cf(c.factors.begin(), c.factors.end());
-  T* op = static_cast<T*>(out.mutable_data());
-  py::gil_scoped_release nogil;
-  ir::cpu::cp_tensor<T>(cf.data(), c.shape, op);
 }
 
 void tensor_rank_t(const py::array& tensors, const std::vector<int>& dims, double tol, int max_rank,
@@ -198,35 +107,7 @@ PYBIND11_MODULE(_core, m) {
 
   ir::bindings::define_dmf<Cpu>(m);
 
-  m.def(
-      "cp_step",
-      [](const py::list& factors, const py::array& target, const py::array& mask,
-         const py::array& lr, std::int64_t steps, double tol, std::int64_t step0, int optimizer,
-         double beta, double eps, const py::object& v, const py::object& t, py::array status,
-         py::array frozen_at, py::array loss) {
-        if (ir::bindings::factors_f32<Cpu>("cp_step", factors))
-          return cp_step_t<float>(factors, target, mask, lr, steps, tol, step0, optimizer, beta,
-                                  eps, v, t, status, frozen_at, loss);
-        return cp_step_t<double>(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps,
-                                 v, t, status, frozen_at, loss);
-      },
-      py::arg("factors"), py::arg("target").noconvert(), py::arg("mask").noconvert(),
-      py::arg("lr").noconvert(), py::arg("steps"), py::arg("tol"), py::arg("step0"),
-      py::arg("optimizer"), py::arg("beta"), py::arg("eps"), py::arg("v"), py::arg("t"),
-      py::arg("status").noconvert(), py::arg("frozen_at").noconvert(), py::arg("loss").noconvert(),
-      R"doc(In place: `steps` updates (optimizer 0 gd, 1 group_rmsprop with state v, t) of every
-running CP factorization; loss (B,) receives the mean squared error over observed entries of
-each problem's last iterate.)doc");
-
-  m.def(
-      "cp_tensor",
-      [](const py::list& factors, py::array out) {
-        if (ir::bindings::factors_f32<Cpu>("cp_tensor", factors))
-          return cp_tensor_t<float>(factors, out);
-        return cp_tensor_t<double>(factors, out);
-      },
-      py::arg("factors"), py::arg("out").noconvert(),
-      "Writes the full tensors (B, numel) of the CP factors [(B, d_n, R)].");
+  ir::bindings::define_cp<Cpu>(m);
 
   m.def("tensor_rank", &tensor_rank_t, py::arg("tensors").noconvert(), py::arg("dims"),
         py::arg("tol"), py::arg("max_rank"), py::arg("max_iter"), py::arg("restarts"),

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bindings/cp_bindings.h"
 #include "bindings/dmf_bindings.h"
 #include "implicitreg/cuda_info.h"
 #include "implicitreg/dmf_step.h"
@@ -61,6 +62,14 @@ struct Cuda {
   static void dmf_measure(A... a) {
     ir::cuda::dmf_measure<T>(a..., current_stream());
   }
+  template <class T, class... A>
+  static void cp_step(A... a) {
+    ir::cuda::cp_step<T>(a..., current_stream());
+  }
+  template <class T, class... A>
+  static void cp_tensor(A... a) {
+    ir::cuda::cp_tensor<T>(a..., current_stream());
+  }
 };
 
 void define(py::module_& m) {
@@ -86,6 +95,7 @@ void define(py::module_& m) {
     return d;
   });
   ir::bindings::define_dmf<Cuda>(m);
+  ir::bindings::define_cp<Cuda>(m);
 }
 
 }  // namespace

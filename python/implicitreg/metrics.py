@@ -263,7 +263,7 @@ def parse(name: str, shape: tuple[int, int], dtype) -> tuple[int, float, float, 
 
 
 def tensor_rank(T, tol: float = 1e-6, restarts: int = 1, seed: int = 0, max_iter: int = 1000,
-                max_rank: int | None = None, backend: str = "cpu") -> np.ndarray:
+                max_rank: int | None = None, backend: str | None = None) -> np.ndarray:
     """(B,) int64 estimated CP ranks of tensors T (B, d_1, ..., d_N), N >= 2 (a single tensor:
     T[None]).
 
@@ -273,11 +273,14 @@ def tensor_rank(T, tol: float = 1e-6, restarts: int = 1, seed: int = 0, max_iter
     with a NaN or inf entry. Each tried r gets `restarts` seeded random starts and keeps the
     best, which tames ALS's randomness; starts depend only on (seed, b, r, restart), so the
     result is deterministic. Computed in float64, one tensor per thread.
+    backend: None picks cuda for a CuPy T, else cpu. On cuda the CPU kernel runs (see
+    ops.tensor_rank): T crosses to the host once for the whole batch and the ranks come back
+    as CuPy, equal to the cpu backend's.
     """
-    _backend(backend)
+    backend = _backend(backend, T)
     if backend == "cuda":
-        raise RuntimeError("tensor_rank: backend 'cuda' is not available in this version")
-    a = real_array(T, "T")
+        array_module("cuda")  # RuntimeError saying why, where the backend cannot run
+    a = _real(T, "T")
     if a.ndim < 3 or a.ndim > 7:
         raise ValueError(f"T: expected a batch of tensors (B, d_1, ..., d_N) with 2 <= N <= 6, "
                          f"got shape {a.shape}")
@@ -293,7 +296,8 @@ def tensor_rank(T, tol: float = 1e-6, restarts: int = 1, seed: int = 0, max_iter
     seed = _bounded(seed, "seed", 0, 2**64 - 1)
     top = int(np.prod(dims)) // max(dims)
     max_rank = top if max_rank is None else _bounded(max_rank, "max_rank", 1, 2**31 - 1)
-    X = np.ascontiguousarray(a.reshape(a.shape[0], int(np.prod(dims))), dtype=np.float64)
+    xp = array_module("cuda") if is_device(a) else np
+    X = xp.ascontiguousarray(a.reshape(a.shape[0], int(np.prod(dims))), dtype=np.float64)
     return ops.tensor_rank(X, dims, tol, max_rank, max_iter, restarts, seed, backend)
 
 

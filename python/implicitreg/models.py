@@ -472,13 +472,13 @@ class CPFactorization(_Trained):
             raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
                             f"{type(problem).__name__}")
         backend = _check_backend(backend)
-        if backend == "cuda":
-            raise RuntimeError("backend 'cuda' has no CP kernels in this version")
         if not isinstance(factors, (list, tuple)) or len(factors) != problem.order:
             raise TypeError(f"factors: expected a list of {problem.order} arrays (B, d_n, R), "
                             f"got {type(factors).__name__} of length "
                             f"{len(factors) if hasattr(factors, '__len__') else '?'}")
-        arrays = [real_array(U, f"factors[{n}]") for n, U in enumerate(factors)]
+        # Validated on the host (a device array is copied once), then placed on the backend.
+        arrays = [real_array(_host(U, f"factors[{n}]"), f"factors[{n}]")
+                  for n, U in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
         B, R = problem.batch, arrays[0].shape[-1] if arrays[0].ndim in (2, 3) else -1
         for n, (a, d) in enumerate(zip(arrays, problem.dims, strict=True)):
@@ -493,13 +493,14 @@ class CPFactorization(_Trained):
                      + dtype.itemsize, B, "factors", "the model's factors")
         self.problem = problem
         self.backend = backend
-        self._factors = [np.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
+        xp = array_module(backend)
+        self._factors = [xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
                                   order="C") for a in arrays]
-        self._status = np.zeros(B, dtype=np.int8)
-        self._frozen_at = np.full(B, -1, dtype=np.int64)
-        self._v = np.zeros(B, dtype=dtype)  # group_rmsprop state, per problem
-        self._t = np.zeros(B, dtype=np.int64)
-        self._step_loss = np.empty(B, dtype=dtype)  # the last step() call's final losses
+        self._status = xp.zeros(B, dtype=np.int8)
+        self._frozen_at = xp.full(B, -1, dtype=np.int64)
+        self._v = xp.zeros(B, dtype=dtype)  # group_rmsprop state, per problem
+        self._t = xp.zeros(B, dtype=np.int64)
+        self._step_loss = xp.empty(B, dtype=dtype)  # the last step() call's final losses
         self.steps_done = 0
 
     @classmethod
@@ -530,7 +531,8 @@ class CPFactorization(_Trained):
 
     @property
     def factors(self) -> list[np.ndarray]:
-        """[U_1, ..., U_N], each (B, d_n, R); views of the live state."""
+        """[U_1, ..., U_N], each (B, d_n, R); views of the live state (CuPy arrays on the
+        cuda backend)."""
         return list(self._factors)
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -549,7 +551,7 @@ class CPFactorization(_Trained):
         return self._factors[0].shape[2]
 
     def tensor(self) -> np.ndarray:
-        """(B, d_1, ..., d_N) the factorizations' tensors."""
+        """(B, d_1, ..., d_N) the factorizations' tensors (CuPy on the cuda backend)."""
         return _cp_tensor(self._factors, self.backend).reshape((self.batch,) + self.dims)
 
     def loss(self) -> np.ndarray:
@@ -579,8 +581,9 @@ class CPFactorization(_Trained):
             self.steps_done += steps
             return self
         loss = self._step_loss
+        lr_arr = array_module(self.backend).asarray(lr_arr)
         # calls of bounded work, so that Ctrl-C is honoured between them (results unchanged)
-        running = self._status == 0  # frozen problems cost nothing in the core
+        running = to_host(self._status) == 0  # frozen problems cost nothing in the core
         nnz = int(self.problem.n_observed[running].max(initial=0))
         per_step = max(1, int(running.sum()) * max(nnz, 1) * 3 * self.order * self.rank)
         chunk = max(1, _WORK_PER_CALL[self.backend] // 4 // per_step)
@@ -614,29 +617,30 @@ class CPFactorization(_Trained):
         unnormalized where W* = 0), "norm" (||W||_F), each (B,); "component_norms" (B, R):
         ||u_r^1 x ... x u_r^N|| = prod_n ||u_r^n||."""
         names = self._metric_names(metrics)
+        xp = array_module(self.backend)  # computed where the factors live, returned as NumPy
         out = {}
         if set(names) - {"component_norms"}:
             W = _cp_tensor(self._factors, self.backend).astype(np.float64)
-            a = self.problem.arrays(np.float64)
-            target = np.broadcast_to(a["target"], W.shape)
-            mask = np.broadcast_to(a["mask"], W.shape)
+            a = self.problem.arrays(np.float64, device=self.backend == "cuda")
+            target = xp.broadcast_to(a["target"], W.shape)
+            mask = xp.broadcast_to(a["mask"], W.shape)
             with np.errstate(all="ignore"):
                 if "loss" in names:
                     n = mask.sum(axis=1)
-                    sq = np.where(mask, (W - target) ** 2, 0.0).sum(axis=1)
-                    out["loss"] = np.where(n > 0, sq / np.maximum(n, 1), 0.0)
+                    sq = xp.where(mask, (W - target) ** 2, 0.0).sum(axis=1)
+                    out["loss"] = xp.where(n > 0, sq / xp.maximum(n, 1), 0.0)
                 if "recon_error" in names:
-                    num = np.linalg.norm(W - target, axis=1)
-                    den = np.linalg.norm(target, axis=1)
-                    out["recon_error"] = np.where(den > 0, num / np.where(den > 0, den, 1), num)
+                    num = xp.linalg.norm(W - target, axis=1)
+                    den = xp.linalg.norm(target, axis=1)
+                    out["recon_error"] = xp.where(den > 0, num / xp.where(den > 0, den, 1), num)
                 if "norm" in names:
-                    out["norm"] = np.linalg.norm(W, axis=1)
+                    out["norm"] = xp.linalg.norm(W, axis=1)
         if "component_norms" in names:
-            norms = np.ones((self.batch, self.rank))
+            norms = xp.ones((self.batch, self.rank))
             for U in self._factors:
-                norms *= np.linalg.norm(U.astype(np.float64), axis=1)
+                norms *= xp.linalg.norm(U.astype(np.float64), axis=1)
             out["component_norms"] = norms
-        return {k: out[k] for k in names}
+        return {k: to_host(out[k]) for k in names}
 
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
             optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float = 1e-6,
@@ -710,12 +714,14 @@ class CPFactorization(_Trained):
                 self.step(lr, int(start + p - self.steps_done), core_tol, optimizer, beta, eps)
                 advance(self.steps_done - before)
                 if patience is not None and p % check_every == 0:
-                    run = self._status == 0
+                    run = to_host(self._status) == 0
                     # the core's loss of this very iterate: no tensor to rebuild per check
-                    below = np.where(run & (self._step_loss < tol), below + 1, 0)
+                    below = np.where(run & (to_host(self._step_loss) < tol), below + 1, 0)
                     stop = run & (below > patience)
-                    self._status[stop] = 1  # converged
-                    self._frozen_at[stop] = self.steps_done
+                    if stop.any():
+                        xp = array_module(self.backend)
+                        self._status[xp.asarray(stop)] = 1  # converged
+                        self._frozen_at[xp.asarray(stop)] = self.steps_done
                 if p in logged or (self._status != 0).all():
                     for k, v in self.measure(names).items():
                         data[k].append(v)
@@ -729,15 +735,15 @@ class CPFactorization(_Trained):
                 saver.save(self, start, rows, progress_arrays(), done=True)
         finally:
             close()
-        status = np.where(self._status == 0, "max_steps", self.status)
+        status = np.where(to_host(self._status) == 0, "max_steps", self.status)
         return Trajectory(rows, {k: np.array(v) for k, v in data.items()}, status,
-                          self._frozen_at, meta)
+                          self.frozen_at, meta)
 
     def save(self, path) -> None:
         """Write the whole state (problem, factors, optimizer state, status, step count) to an
         .npz file atomically; CPFactorization.load resumes it bit for bit."""
         pb = self.problem
-        arrays = {"targets": pb.targets, "masks": pb.masks, **self._state()}
+        arrays = {"targets": pb.targets, "masks": pb.masks, **_host_state(self)}
         save_npz(path, _CP_CHECKPOINT, {"batch": pb.batch, "order": self.order,
                                         "steps_done": self.steps_done,
                                         "backend": self.backend}, arrays)

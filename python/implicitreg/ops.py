@@ -117,28 +117,33 @@ def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np
 def cp_step(factors, problem, lr, steps, tol, step0, optimizer, beta, eps, v, t, status,
             frozen_at, loss, backend="cpu"):
     """In place: `steps` updates of every running CP factorization (see _core.cp_step)."""
-    a = problem.arrays(factors[0].dtype)
+    a = _inputs(problem, factors[0].dtype, backend)
     _module(backend).cp_step(list(factors), a["target"], a["mask"], lr, steps, tol, step0,
                              optimizer, beta, eps, v, t, status, frozen_at, loss)
 
 
 def cp_tensor(factors, backend="cpu") -> np.ndarray:
-    """(B, numel) full tensors of CP factors [(B, d_n, R)]."""
+    """(B, numel) full tensors of CP factors [(B, d_n, R)], in the factors' array module."""
     if backend == "numpy":
         return reference.cp_tensor(list(factors))
     numel = int(np.prod([U.shape[1] for U in factors]))
-    out = np.empty((factors[0].shape[0], numel), dtype=factors[0].dtype)
+    out = _empty(backend, (factors[0].shape[0], numel), factors[0].dtype)
     _module(backend).cp_tensor(list(factors), out)
     return out
 
 
 def tensor_rank(tensors, dims, tol, max_rank, max_iter, restarts, seed,
                 backend="cpu") -> np.ndarray:
-    """(B,) estimated CP ranks of tensors (B, numel) float64 (see _core.tensor_rank)."""
+    """(B,) estimated CP ranks of tensors (B, numel) float64 (see _core.tensor_rank).
+
+    The cuda backend runs the CPU kernel: CP-ALS bisection is a branchy, per-tensor search
+    (pseudo-inverses of R x R Gram matrices, a different rank per tensor) that a GPU would
+    serialize. The whole batch crosses to the host once and the ranks come back at once, in
+    the tensors' array module."""
     if backend == "numpy":
         return reference.tensor_rank(tensors, list(dims), tol, max_rank, max_iter, restarts,
                                      seed)
-    out = np.empty(tensors.shape[0], dtype=np.int64)
-    _module(backend).tensor_rank(tensors, list(dims), tol, max_rank, max_iter, restarts, seed,
-                                 out)
-    return out
+    host = _backend.to_host(tensors)
+    out = np.empty(host.shape[0], dtype=np.int64)
+    _core.tensor_rank(host, list(dims), tol, max_rank, max_iter, restarts, seed, out)
+    return out if host is tensors else _backend.to_device(out)

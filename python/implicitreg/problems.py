@@ -359,8 +359,9 @@ class TensorCompletion:
         axes = tuple(range(1, self.masks.ndim))
         return np.broadcast_to(self.masks.sum(axis=axes), (self.batch,))
 
-    def arrays(self, dtype) -> dict[str, np.ndarray]:
-        """Kernel inputs, flattened to (B|1, numel) C-contiguous, converted once and cached."""
+    def arrays(self, dtype, device: bool = False) -> dict[str, np.ndarray]:
+        """Kernel inputs, flattened to (B|1, numel) C-contiguous, converted once and cached;
+        device=True: CuPy copies of them, made once."""
         dtype = np.dtype(dtype)
         if dtype not in self._cache:
             numel = int(np.prod(self.dims))  # not -1: an empty batch has no size to divide
@@ -369,7 +370,7 @@ class TensorCompletion:
                     self.targets.reshape(self.targets.shape[0], numel), dtype=dtype),
                 "mask": np.ascontiguousarray(self.masks.reshape(self.masks.shape[0], numel)),
             }
-        return self._cache[dtype]
+        return _on_device(self._cache, dtype) if device else self._cache[dtype]
 
     def __repr__(self) -> str:
         return f"TensorCompletion(batch={self.batch}, dims={self.dims})"

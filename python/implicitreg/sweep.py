@@ -25,7 +25,7 @@ import zipfile
 import numpy as np
 
 from . import problems as problems_mod
-from ._backend import build_info
+from ._backend import build_info, to_host
 from ._checks import available_memory, choice, integer
 from ._io import load_npz, save_npz
 from .init import init_factors
@@ -418,7 +418,8 @@ def _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
                   checkpoint_every):
     """The CP version of _run_batch: fit, then the end-of-run tensor ranks and baseline."""
     c0 = configs[0]
-    starts = [_cp_model(c, p, backend).factors for c, p in zip(configs, parts, strict=True)]
+    # drawn on the host, joined, then placed on the backend once
+    starts = [_cp_model(c, p, "cpu").factors for c, p in zip(configs, parts, strict=True)]
     factors = [np.concatenate([s[n] for s in starts]) for n in range(len(starts[0]))]
     lr = np.repeat([c["lr"] for c in configs], seeds).astype(np.float64)
     model = CPFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
@@ -431,7 +432,8 @@ def _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
     cols = _result_columns(traj)
     restarts = int(c0["rank_restarts"])
     if restarts:
-        cols["tensor_rank"] = tensor_rank(model.tensor(), restarts=restarts, backend=backend)
+        cols["tensor_rank"] = to_host(tensor_rank(model.tensor(), restarts=restarts,
+                                                  backend=backend))
     if c0["baseline"]:
         mem = memorizer(problem)
         truth = np.broadcast_to(problem.targets, mem.shape).reshape(B, -1)

@@ -75,4 +75,21 @@ double cp_als_mse(const double* tensor, int order, const int* dims, int r, doubl
                   std::uint64_t seed, std::int64_t index, int restart);
 
 }  // namespace cpu
+
+namespace cuda {
+
+// cpu::cp_step and cpu::cp_tensor on device memory (orders 1..6, mode sizes 1..1024): every
+// array is a device pointer (the array of factor pointers is read on the host). They run on
+// `stream` (a cudaStream_t); cp_step waits once per call, for the count of observed entries
+// that sizes its scratch, and errors throw std::runtime_error.
+template <class T>
+void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
+             std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+             const CpOptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+             T* loss_out, void* stream);
+
+template <class T>
+void cp_tensor(const T* const* factors, const CpShape& shape, T* out, void* stream);
+
+}  // namespace cuda
 }  // namespace implicitreg

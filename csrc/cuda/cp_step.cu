@@ -1,0 +1,412 @@
+// CUDA driver of the CP tensor factorization kernels: one problem per block.
+//
+// A call first compacts each problem's observed entries (multi-index packed in 10-bit fields,
+// and target) into global scratch, in ascending entry order as the CPU walks them. Each step
+// then runs in two phases, as cpu::cp_step does per entry:
+//   1. residuals: each warp takes an entry, its lanes the components r, and sums the product
+//      over modes with a warp reduction; the loss is their mean square (summed in double);
+//   2. gradient: each thread owns components r (r = threadIdx.x, + blockDim.x, ...) and walks
+//      every observed entry in order, adding g * (prefix * suffix) to its own columns of the
+//      gradient rows, so no two threads ever write the same word.
+// The update, its finiteness check and the optimizer state follow cpu::cp_step exactly
+// (freezing, divergence at the last finite iterate); only the order of the value and norm
+// sums differs. The gradient and residuals live in shared memory when they fit, else in a
+// per-block slice of global scratch; the factors stay in global memory (each thread reads its
+// own columns, coalesced across the block, and L1 keeps them).
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cuda/common.cuh"
+#include "implicitreg/cp_step.h"
+
+namespace implicitreg {
+namespace cuda {
+namespace {
+
+constexpr int kMaxOrder = 6;
+constexpr int kDigitBits = 10;  // mode sizes up to 1024
+constexpr int kMaxThreads = 256;
+constexpr int kScanThreads = 256;
+
+template <class T>
+struct CpArgs {
+  T* U[kMaxOrder];
+  int dims[kMaxOrder];
+  int order, rank;
+  std::int64_t batch, numel, size;  // size: entries of one problem's factors
+  CpProblem<T> pb;
+  const T* lr;
+  std::int64_t lr_stride, steps, step0;
+  T tol;
+  CpOptimizerState<T> opt;
+  std::int8_t* status;
+  std::int64_t* frozen_at;
+  T* loss_out;
+  // the compacted observed entries: obs_stride slots per problem, count[b] used
+  std::uint64_t* digits;
+  T* obs_target;
+  int* count;
+  std::int64_t obs_stride;
+};
+
+template <class T>
+CpArgs<T> make_args(const T* const* factors, const CpShape& shape, const char* fn) {
+  if (shape.order < 1 || shape.order > kMaxOrder)
+    throw std::invalid_argument(std::string(fn) + ": order must be 1.." +
+                                std::to_string(kMaxOrder) + ", got " + std::to_string(shape.order));
+  CpArgs<T> a{};
+  a.order = shape.order;
+  a.rank = shape.rank;
+  a.batch = shape.batch;
+  a.numel = 1;
+  for (int n = 0; n < shape.order; ++n) {
+    if (shape.dims[n] < 1 || shape.dims[n] > (1 << kDigitBits))
+      throw std::invalid_argument(std::string(fn) + ": mode sizes must be 1.." +
+                                  std::to_string(1 << kDigitBits) + ", got " +
+                                  std::to_string(shape.dims[n]));
+    a.U[n] = const_cast<T*>(factors[n]);
+    a.dims[n] = shape.dims[n];
+    a.numel *= shape.dims[n];
+    a.size += std::int64_t(shape.dims[n]) * shape.rank;
+  }
+  return a;
+}
+
+__device__ __forceinline__ int digit(std::uint64_t packed, int n) {
+  return int((packed >> (kDigitBits * n)) & ((1u << kDigitBits) - 1));
+}
+
+// Observed entries per running problem (block per problem, grid-stride).
+template <class T>
+__global__ void count_kernel(const CpArgs<T> a) {
+  __shared__ int red[32];
+  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    const std::uint8_t* mask = a.pb.mask + b * a.pb.mask_stride;
+    int c = 0;
+    if (a.status[b] == kRunning)
+      for (std::int64_t e = threadIdx.x; e < a.numel; e += blockDim.x) c += mask[e] != 0;
+    c = block_sum(c, red);
+    if (threadIdx.x == 0) a.count[b] = c;
+  }
+}
+
+// The observed entries of each running problem, in ascending order: a block-wide scan of the
+// mask, one chunk of blockDim entries at a time.
+template <class T>
+__global__ void __launch_bounds__(kScanThreads) compact_kernel(const CpArgs<T> a) {
+  __shared__ int scan[kScanThreads];
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    if (a.status[b] != kRunning) continue;  // uniform over the block
+    const std::uint8_t* mask = a.pb.mask + b * a.pb.mask_stride;
+    const T* target = a.pb.target + b * a.pb.target_stride;
+    std::uint64_t* dg = a.digits + b * a.obs_stride;
+    T* tg = a.obs_target + b * a.obs_stride;
+    std::int64_t base = 0;
+    for (std::int64_t chunk = 0; chunk < a.numel; chunk += nt) {
+      const std::int64_t e = chunk + tid;
+      const int flag = e < a.numel && mask[e] != 0;
+      scan[tid] = flag;
+      __syncthreads();
+      for (int off = 1; off < nt; off <<= 1) {  // inclusive Hillis-Steele scan
+        const int add = tid >= off ? scan[tid - off] : 0;
+        __syncthreads();
+        scan[tid] += add;
+        __syncthreads();
+      }
+      if (flag) {
+        const std::int64_t at = base + scan[tid] - 1;
+        std::uint64_t packed = 0;
+        std::int64_t rest = e;
+        for (int n = a.order - 1; n >= 0; --n) {
+          packed |= std::uint64_t(rest % a.dims[n]) << (kDigitBits * n);
+          rest /= a.dims[n];
+        }
+        dg[at] = packed;
+        tg[at] = target[e];
+      }
+      base += scan[nt - 1];
+      __syncthreads();  // scan is rewritten by the next chunk
+    }
+  }
+}
+
+// Value of observed entry e over components r = lane, lane + 32, ...: the product in
+// cp_tensor's order, u_0 (u_1 (... u_{N-1})).
+template <class T>
+__device__ __forceinline__ T entry_value(const CpArgs<T>& a, std::int64_t b, std::uint64_t packed,
+                                         int lane) {
+  const T* u[kMaxOrder];
+  for (int n = 0; n < a.order; ++n)
+    u[n] = a.U[n] + (b * a.dims[n] + digit(packed, n)) * std::int64_t(a.rank);
+  T value = 0;
+  for (int r = lane; r < a.rank; r += 32) {
+    T p = u[a.order - 1][r];
+    for (int n = a.order - 2; n >= 0; --n) p = u[n][r] * p;
+    value += p;
+  }
+  for (int off = 16; off > 0; off >>= 1) value += __shfl_xor_sync(0xffffffffu, value, off);
+  return value;
+}
+
+// Mean squared residual of problem b's current iterate; res[e] = value - target per entry.
+template <class T>
+__device__ T residuals(const CpArgs<T>& a, std::int64_t b, int n_obs, T* res, double* red) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  const std::uint64_t* dg = a.digits + b * a.obs_stride;
+  const T* tg = a.obs_target + b * a.obs_stride;
+  double sq = 0;
+  // every warp runs the same number of rounds: the shuffles need the whole warp
+  for (int base = 0; base < n_obs; base += warps) {
+    const int e = base + warp;
+    const T value = entry_value(a, b, dg[e < n_obs ? e : 0], lane);
+    if (e < n_obs && lane == 0) {
+      const T r = value - tg[e];
+      res[e] = r;
+      sq += double(r) * double(r);
+    }
+  }
+  const double total = block_sum(sq, red);  // also orders res before the gradient reads it
+  return n_obs > 0 ? T(total / double(n_obs)) : T(0);
+}
+
+// This thread's columns of the gradient: for each observed entry in order, g times the
+// product of the other modes' rows, as cpu::cp_step's entries() forms it.
+template <class T>
+__device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T* res, T* G) {
+  const int N = a.order, R = a.rank;
+  const std::uint64_t* dg = a.digits + b * a.obs_stride;
+  const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+  std::int64_t row0[kMaxOrder], grow0[kMaxOrder], off = 0;
+  for (int n = 0; n < N; ++n) {
+    row0[n] = b * a.dims[n] * std::int64_t(R);
+    grow0[n] = off;
+    off += std::int64_t(a.dims[n]) * R;
+  }
+  for (int r = threadIdx.x; r < R; r += blockDim.x) {
+    for (std::int64_t i = r; i < a.size; i += R) G[i] = T(0);
+    for (int e = 0; e < n_obs; ++e) {
+      const std::uint64_t packed = dg[e];
+      const T g = scale * res[e];
+      T u[kMaxOrder];
+      int d[kMaxOrder];
+      for (int n = 0; n < N; ++n) {
+        d[n] = digit(packed, n);
+        u[n] = a.U[n][row0[n] + std::int64_t(d[n]) * R + r];
+      }
+      if (N == 1) {
+        G[grow0[0] + std::int64_t(d[0]) * R + r] += g;
+        continue;
+      }
+      T suf[kMaxOrder + 1];  // suf[n] = u_n (u_{n+1} (... u_{N-1}))
+      suf[N - 1] = u[N - 1];
+      for (int n = N - 2; n >= 1; --n) suf[n] = u[n] * suf[n + 1];
+      G[grow0[0] + std::int64_t(d[0]) * R + r] += g * suf[1];
+      T pre = u[0];
+      for (int n = 1; n < N - 1; ++n) {
+        G[grow0[n] + std::int64_t(d[n]) * R + r] += g * (pre * suf[n + 1]);
+        pre *= u[n];
+      }
+      G[grow0[N - 1] + std::int64_t(d[N - 1]) * R + r] += g * pre;
+    }
+  }
+}
+
+// Every step of the call for the problems of this block (grid-stride). G holds a problem's
+// gradient (size entries) and res its residuals (obs_stride entries): in shared memory when
+// ws is null, else in this block's slice of ws.
+template <class T>
+__global__ void __launch_bounds__(kMaxThreads) cp_step_kernel(const CpArgs<T> a, T* ws) {
+  __shared__ double red[32];
+  T* G = ws != nullptr ? ws + blockIdx.x * (a.size + a.obs_stride)
+                       : reinterpret_cast<T*>(dynamic_smem());
+  T* res = G + a.size;
+  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    if (a.status[b] != kRunning) continue;  // frozen: nothing to do, loss_out left as it is
+    const int n_obs = a.count[b];
+    const T rate = a.lr[b * a.lr_stride];
+    for (std::int64_t it = 0;; ++it) {
+      const T loss = residuals(a, b, n_obs, res, red);
+      if (threadIdx.x == 0) a.loss_out[b] = loss;
+      // every thread saw the same loss: the decisions below are uniform over the block
+      if (!isfinite(loss) || loss < a.tol) {
+        if (threadIdx.x == 0) {
+          a.status[b] = isfinite(loss) ? kConverged : kDiverged;
+          a.frozen_at[b] = a.step0 + it;
+        }
+        break;
+      }
+      if (it == a.steps) break;
+      gradient(a, b, n_obs, res, G);
+      T step = rate, v_new = 0;
+      if (a.opt.kind == kGroupRmsprop) {
+        double sq = 0;
+        for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+          for (std::int64_t i = r; i < a.size; i += a.rank) sq += double(G[i]) * double(G[i]);
+        sq = block_sum(sq, red);
+        v_new = a.opt.beta * a.opt.v[b] + (T(1) - a.opt.beta) * T(sq);
+        const double bias = 1.0 - pow(double(a.opt.beta), double(a.opt.t[b] + 1));
+        step = rate / (T(sqrt(double(v_new) / bias)) + a.opt.eps);
+      }
+      // The next iterate, committed only if every entry (and the optimizer state) is finite.
+      // (each thread checks, then writes, its own columns of every factor)
+      double bad = 0;
+      std::int64_t goff = 0;
+      for (int n = 0; n < a.order; ++n) {
+        const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
+        const T* u = a.U[n] + b * rows;
+        for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+          for (std::int64_t i = r; i < rows; i += a.rank) {
+            const T nx = u[i] - step * G[goff + i];
+            bad += double(nx - nx);  // NaN when any entry is inf or NaN
+          }
+        goff += rows;
+      }
+      const double bad_sum = block_sum(bad, red);  // every thread calls it
+      const bool finite = isfinite(step) && isfinite(v_new) && bad_sum == 0.0;
+      if (!finite) {
+        if (threadIdx.x == 0) {
+          a.status[b] = kDiverged;
+          a.frozen_at[b] = a.step0 + it;
+        }
+        break;
+      }
+      goff = 0;
+      for (int n = 0; n < a.order; ++n) {
+        const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
+        T* u = a.U[n] + b * rows;
+        for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+          for (std::int64_t i = r; i < rows; i += a.rank) u[i] = u[i] - step * G[goff + i];
+        goff += rows;
+      }
+      if (a.opt.kind == kGroupRmsprop && threadIdx.x == 0) {
+        a.opt.v[b] = v_new;
+        a.opt.t[b] += 1;
+      }
+      __syncthreads();  // the factors and state are written before the next residuals
+    }
+    __syncthreads();  // G and res are reused by the block's next problem
+  }
+}
+
+template <class T>
+__global__ void cp_tensor_kernel(const CpArgs<T> a, T* out) {
+  const std::int64_t total = a.batch * a.numel;
+  for (std::int64_t k = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; k < total;
+       k += std::int64_t(gridDim.x) * blockDim.x) {
+    const std::int64_t b = k / a.numel;
+    std::int64_t rest = k - b * a.numel;
+    const T* u[kMaxOrder];
+    for (int n = a.order - 1; n >= 0; --n) {
+      u[n] = a.U[n] + (b * a.dims[n] + rest % a.dims[n]) * std::int64_t(a.rank);
+      rest /= a.dims[n];
+    }
+    // cpu::cp_tensor's order: the last mode's row times the others, the first mode last
+    T value = 0;
+    for (int r = 0; r < a.rank; ++r) {
+      T s = u[a.order - 1][r];
+      for (int n = a.order - 2; n >= 1; --n) s = u[n][r] * s;
+      value += a.order == 1 ? s : u[0][r] * s;
+    }
+    out[k] = value;
+  }
+}
+
+int multiprocessors() {
+  int device = 0, sms = 0;
+  IR_CUDA_CHECK(cudaGetDevice(&device));
+  IR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+}  // namespace
+
+template <class T>
+void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
+             std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
+             const CpOptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+             T* loss_out, void* stream_handle) {
+  if (shape.batch == 0) return;
+  const cudaStream_t stream = as_stream(stream_handle);
+  CpArgs<T> a = make_args(factors, shape, "cuda cp_step");
+  a.pb = problem;
+  a.lr = lr;
+  a.lr_stride = lr_stride;
+  a.steps = steps;
+  a.tol = tol;
+  a.step0 = step0;
+  a.opt = opt;
+  a.status = status;
+  a.frozen_at = frozen_at;
+  a.loss_out = loss_out;
+  const int sms = multiprocessors();
+  const unsigned scan_grid = unsigned(std::min<std::int64_t>(a.batch, std::int64_t(32) * sms));
+
+  // The observed entries: counted, the largest count read back to size the scratch, then
+  // compacted (once per call; the step loop then never touches the masks).
+  Scratch<int> count(a.batch, stream);
+  a.count = count.get();
+  launch(count_kernel<T>, scan_grid, kScanThreads, 0, stream, a);
+  IR_CUDA_LAUNCHED("cp_step (count)");
+  std::vector<int> counts(std::size_t(a.batch));
+  IR_CUDA_CHECK(cudaMemcpyAsync(counts.data(), a.count, sizeof(int) * counts.size(),
+                                cudaMemcpyDeviceToHost, stream));
+  IR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  a.obs_stride = std::max<std::int64_t>(1, *std::max_element(counts.begin(), counts.end()));
+  Scratch<std::uint64_t> digits(a.batch * a.obs_stride, stream);
+  Scratch<T> obs_target(a.batch * a.obs_stride, stream);
+  a.digits = digits.get();
+  a.obs_target = obs_target.get();
+  launch(compact_kernel<T>, scan_grid, kScanThreads, 0, stream, a);
+  IR_CUDA_LAUNCHED("cp_step (compact)");
+
+  // Threads: a warp per 32 components, at most kMaxThreads (more components loop).
+  const int threads = int(std::min<std::int64_t>(kMaxThreads, (a.rank + 31) / 32 * 32));
+  int device = 0, optin = 0;
+  IR_CUDA_CHECK(cudaGetDevice(&device));
+  IR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaFuncAttributes attr{};
+  IR_CUDA_CHECK(cudaFuncGetAttributes(&attr, cp_step_kernel<T>));
+  const std::int64_t per_block = a.size + a.obs_stride;
+  const std::int64_t bytes = per_block * std::int64_t(sizeof(T));
+  if (bytes + std::int64_t(attr.sharedSizeBytes) <= optin) {
+    IR_CUDA_CHECK(cudaFuncSetAttribute(cp_step_kernel<T>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
+    launch(cp_step_kernel<T>, grid, unsigned(threads), std::size_t(bytes), stream, a,
+           static_cast<T*>(nullptr));
+    IR_CUDA_LAUNCHED("cp_step (shared memory)");
+  } else {
+    const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * sms);
+    Scratch<T> ws(grid * per_block, stream);
+    launch(cp_step_kernel<T>, unsigned(grid), unsigned(threads), 0, stream, a, ws.get());
+    IR_CUDA_LAUNCHED("cp_step (global memory)");
+  }
+}
+
+template <class T>
+void cp_tensor(const T* const* factors, const CpShape& shape, T* out, void* stream_handle) {
+  if (shape.batch == 0) return;
+  CpArgs<T> a = make_args(factors, shape, "cuda cp_tensor");
+  constexpr int kBlock = 256;
+  const std::int64_t blocks = std::min<std::int64_t>(grid_for(a.batch * a.numel, kBlock),
+                                                     std::int64_t(64) * multiprocessors());
+  launch(cp_tensor_kernel<T>, unsigned(std::max<std::int64_t>(blocks, 1)), kBlock, 0,
+         as_stream(stream_handle), a, out);
+  IR_CUDA_LAUNCHED("cp_tensor");
+}
+
+template void cp_step<float>(float* const*, const CpShape&, const CpProblem<float>&, const float*,
+                             std::int64_t, std::int64_t, float, std::int64_t,
+                             const CpOptimizerState<float>&, std::int8_t*, std::int64_t*, float*,
+                             void*);
+template void cp_step<double>(double* const*, const CpShape&, const CpProblem<double>&,
+                              const double*, std::int64_t, std::int64_t, double, std::int64_t,
+                              const CpOptimizerState<double>&, std::int8_t*, std::int64_t*, double*,
+                              void*);
+template void cp_tensor<float>(const float* const*, const CpShape&, float*, void*);
+template void cp_tensor<double>(const double* const*, const CpShape&, double*, void*);
+
+}  // namespace cuda
+}  // namespace implicitreg
