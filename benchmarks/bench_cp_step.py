@@ -17,10 +17,11 @@ Target: order 3, dim 8, R = 64, B = 256, n = 200, float64, group_rmsprop: cpu at
 numpy. The other rows (gd, float32, n = 511, order 4 dim 8 R = 512 B = 32 n = 2000) have no
 target.
 
-When torch is importable, a batched PyTorch step (full tensor by einsum, masked mean squared
-error per problem, autograd, the same gd / GroupRMSprop update with per-problem state in
-torch ops, CPU tensors, float64) runs on the float64 rows; when jax is importable, the same
-step under jax.jit + lax.scan (CPU device, x64 enabled, compiled in the warm-up). Before
+When torch is importable, a batched PyTorch step (`peers.TorchCP`: full tensor by einsum,
+masked mean squared error per problem, autograd, the same gd / GroupRMSprop update with
+per-problem state in torch ops, CPU tensors, float64) runs on the float64 rows; when jax is
+importable, the same step under jax.jit + lax.scan of 10 steps per call (`peers.JaxCP`, CPU
+device, x64 enabled, compiled in the warm-up). Before
 timing, each checks that its loss after a few steps matches the cpu backend's to 1e-8
 relative (printed; MISMATCH otherwise). Their columns are cpu / torch and cpu / jax.
 
@@ -30,7 +31,6 @@ Targets missed are marked MISSED; the exit code is 0 either way.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import sys
 import time
@@ -41,10 +41,11 @@ import numpy as np
 import implicitreg as ir
 
 sys.path.insert(0, str(Path(__file__).parent))
+import peers  # noqa: E402
 from _timing import machine, ratio_text, write_json  # noqa: E402
 
 LR, SCALE, BETA, EPS = 1e-3, 1e-2, 0.99, 1e-6
-CHECK_STEPS, CHECK_RTOL = 5, 1e-8
+CHECK_STEPS, CHECK_RTOL = 10, 1e-8  # a whole number of jax's scans (peers.JaxCP.granule)
 CASES = [  # (order, dim, R, batch, n observed, dtype, optimizer, target cpu/numpy)
     (3, 8, 64, 256, 200, "float64", "group_rmsprop", 20.0),
     (3, 8, 64, 256, 200, "float64", "gd", None),
@@ -52,23 +53,6 @@ CASES = [  # (order, dim, R, batch, n observed, dtype, optimizer, target cpu/num
     (3, 8, 64, 256, 511, "float64", "group_rmsprop", None),
     (4, 8, 512, 32, 2000, "float64", "group_rmsprop", None),
 ]
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def _jax():
-    try:
-        import jax
-    except ImportError:
-        return None
-    jax.config.update("jax_enable_x64", True)
-    return jax
 
 
 def interleaved(variants: dict, repeats: int, warmup: int = 1) -> dict:
@@ -87,134 +71,34 @@ def interleaved(variants: dict, repeats: int, warmup: int = 1) -> dict:
     return {k: (statistics.median(times[k]), last[k]) for k in variants}
 
 
-def size_steps(make, run, sample_s: float, probe: int, compiles: bool = False) -> int:
-    """Steps for a sample of about sample_s seconds: estimated from the second of two
-    `probe`-step calls (the first pays for thread start, page faults, compilation), then
-    corrected by up to two trial samples (each run twice when every new step count compiles
-    anew, as jax's static step count does)."""
+def size_steps(make, run, sample_s: float, probe: int, granule: int = 1) -> int:
+    """Steps (a multiple of granule) for a sample of about sample_s seconds: estimated from
+    the second of two `probe`-step calls (the first pays for thread start, page faults,
+    compilation), then corrected by up to two trial samples."""
     def sample(steps):
-        dt = float("inf")
-        for _ in range(2 if compiles else 1):
-            state = make()
-            t0 = time.perf_counter()
-            run(state, steps)
-            dt = min(dt, time.perf_counter() - t0)
-        return dt
+        state = make()
+        t0 = time.perf_counter()
+        run(state, steps)
+        return time.perf_counter() - t0
 
+    def whole(steps):
+        return granule * max(1, round(steps / granule))
+
+    probe = whole(probe)
     sample(probe)
-    steps = max(1, round(sample_s * probe / max(sample(probe), 1e-9)))
+    steps = whole(sample_s * probe / max(sample(probe), 1e-9))
     for _ in range(2):
         dt = sample(steps)
         if 0.6 * sample_s <= dt <= 1.6 * sample_s:
             break
-        steps = max(1, round(steps * sample_s / max(dt, 1e-9)))
-    return min(steps, 100_000)
+        steps = whole(steps * sample_s / max(dt, 1e-9))
+    return min(steps, granule * (100_000 // granule))
 
 
 def build(order, dim, batch, n):
     dims = (dim,) * order
     targets, orders = ir.problems.random_cp_tensor(dims, 1, batch=batch, seed=0)
     return ir.tensor_completion(targets, ir.problems.observe_first(orders, n, dims))
-
-
-def _einsum_spec(order: int) -> str:
-    letters = "ijklmn"[:order]
-    return ",".join(f"b{c}r" for c in letters) + "->b" + letters
-
-
-class TorchCP:
-    """The batched step in PyTorch: factors (B, d, R) leaves, autograd, update in torch ops."""
-
-    def __init__(self, torch, problem, start, optimizer):
-        self.torch, self.start, self.rmsprop = torch, start, optimizer == "group_rmsprop"
-        a = problem.arrays(np.float64)
-        shape = (-1,) + problem.dims
-        self.target = torch.from_numpy(a["target"].reshape(shape).copy())
-        self.mask = torch.from_numpy(a["mask"].reshape(shape).astype(np.float64))
-        self.n_obs = self.mask.sum(dim=tuple(range(1, problem.order + 1))).clamp_min(1.0)
-        self.spec, self.axes = _einsum_spec(problem.order), tuple(range(1, problem.order + 1))
-        self.batch = problem.batch
-
-    def make(self):
-        torch = self.torch
-        return {"U": [torch.tensor(U, requires_grad=True) for U in self.start],
-                "v": torch.zeros(self.batch, dtype=torch.float64), "t": 0}
-
-    def losses(self, U):
-        res = (self.torch.einsum(self.spec, *U) - self.target) * self.mask
-        return (res * res).sum(dim=self.axes) / self.n_obs
-
-    def run(self, state, steps: int):
-        torch, U, v = self.torch, state["U"], state["v"]
-        for _ in range(steps):
-            grads = torch.autograd.grad(self.losses(U).sum(), U)
-            with torch.no_grad():
-                if self.rmsprop:
-                    sq = sum((g * g).sum(dim=(1, 2)) for g in grads)
-                    v.mul_(BETA).add_(sq, alpha=1.0 - BETA)
-                    state["t"] += 1
-                    step = (LR / (torch.sqrt(v / (1.0 - BETA ** state["t"])) + EPS))[:, None, None]
-                else:
-                    step = LR
-                for u, g in zip(U, grads, strict=True):
-                    u.sub_(step * g)
-        return state
-
-    def loss_after(self, steps: int) -> np.ndarray:
-        state = self.run(self.make(), steps)
-        with self.torch.no_grad():
-            return self.losses(state["U"]).numpy()
-
-
-class JaxCP:
-    """The batched step in JAX: jax.jit of lax.scan over steps (static), jax.grad."""
-
-    def __init__(self, jax, problem, start, optimizer):
-        self.jax = jax
-        jnp = jax.numpy
-        cpu = jax.devices("cpu")[0]
-        a = problem.arrays(np.float64)
-        shape = (-1,) + problem.dims
-        target = jax.device_put(a["target"].reshape(shape), cpu)
-        mask = jax.device_put(a["mask"].reshape(shape).astype(np.float64), cpu)
-        axes = tuple(range(1, problem.order + 1))
-        n_obs = jnp.maximum(mask.sum(axis=axes), 1.0)
-        spec, rmsprop, B = _einsum_spec(problem.order), optimizer == "group_rmsprop", problem.batch
-        self.start = [jax.device_put(U, cpu) for U in start]
-
-        def losses(U):
-            res = (jnp.einsum(spec, *U) - target) * mask
-            return (res * res).sum(axis=axes) / n_obs
-
-        def body(carry, _):
-            U, v, t = carry
-            grads = jax.grad(lambda U: losses(U).sum())(U)
-            if rmsprop:
-                sq = sum((g * g).sum(axis=(1, 2)) for g in grads)
-                v = BETA * v + (1.0 - BETA) * sq
-                t = t + 1.0
-                step = LR / (jnp.sqrt(v / (1.0 - jnp.power(BETA, t))) + EPS)
-            else:
-                step = jnp.full((B,), LR)
-            U = [u - step[:, None, None] * g for u, g in zip(U, grads, strict=True)]
-            return (U, v, t), None
-
-        @functools.partial(jax.jit, static_argnums=1)
-        def run(U, steps):
-            carry = (U, jnp.zeros(B, dtype=jnp.float64), jnp.zeros((), dtype=jnp.float64))
-            (U, _, _), _ = jax.lax.scan(body, carry, None, length=steps)
-            return U
-
-        self.losses, self._run = jax.jit(losses), run
-
-    def make(self):
-        return self.start  # immutable arrays: every run starts from the same factors
-
-    def run(self, U, steps: int):
-        return self.jax.block_until_ready(self._run(U, steps))
-
-    def loss_after(self, steps: int) -> np.ndarray:
-        return np.asarray(self.losses(self.run(self.make(), steps)))
 
 
 def rel_diff(a, b) -> float:
@@ -245,14 +129,26 @@ def run_case(case, repeats, sample_s, torch, jax) -> dict:
         if backend == "numpy":
             row["checks"]["numpy"] = rel_diff(step(make(), CHECK_STEPS).loss(), ref_loss)
         variants[backend] = (make, step, size_steps(make, step, sample_s, probe))
-    for name_x, lib, cls in (("torch", torch, TorchCP), ("jax", jax, JaxCP)):
+    a = problem.arrays(np.float64)
+    targets, masks = (a[k].reshape((-1,) + problem.dims) for k in ("target", "mask"))
+    for name_x, lib, cls in (("torch", torch, peers.TorchCP), ("jax", jax, peers.JaxCP)):
         row[f"{name_x}_problem_steps_per_s"] = None
         if lib is None or dtype != "float64":
             continue
-        impl = cls(lib, problem, start, optimizer)
-        row["checks"][name_x] = rel_diff(impl.loss_after(CHECK_STEPS), ref_loss)
-        variants[name_x] = (impl.make, impl.run,
-                            size_steps(impl.make, impl.run, sample_s, 2, name_x == "jax"))
+        impl = cls(targets, masks, start, optimizer, BETA, EPS, dtype, device="cpu",
+                   **{name_x: lib})
+
+        def make(impl=impl):
+            impl.reset()
+            return impl
+
+        def run(impl, steps):
+            impl.run(steps, LR)
+            return impl
+
+        run(make(), CHECK_STEPS)
+        row["checks"][name_x] = rel_diff(impl.losses(), ref_loss)
+        variants[name_x] = (make, run, size_steps(make, run, sample_s, 2, impl.granule))
     for k, (sec, last) in interleaved(variants, repeats).items():
         steps = variants[k][2]
         row[f"{k}_steps"], row[f"{k}_s"] = steps, sec
@@ -279,7 +175,7 @@ def main() -> int:
     args = ap.parse_args()
     repeats = max(1, args.repeats or (3 if args.quick else 5))
     sample_s = 0.5 if args.quick else 1.0
-    torch, jax = _torch(), _jax()
+    torch, jax = peers.load_torch()[0], peers.load_jax()[0]
     versions = {"numpy": np.__version__, "torch": torch and torch.__version__,
                 "jax": jax and jax.__version__}
     info = ir.build_info()

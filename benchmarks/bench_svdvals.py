@@ -9,8 +9,8 @@ each repeat enough calls for about 20-50 ms) and prints matrices/s of each and t
 numpy time / cpu time. Targets (float64): 2x2 B=65536 at least 30x, 8x8 B=8192 at least 10x,
 32x32 B=1024 at least 3x; float32 rows have none. When torch or jax is importable,
 `torch.linalg.svdvals` (CPU tensor) and `jax.jit(jnp.linalg.svd(compute_uv=False))` (CPU
-device, compiled in the warm-up) are timed on the same data and their time / cpu time is
-printed too.
+device, compiled in the warm-up), both from peers.py, are timed on the same data and their
+time / cpu time is printed too.
 
 Part 2 times fit() of the paper's 2x2 problem (B=4096, depth 3, float64, lr 1e-4, a log
 row every 100 steps) with metrics=("loss",) and with all twelve metrics, each run on a fresh
@@ -23,7 +23,6 @@ Targets missed are marked MISSED; the exit code is 0 either way.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import implicitreg as ir
 
 sys.path.insert(0, str(Path(__file__).parent))
+import peers  # noqa: E402
 from _timing import machine, median_time, ratio_text, write_json  # noqa: E402
 
 CASES = [  # (n, batch, float64 target ratio); every case also runs in float32, untargeted
@@ -47,23 +47,6 @@ ALL_METRICS = ("loss", "entry:0,0", "det", "svals", "fro", "nuc", "spectral", "s
                "erank", "rank", "dist_rank:1", "balancedness")
 FIT_BATCH, FIT_DEPTH, FIT_LR, FIT_EVERY = 4096, 3, 1e-4, 100
 FIT_TARGET_PCT = 20.0
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def _jax():
-    try:
-        import jax
-    except ImportError:
-        return None
-    jax.config.update("jax_enable_x64", True)  # float64 rows stay float64
-    return jax
 
 
 def per_call(fn, repeats: int, sample_s: float) -> float:
@@ -98,12 +81,9 @@ def svdvals_case(n, B, dtype, repeats, sample_s, torch, jax) -> dict:
            "numpy_s": per_call(lambda: np.linalg.svd(X, compute_uv=False), repeats, sample_s),
            "torch_s": None, "jax_s": None}
     if torch is not None:
-        xt = torch.from_numpy(X)
-        row["torch_s"] = per_call(lambda: torch.linalg.svdvals(xt), repeats, sample_s)
+        row["torch_s"] = per_call(peers.torch_svdvals(X, "cpu", torch=torch), repeats, sample_s)
     if jax is not None:
-        xj = jax.device_put(X, jax.devices("cpu")[0])
-        f = jax.jit(functools.partial(jax.numpy.linalg.svd, compute_uv=False))
-        row["jax_s"] = per_call(lambda: f(xj).block_until_ready(), repeats, sample_s)
+        row["jax_s"] = per_call(peers.jax_svdvals(X, "cpu", jax=jax), repeats, sample_s)
     for k in ("cpu", "numpy"):
         row[f"{k}_matrices_per_s"] = B / row[f"{k}_s"]
     for k in ("numpy", "torch", "jax"):
@@ -149,7 +129,7 @@ def main() -> int:
     repeats = max(1, args.repeats or (3 if args.quick else 5))
     sample_s = 0.02 if args.quick else 0.05
     steps = 5000 if args.quick else 20000
-    torch, jax = _torch(), _jax()
+    torch, jax = peers.load_torch()[0], peers.load_jax()[0]
     versions = {"numpy": np.__version__, "torch": torch and torch.__version__,
                 "jax": jax and jax.__version__}
     info = ir.build_info()

@@ -1,4 +1,5 @@
-"""The command line: `implicitreg info | run | list | reproduce | plot`."""
+"""The command line: `implicitreg info | run | list | reproduce | plot` (`bench`:
+test_bench.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Command line: `implicitreg info | run | list | reproduce NAME | plot DIR` (also
+"""Command line: `implicitreg info | run | list | reproduce NAME | plot DIR | bench` (also
 `python -m implicitreg`)."""
 
 from __future__ import annotations
@@ -110,6 +110,28 @@ def _plot(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench import run
+
+    return run(args)
+
+
+def _positive(kind):
+    """An argparse type: a number of `kind` > 0, else an error naming what was expected."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or (kind is float and not np.isfinite(value)):
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'} > 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def _executor_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="run the batches here one after another (local) or as Ray tasks "
@@ -177,6 +199,30 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="redraw the figures of a results directory")
     plot.add_argument("dir")
     plot.set_defaults(fn=_plot)
+
+    bench = sub.add_parser(
+        "bench", help="time every kernel against numpy, PyTorch and JAX",
+        description="Time every compiled kernel against the numpy backend and, when installed, "
+        "PyTorch and JAX implementations of the same step (benchmarks/peers.py): rate, %% of "
+        "the FMA peak, ratios, and the targets met or MISSED. Exit code 0 even when a target "
+        "is missed; 1 when a case failed. See benchmarks/README.md.")
+    bench.add_argument("--quick", action="store_true",
+                       help="shorter samples and fewer repeats (under a minute on 2 cores)")
+    bench.add_argument("--repeats", type=_positive(int),
+                       help="samples per median (default 5; 3 with --quick)")
+    bench.add_argument("--sample-s", type=_positive(float),
+                       help="seconds per sample (default 0.3; 0.1 with --quick)")
+    bench.add_argument("--only", nargs="+", metavar="NAME",
+                       help="only these cases: case ids or kernel names (dmf_step, svdvals, "
+                       "cp_step, ...)")
+    bench.add_argument("--peers", metavar="DIR",
+                       help="the directory of peers.py (default: benchmarks/ here or beside "
+                       "the package's source tree)")
+    bench.add_argument("--peak-gflops", type=_positive(float),
+                       help="float64 FMA peak of this machine in Gflop/s (default: cores x "
+                       "SIMD lanes x 2 FMA units x 2 x clock); float32 is twice it")
+    bench.add_argument("--json", help="write the results to this JSON file")
+    bench.set_defaults(fn=_bench)
     return ap
 
 

@@ -1,0 +1,160 @@
+"""`implicitreg bench` (implicitreg/bench.py) and the pytest-benchmark suite in benchmarks/.
+
+The runs here are tiny (one case, samples of 10 ms, one repeat): they test the table, the
+JSON and the judging of targets, not the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from implicitreg.bench import Peers, dmf_flops, fma_peak
+from implicitreg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["bench", "--quick", "--repeats", "1", "--sample-s", "0.01"]
+
+# A peers.py without torch and with a "JAX" DMF step that does nothing: its check must fail.
+STUB_PEERS = textwrap.dedent("""
+    import numpy as np
+
+    def load_torch():
+        return None, "not installed"
+
+    def load_jax():
+        class Jax:
+            __version__ = "stub"
+        return Jax(), None
+
+    class JaxDMF:
+        name, granule = "jax", 1
+
+        def __init__(self, targets, masks, start, dtype, device=None, jax=None):
+            self.start = [np.array(W) for W in start]
+
+        def reset(self):
+            pass
+
+        def run(self, steps, lr):
+            pass
+
+        def factors(self):
+            return self.start
+""")
+
+
+def _bench(tmp_path, capsys, *args):
+    out = tmp_path / "bench.json"
+    code = main(TINY + list(args) + ["--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    return printed, json.loads(out.read_text())
+
+
+def test_table_json_ratios_peak_and_missing_peers(tmp_path, capsys):
+    printed, rep = _bench(tmp_path, capsys, "--only", "dmf_step-2x2-f64", "--peak-gflops",
+                          "100", "--peers", str(tmp_path / "nowhere"))
+    assert [c["id"] for c in rep["cases"]] == ["dmf_step-2x2-f64"]
+    row = rep["cases"][0]
+    cpu, numpy_ = row["sides"]["cpu"], row["sides"]["numpy"]
+    assert cpu["rate"] > 0 and numpy_["rate"] > 0 and numpy_["match"]
+    assert cpu["rate"] == pytest.approx(row["batch"] * cpu["units"] / cpu["median_s"])
+    assert row["ratios"]["numpy"] == pytest.approx(cpu["rate"] / numpy_["rate"])
+    assert row["flops_per_unit"] == dmf_flops(2, 3) == 132
+    assert rep["peak"]["float64"] == 1e11 and rep["peak"]["float32"] == 2e11
+    assert row["pct_peak"] == pytest.approx(100 * 132 * cpu["rate"] / 1e11)
+    # no peers.py: both peer columns say so and the run goes on
+    for p in ("torch", "jax"):
+        assert "not found" in row["columns"][p]["skipped"]
+    assert "not found" in printed and "pass --peers DIR" in printed
+    rate, jax = row["targets"]
+    assert rate["met"] == (cpu["rate"] >= 3e8) and rate["value"] == cpu["rate"]
+    assert jax["met"] is None and "not found" in jax["why"]
+    assert ("met" if rate["met"] else "MISSED") in printed and "dmf_step-2x2-f64" in printed
+    assert rep["targets"] == row["targets"] and rep["errors"] == []
+
+
+def test_uninstalled_and_mismatching_peers_are_flagged(tmp_path, capsys):
+    (tmp_path / "peers.py").write_text(STUB_PEERS)
+    printed, rep = _bench(tmp_path, capsys, "--only", "dmf_step-2x2-f64", "--peers",
+                          str(tmp_path))
+    row = rep["cases"][0]
+    assert row["columns"]["torch"]["skipped"] == "torch: not installed"
+    assert "torch: not installed" in printed
+    jax = row["sides"]["jax"]
+    assert jax["rate"] > 0 and not jax["match"] and jax["check"] == 1.0
+    assert "MISMATCH" in printed and "!" in printed
+    target = row["targets"][1]
+    assert target["met"] is None and target["why"] == "jax MISMATCH"
+
+
+def test_real_peers_match_the_cpu_backend(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    _, rep = _bench(tmp_path, capsys, "--only", "svdvals-8x8-f64", "--peers",
+                    str(REPO / "benchmarks"))
+    row = rep["cases"][0]
+    for p in ("torch", "jax"):
+        col = row["columns"][p]
+        assert col["match"] and col["rate"] > 0
+        assert row["ratios"][p] == pytest.approx(row["sides"]["cpu"]["rate"] / col["rate"])
+    assert row["pct_peak"] is None  # Jacobi: no fixed flop count
+
+
+def test_peers_are_found_under_the_working_directory(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert Peers(None).path == REPO / "benchmarks" / "peers.py"
+
+
+def test_fma_peak_states_its_formula():
+    info = {"threads": 2, "simd_lanes_f64": 8}
+    peak = fma_peak(info)
+    if peak["float64"] is not None:  # a clock was found
+        assert peak["float64"] == pytest.approx(2 * 8 * 2 * 2 * peak["clock_hz"])
+        assert peak["float32"] == 2 * peak["float64"]
+        assert "2 x 8 x 2 x 2" in peak["formula"]
+    else:
+        assert "--peak-gflops" in peak["formula"]
+    assert fma_peak(info, 150.0)["float64"] == 1.5e11
+
+
+@pytest.mark.parametrize("args, name", [
+    (["--repeats", "0"], "--repeats"), (["--sample-s", "-1"], "--sample-s"),
+    (["--peak-gflops", "nan"], "--peak-gflops"), (["--repeats", "two"], "--repeats")])
+def test_bad_arguments_are_argparse_errors(capsys, args, name):
+    with pytest.raises(SystemExit) as e:
+        main(["bench"] + args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert name in err and "expected" in err
+
+
+def test_unknown_case_names_the_argument(capsys):
+    assert main(["bench", "--only", "dmf_step", "no_such_case"]) == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and "no_such_case" in err and "svdvals-2x2-f64" in err
+
+
+def test_unwritable_json_names_the_argument(tmp_path, capsys):
+    assert main(["bench", "--only", "svdvals-2x2-f64", "--json",
+                 str(tmp_path / "no" / "dir" / "b.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_the_package_imports_neither_torch_nor_jax():
+    code = ("import sys, implicitreg, implicitreg.cli, implicitreg.bench; "
+            "assert not {'torch', 'jax'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_pytest_benchmark_suite_runs():
+    r = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_suite.py",
+                        "--benchmark-disable", "-q", "-p", "no:cacheprovider"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "passed" in r.stdout and "skipped" not in r.stdout
