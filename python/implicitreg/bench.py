@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,9 @@ PEERS = ("torch", "jax")
 SIDES = ("cpu", "numpy") + PEERS
 FMA_UNITS = 2  # FMA pipes per core: 2 on every AVX2 / AVX-512 server core we run on
 MAX_UNITS = 1_000_000  # steps (or calls) per sample, whatever the sizing says
+# before each sample: the worker threads of the side timed before (OpenMP, torch's and XLA's
+# pools) spin a while after their work, and would take a core from the next side
+PAUSE_S = 0.01
 ALL_METRICS = ("loss", "entry:0,0", "det", "svals", "fro", "nuc", "spectral", "schatten:0.5",
                "erank", "rank", "dist_rank:1", "balancedness")
 # the change of the factors after the check steps, relative, max norm (float32 rounding of a
@@ -323,10 +326,6 @@ def _peer(peers: Peers, name: str, make):
         return f"error: {_first_line(exc)}"
 
 
-def _none(_peers) -> dict:
-    return {}
-
-
 # ----------------------------------------------------------------------------- cases
 
 
@@ -345,7 +344,7 @@ class Case:
     flops: int | None
     build: Callable[[Peers], dict]
     targets: tuple = ()
-    peers: tuple = field(default=PEERS)
+    peers: tuple = PEERS
 
 
 def _dmf_case(name, d, B, dtype, std, lr, check_lr, targets=()):
@@ -543,6 +542,7 @@ def time_sides(sides: dict, batch: int, repeats: int, sample_s: float) -> dict:
     for _ in range(repeats):
         for name, s in sides.items():
             s.reset()
+            time.sleep(PAUSE_S)
             times[name].append(_clock(lambda s=s, n=sized[name][0]: s.run(n)))
     out = {}
     for name, (n, warm) in sized.items():
