@@ -12,6 +12,7 @@ backend to 1e-10 relative in float64 over 1000 steps (1e-4 in float32).
 
 from __future__ import annotations
 
+import importlib
 import types
 
 import numpy as np
@@ -94,6 +95,7 @@ def dev(request, monkeypatch) -> Device:
         monkeypatch.setattr(_backend, "_cuda", SIMULATED_CUDA)
     monkeypatch.setattr(_backend, "cuda_reason", lambda: None)
     monkeypatch.setattr(_backend, "_cupy", lambda: SIMULATED_XP)
+    monkeypatch.setattr(_backend, "device_memory", lambda: 2**34)  # as the emulated device
     return Device(request.param, SIMULATED_XP, RTOL)
 
 
@@ -386,6 +388,84 @@ def test_tensor_completion_sweep_on_cuda_matches_cpu(dev, tmp_path):
     for name in ("steps", "loss", "recon_error"):
         dev.check([on_gpu.columns[name]], [on_cpu.columns[name]])
     assert on_gpu.columns["tensor_rank"].tolist() == on_cpu.columns["tensor_rank"].tolist()
+
+
+# ---- batches sized to the device's memory ---------------------------------------------------
+
+SWEEP = importlib.import_module("implicitreg.sweep")
+
+
+def _device_need(base: dict) -> int:
+    """The device bytes sweep plans for one problem of base."""
+    return SWEEP._dry_run({**SWEEP.DEFAULTS, **base}, "cuda")[1]
+
+
+def test_sweep_cuts_batches_to_the_free_device_memory(dev, monkeypatch, tmp_path):
+    base = {"problem": "paper_2x2", "depth": 3, "scale": 0.3, "max_steps": 300, "log": 100,
+            "metrics": ("loss", "erank"), "thresholds": (1e-2,)}
+    grid = {"lr": [2e-2, 3e-2, 5e-2]}
+    on_cpu = ir.sweep(base, grid, seeds=8, backend="cpu", progress=False)
+    per = _device_need(base)
+    # room for 5 problems: each config's 8 seeds are cut into 5 + 3
+    monkeypatch.setattr(_backend, "device_memory", lambda: int(5.5 * per / 0.8))
+    cut = ir.sweep(base, grid, seeds=8, backend="cuda", progress=False, out=tmp_path / "cut")
+    assert [t["problems"] for t in cut.meta["timings"]] == [5, 3] * 3
+    # room for 16: two configs of 8 seeds per batch
+    monkeypatch.setattr(_backend, "device_memory", lambda: int(16.5 * per / 0.8))
+    two = ir.sweep(base, grid, seeds=8, backend="cuda", progress=False)
+    assert [t["problems"] for t in two.meta["timings"]] == [16, 8]
+    for res in (cut, two):  # the same rows, in the same order, with the same values
+        for name in ("lr", "seed", "status", "steps"):
+            np.testing.assert_array_equal(res.columns[name], on_cpu.columns[name])
+        for name in ("loss", "erank", "erank@1e-2"):
+            dev.check([res.columns[name]], [on_cpu.columns[name]])
+    # resumed with more memory, the directory keeps the batches it was started with
+    monkeypatch.setattr(_backend, "device_memory", lambda: 2**34)
+    again = ir.sweep(base, grid, seeds=8, backend="cuda", progress=False, out=tmp_path / "cut",
+                     resume=True)
+    assert len(again.trajectories) == 6
+    np.testing.assert_array_equal(again.columns["loss"], cut.columns["loss"])
+
+
+def test_cp_sweep_cut_by_seeds_matches_one_batch(dev, monkeypatch):
+    base = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 3,
+            "target_rank": 1, "n_obs": 12, "components": 4, "lr": 1e-2, "scale": 0.3,
+            "max_steps": 20, "log": 10, "metrics": ("loss",), "thresholds": ()}
+    whole = ir.sweep(base, seeds=5, backend="cuda", progress=False)
+    monkeypatch.setattr(_backend, "device_memory", lambda: int(2.5 * _device_need(base) / 0.8))
+    cut = ir.sweep(base, seeds=5, backend="cuda", progress=False)
+    assert [t["problems"] for t in cut.meta["timings"]] == [2, 2, 1]
+    assert cut.columns["seed"].tolist() == list(range(5))
+    dev.check([cut.columns["loss"]], [whole.columns["loss"]])
+
+
+def test_a_problem_too_large_for_the_device_is_refused_naming_what_fits(dev, monkeypatch):
+    base = {"problem": "paper_2x2", "max_steps": 10}
+    monkeypatch.setattr(_backend, "device_memory", lambda: 100)
+    with pytest.raises(ValueError, match="^seeds: one problem .* largest batch that fits is 0"):
+        ir.sweep(base, seeds=4, backend="cuda", progress=False)
+    # a model larger than the device is refused before anything is allocated there
+    monkeypatch.setattr(_backend, "device_memory", lambda: 2**26)
+    p = ir.problems.paper_2x2(batch=10**6)
+    fits = 2**26 // (3 * 4 * 8 + 9)  # three 2x2 float64 factors, status and frozen_at
+    with pytest.raises(ValueError, match=r"^factors: .* free on the device; the largest batch "
+                                         f"that fits is {fits} problems"):
+        ir.DeepFactorization(p, [np.eye(2)] * 3, backend="cuda")
+
+
+def test_reproduce_tensor_completion_on_cuda(dev, tmp_path):
+    if dev.name == "emulated":
+        pytest.skip("the emulated kernels run this many steps too slowly; the CP kernels are "
+                    "checked against the cpu backend above")
+    out = tmp_path / "tc"
+    assert main(["reproduce", "tensor-completion", "--quick", "--seeds", "2", "--backend", "cuda",
+                 "--no-plot", "--out", str(out)]) == 0
+    res = ir.load_sweep(out)
+    assert res.meta["backend"] == "cuda" and len(res.columns["seed"]) > 0
+    ref = tmp_path / "tc-cpu"
+    assert main(["reproduce", "tensor-completion", "--quick", "--seeds", "2", "--no-plot",
+                 "--out", str(ref)]) == 0
+    dev.check([res.columns["recon_error"]], [ir.load_sweep(ref).columns["recon_error"]])
 
 
 @pytest.mark.gpu

@@ -77,6 +77,14 @@ def to_device(x):
     return array_module("cuda").asarray(x)
 
 
+def device_memory() -> int:
+    """Bytes the cuda backend can still allocate on the current device: what the driver
+    reports free, plus what CuPy's memory pool holds unused (it hands that out first)."""
+    cupy = array_module("cuda")
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+
+
 def backends() -> dict[str, dict[str, object]]:
     """{name: {"available": bool, "reason": str | None}} for numpy, cpu and cuda."""
     reason = cuda_reason()

@@ -24,6 +24,7 @@ import zipfile
 
 import numpy as np
 
+from . import _backend
 from . import problems as problems_mod
 from ._backend import build_info, to_host
 from ._checks import available_memory, choice, integer
@@ -179,6 +180,18 @@ def _concat_problems(parts):
     return sensing(cat([p.A for p in parts]), cat([p.y for p in parts]), truth=truth)
 
 
+def _take_seeds(p, s0: int, s1: int):
+    """Problems s0..s1-1 of a batch (shared arrays stay shared)."""
+    def take(a):
+        return a if a is None or a.shape[0] == 1 else a[s0:s1]
+    n = s1 - s0
+    if p.kind == "tensor_completion":
+        return tensor_completion(take(p.targets), take(p.masks), batch=n)
+    if p.kind == "completion":
+        return completion(take(p.targets), take(p.masks), batch=n, truth=take(p.truth))
+    return sensing(take(p.A), take(p.y), batch=n, truth=take(p.truth))
+
+
 def _label(t: float) -> str:
     """1e-4 -> '1e-4', 0.13 -> '1.3e-1': threshold labels for column names."""
     mant, exp = f"{t:.6e}".split("e")
@@ -322,10 +335,11 @@ def _config_columns(configs: list[dict], seeds: int) -> dict:
     return cols
 
 
-def _dry_run(cfg: dict, backend: str) -> int:
+def _dry_run(cfg: dict, backend: str) -> tuple[int, int]:
     """Every check a config's run would make, on one problem, so that a bad value is refused
     before any batch runs (and before an output directory is claimed); returns about how many
-    bytes each of the config's problems takes in a batch."""
+    bytes each of the config's problems takes in a batch: in host memory, and on the device
+    (the cuda backend's state, problem data and kernel scratch)."""
     problem = _build_problem(cfg, 1)
     if cfg["model"] == "cp":
         if cfg["thresholds"]:
@@ -340,6 +354,11 @@ def _dry_run(cfg: dict, backend: str) -> int:
         # factors: each config's start, the joined starts and the model's copy; measure()
         # and the end-of-run tensors and memorizer: a few tensors at a time
         need = 2 * numel * (8 + 1 + 8) + 3 * 8 * sum(model.dims) * model.rank + 4 * 8 * numel
+        item = model.dtype.itemsize
+        # target and mask; factors, optimizer state and status; the step's compacted entries
+        # (at most every entry); measure(): the tensor and two temporaries, component norms
+        device = (numel * (item + 1) + sum(model.dims) * model.rank * item + 2 * item + 25
+                  + numel * (8 + item) + 3 * 8 * numel + 8 * model.rank)
     else:
         factors = init_factors(problem.shape, 1, cfg["depth"], cfg["widths"], cfg["init"],
                                cfg["scale"], cfg["scale_by"], cfg["init_det"], cfg["init_seed"])
@@ -355,10 +374,15 @@ def _dry_run(cfg: dict, backend: str) -> int:
         # factors: as for the problem, plus the model's copy and the crossings' snapshots
         need = (2 * pb + 3 * 8 * size + cross.thresholds.size * (size * model.dtype.itemsize
                                                                   + 8 * (row + 1)))
+        m, n = problem.shape
+        # problem data; factors and status; crossings; measure(): product, loss, singular
+        # values and the rows
+        device = (pb + size * model.dtype.itemsize + 9 + cross.thresholds.size
+                  * (size * model.dtype.itemsize + 8) + (m * n + min(m, n) + 1) * 8 + 8 * row)
     model._lr(cfg["lr"])
     model._tol(cfg["tol"])
     rows = _log(cfg["log"]).rows(cfg["max_steps"])
-    return need + 8 * row * rows + _GENERATOR_BYTES
+    return need + 8 * row * rows + _GENERATOR_BYTES, device
 
 
 def _check_batch_memory(configs: list[dict], need: list[int], seeds: int, bi: int) -> None:
@@ -377,27 +401,67 @@ def _check_batch_memory(configs: list[dict], need: list[int], seeds: int, bi: in
                      "batch)")
 
 
+# Of the device's free memory, the share a batch may plan on: the estimates leave out CuPy's
+# rounding of allocations and the kernels' small buffers.
+_DEVICE_SHARE = 0.8
+
+
+def _plan(spans: list[tuple[int, int]], device_need: list[int], seeds: int,
+          backend: str) -> list[tuple[int, int, int, int]]:
+    """The batches (a, b, s0, s1) — configs[a:b], seeds s0..s1-1 — of the groups `spans`.
+    One batch per group, except on cuda where a group that would not fit in the device's free
+    memory (queried now) is cut into consecutive batches: by configs first, then by seeds, so
+    the table's rows keep their order and every problem its start."""
+    if backend != "cuda":
+        return [(a, b, 0, seeds) for a, b in spans]
+    free = _backend.device_memory()
+    plan = []
+    for a, b in spans:
+        per = max(device_need[a:b])
+        cap = int(free * _DEVICE_SHARE) // per  # problems in one batch
+        if cap < 1:
+            raise ValueError(f"seeds: one problem of configs {a}..{b - 1} needs about "
+                             f"{per / 2**20:.3g} MiB on the device, more than the "
+                             f"{free / 2**20:.3g} MiB free there; the largest batch that fits "
+                             "is 0 problems: make the problem smaller (dims, rank, depth, "
+                             "thresholds) or free the device")
+        if (b - a) * seeds <= cap:
+            plan.append((a, b, 0, seeds))
+        elif seeds <= cap:
+            k = cap // seeds
+            plan += [(c, min(b, c + k), 0, seeds) for c in range(a, b, k)]
+        else:
+            plan += [(c, c + 1, s, min(seeds, s + cap)) for c in range(a, b)
+                     for s in range(0, seeds, cap)]
+    return plan
+
+
 def _cp_model(cfg: dict, problem, backend: str) -> CPFactorization:
     return CPFactorization.init(problem, rank=cfg["components"], scale=cfg["scale"],
                                 seed=cfg["init_seed"], dtype=cfg["dtype"], backend=backend)
 
 
-def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoint,
+def _run_batch(configs: list[dict], seeds: tuple[int, int], backend: str, advance, checkpoint,
                checkpoint_every: float) -> tuple[dict, Trajectory, float]:
-    """Train one batch; (result columns without the config values, trajectory, seconds)."""
+    """Train one batch, seeds s0..s1-1 of each config; (result columns without the config
+    values, trajectory, seconds). Problems and starts are drawn for seeds 0..s1-1 and cut,
+    so that a problem is the same whichever batch it runs in."""
     c0 = configs[0]
-    parts = [_build_problem(c, seeds) for c in configs]
+    s0, s1 = seeds
+    whole = [_build_problem(c, s1) for c in configs]
+    parts = [_take_seeds(p, s0, s1) for p in whole] if s0 else whole
     problem = _concat_problems(parts)
     if c0["model"] == "cp":
-        return _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
+        return _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
                              checkpoint_every)
     factors = None
-    for c in configs:  # each config's seeds 0..seeds-1: the same starts across configs
-        f = init_factors(problem.shape, seeds, c["depth"], c["widths"], c["init"], c["scale"],
+    for c in configs:  # each config's seeds 0..s1-1: the same starts across configs
+        f = init_factors(problem.shape, s1, c["depth"], c["widths"], c["init"], c["scale"],
                          c["scale_by"], c["init_det"], c["init_seed"])
+        f = [W[s0:] for W in f]
         factors = f if factors is None else [np.concatenate([a, b])
                                              for a, b in zip(factors, f, strict=True)]
-    lr = np.repeat([c["lr"] for c in configs], seeds).astype(np.float64)
+    lr = np.repeat([c["lr"] for c in configs], s1 - s0).astype(np.float64)
     model = DeepFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
     t0 = time.perf_counter()
     traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
@@ -414,14 +478,15 @@ def _run_batch(configs: list[dict], seeds: int, backend: str, advance, checkpoin
     return cols, traj, seconds
 
 
-def _run_cp_batch(configs, parts, problem, seeds, backend, advance, checkpoint,
+def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
                   checkpoint_every):
     """The CP version of _run_batch: fit, then the end-of-run tensor ranks and baseline."""
     c0 = configs[0]
-    # drawn on the host, joined, then placed on the backend once
-    starts = [_cp_model(c, p, "cpu").factors for c, p in zip(configs, parts, strict=True)]
-    factors = [np.concatenate([s[n] for s in starts]) for n in range(len(starts[0]))]
-    lr = np.repeat([c["lr"] for c in configs], seeds).astype(np.float64)
+    s0, s1 = seeds
+    # drawn on the host for seeds 0..s1-1, cut and joined, then placed on the backend once
+    starts = [_cp_model(c, p, "cpu").factors for c, p in zip(configs, whole, strict=True)]
+    factors = [np.concatenate([s[n][s0:] for s in starts]) for n in range(len(starts[0]))]
+    lr = np.repeat([c["lr"] for c in configs], s1 - s0).astype(np.float64)
     model = CPFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
     t0 = time.perf_counter()
     traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
@@ -506,57 +571,60 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
         spans.append((at, at + len(b)))
         at += len(b)
     need = [_dry_run(c, backend) for c in configs]
+    host_need = [h for h, _ in need]
     if executor == "local" or address is None:  # a cluster's workers have their own memory
         for bi, (a, b) in enumerate(spans):
-            _check_batch_memory(configs[a:b], need[a:b], seeds, bi)
+            _check_batch_memory(configs[a:b], host_need[a:b], seeds, bi)
     ray = _ray_connect(address) if executor == "ray" else None
     meta = {"name": name, "seeds": seeds, "backend": backend, "executor": executor,
             "version": build_info()["version"], "machine": _machine(), **(info or {})}
     spec = {"configs": configs, "seeds": seeds, "backend": backend}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=_jsonable).encode()
                             ).hexdigest()
-    if out is not None:
-        _prepare_dir(out, digest, resume, name)
-    total = sum(configs[a]["max_steps"] for a, _ in spans)
+    plan = _plan(spans, [d for _, d in need], seeds, backend)
+    if out is not None:  # a resumed sweep keeps the batches it started with
+        plan = _prepare_dir(out, digest, resume, name, plan)
+    total = sum(configs[a]["max_steps"] for a, *_ in plan)
     advance, close = _progress(progress, total)
-    done: list[tuple[dict, Trajectory, float] | None] = [None] * len(spans)
+    done: list[tuple[dict, Trajectory, float] | None] = [None] * len(plan)
     try:
-        for bi, (a, _) in enumerate(spans):
+        for bi, (a, *_) in enumerate(plan):
             if out is not None and os.path.exists(_batch_path(out, bi, "npz")):
                 done[bi] = _read_batch(out, bi)
                 advance(configs[a]["max_steps"])
-        todo = [bi for bi in range(len(spans)) if done[bi] is None]
+        todo = [bi for bi in range(len(plan)) if done[bi] is None]
         if ray is None:
             for bi in todo:
-                a, b = spans[bi]
+                a, b, s0, s1 = plan[bi]
                 ran = [0]
 
                 def step_counter(n, ran=ran):
                     ran[0] += n
                     advance(n)
                 ckpt = None if out is None else _batch_path(out, bi, "ckpt.npz")
-                done[bi] = _run_batch(configs[a:b], seeds, backend, step_counter, ckpt,
+                done[bi] = _run_batch(configs[a:b], (s0, s1), backend, step_counter, ckpt,
                                       checkpoint_every)
                 advance(configs[a]["max_steps"] - ran[0])
                 _write_batch(out, bi, *done[bi])
         else:
-            for bi, got in _ray_run(ray, [(bi, configs[slice(*spans[bi])]) for bi in todo],
-                                    seeds, backend, out, checkpoint_every, max_retries):
+            work = [(i, configs[plan[i][0]:plan[i][1]], plan[i][2:]) for i in todo]
+            for bi, got in _ray_run(ray, work, backend, out, checkpoint_every, max_retries):
                 done[bi] = got
                 _write_batch(out, bi, *got)
-                advance(configs[spans[bi][0]]["max_steps"])
+                advance(configs[plan[bi][0]]["max_steps"])
     finally:
         close()
     trajs, parts, timings = [], [], []
-    for bi, (a, b) in enumerate(spans):
+    for bi, (a, b, s0, s1) in enumerate(plan):
         group = configs[a:b]
         cols, traj, seconds = done[bi]
-        cols = {**_config_columns(group, seeds),
-                "seed": np.tile(np.arange(seeds), len(group)), **cols,
-                "batch": np.full(len(group) * seeds, bi)}
+        n = len(group) * (s1 - s0)
+        cols = {**_config_columns(group, s1 - s0),
+                "seed": np.tile(np.arange(s0, s1), len(group)), **cols,
+                "batch": np.full(n, bi)}
         trajs.append(traj)
         parts.append(cols)
-        timings.append({"batch": bi, "configs": len(group), "problems": len(group) * seeds,
+        timings.append({"batch": bi, "configs": len(group), "problems": n,
                         "seconds": seconds, "problem_steps": int(np.sum(cols["steps"]))})
     meta["timings"] = timings
     result = SweepResult(_stack(parts), trajs, configs, meta)
@@ -642,7 +710,7 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
                            "address") from exc
 
 
-def _ray_batch(configs: list[dict], seeds: int, backend: str, ckpt: str | None,
+def _ray_batch(configs: list[dict], seeds: tuple[int, int], backend: str, ckpt: str | None,
                checkpoint_every: float, node: str) -> tuple[dict, Trajectory, float]:
     """One batch in a Ray worker. The running batch is checkpointed into the results
     directory only on the driver's node: elsewhere that path is another machine's (a retry
@@ -654,7 +722,7 @@ def _ray_batch(configs: list[dict], seeds: int, backend: str, ckpt: str | None,
     return _run_batch(configs, seeds, backend, lambda n: None, ckpt, checkpoint_every)
 
 
-def _ray_run(ray, todo: list[tuple[int, list[dict]]], seeds: int, backend: str, out,
+def _ray_run(ray, todo: list[tuple[int, list[dict], tuple[int, int]]], backend: str, out,
              checkpoint_every: float, max_retries: int):
     """Yield (batch index, _run_batch's result) for each batch of `todo`, in the order they
     finish. Every batch is submitted at once; Ray queues what the cluster cannot yet run."""
@@ -663,7 +731,7 @@ def _ray_run(ray, todo: list[tuple[int, list[dict]]], seeds: int, backend: str, 
         name=_RAY_TASK)
     node = ray.get_runtime_context().get_node_id()
     pending = {}
-    for bi, group in todo:
+    for bi, group, seeds in todo:
         ckpt = None if out is None else os.path.abspath(_batch_path(out, bi, "ckpt.npz"))
         pending[task.remote(group, seeds, backend, ckpt, checkpoint_every, node)] = bi
     try:
@@ -708,8 +776,10 @@ def _machine() -> dict:
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
 
 
-def _prepare_dir(out, digest: str, resume: bool, name: str) -> None:
-    """Claim `out` for this sweep (manifest.json), or check that it is this sweep's."""
+def _prepare_dir(out, digest: str, resume: bool, name: str, plan: list) -> list:
+    """Claim `out` for this sweep (manifest.json, with its batches), or check that it is this
+    sweep's; returns the batches to run: those of the manifest when resuming (the device's
+    free memory may have changed since, but finished batches must keep their meaning)."""
     manifest = os.path.join(out, "manifest.json")
     if os.path.exists(manifest):
         with open(manifest) as fh:
@@ -734,7 +804,7 @@ def _prepare_dir(out, digest: str, resume: bool, name: str) -> None:
             for f in os.listdir(d) if os.path.isdir(d) else ():
                 if ".tmp-" in f:
                     os.remove(os.path.join(d, f))
-        return
+        return [tuple(p) for p in old.get("plan", plan)]
     if os.path.isdir(out) and os.listdir(out):
         raise ValueError(f"out: {out} is not empty and holds no implicitreg results; choose "
                          "an empty or new directory")
@@ -742,5 +812,7 @@ def _prepare_dir(out, digest: str, resume: bool, name: str) -> None:
     tmp = f"{manifest}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
         json.dump({"format": _FORMAT, "name": name, "digest": digest,
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, fh, indent=1)
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   "plan": [list(p) for p in plan]}, fh)
     os.replace(tmp, manifest)
+    return plan
