@@ -203,14 +203,14 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="time every kernel against numpy, PyTorch and JAX",
         description="Time every compiled kernel against the numpy backend and, when installed, "
-        "PyTorch and JAX implementations of the same step (benchmarks/peers.py): rate, %% of "
+        "PyTorch and JAX implementations of the same step (benchmarks/peers.py): rate, % of "
         "the FMA peak, ratios, and the targets met or MISSED. Exit code 0 even when a target "
         "is missed; 1 when a case failed. See benchmarks/README.md.")
     bench.add_argument("--quick", action="store_true",
                        help="shorter samples and fewer repeats (under a minute on 2 cores)")
-    bench.add_argument("--repeats", type=_positive(int),
+    bench.add_argument("--repeats", type=_positive(int), metavar="N",
                        help="samples per median (default 5; 3 with --quick)")
-    bench.add_argument("--sample-s", type=_positive(float),
+    bench.add_argument("--sample-s", type=_positive(float), metavar="S",
                        help="seconds per sample (default 0.3; 0.1 with --quick)")
     bench.add_argument("--only", nargs="+", metavar="NAME",
                        help="only these cases: case ids or kernel names (dmf_step, svdvals, "
@@ -218,10 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--peers", metavar="DIR",
                        help="the directory of peers.py (default: benchmarks/ here or beside "
                        "the package's source tree)")
-    bench.add_argument("--peak-gflops", type=_positive(float),
+    bench.add_argument("--peak-gflops", type=_positive(float), metavar="G",
                        help="float64 FMA peak of this machine in Gflop/s (default: cores x "
                        "SIMD lanes x 2 FMA units x 2 x clock); float32 is twice it")
-    bench.add_argument("--json", help="write the results to this JSON file")
+    bench.add_argument("--json", metavar="F", help="write the results to this JSON file")
     bench.set_defaults(fn=_bench)
     return ap
 
