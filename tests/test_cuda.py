@@ -479,3 +479,27 @@ def test_reproduce_paper_2x2_on_a_gpu(tmp_path):
     # PAPER.md §3.1: balanced depth 3 at loss 1e-4 sits near 1/sqrt(2 * 1e-4) = 70.7
     w = np.abs(res.columns["entry:0,0@1e-4"][res.rows(depth=3, init="balanced")])
     assert np.nanmedian(w) == pytest.approx(70.7, rel=0.03)
+
+
+@pytest.mark.gpu
+def test_reproduce_tensor_completion_on_a_gpu_agrees_with_the_cpu(tmp_path):
+    reason = ir.backends()["cuda"]["reason"]
+    if reason is not None:
+        pytest.skip(f"no cuda backend here: {reason}")
+    runs = {}
+    for backend in ("cuda", "cpu"):
+        out = tmp_path / backend
+        assert main(["reproduce", "tensor-completion", "--quick", "--seeds", "64", "--backend",
+                     backend, "--no-plot", "--quiet", "--out", str(out)]) == 0
+        runs[backend] = ir.load_sweep(out)
+    gpu, cpu = runs["cuda"], runs["cpu"]
+    np.testing.assert_array_equal(gpu.columns["seed"], cpu.columns["seed"])
+    configs = zip(cpu.columns["n_obs"], cpu.columns["target_rank"], strict=True)
+    for n_obs, rank in sorted(set(configs)):
+        rows = cpu.rows(n_obs=n_obs, target_rank=rank)
+        # the same problems from the same starts: per config, the median error and the share
+        # of solutions of the target's rank agree (single runs may part ways over many steps)
+        g, c = gpu.columns["recon_error"][rows], cpu.columns["recon_error"][rows]
+        assert np.median(g) == pytest.approx(np.median(c), rel=0.05, abs=1e-3)
+        share = [np.mean(r.columns["tensor_rank"][rows] == rank) for r in (gpu, cpu)]
+        assert abs(share[0] - share[1]) <= 0.1
