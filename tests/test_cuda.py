@@ -453,19 +453,20 @@ def test_a_problem_too_large_for_the_device_is_refused_naming_what_fits(dev, mon
         ir.DeepFactorization(p, [np.eye(2)] * 3, backend="cuda")
 
 
-def test_reproduce_tensor_completion_on_cuda(dev, tmp_path):
+@pytest.mark.parametrize("name,column", [("paper-2x2", "entry:0,0@1e-2"),
+                                         ("tensor-completion", "recon_error")])
+def test_reproduce_on_cuda_matches_cpu(dev, tmp_path, name, column):
     if dev.name == "emulated":
-        pytest.skip("the emulated kernels run this many steps too slowly; the CP kernels are "
+        pytest.skip("the emulated kernels run this many steps too slowly; the kernels are "
                     "checked against the cpu backend above")
-    out = tmp_path / "tc"
-    assert main(["reproduce", "tensor-completion", "--quick", "--seeds", "2", "--backend", "cuda",
-                 "--no-plot", "--out", str(out)]) == 0
-    res = ir.load_sweep(out)
-    assert res.meta["backend"] == "cuda" and len(res.columns["seed"]) > 0
-    ref = tmp_path / "tc-cpu"
-    assert main(["reproduce", "tensor-completion", "--quick", "--seeds", "2", "--no-plot",
-                 "--out", str(ref)]) == 0
-    dev.check([res.columns["recon_error"]], [ir.load_sweep(ref).columns["recon_error"]])
+    res = {}
+    for backend in ("cuda", "cpu"):
+        out = tmp_path / backend
+        assert main(["reproduce", name, "--quick", "--seeds", "2", "--backend", backend,
+                     "--no-plot", "--quiet", "--out", str(out)]) == 0
+        res[backend] = ir.load_sweep(out)
+    assert res["cuda"].meta["backend"] == "cuda" and len(res["cuda"].columns["seed"]) > 0
+    dev.check([res["cuda"].columns[column]], [res["cpu"].columns[column]])
 
 
 @pytest.mark.gpu
