@@ -1,6 +1,8 @@
 """Wall time of the named experiments, and what exact threshold crossings cost.
 
     python benchmarks/bench_reproduce.py [--quick] [--repeats N] [--json out.json]
+    python benchmarks/bench_reproduce.py --gpu [--gpu-seeds N] [--cpu-seeds N]
+                                         [--gpu-timeout S] [--json out.json]
 
 Part 1 runs `implicitreg reproduce NAME` (figures included, a fresh output directory each
 time) for paper-2x2 --quick (target: under 180 s on 2 cores) and the full default paper-2x2
@@ -12,6 +14,15 @@ Part 2 runs the paper-2x2 quick sweep, capped at 20,000 steps, on the `numpy` re
 backend and on `cpu`, side by side, and prints the ratio; then the same 2x2 depth-3 fit
 (B = 4096, 200,000 steps) with and without the paper's 45 crossing thresholds, and prints
 the overhead of recording them in the core (target: under 5%).
+
+--gpu runs only the full paper-2x2, once on each backend, in fresh output directories:
+`implicitreg reproduce paper-2x2 --backend cpu --seeds 32` (the default seeds), then
+`--backend cuda --seeds 4096`, and prints each one's wall time (figures included) and
+problem-steps/s of its training, their ratios, and the target: the GPU run under 300 s. A GPU
+run still going after --gpu-timeout seconds (default 300, the target) is stopped: past the
+target it is missed, before it the target is not judged. Exit code 2 at once when
+implicitreg's cuda backend is not usable here, 1 when a run failed, else 0 (the target may be
+missed).
 """
 
 from __future__ import annotations
@@ -32,15 +43,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import machine, median_time, write_json  # noqa: E402
 
 TARGETS = {("paper-2x2", True): 180.0, ("paper-2x2", False): 1800.0}
+GPU_TARGET_S = 300.0  # reproduce paper-2x2 --backend cuda --seeds 4096
 
 
-def run_cli(name: str, quick: bool) -> tuple[float, float]:
-    """(wall seconds of `implicitreg reproduce`, problem-steps/s of its training)."""
+def run_cli(name: str, quick: bool, *extra: str, timeout: float | None = None
+            ) -> tuple[float, float]:
+    """(wall seconds of `implicitreg reproduce NAME [--quick] EXTRA...`, problem-steps/s of
+    its training); subprocess.TimeoutExpired after `timeout` seconds, CalledProcessError
+    (with its output) when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "implicitreg", "reproduce", name, "--quiet",
-               "--out", f"{tmp}/out"] + (["--quick"] if quick else [])
+               "--out", f"{tmp}/out"] + (["--quick"] if quick else []) + list(extra)
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - t0
         timings = load_sweep(f"{tmp}/out").meta["timings"]
     secs = sum(t["seconds"] for t in timings)
@@ -98,12 +113,83 @@ def part2(args, report):
     report["crossings_overhead"] = {"plain_s": plain, "tracked_s": tracked}
 
 
-def main() -> int:
+def gpu(args) -> int:
+    """--gpu: the full paper-2x2 on the cpu backend and on the device, one run each."""
+    if args.gpu_backend == "cuda":
+        cuda = ir.backends()["cuda"]
+        if not cuda["available"]:
+            print(f"bench_reproduce: --gpu needs implicitreg's cuda backend, which is not "
+                  f"usable here: {cuda['reason']}", file=sys.stderr)
+            write_json(args.json, {"machine": machine(), "error": "cuda backend not usable: "
+                                   f"{cuda['reason']}"})
+            return 2
+    print("implicitreg reproduce paper-2x2 (full, figures included), one run each")
+    print(f"{'side':5s} {'backend':8s} {'seeds':>6s} {'wall s':>9s} {'problem-steps/s':>16s}")
+    runs, failed = {}, False
+    for side, backend, seeds, timeout in (("cpu", "cpu", args.cpu_seeds, None),
+                                          ("gpu", args.gpu_backend, args.gpu_seeds,
+                                           args.gpu_timeout)):
+        run = runs[side] = {"backend": backend, "seeds": seeds}
+        try:
+            run["seconds"], run["problem_steps_per_s"] = run_cli(
+                "paper-2x2", False, "--backend", backend, "--seeds", str(seeds),
+                timeout=timeout)
+        except subprocess.TimeoutExpired:
+            run["timed_out_after_s"] = timeout
+            print(f"{side:5s} {backend:8s} {seeds:6d} {f'> {timeout:.0f}':>9s} {'-':>16s}  "
+                  "(stopped)")
+            continue
+        except subprocess.CalledProcessError as exc:
+            run["error"] = f"exit {exc.returncode}: {(exc.stderr or '').strip()[-2000:]}"
+            print(f"{side:5s} {backend:8s} {seeds:6d} FAILED ({run['error']})")
+            failed = True
+            continue
+        print(f"{side:5s} {backend:8s} {seeds:6d} {run['seconds']:9.1f} "
+              f"{run['problem_steps_per_s']:16.3g}")
+    g, c = runs["gpu"], runs["cpu"]
+    both = "seconds" in g and "seconds" in c
+    out = {"experiment": "paper-2x2", "runs": runs, "target_s": GPU_TARGET_S,
+           "rate_ratio": g["problem_steps_per_s"] / c["problem_steps_per_s"] if both else None,
+           "wall_ratio": g["seconds"] / c["seconds"] if both else None}
+    if both:
+        print(f"gpu / cpu: {out['rate_ratio']:.3g}x the problem-steps/s, "
+              f"{out['wall_ratio']:.3g}x the wall time for {g['seeds'] / c['seeds']:.3g}x the "
+              "seeds")
+    # a run stopped at the target or later has missed it; stopped earlier, nothing is known
+    stopped = g.get("timed_out_after_s")
+    if "seconds" in g:
+        out["met"], got = g["seconds"] < GPU_TARGET_S, f"{g['seconds']:.1f} s"
+    elif stopped is not None:
+        out["met"], got = (False if stopped >= GPU_TARGET_S else None), \
+            f"stopped after {stopped:.0f} s"
+    else:
+        out["met"], got = None, "failed"
+    status = {True: "met", False: "MISSED", None: "not judged"}[out["met"]]
+    print(f"target: --backend {g['backend']} --seeds {g['seeds']} under {GPU_TARGET_S:.0f} s: "
+          f"{status} ({got})")
+    write_json(args.json, {"machine": machine(), "build": ir.build_info(),
+                           "gpu_reproduce": out})
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="quick variants only")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gpu", action="store_true",
+                    help="only paper-2x2 on the cuda backend against the cpu backend")
+    ap.add_argument("--gpu-seeds", type=int, default=4096, help="seeds of the --gpu device run")
+    ap.add_argument("--cpu-seeds", type=int, default=32, help="seeds of the --gpu cpu run")
+    ap.add_argument("--gpu-timeout", type=float, default=GPU_TARGET_S,
+                    help="seconds after which the --gpu device run is stopped (default: the "
+                    "target, 300)")
+    # the --gpu device run's backend: "cpu" tests the --gpu path on a machine without a GPU
+    ap.add_argument("--gpu-backend", choices=("cuda", "cpu"), default="cuda",
+                    help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the figures to this file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.gpu:
+        return gpu(args)
     report = {"machine": machine(), "build": ir.build_info(), "reproduce": []}
     part1(args, report)
     part2(args, report)
