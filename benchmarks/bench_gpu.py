@@ -1,5 +1,5 @@
 """implicitreg on one device against PyTorch, JAX and CuPy on the same device, side by side in
-one run: the fused DMF step and batched singular values.
+one run: the fused DMF step, the CP step and batched singular values.
 
     python benchmarks/bench_gpu.py [--device cuda|cpu] [--quick] [--repeats N] [--budget S]
                                    [--no-compile] [--json out.json]
@@ -8,7 +8,7 @@ one run: the fused DMF step and batched singular values.
 CuPy; it exits with code 2 at once when implicitreg's cuda backend is not usable here.
 --device cpu runs the same cases at small sizes on the `cpu` backend, torch and jax on the CPU
 and numpy.linalg.svd in CuPy's place: it tests this script where there is no GPU; its figures
-say nothing about the GPU targets.
+say nothing about the GPU targets. The PyTorch and JAX steps are those of peers.py.
 
 DMF step (depth 3, float32 and float64): the paper's 2x2 completion problem
 (ir.problems.paper_2x2, B = 2**20) and a random 16x16 completion problem (N(0, 1) targets, ~50%
@@ -17,15 +17,25 @@ peers, from the same start, are a batched PyTorch step with autograd (torch.bmm 
 .backward(), SGD under no_grad), a PyTorch step with closed-form gradients (bmm, no autograd),
 the same step under torch.compile (float32 rows only, for its compile time; skipped with
 --no-compile, when it fails, or once compiling took 60 s in all), and JAX (vmap
-of a per-problem jax.grad step, jit, lax.scan over a fixed number of steps). Each side gets its
-own step count, sized so that one timed call takes about --target-s seconds (0.3; 0.1 with
---quick), and every timed call starts from the same start (reset outside the clock), so each
-repeat does the same work. Rate = B * steps / median seconds (problem-steps/s), after a warm-up
-calls that absorb compilation. Before timing, every side runs 20 steps (jax: one scan of 50)
-from the same start at a larger learning rate, and its change of the factors must match
-implicitreg's to 1e-10 (float64) or 1e-4 (float32) relative, max norm. A side that does not is
-flagged "!" (MISMATCH in the notes) and left out of "best peer"; when it is the reference
-(torch-closed, the same arithmetic; else the first peer that ran) the run fails.
+of a per-problem jax.grad step, jit, lax.scan of 50 steps per call).
+
+CP step (float32 and float64, group_rmsprop, the paper's optimizer): order 3 dim 8 R = 64 with
+200 observed entries and order 4 dim 8 R = 512 with 2000 observed (maximal R = prod(d) /
+max(d); random rank-1 targets of norm 1, the first n entries of a random order observed, as
+implicitreg.sweep builds "random_cp_completion"), B = 4096; init std 1e-2, lr 1e-3.
+implicitreg times `c.step(lr, steps, optimizer="group_rmsprop")`; the peers are
+peers.TorchCP (full tensor by einsum, autograd, the update in torch ops) and peers.JaxCP (the
+same under jit + lax.scan of 10 steps per call).
+
+Each side gets its own step count, sized so that one timed call takes about --target-s seconds
+(0.3; 0.1 with --quick), and every timed call starts from the same start (the model's whole
+state reset outside the clock), so each repeat does the same work. Rate = B * steps / median
+seconds (problem-steps/s), after warm-up calls that absorb compilation. Before timing, every
+side runs 20 steps (jax: whole scans, 50 for DMF) from the same start at a larger learning
+rate, and its change of the factors must match implicitreg's over as many steps to 1e-10
+(float64) or 1e-4 (float32) relative, max norm. A side that does not is flagged "!" (MISMATCH
+in the notes) and left out of "best peer"; when it is the reference (DMF: torch-closed, the
+same arithmetic; CP: torch; else the first peer that ran) the run fails.
 
 Singular values (float32 and float64): random normal batches 2x2 (B = 2**20), 8x8 (B = 2**16),
 32x32 (B = 2**14). `ir.svdvals(X)` on a device array against `cupy.linalg.svd(X,
@@ -35,11 +45,12 @@ or 100 * n * eps * sigma_1 (float32) first: implicitreg failing fails the run, a
 is flagged and left out of "best peer".
 
 Ratio = implicitreg rate / the best peer's rate. Targets (cuda): DMF 2x2 depth 3 float32 at
-least 1e11 problem-steps/s and at least 20x the best of PyTorch and JAX; svdvals at least 5x the
-best of CuPy and PyTorch at every size. Each prints "met" or "missed"; a missing peer is
-reported as skipped. Peers still waiting when --budget seconds (180; 60 with --quick) have
-passed are skipped, so the run stays short; the DMF peers stop at 65% of it, so that the
-svdvals peers keep theirs.
+least 1e11 problem-steps/s and at least 20x the best of PyTorch and JAX; cp_step at least 10x
+the batched PyTorch step, every CP case; svdvals at least 5x the best of CuPy and PyTorch at
+every size. Each prints "met" or "missed"; a missing peer is reported as "no peer". Peers still
+waiting when --budget seconds (140; 60 with --quick) have passed are skipped, so the run stays
+short (gpu_check.sh gives it 170 s); the DMF peers stop at 50% of it and the CP peers at 80%,
+so that the later sections' peers keep theirs.
 
 Exit code: 0 when every check passed (targets may be missed), 1 when a check failed, a case
 raised or problems froze while timed, 2 when the device is not usable.
@@ -61,6 +72,7 @@ import numpy as np
 import implicitreg as ir
 
 sys.path.insert(0, str(Path(__file__).parent))
+import peers as peerlib  # noqa: E402
 from _timing import machine, ratio_text, write_json  # noqa: E402
 
 DEPTH = 3
@@ -70,9 +82,12 @@ SVD_REF_BATCH = 2048  # matrices checked against LAPACK
 SVD_PROBE_BATCH = 4096  # a side is first timed on this many, to foresee a full call's time
 SVD_MAX_CALL_S = 2.0  # a side slower than this per full batch is timed on fewer (marked *)
 DMF_TARGET_RATE, DMF_TARGET_RATIO, SVD_TARGET_RATIO = 1e11, 20.0, 5.0
-JAX_SCAN_STEPS = 50  # steps per jitted lax.scan call; a run is a whole number of these
+CP_TARGET_RATIO = 10.0  # cp_step against the batched PyTorch step on the same device
+JAX_SCAN_STEPS = 50  # DMF steps per jitted lax.scan call; a run is a whole number of these
 COMPILE_CAP_S = 60.0  # no more torch.compile sides once their warm-ups took this long
-DMF_SHARE = 0.65  # of --budget, for the DMF section
+# The sections end at these shares of --budget (peers still waiting then are skipped), so
+# that the later sections keep their time
+DMF_SHARE, CP_SHARE = 0.5, 0.8
 
 # Per device: (name, shape d, batch, init std, timing lr, check lr, max steps per call).
 # The lr are small enough that no problem converges or diverges at any step count used here
@@ -84,6 +99,14 @@ DMF_CASES = {
     "cpu": [("2x2", 2, 4096, 0.3, 1e-3, 1e-2, 200_000),
             ("16x16", 16, 256, 0.5 / 4, 1e-4, 1e-3, 1_000_000)],
 }
+# CP step, group_rmsprop (the paper's optimizer, PAPER.md §4.4) with its beta and eps, init
+# std and lr of bench_cp_step.py (nothing converges or diverges: every step is real work),
+# maximal R = prod(d) / max(d), n observed entries as in the paper's grids. Per device:
+# (order, dim, R, batch, n observed, max steps per call).
+CP_OPTIMIZER, CP_BETA, CP_EPS = "group_rmsprop", 0.99, 1e-6
+CP_STD, CP_LR, CP_LR_CHECK = 1e-2, 1e-3, 1e-2
+CP_CASES = {"cuda": [(3, 8, 64, 4096, 200, 100_000), (4, 8, 512, 4096, 2000, 100_000)],
+            "cpu": [(3, 8, 64, 64, 200, 100_000), (4, 8, 512, 4, 2000, 100_000)]}
 SVD_CASES = {"cuda": [(2, 2**20), (8, 2**16), (32, 2**14)],
              "cpu": [(2, 1024), (8, 1024), (32, 1024)]}
 DTYPES = ("float32", "float64")
@@ -141,36 +164,26 @@ def cpu_device() -> Device:
 
 
 class Peers:
-    """torch and jax, imported once; each is None with the reason it cannot run here."""
+    """torch and jax, loaded once through peers.py; each is None with the reason it cannot
+    run here."""
 
     def __init__(self, dev: Device, compile_torch: bool):
-        self.torch = self.torch_reason = self.jax = self.jax_device = self.jax_reason = None
         self.compile = compile_torch
         self.compile_spent = 0.0
-        try:
-            import torch
-        except ImportError as exc:
-            self.torch_reason = f"torch not importable ({exc})"
-        else:
-            if dev.torch_device == "cuda" and not torch.cuda.is_available():
-                self.torch_reason = "torch sees no CUDA device"
-            else:
-                self.torch = torch
-                torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
-        # before jax starts: do not take 75% of the GPU's memory up front
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        try:
-            import jax
-        except ImportError as exc:
-            self.jax_reason = f"jax not importable ({exc})"
-        else:
-            jax.config.update("jax_enable_x64", True)  # float64 rows stay float64
-            jax.config.update("jax_default_matmul_precision", "highest")  # no TF32
+        self.torch, reason = peerlib.load_torch()
+        self.torch_reason = reason and f"torch {reason}"
+        if self.torch is not None and dev.torch_device == "cuda" \
+                and not self.torch.cuda.is_available():
+            self.torch, self.torch_reason = None, "torch sees no CUDA device"
+        self.jax, reason = peerlib.load_jax()
+        self.jax_reason, self.jax_device = reason and f"jax {reason}", None
+        if self.jax is not None:
             try:
-                self.jax_device = jax.devices(dev.jax_platform)[0]
-                self.jax = jax
+                self.jax_device = self.jax.devices(dev.jax_platform)[0]
             except Exception as exc:  # no such platform: RuntimeError, by jax version
                 self.jax_reason = f"jax has no {dev.jax_platform} device ({first_line(exc)})"
+                self.jax = None
+        self.on_cuda = dev.kind == "cuda"
         try:
             import cupy
         except ImportError:
@@ -180,28 +193,39 @@ class Peers:
                          "jax": self.jax and self.jax.__version__,
                          "cupy": cupy and cupy.__version__}
 
+    def release(self) -> None:
+        """Hand the memory torch caches back to the device, so that the next side (jax,
+        implicitreg) finds it free: the order-4 CP peers hold gigabytes."""
+        if self.torch is not None and self.on_cuda:
+            self.torch.cuda.empty_cache()
 
-# ----------------------------------------------------------------------------- DMF sides
-# A side holds B factorizations from one start: reset() restores the start (not timed),
-# run(steps, lr) does `steps` GD steps and returns when the device is done, factors() gives
-# host copies. granule: run() takes a whole multiple of it.
+
+# ----------------------------------------------------------------------------- sides
+# A side holds B problems from one start: reset() restores the start (not timed),
+# run(steps, lr) does `steps` steps and returns when the device is done, factors() gives
+# host copies. granule: run() takes a whole multiple of it. The peers (peers.py) follow the
+# same protocol.
 
 
 class ImplicitregSide:
+    """A DeepFactorization or CPFactorization; step_args are passed to every step() call."""
+
     name, granule = "implicitreg", 1
 
-    def __init__(self, dev: Device, problem, start, dtype):
-        self.dev = dev
-        self.f = ir.DeepFactorization(problem, start, backend=dev.backend, dtype=dtype)
-        self.start = [W.copy() for W in self.f.factors]
+    def __init__(self, dev: Device, model, **step_args):
+        self.dev, self.f, self.step_args = dev, model, step_args
+        # the model's whole state, as its checkpoints keep it (factors, status, and the
+        # group_rmsprop state of a CP model): reset() restores it in place, on the device
+        self.start = {k: a.copy() for k, a in model._state().items()}
 
     def reset(self):
-        for W, S in zip(self.f.factors, self.start, strict=True):
-            W[...] = S  # the live state, in place
+        for k, a in self.f._state().items():
+            a[...] = self.start[k]
+        self.f.steps_done = 0
         self.dev.sync()
 
     def run(self, steps, lr):
-        self.f.step(lr, steps)  # reads the status back: returns when the device is done
+        self.f.step(lr, steps, **self.step_args)  # reads the status back: the device is done
         self.dev.sync()
 
     def factors(self):
@@ -209,156 +233,6 @@ class ImplicitregSide:
 
     def all_running(self) -> bool:
         return bool((self.f.status == "running").all())
-
-
-class TorchSide:
-    """Batched (B, d, d) factors; autograd or closed-form gradients, optionally compiled."""
-
-    def __init__(self, peers: Peers, dev: Device, targets, masks, start, dtype, mode):
-        torch = self.torch = peers.torch
-        self.name = {"autograd": "torch-autograd", "closed": "torch-closed",
-                     "compiled": "torch-compile"}[mode]
-        self.granule, self.mode, self.dev = 1, mode, dev
-        self.device = torch.device(dev.torch_device)
-        tdt = getattr(torch, dtype)
-        # a target or mask shared by the batch stays (1, d, d) and broadcasts
-        self.T = torch.as_tensor(targets.astype(dtype), device=self.device)
-        self.M = torch.as_tensor(masks.astype(dtype), device=self.device)
-        self.start = [torch.as_tensor(W, dtype=tdt, device=self.device) for W in start]
-        self.W = [S.clone().requires_grad_(mode == "autograd") for S in self.start]
-        self.fn = None
-        if mode == "compiled":
-            self.fn = torch.compile(_closed_form_step(torch), dynamic=False)
-            self.lr_tensors = {}
-
-    def sync(self):
-        if self.device.type == "cuda":
-            self.torch.cuda.synchronize()
-
-    def reset(self):
-        with self.torch.no_grad():
-            for W, S in zip(self.W, self.start, strict=True):
-                W.copy_(S)
-                W.grad = None
-        self.sync()
-
-    def run(self, steps, lr):
-        torch = self.torch
-        if self.mode == "autograd":
-            for _ in range(steps):
-                E = self.W[0]
-                for W in self.W[1:]:
-                    E = torch.bmm(W, E)
-                loss = 0.5 * (self.M * (E - self.T)).square().sum()
-                loss.backward()
-                with torch.no_grad():
-                    for W in self.W:
-                        W.add_(W.grad, alpha=-lr)
-                        W.grad = None
-        elif self.mode == "closed":
-            with torch.no_grad():
-                for _ in range(steps):
-                    _closed_form_inplace(torch, self.W, self.T, self.M, lr)
-        else:
-            # lr as a 0-d tensor: a new value does not recompile
-            lr_t = self.lr_tensors.get(lr)
-            if lr_t is None:
-                lr_t = self.lr_tensors[lr] = torch.tensor(lr, dtype=self.start[0].dtype,
-                                                          device=self.device)
-            Ws = list(self.W)
-            with torch.no_grad():
-                for _ in range(steps):
-                    Ws = self.fn(Ws, self.T, self.M, lr_t)
-                for W, new in zip(self.W, Ws, strict=True):
-                    W.copy_(new)
-        self.sync()
-
-    def factors(self):
-        return [W.detach().cpu().numpy() for W in self.W]
-
-
-def _closed_form_inplace(torch, Ws, T, M, lr):
-    """One GD step, in place: P_j = W_{j+1} P_{j-1} forward, G = M * (E - T), then from the
-    top dW_j = H_j P_{j-1}^T with H_N = G, H_{j-1} = W_j^T H_j (old W_j)."""
-    P = [Ws[0]]
-    for W in Ws[1:]:
-        P.append(torch.bmm(W, P[-1]))
-    H = M * (P[-1] - T)
-    for j in range(len(Ws) - 1, -1, -1):
-        if j == 0:
-            Ws[0].add_(H, alpha=-lr)
-        else:
-            g = torch.bmm(H, P[j - 1].transpose(1, 2))
-            H = torch.bmm(Ws[j].transpose(1, 2), H)
-            Ws[j].add_(g, alpha=-lr)
-
-
-def _closed_form_step(torch):
-    def step(Ws, T, M, lr):
-        """The closed-form step as a function (new factors out) for torch.compile."""
-        P = [Ws[0]]
-        for W in Ws[1:]:
-            P.append(torch.bmm(W, P[-1]))
-        H = M * (P[-1] - T)
-        new = list(Ws)
-        for j in range(len(Ws) - 1, -1, -1):
-            g = H if j == 0 else torch.bmm(H, P[j - 1].transpose(1, 2))
-            if j:
-                H = torch.bmm(Ws[j].transpose(1, 2), H)
-            new[j] = Ws[j] - lr * g
-        return new
-
-    return step
-
-
-class JaxSide:
-    """vmap of one problem's jax.grad step, jit, lax.scan of JAX_SCAN_STEPS steps per call."""
-
-    name, granule = "jax", JAX_SCAN_STEPS
-
-    def __init__(self, peers: Peers, targets, masks, start, dtype):
-        jax = self.jax = peers.jax
-        jnp = jax.numpy
-        put = lambda a: jax.device_put(a, peers.jax_device)  # noqa: E731
-        self.dtype = dtype
-        self.start = tuple(put(np.asarray(W, dtype=dtype)) for W in start)
-        self.W = self.start
-        shared = (targets.shape[0] == 1, masks.shape[0] == 1)
-        self.T = put(targets[0] if shared[0] else targets).astype(dtype)
-        self.M = put(masks[0] if shared[1] else masks).astype(dtype)
-        self.put = put
-
-        def loss(Ws, T, M):
-            E = Ws[0]
-            for W in Ws[1:]:
-                E = W @ E
-            return 0.5 * jnp.sum(M * (E - T) ** 2)
-
-        def step(Ws, T, M, lr):
-            g = jax.grad(loss)(Ws, T, M)
-            return tuple(W - lr * gW for W, gW in zip(Ws, g, strict=True))
-
-        vstep = jax.vmap(step, in_axes=(0, None if shared[0] else 0,
-                                        None if shared[1] else 0, None))
-
-        def scan(Ws, T, M, lr):
-            body = lambda c, _: (vstep(c, T, M, lr), None)  # noqa: E731
-            return jax.lax.scan(body, Ws, None, length=JAX_SCAN_STEPS)[0]
-
-        self.fn = jax.jit(scan)
-
-    def reset(self):
-        self.W = self.start  # immutable arrays: nothing to copy
-
-    def run(self, steps, lr):
-        lr = self.put(np.asarray(lr, dtype=self.dtype))
-        Ws = self.W
-        for _ in range(steps // JAX_SCAN_STEPS):
-            Ws = self.fn(Ws, self.T, self.M, lr)
-        self.W = self.jax.block_until_ready(Ws)
-
-    def factors(self):
-        return [np.asarray(W) for W in self.W]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -418,8 +292,9 @@ def time_calls(fn, sync, target_s, repeats) -> dict:
 
 
 class Clock:
-    """The run's deadline: peers still waiting when it has passed are skipped. The DMF
-    section ends at DMF_SHARE of it, so that the svdvals peers keep their time."""
+    """The run's deadline: peers still waiting when it has passed are skipped. Each section
+    ends at its share of it (DMF_SHARE, CP_SHARE, then all), so that the later sections'
+    peers keep their time."""
 
     def __init__(self, budget_s: float):
         self.t0 = time.perf_counter()
@@ -437,17 +312,7 @@ class Clock:
                            f"{self.budget_s:.0f} s) spent"}
 
 
-# ----------------------------------------------------------------------------- DMF cases
-
-
-def dmf_problem(shape: str, d: int, batch: int):
-    """(problem, host targets (Bt, d, d), host masks (Bm, d, d) bool)."""
-    if shape == "2x2":
-        p = ir.problems.paper_2x2(batch=batch)
-    else:
-        rng = np.random.default_rng(1)
-        p = ir.completion(rng.standard_normal((batch, d, d)), rng.random((batch, d, d)) < 0.5)
-    return p, p.targets, p.masks
+# ----------------------------------------------------------------------------- checks
 
 
 def rel_change_diff(got, want, start) -> float:
@@ -463,88 +328,156 @@ def rel_change_diff(got, want, start) -> float:
     return worst
 
 
+def measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
+                  max_steps) -> None:
+    """Check and time implicitreg's side and then each peer into row["sides"]. implicitreg
+    first runs CHECK_STEPS at row["check_lr"] from the start (no problem may freeze); each
+    peer runs as many steps, rounded up to its granule, and its change of the factors is
+    compared with implicitreg's over the same count. peer_sides: (name, make), make() giving
+    the side, or (name, reason) for a peer that cannot run. A peer that raises, or is still
+    waiting once the clock is over, is reported and skipped; "spent_s" is all the time a
+    peer took (construction and compilation included)."""
+    B, dtype, lr_check = row["batch"], row["dtype"], row["check_lr"]
+    start64 = [np.asarray(S, np.float64) for S in start]
+    refs = {}
+
+    def reference(steps):
+        if steps not in refs:
+            ir_side.reset()
+            ir_side.run(steps, lr_check)
+            refs[steps] = ir_side.factors()
+        return refs[steps]
+
+    reference(CHECK_STEPS)
+    if not ir_side.all_running():
+        raise RuntimeError(f"{row['case']}: problems froze in the {CHECK_STEPS}-step check")
+    r = time_steps(ir_side, B, lr, target_s, repeats, max_steps)
+    r["all_running"] = ir_side.all_running()
+    r["check_rel_diff"], r["match"] = 0.0, True
+    row["sides"]["implicitreg"] = r
+
+    for name, make in peer_sides:
+        if isinstance(make, str):
+            row["sides"][name] = {"skipped": make}
+            continue
+        if clock.over():
+            row["sides"][name] = clock.skipped()
+            continue
+        t0 = time.perf_counter()
+        try:
+            side = make()
+            check_steps = side.granule * math.ceil(CHECK_STEPS / side.granule)
+            side.reset()
+            side.run(check_steps, lr_check)
+            got, ref = side.factors(), reference(check_steps)
+            r = time_steps(side, B, lr, target_s, repeats, max_steps)
+        except Exception as exc:  # a peer that cannot run here is reported, not fatal
+            row["sides"][name] = {"skipped": f"error: {first_line(exc)}",
+                                  "spent_s": time.perf_counter() - t0}
+            continue
+        finally:
+            side = None  # before release(): its tensors go back to torch's cache first
+            peers.release()
+        r["check_rel_diff"] = rel_change_diff(got, ref, start64)  # of the change
+        r["check_factor_rel_diff"] = max(  # of the factors themselves
+            float(np.abs(np.asarray(g, np.float64) - w).max(initial=0.0)
+                  / max(np.abs(w).max(initial=0.0), 1e-300)) for g, w in zip(got, ref, strict=True))
+        r["check_steps"] = check_steps
+        r["match"] = bool(r["check_rel_diff"] <= RTOL[dtype])
+        r["spent_s"] = time.perf_counter() - t0
+        row["sides"][name] = r
+
+
+# ----------------------------------------------------------------------------- DMF cases
+
+
+def dmf_problem(shape: str, d: int, batch: int):
+    """(problem, host targets (Bt, d, d), host masks (Bm, d, d) bool)."""
+    if shape == "2x2":
+        p = ir.problems.paper_2x2(batch=batch)
+    else:
+        rng = np.random.default_rng(1)
+        p = ir.completion(rng.standard_normal((batch, d, d)), rng.random((batch, d, d)) < 0.5)
+    return p, p.targets, p.masks
+
+
 def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     shape, d, B, std, lr, lr_check, max_steps = case
     problem, targets, masks = dmf_problem(shape, d, B)
     rng = np.random.default_rng(0)
     # one generator for the whole batch (ir's per-problem streams take seconds at B = 2**20)
     start = [(std * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(DEPTH)]
-    start64 = [S.astype(np.float64) for S in start]
     row = {"case": f"{shape} depth {DEPTH} B={B} {dtype}", "shape": shape, "batch": B,
            "depth": DEPTH, "dtype": dtype, "lr": lr, "check_lr": lr_check,
            "check_steps": CHECK_STEPS, "flops_per_step": flops_per_step(d), "sides": {}}
-    ir_side = ImplicitregSide(dev, problem, start, dtype)
-    ir_side.reset()
-    ir_side.run(CHECK_STEPS, lr_check)
-    want = ir_side.factors()
-    if not ir_side.all_running():
-        raise RuntimeError(f"{row['case']}: problems froze in the {CHECK_STEPS}-step check")
-
-    sides = [ir_side]
+    ir_side = ImplicitregSide(dev, ir.DeepFactorization(problem, start, backend=dev.backend,
+                                                        dtype=dtype))
+    peer_sides = []
     for mode in ("autograd", "closed", "compiled"):
-        name = {"autograd": "torch-autograd", "closed": "torch-closed",
-                "compiled": "torch-compile"}[mode]
+        name = "torch-compile" if mode == "compiled" else f"torch-{mode}"
         if peers.torch is None:
-            row["sides"][name] = {"skipped": peers.torch_reason}
+            peer_sides.append((name, peers.torch_reason))
         elif mode == "compiled" and not peers.compile:
-            row["sides"][name] = {"skipped": "--no-compile"}
+            peer_sides.append((name, "--no-compile"))
         elif mode == "compiled" and dtype != "float32":
-            row["sides"][name] = {"skipped": "torch.compile on float32 rows only (compile time)"}
+            peer_sides.append((name, "torch.compile on float32 rows only (compile time)"))
         elif mode == "compiled" and peers.compile_spent > COMPILE_CAP_S:
-            row["sides"][name] = {"skipped": f"torch.compile took over {COMPILE_CAP_S:.0f} s "
-                                             "in earlier cases"}
+            peer_sides.append((name, f"torch.compile took over {COMPILE_CAP_S:.0f} s in "
+                                     "earlier cases"))
         else:
-            sides.append((mode, name))
-    if peers.jax is None:
-        row["sides"]["jax"] = {"skipped": peers.jax_reason}
-    else:
-        sides.append(("jax", "jax"))
+            peer_sides.append((name, lambda mode=mode: peerlib.TorchDMF(
+                targets, masks, start, dtype, mode, device=dev.torch_device,
+                torch=peers.torch)))
+    peer_sides.append(("jax", peers.jax_reason if peers.jax is None else
+                       lambda: peerlib.JaxDMF(targets, masks, start, dtype,
+                                              device=peers.jax_device,
+                                              scan_steps=JAX_SCAN_STEPS, jax=peers.jax)))
+    measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
+                  max_steps)
+    # compiled in its check run: its whole time counts against the compile cap
+    peers.compile_spent += row["sides"]["torch-compile"].get("spent_s", 0.0)
+    return row
 
-    for item in sides:
-        if item is ir_side:
-            r = time_steps(ir_side, B, lr, target_s, repeats, max_steps)
-            r["all_running"] = ir_side.all_running()
-            r["check_rel_diff"], r["match"] = 0.0, True
-            row["sides"]["implicitreg"] = r
-            continue
-        mode, name = item
-        if clock.over():
-            row["sides"][name] = clock.skipped()
-            continue
-        t0 = time.perf_counter()
-        try:
-            if mode == "jax":
-                side = JaxSide(peers, targets, masks, start, dtype)
-                check_steps = JAX_SCAN_STEPS * math.ceil(CHECK_STEPS / JAX_SCAN_STEPS)
-            else:
-                side = TorchSide(peers, dev, targets, masks, start, dtype, mode)
-                check_steps = CHECK_STEPS
-            side.reset()
-            side.run(check_steps, lr_check)
-            if check_steps != CHECK_STEPS:  # jax runs whole scans: compare at its count
-                ir_side.reset()
-                ir_side.run(check_steps, lr_check)
-                ref = ir_side.factors()
-            else:
-                ref = want
-            got = side.factors()
-            diff = rel_change_diff(got, ref, start64)
-            factor_diff = max(float(np.abs(np.asarray(g, np.float64) - w).max(initial=0.0)
-                                    / max(np.abs(w).max(initial=0.0), 1e-300))
-                              for g, w in zip(got, ref, strict=True))
-            r = time_steps(side, B, lr, target_s, repeats, max_steps)
-        except Exception as exc:  # a peer that cannot run here is reported, not fatal
-            row["sides"][name] = {"skipped": f"error: {first_line(exc)}"}
-            if mode == "compiled":
-                peers.compile_spent += time.perf_counter() - t0
-            continue
-        if mode == "compiled":  # compiled in the check run; its time counts whole
-            peers.compile_spent += time.perf_counter() - t0
-        r["check_rel_diff"] = diff  # of the change of the factors
-        r["check_factor_rel_diff"] = factor_diff  # of the factors themselves
-        r["check_steps"] = check_steps
-        r["match"] = bool(diff <= RTOL[dtype])
-        row["sides"][name] = r
+
+# ----------------------------------------------------------------------------- CP cases
+
+
+def cp_flops_per_step(order: int, dim: int, R: int, n: int) -> int:
+    """Per observed entry and component the value and every factor's gradient row, 6(N-1)
+    flops; the group_rmsprop update, 4 per factor entry (README.md, flop counts)."""
+    return n * 6 * (order - 1) * R + 4 * R * order * dim
+
+
+def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
+    order, dim, R, B, n, max_steps = case
+    dims = (dim,) * order
+    # as implicitreg.sweep builds "random_cp_completion": rank-1 targets, Frobenius norm 1,
+    # the first n entries of each problem's random order observed
+    tensors, orders = ir.problems.random_cp_tensor(dims, 1, batch=B, seed=0)
+    problem = ir.tensor_completion(tensors, ir.problems.observe_first(orders, n, dims))
+    a = problem.arrays(np.float64)
+    targets, masks = (a[k].reshape((-1,) + dims) for k in ("target", "mask"))
+    rng = np.random.default_rng(0)
+    # one generator for the whole batch (CPFactorization.init's per-problem streams are slow)
+    start = [(CP_STD * rng.standard_normal((B, dim, R))).astype(dtype) for _ in dims]
+    row = {"case": f"order {order} d={dim} R={R} B={B} {dtype}", "order": order, "dim": dim,
+           "R": R, "n_observed": n, "batch": B, "dtype": dtype, "optimizer": CP_OPTIMIZER,
+           "lr": CP_LR, "check_lr": CP_LR_CHECK, "check_steps": CHECK_STEPS,
+           "flops_per_step": cp_flops_per_step(order, dim, R, n), "sides": {}}
+    ir_side = ImplicitregSide(dev, ir.CPFactorization(problem, start, backend=dev.backend,
+                                                      dtype=dtype),
+                              optimizer=CP_OPTIMIZER, beta=CP_BETA, eps=CP_EPS)
+    opt = (CP_OPTIMIZER, CP_BETA, CP_EPS, dtype)
+    peer_sides = [
+        ("torch", peers.torch_reason if peers.torch is None else
+         lambda: peerlib.TorchCP(targets, masks, start, *opt, device=dev.torch_device,
+                                 torch=peers.torch)),
+        ("jax", peers.jax_reason if peers.jax is None else
+         lambda: peerlib.JaxCP(targets, masks, start, *opt, device=peers.jax_device,
+                               jax=peers.jax)),
+    ]
+    measure_sides(row, peers, clock, ir_side, peer_sides, start, CP_LR, target_s, repeats,
+                  max_steps)
     return row
 
 
@@ -601,15 +534,10 @@ def svd_case(dev, peers, clock, n, B, dtype, target_s, repeats) -> dict:
         add("numpy", lambda b: lambda: np.linalg.svd(X[:b], compute_uv=False), lambda: None)
     if peers.torch is None:
         row["sides"]["torch"] = {"skipped": peers.torch_reason}
-    else:
-        torch = peers.torch
-        try:
-            Xt = torch.as_tensor(X, device=torch.device(dev.torch_device))
-        except Exception as exc:
-            row["sides"]["torch"] = {"skipped": f"error: {first_line(exc)}"}
-        else:
-            sync = torch.cuda.synchronize if Xt.is_cuda else (lambda: None)
-            add("torch", lambda b: lambda: torch.linalg.svdvals(Xt[:b]), sync)
+    else:  # the function waits for its result: nothing left to synchronize
+        add("torch", lambda b: peerlib.torch_svdvals(X[:b], dev.torch_device, peers.torch),
+            lambda: None)
+        peers.release()
     return row
 
 
@@ -622,7 +550,7 @@ def reference_side(row) -> str:
     torch step (the same arithmetic), else the first peer that ran."""
     if "n" in row:
         return "implicitreg"
-    for name in ("torch-closed", "jax", "torch-autograd", "torch-compile"):
+    for name in ("torch-closed", "torch", "jax", "torch-autograd", "torch-compile"):
         if "rate" in row["sides"].get(name, {}):
             return name
     return "implicitreg"
@@ -686,7 +614,7 @@ def print_table(title, rows, cols, extra=None) -> None:
         print(f"  note: {text} [{where}]")
 
 
-def targets(dmf_rows, svd_rows) -> list[dict]:
+def targets(dmf_rows, cp_rows, svd_rows) -> list[dict]:
     """The issue's targets: {name (short), target (in words), value, threshold, met}; met is
     None where there is nothing to compare with."""
     out = []
@@ -703,6 +631,12 @@ def targets(dmf_rows, svd_rows) -> list[dict]:
                 DMF_TARGET_RATE)
             add(f"{short} vs peers", f"DMF {row['case']}: >= {DMF_TARGET_RATIO:.0f}x the best "
                 "of PyTorch and JAX", row["ratio"], DMF_TARGET_RATIO, best_peer=row["best_peer"])
+    for row in cp_rows:
+        own, torch = (row["sides"].get(k, {}) for k in ("implicitreg", "torch"))
+        ok = "rate" in own and "rate" in torch and torch["match"]
+        add(f"cp_step order {row['order']} {row['dtype']} vs torch", f"cp_step {row['case']}: "
+            f">= {CP_TARGET_RATIO:.0f}x PyTorch batched", own["rate"] / torch["rate"] if ok
+            else None, CP_TARGET_RATIO, peer="torch")
     for row in svd_rows:
         if row["n"] <= 32:
             add(f"svdvals {row['n']}x{row['n']} {row['dtype']}", f"svdvals {row['case']}: >= "
@@ -746,6 +680,13 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     print_table("DMF step (problem-steps/s)", dmf_rows,
                 ["implicitreg", "torch-autograd", "torch-closed", "torch-compile", "jax"],
                 extra="ir Gflop/s")
+    clock.share = CP_SHARE
+    cp_rows = run_cases(
+        CP_CASES[dev.kind],
+        lambda case, dtype: cp_case(dev, peers, clock, case, dtype, target_s, repeats),
+        lambda case: f"CP order {case[0]}")
+    print_table(f"CP step, {CP_OPTIMIZER} (problem-steps/s)", cp_rows,
+                ["implicitreg", "torch", "jax"], extra="ir Gflop/s")
     clock.share = 1.0
     svd_rows = run_cases(
         SVD_CASES[dev.kind],
@@ -756,13 +697,14 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     peer = "cupy" if dev.kind == "cuda" else "numpy"
     print_table("svdvals (matrices/s)", svd_rows, ["implicitreg", peer, "torch"])
 
-    for row in dmf_rows:
+    for row in dmf_rows + cp_rows:
         own = row["sides"]["implicitreg"]
         if not own.get("all_running", True):
-            errors.append(f"DMF {row['case']}: problems froze while timed")
+            errors.append(f"{'CP' if 'order' in row else 'DMF'} {row['case']}: problems froze "
+                          "while timed")
             ok = False
     warnings = []
-    for row in dmf_rows + svd_rows:
+    for row in dmf_rows + cp_rows + svd_rows:
         ref = reference_side(row)
         for name, side in row["sides"].items():
             if "rate" in side and not side["match"]:
@@ -774,7 +716,7 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
                 else:
                     warnings.append(f"{row['case']}: {name} disagrees with implicitreg and "
                                     "the reference; left out of best peer")
-    tg = targets(dmf_rows, svd_rows)
+    tg = targets(dmf_rows, cp_rows, svd_rows)
     print("\nTargets" + ("" if dev.kind == "cuda" else
                          " (set for --device cuda; on the cpu they only test this script)"))
     for t in tg:
@@ -790,8 +732,8 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     report = {"benchmark": "gpu", "device": dev.kind, "device_name": dev.name,
               "machine": machine(), "build": ir.build_info(), "versions": peers.versions,
               "quick": args.quick, "repeats": repeats, "target_s": target_s,
-              "budget_s": args.budget, "dmf": dmf_rows, "svdvals": svd_rows, "targets": tg,
-              "errors": errors, "warnings": warnings, "checks_passed": ok,
+              "budget_s": args.budget, "dmf": dmf_rows, "cp": cp_rows, "svdvals": svd_rows,
+              "targets": tg, "errors": errors, "warnings": warnings, "checks_passed": ok,
               "elapsed_s": clock.elapsed()}
     return report, ok
 
@@ -803,13 +745,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, help="timed calls per median (default 5; 3 quick)")
     ap.add_argument("--target-s", type=float, help="seconds per timed call (0.3; 0.1 quick)")
     ap.add_argument("--budget", type=float,
-                    help="seconds after which peers are skipped (180; 60 quick)")
+                    help="seconds after which peers are skipped (140; 60 quick)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile side")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
     args.repeats = max(1, args.repeats or (3 if args.quick else 5))
     args.target_s = args.target_s or (0.1 if args.quick else 0.3)
-    args.budget = args.budget or (60.0 if args.quick else 180.0)
+    args.budget = args.budget or (60.0 if args.quick else 140.0)
     if args.device == "cuda":
         cuda = ir.backends()["cuda"]
         if not cuda["available"]:
