@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 
 import implicitreg as ir
+from implicitreg.bench import rel_change_diff  # the same check as `implicitreg bench`
 
 sys.path.insert(0, str(Path(__file__).parent))
 import peers as peerlib  # noqa: E402
@@ -313,19 +314,6 @@ class Clock:
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def rel_change_diff(got, want, start) -> float:
-    """max_j max|(got_j - start_j) - (want_j - start_j)| / max|want_j - start_j|: how well a
-    side's change of the factors matches implicitreg's (the factors alone would hide a wrong
-    gradient behind the start)."""
-    worst = 0.0
-    for a, b, s in zip(got, want, start, strict=True):
-        da = np.asarray(a, np.float64) - s
-        db = np.asarray(b, np.float64) - s
-        scale = np.abs(db).max(initial=0.0)
-        worst = max(worst, np.abs(da - db).max(initial=0.0) / scale if scale > 0 else np.inf)
-    return worst
 
 
 def measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
