@@ -99,45 +99,72 @@ IR_INLINE T lane_sum(Vec<T, W> v) {
   }
 }
 
-// sum_r a[r] b[r] in W lane sums, then across the lanes.
+// sum_r a[r] b[r]: four independent sums of W lanes (one would chain every multiply-add of
+// the entry on the last), then across them and their lanes.
 template <class T>
 IR_INLINE T dot(const T* a, const T* b, int R) {
   constexpr int W = kLanes<T>;
-  Vec<T, W> part = {};
+  using V = Vec<T, W>;
+  V part[4] = {};
   int r = 0;
-  for (; r + W <= R; r += W) part += load<T, W>(a + r) * load<T, W>(b + r);
+  for (; r + 4 * W <= R; r += 4 * W) {
+    for (int c = 0; c < 4; ++c) part[c] += load<T, W>(a + r + c * W) * load<T, W>(b + r + c * W);
+  }
+  for (; r + W <= R; r += W) part[0] += load<T, W>(a + r) * load<T, W>(b + r);
   T tail = 0;
   for (; r < R; ++r) tail += a[r] * b[r];
-  return lane_sum<T, W>(part) + tail;
+  return lane_sum<T, W>((part[0] + part[1]) + (part[2] + part[3])) + tail;
 }
 
-// Gradient of one run (entries [e0, e1), first factors' rows d, prefix P) at components
-// [r0, r0 + W): the sum over the run's entries stays in a register.
-template <int N, int W, class T>
+// Gradient of one run (entries [e0, e1), prefix P) at components [r0, r0 + NV W): NV
+// registers of W lanes, unrolled, so that the run's sums stay in registers while the loop
+// over the run's few entries runs once per block (once per register, its exit branch would
+// mispredict about once per register).
+template <int N, int NV, int W, class T>
 IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& ws, int e0, int e1,
                             const T* P, int r0) {
   using V = Vec<T, W>;
-  const std::int64_t* d = ws.rows.data() + std::int64_t(e0) * N;
-  const V p = load<T, W>(P + r0);
-  V s = {};  // sum_k g_k U_N[k]
+  V s[NV] = {};  // sum_k g_k U_N[k]
   for (int e = e0; e < e1; ++e) {
     const T g = ws.gres[e];
     const std::int64_t k = ws.rows[std::int64_t(e) * N + N - 1] + r0;
-    s += g * load<T, W>(U[N - 1] + k);
+    const T* uk = U[N - 1] + k;
     T* gk = G[N - 1] + k;
-    store<T, W>(gk, load<T, W>(gk) + g * p);
+#pragma GCC unroll 8
+    for (int c = 0; c < NV; ++c) {
+      s[c] += g * load<T, W>(uk + c * W);
+      store<T, W>(gk + c * W, load<T, W>(gk + c * W) + g * load<T, W>(P + r0 + c * W));
+    }
   }
   // mode n < N - 1 gains s * prod_{m < N - 1, m != n} u_m, from prefix and suffix products
-  V u[N];
-  for (int n = 0; n < N - 1; ++n) u[n] = load<T, W>(U[n] + d[n] + r0);
-  V suf[N];  // suf[n] = s u_n ... u_{N-2}
-  suf[N - 1] = s;
-  for (int n = N - 2; n >= 1; --n) suf[n] = u[n] * suf[n + 1];
-  V pre = V{} + T(1);  // u_0 ... u_{n-1}
-  for (int n = 0; n < N - 1; ++n) {
-    T* gn = G[n] + d[n] + r0;
-    store<T, W>(gn, load<T, W>(gn) + pre * suf[n + 1]);
-    pre *= u[n];
+  const std::int64_t* d = ws.rows.data() + std::int64_t(e0) * N;
+#pragma GCC unroll 8
+  for (int c = 0; c < NV; ++c) {
+    const int rc = r0 + c * W;
+    V u[N];
+    for (int n = 0; n < N - 1; ++n) u[n] = load<T, W>(U[n] + d[n] + rc);
+    V suf[N];  // suf[n] = s u_n ... u_{N-2}
+    suf[N - 1] = s[c];
+    for (int n = N - 2; n >= 1; --n) suf[n] = u[n] * suf[n + 1];
+    V pre = V{} + T(1);  // u_0 ... u_{n-1}
+    for (int n = 0; n < N - 1; ++n) {
+      T* gn = G[n] + d[n] + rc;
+      store<T, W>(gn, load<T, W>(gn) + pre * suf[n + 1]);
+      pre *= u[n];
+    }
+  }
+}
+
+// All R components in blocks of 8, then 4, 2, 1 registers, then one component at a time.
+template <int N, class T, int NV = 8>
+IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& ws, int e0, int e1,
+                            const T* P, int R, int r0) {
+  constexpr int W = kLanes<T>;
+  for (; r0 + NV * W <= R; r0 += NV * W) run_gradient<N, NV, W>(U, G, ws, e0, e1, P, r0);
+  if constexpr (NV > 1) {
+    run_gradient<N, T, NV / 2>(U, G, ws, e0, e1, P, R, r0);
+  } else {
+    for (; r0 < R; ++r0) run_gradient<N, 1, 1>(U, G, ws, e0, e1, P, r0);
   }
 }
 
@@ -146,7 +173,6 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
 // that the products stay in registers.
 template <int N, class T>
 double entries(const T* const* U, T* const* G, Workspace<T>& ws, int R, T scale) {
-  constexpr int W = kLanes<T>;
   double loss = 0;
   T* P = ws.prefix.data();
   const std::size_t n_runs = ws.runs.size() - 1;
@@ -166,10 +192,7 @@ double entries(const T* const* U, T* const* G, Workspace<T>& ws, int R, T scale)
       loss += double(res) * double(res);
       ws.gres[e] = scale * res;
     }
-    if (G == nullptr) continue;
-    int r0 = 0;
-    for (; r0 + W <= R; r0 += W) run_gradient<N, W>(U, G, ws, e0, e1, P, r0);
-    for (; r0 < R; ++r0) run_gradient<N, 1>(U, G, ws, e0, e1, P, r0);
+    if (G != nullptr) run_gradient<N>(U, G, ws, e0, e1, P, R, 0);
   }
   return loss;
 }
