@@ -344,24 +344,23 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
           d[n] = int(rest % shape.dims[n]);
           rest /= shape.dims[n];
         }
-        // product over modes, accumulated in the first mode's order so that the value
-        // equals the one the step computes for an observed entry
-        const T* ulast = factors[N - 1] + (b * shape.dims[N - 1] + d[N - 1]) * std::int64_t(R);
-        T* s = P.data();
-        std::copy(ulast, ulast + R, s);
-        for (int n = N - 2; n >= 1; --n) {
+        // the step's order: the product over all modes but the last, then its dot with the
+        // last mode's row, so that the value equals the one the step computes for an
+        // observed entry
+        const T* u0 = factors[0] + (b * shape.dims[0] + d[0]) * std::int64_t(R);
+        T* p = P.data();
+        std::copy(u0, u0 + R, p);
+        for (int n = 1; n < N - 1; ++n) {
           const T* u = factors[n] + (b * shape.dims[n] + d[n]) * std::int64_t(R);
 #pragma omp simd
-          for (int r = 0; r < R; ++r) s[r] = u[r] * s[r];
+          for (int r = 0; r < R; ++r) p[r] *= u[r];
         }
         T value = 0;
         if (N == 1) {
           IR_SIMD_SUM(value)
-          for (int r = 0; r < R; ++r) value += s[r];
+          for (int r = 0; r < R; ++r) value += p[r];
         } else {
-          const T* u0 = factors[0] + (b * shape.dims[0] + d[0]) * std::int64_t(R);
-          IR_SIMD_SUM(value)
-          for (int r = 0; r < R; ++r) value += u0[r] * s[r];
+          value = dot(p, factors[N - 1] + (b * shape.dims[N - 1] + d[N - 1]) * std::int64_t(R), R);
         }
         o[e] = value;
       }
