@@ -29,7 +29,6 @@ struct Workspace {
   std::vector<int> runs;           // first entry of each run, then the number of entries
   std::vector<T> target;           // their targets
   std::vector<T> gres;             // their residuals times 2 / n, this step's
-  std::vector<T> prefix;           // P of the current run (R)
   std::vector<T> grad, next;       // all factors' gradient / next iterate, factor after factor
 };
 
@@ -60,7 +59,6 @@ void gather_observed(const CpShape& shape, const CpProblem<T>& pb, std::int64_t 
   }
   ws.runs.push_back(int(ws.target.size()));
   ws.gres.resize(ws.target.size());
-  ws.prefix.resize(shape.rank);
 }
 
 // W components of one SIMD register as one value (GCC/Clang vector extension), so that
@@ -99,32 +97,48 @@ IR_INLINE T lane_sum(Vec<T, W> v) {
   }
 }
 
-// sum_r a[r] b[r]: four independent sums of W lanes (one would chain every multiply-add of
-// the entry on the last), then across them and their lanes.
-template <class T>
-IR_INLINE T dot(const T* a, const T* b, int R) {
+// Components [r, r + W) of the prefix product u_0 u_1 ... u_{N-2} (in that order).
+template <int N, int W, class T>
+IR_INLINE Vec<T, W> prefix(const T* const* u, int r) {
+  Vec<T, W> p = load<T, W>(u[0] + r);
+  for (int n = 1; n < N - 1; ++n) p *= load<T, W>(u[n] + r);
+  return p;
+}
+
+// Value of the entry whose factor rows are u: sum_r prefix[r] u_{N-1}[r], in four independent
+// sums of W lanes (one would chain every multiply-add of the entry on the last), then across
+// them and their lanes. The prefix is recomputed rather than read from a buffer the run
+// wrote just before (a store-to-load wait at every run's start).
+template <int N, class T>
+IR_INLINE T entry_value(const T* const* u, int R) {
   constexpr int W = kLanes<T>;
   using V = Vec<T, W>;
   V part[4] = {};
   int r = 0;
   for (; r + 4 * W <= R; r += 4 * W) {
-    for (int c = 0; c < 4; ++c) part[c] += load<T, W>(a + r + c * W) * load<T, W>(b + r + c * W);
+    for (int c = 0; c < 4; ++c) {
+      part[c] += prefix<N, W>(u, r + c * W) * load<T, W>(u[N - 1] + r + c * W);
+    }
   }
-  for (; r + W <= R; r += W) part[0] += load<T, W>(a + r) * load<T, W>(b + r);
+  for (; r + W <= R; r += W) part[0] += prefix<N, W>(u, r) * load<T, W>(u[N - 1] + r);
   T tail = 0;
-  for (; r < R; ++r) tail += a[r] * b[r];
+  for (; r < R; ++r) tail += prefix<N, 1>(u, r)[0] * u[N - 1][r];
   return lane_sum<T, W>((part[0] + part[1]) + (part[2] + part[3])) + tail;
 }
 
-// Gradient of one run (entries [e0, e1), prefix P) at components [r0, r0 + NV W): NV
+// Gradient of one run (entries [e0, e1)) at components [r0, r0 + NV W): NV
 // registers of W lanes, unrolled, so that the run's sums stay in registers while the loop
 // over the run's few entries runs once per block (once per register, its exit branch would
 // mispredict about once per register).
 template <int N, int NV, int W, class T>
 IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& ws, int e0, int e1,
-                            const T* P, int r0) {
+                            int r0) {
   using V = Vec<T, W>;
-  V s[NV] = {};  // sum_k g_k U_N[k]
+  const std::int64_t* d = ws.rows.data() + std::int64_t(e0) * N;
+  const T* u[N];
+  for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
+  V p[NV], s[NV] = {};  // the run's prefix product; sum_k g_k U_N[k]
+  for (int c = 0; c < NV; ++c) p[c] = prefix<N, W>(u, r0 + c * W);
   for (int e = e0; e < e1; ++e) {
     const T g = ws.gres[e];
     const std::int64_t k = ws.rows[std::int64_t(e) * N + N - 1] + r0;
@@ -133,11 +147,10 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
 #pragma GCC unroll 8
     for (int c = 0; c < NV; ++c) {
       s[c] += g * load<T, W>(uk + c * W);
-      store<T, W>(gk + c * W, load<T, W>(gk + c * W) + g * load<T, W>(P + r0 + c * W));
+      store<T, W>(gk + c * W, load<T, W>(gk + c * W) + g * p[c]);
     }
   }
   // mode n < N - 1 gains s * prod_{m < N - 1, m != n} u_m, from prefix and suffix products
-  const std::int64_t* d = ws.rows.data() + std::int64_t(e0) * N;
 #pragma GCC unroll 8
   for (int c = 0; c < NV; ++c) {
     const int rc = r0 + c * W;
@@ -158,13 +171,13 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
 // All R components in blocks of 8, then 4, 2, 1 registers, then one component at a time.
 template <int N, class T, int NV = 8>
 IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& ws, int e0, int e1,
-                            const T* P, int R, int r0) {
+                            int R, int r0) {
   constexpr int W = kLanes<T>;
-  for (; r0 + NV * W <= R; r0 += NV * W) run_gradient<N, NV, W>(U, G, ws, e0, e1, P, r0);
+  for (; r0 + NV * W <= R; r0 += NV * W) run_gradient<N, NV, W>(U, G, ws, e0, e1, r0);
   if constexpr (NV > 1) {
-    run_gradient<N, T, NV / 2>(U, G, ws, e0, e1, P, R, r0);
+    run_gradient<N, T, NV / 2>(U, G, ws, e0, e1, R, r0);
   } else {
-    for (; r0 < R; ++r0) run_gradient<N, 1, 1>(U, G, ws, e0, e1, P, r0);
+    for (; r0 < R; ++r0) run_gradient<N, 1, 1>(U, G, ws, e0, e1, r0);
   }
 }
 
@@ -174,25 +187,18 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
 template <int N, class T>
 double entries(const T* const* U, T* const* G, Workspace<T>& ws, int R, T scale) {
   double loss = 0;
-  T* P = ws.prefix.data();
   const std::size_t n_runs = ws.runs.size() - 1;
   for (std::size_t run = 0; run < n_runs; ++run) {
     const int e0 = ws.runs[run], e1 = ws.runs[run + 1];
-    const std::int64_t* d = ws.rows.data() + std::int64_t(e0) * N;
-    const T* u[N];
-    for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
-#pragma omp simd
-    for (int r = 0; r < R; ++r) {
-      T p = u[0][r];
-      for (int n = 1; n < N - 1; ++n) p *= u[n][r];
-      P[r] = p;
-    }
     for (int e = e0; e < e1; ++e) {
-      const T res = dot(P, U[N - 1] + ws.rows[std::int64_t(e) * N + N - 1], R) - ws.target[e];
+      const std::int64_t* d = ws.rows.data() + std::int64_t(e) * N;
+      const T* u[N];
+      for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
+      const T res = entry_value<N>(u, R) - ws.target[e];
       loss += double(res) * double(res);
       ws.gres[e] = scale * res;
     }
-    if (G != nullptr) run_gradient<N>(U, G, ws, e0, e1, P, R, 0);
+    if (G != nullptr) run_gradient<N>(U, G, ws, e0, e1, R, 0);
   }
   return loss;
 }
@@ -333,8 +339,8 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
   for (int n = 0; n < N; ++n) numel *= shape.dims[n];
 #pragma omp parallel
   {
-    std::vector<T> P(std::size_t(N) * R);
     std::vector<int> d(N);
+    std::vector<const T*> u(N);
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < shape.batch; ++b) {
       T* o = out + b * numel;
@@ -343,24 +349,31 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
         for (int n = N - 1; n >= 0; --n) {
           d[n] = int(rest % shape.dims[n]);
           rest /= shape.dims[n];
+          u[n] = factors[n] + (b * shape.dims[n] + d[n]) * std::int64_t(R);
         }
-        // the step's order: the product over all modes but the last, then its dot with the
-        // last mode's row, so that the value equals the one the step computes for an
+        // the step's arithmetic, so that the value equals the one the step computes for an
         // observed entry
-        const T* u0 = factors[0] + (b * shape.dims[0] + d[0]) * std::int64_t(R);
-        T* p = P.data();
-        std::copy(u0, u0 + R, p);
-        for (int n = 1; n < N - 1; ++n) {
-          const T* u = factors[n] + (b * shape.dims[n] + d[n]) * std::int64_t(R);
-#pragma omp simd
-          for (int r = 0; r < R; ++r) p[r] *= u[r];
-        }
         T value = 0;
-        if (N == 1) {
-          IR_SIMD_SUM(value)
-          for (int r = 0; r < R; ++r) value += p[r];
-        } else {
-          value = dot(p, factors[N - 1] + (b * shape.dims[N - 1] + d[N - 1]) * std::int64_t(R), R);
+        switch (N) {
+          case 1:
+            IR_SIMD_SUM(value)
+            for (int r = 0; r < R; ++r) value += u[0][r];
+            break;
+          case 2:
+            value = entry_value<2>(u.data(), R);
+            break;
+          case 3:
+            value = entry_value<3>(u.data(), R);
+            break;
+          case 4:
+            value = entry_value<4>(u.data(), R);
+            break;
+          case 5:
+            value = entry_value<5>(u.data(), R);
+            break;
+          default:  // orders up to 6 (checked by the callers)
+            value = entry_value<6>(u.data(), R);
+            break;
         }
         o[e] = value;
       }
