@@ -3,7 +3,8 @@
 //
 // Only observed entries enter the loss and the gradient. They are walked in C order, in runs
 // of entries that share every index but the last (i_1..i_{N-1}); per run, with the prefix
-// product P = U_1[i_1] * ... * U_{N-1}[i_{N-1}] (elementwise over r) computed once:
+// product P = U_1[i_1] * ... * U_{N-1}[i_{N-1}] (elementwise over r; N - 2 products per
+// component, kept in registers):
 //   value of entry k of the run    = sum_r P[r] U_N[k, r],  g_k = 2 (value_k - target_k) / n,
 //   U_N's gradient row k           += g_k P,
 //   U_n's gradient row i_n (n < N) += (sum_k g_k U_N[k]) * prod_{m < N, m != n} U_m[i_m].
