@@ -1,18 +1,22 @@
 // CPU driver of the CP tensor factorization step: one problem per OpenMP iteration, the inner
 // loops run over the R components (contiguous in every factor row) so they vectorize.
 //
-// Only observed entries enter the loss and the gradient, so each step walks the observed
-// entries of a problem once: for entry (i_1..i_N) with suffix products S_n = U_n[i_n] * ... *
-// U_N[i_N] (elementwise over r), the value is sum_r S_1[r]; with g = 2 (value - target) / n
-// and prefix products P_n = U_1[i_1] * ... * U_{n-1}[i_{n-1}], factor n's gradient row i_n
-// gains g * P_n * S_{n+1}. Per entry that is two passes over r with the order N known at
-// compile time, so every product stays in registers. The loops over r are marked simd (the
-// value a reduction, summed in vector lanes), since without -ffast-math the compiler keeps a
-// float sum in order, one dependent add at a time.
+// Only observed entries enter the loss and the gradient. They are walked in C order, in runs
+// of entries that share every index but the last (i_1..i_{N-1}); per run, with the prefix
+// product P = U_1[i_1] * ... * U_{N-1}[i_{N-1}] (elementwise over r; N - 2 products per
+// component, kept in registers):
+//   value of entry k of the run    = sum_r P[r] U_N[k, r],  g_k = 2 (value_k - target_k) / n,
+//   U_N's gradient row k           += g_k P,
+//   U_n's gradient row i_n (n < N) += (sum_k g_k U_N[k]) * prod_{m < N, m != n} U_m[i_m].
+// That is about three multiply-adds per entry and component where the entry-by-entry form
+// (every factor's row from prefix and suffix products) takes eight, and the rows of the first
+// N - 1 factors are written once per run instead of once per entry.
 #include "implicitreg/cp_step.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kernels/hd.h"
@@ -22,81 +26,187 @@ namespace {
 
 template <class T>
 struct Workspace {
-  std::vector<int> obs;       // observed flat indices
-  std::vector<int> digits;    // their multi-indices, order per entry
-  std::vector<T> target;      // their targets
-  std::vector<T> grad, next;  // all factors' gradient / next iterate, factor after factor
+  std::vector<std::int64_t> rows;  // observed entries' factor row offsets i_n * R, N per entry
+  std::vector<int> runs;           // first entry of each run, then the number of entries
+  std::vector<T> target;           // their targets
+  std::vector<T> gres;             // their residuals times 2 / n, this step's
+  std::vector<T> grad, next;       // all factors' gradient / next iterate, factor after factor
 };
 
-// Observed entries of problem b: flat index, multi-index and target.
+// Observed entries of problem b in C order: factor row offsets, targets and runs.
 template <class T>
 void gather_observed(const CpShape& shape, const CpProblem<T>& pb, std::int64_t numel,
                      std::int64_t b, Workspace<T>& ws) {
+  const int N = shape.order;
   const std::uint8_t* mask = pb.mask + b * pb.mask_stride;
   const T* target = pb.target + b * pb.target_stride;
-  ws.obs.clear();
-  ws.digits.clear();
+  ws.rows.clear();
+  ws.runs.clear();
   ws.target.clear();
   for (std::int64_t e = 0; e < numel; ++e) {
     if (!mask[e]) continue;
-    ws.obs.push_back(int(e));
-    ws.target.push_back(target[e]);
-    const std::size_t at = ws.digits.size();
-    ws.digits.resize(at + shape.order);
+    const std::size_t at = ws.rows.size();
+    ws.rows.resize(at + N);
     std::int64_t rest = e;
-    for (int n = shape.order - 1; n >= 0; --n) {
-      ws.digits[at + n] = int(rest % shape.dims[n]);
+    for (int n = N - 1; n >= 0; --n) {
+      ws.rows[at + n] = (rest % shape.dims[n]) * shape.rank;
       rest /= shape.dims[n];
+    }
+    // a new run when the flat index without its last digit changes
+    if (at == 0 || !std::equal(&ws.rows[at], &ws.rows[at + N - 1], &ws.rows[at - N])) {
+      ws.runs.push_back(int(ws.target.size()));
+    }
+    ws.target.push_back(target[e]);
+  }
+  ws.runs.push_back(int(ws.target.size()));
+  ws.gres.resize(ws.target.size());
+}
+
+// W components of one SIMD register as one value (GCC/Clang vector extension), so that
+// running sums stay in registers.
+template <class T>
+constexpr int kLanes = 64 / int(sizeof(T));
+template <class T, int W>
+using Vec [[gnu::vector_size(W * sizeof(T))]] = T;
+
+template <class T, int W>
+IR_INLINE Vec<T, W> load(const T* p) {
+  Vec<T, W> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T, int W>
+IR_INLINE void store(T* p, Vec<T, W> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Sum of the lanes, halving the vector each time (shuffles: a store of the whole vector
+// reloaded lane by lane, which a reduction loop compiles to, stalls store forwarding).
+template <int From, class T, int W, std::size_t... I>
+IR_INLINE Vec<T, W / 2> lanes(Vec<T, W> v, std::index_sequence<I...>) {
+  return __builtin_shufflevector(v, v, (From + int(I))...);
+}
+template <class T, int W>
+IR_INLINE T lane_sum(Vec<T, W> v) {
+  if constexpr (W == 1) {
+    return v[0];
+  } else if constexpr (W == 2) {
+    return v[0] + v[1];
+  } else {
+    constexpr auto half = std::make_index_sequence<W / 2>{};
+    return lane_sum<T, W / 2>(lanes<0, T, W>(v, half) + lanes<W / 2, T, W>(v, half));
+  }
+}
+
+// Components [r, r + W) of the prefix product u_0 u_1 ... u_{N-2} (in that order).
+template <int N, int W, class T>
+IR_INLINE Vec<T, W> prefix(const T* const* u, int r) {
+  Vec<T, W> p = load<T, W>(u[0] + r);
+  for (int n = 1; n < N - 1; ++n) p *= load<T, W>(u[n] + r);
+  return p;
+}
+
+// Value of the entry whose factor rows are u: sum_r prefix[r] u_{N-1}[r], in four independent
+// sums of W lanes (one would chain every multiply-add of the entry on the last), then across
+// them and their lanes. The prefix is recomputed rather than read from a buffer the run
+// wrote just before (a store-to-load wait at every run's start).
+template <int N, class T>
+IR_INLINE T entry_value(const T* const* u, int R) {
+  constexpr int W = kLanes<T>;
+  using V = Vec<T, W>;
+  V part[4] = {};
+  int r = 0;
+  for (; r + 4 * W <= R; r += 4 * W) {
+    for (int c = 0; c < 4; ++c) {
+      part[c] += prefix<N, W>(u, r + c * W) * load<T, W>(u[N - 1] + r + c * W);
+    }
+  }
+  for (; r + W <= R; r += W) part[0] += prefix<N, W>(u, r) * load<T, W>(u[N - 1] + r);
+  T tail = 0;
+  for (; r < R; ++r) tail += prefix<N, 1>(u, r)[0] * u[N - 1][r];
+  return lane_sum<T, W>((part[0] + part[1]) + (part[2] + part[3])) + tail;
+}
+
+// Gradient of one run (entries [e0, e1)) at components [r0, r0 + NV W): NV
+// registers of W lanes, unrolled, so that the run's sums stay in registers while the loop
+// over the run's few entries runs once per block (once per register, its exit branch would
+// mispredict about once per register).
+template <int N, int NV, int W, class T>
+IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& ws, int e0, int e1,
+                            int r0) {
+  using V = Vec<T, W>;
+  const std::int64_t* d = ws.rows.data() + std::int64_t(e0) * N;
+  const T* u[N];
+  for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
+  V p[NV], s[NV] = {};  // the run's prefix product; sum_k g_k U_N[k]
+  for (int c = 0; c < NV; ++c) p[c] = prefix<N, W>(u, r0 + c * W);
+  for (int e = e0; e < e1; ++e) {
+    const T g = ws.gres[e];
+    const std::int64_t k = ws.rows[std::int64_t(e) * N + N - 1] + r0;
+    const T* uk = U[N - 1] + k;
+    T* gk = G[N - 1] + k;
+#pragma GCC unroll 8
+    for (int c = 0; c < NV; ++c) {
+      s[c] += g * load<T, W>(uk + c * W);
+      store<T, W>(gk + c * W, load<T, W>(gk + c * W) + g * p[c]);
+    }
+  }
+  // mode n < N - 1 gains s * prod_{m < N - 1, m != n} u_m, from prefix and suffix products
+#pragma GCC unroll 8
+  for (int c = 0; c < NV; ++c) {
+    const int rc = r0 + c * W;
+    V u[N];
+    for (int n = 0; n < N - 1; ++n) u[n] = load<T, W>(U[n] + d[n] + rc);
+    V suf[N];  // suf[n] = s u_n ... u_{N-2}
+    suf[N - 1] = s[c];
+    for (int n = N - 2; n >= 1; --n) suf[n] = u[n] * suf[n + 1];
+    V pre = V{} + T(1);  // u_0 ... u_{n-1}
+    for (int n = 0; n < N - 1; ++n) {
+      T* gn = G[n] + d[n] + rc;
+      store<T, W>(gn, load<T, W>(gn) + pre * suf[n + 1]);
+      pre *= u[n];
     }
   }
 }
 
+// All R components in blocks of 8, then 4, 2, 1 registers, then one component at a time.
+template <int N, class T, int NV = 8>
+IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& ws, int e0, int e1,
+                            int R, int r0) {
+  constexpr int W = kLanes<T>;
+  for (; r0 + NV * W <= R; r0 += NV * W) run_gradient<N, NV, W>(U, G, ws, e0, e1, r0);
+  if constexpr (NV > 1) {
+    run_gradient<N, T, NV / 2>(U, G, ws, e0, e1, R, r0);
+  } else {
+    for (; r0 < R; ++r0) run_gradient<N, 1, 1>(U, G, ws, e0, e1, r0);
+  }
+}
+
 // Sum over the observed entries of the squared residual and, when G is not null, the
-// gradient rows: compile-time order N, so that per component r the products stay in registers
-// and the loops over r vectorize. Two passes over r per entry: the value, then every factor's
-// gradient row from prefix and suffix products.
+// gradient (G zeroed by the caller), run by run; the order N is known at compile time, so
+// that the products stay in registers.
 template <int N, class T>
-double entries(const T* const* U, T* const* G, const Workspace<T>& ws, int R, T scale) {
+double entries(const T* const* U, T* const* G, Workspace<T>& ws, int R, T scale) {
   double loss = 0;
-  const std::int64_t n_obs = std::int64_t(ws.obs.size());
-  for (std::int64_t e = 0; e < n_obs; ++e) {
-    const int* d = ws.digits.data() + e * N;
-    const T* u[N];
-    for (int n = 0; n < N; ++n) u[n] = U[n] + std::int64_t(d[n]) * R;
-    T value = 0;
-    IR_SIMD_SUM(value)
-    for (int r = 0; r < R; ++r) {
-      T p = u[N - 1][r];  // u_0 (u_1 (... u_{N-1})), the order of cp_tensor and the oracle
-      for (int n = N - 2; n >= 0; --n) p = u[n][r] * p;
-      value += p;
+  const std::size_t n_runs = ws.runs.size() - 1;
+  for (std::size_t run = 0; run < n_runs; ++run) {
+    const int e0 = ws.runs[run], e1 = ws.runs[run + 1];
+    for (int e = e0; e < e1; ++e) {
+      const std::int64_t* d = ws.rows.data() + std::int64_t(e) * N;
+      const T* u[N];
+      for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
+      const T res = entry_value<N>(u, R) - ws.target[e];
+      loss += double(res) * double(res);
+      ws.gres[e] = scale * res;
     }
-    const T res = value - ws.target[e];
-    loss += double(res) * double(res);
-    if (G == nullptr) continue;
-    const T g = scale * res;
-    T* gr[N];
-    for (int n = 0; n < N; ++n) gr[n] = G[n] + std::int64_t(d[n]) * R;
-#pragma omp simd
-    for (int r = 0; r < R; ++r) {
-      T suf[N + 1];  // suf[n] = u_n (u_{n+1} (... u_{N-1}))
-      suf[N] = T(1);
-      suf[N - 1] = u[N - 1][r];
-      for (int n = N - 2; n >= 1; --n) suf[n] = u[n][r] * suf[n + 1];
-      gr[0][r] += g * suf[1];
-      T pre = u[0][r];  // u_0 ... u_{n-1}
-      for (int n = 1; n < N - 1; ++n) {
-        gr[n][r] += g * (pre * suf[n + 1]);
-        pre *= u[n][r];
-      }
-      gr[N - 1][r] += g * pre;
-    }
+    if (G != nullptr) run_gradient<N>(U, G, ws, e0, e1, R, 0);
   }
   return loss;
 }
 
 // Loss of the current iterate of problem b, and (when grad is not null) its gradient.
 template <class T>
-T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, const Workspace<T>& ws,
+T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, Workspace<T>& ws,
                     T* grad) {
   const int N = shape.order, R = shape.rank;
   const T* U[6];
@@ -109,7 +219,7 @@ T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, con
   }
   if (grad != nullptr) std::fill(grad, grad + off, T(0));
   T* const* Gp = grad != nullptr ? G : nullptr;
-  const std::int64_t n_obs = std::int64_t(ws.obs.size());
+  const std::int64_t n_obs = std::int64_t(ws.target.size());
   const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
   double loss = 0;
   switch (N) {  // orders 2..6 (checked by the callers)
@@ -178,7 +288,9 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
         T v_new = 0;
         if (opt.kind == kGroupRmsprop) {
           double sq = 0;
-          for (std::int64_t i = 0; i < size; ++i) sq += double(ws.grad[i]) * ws.grad[i];
+          const T* g = ws.grad.data();
+          IR_SIMD_SUM(sq)
+          for (std::int64_t i = 0; i < std::int64_t(ws.grad.size()); ++i) sq += double(g[i]) * g[i];
           v_new = opt.beta * opt.v[b] + (T(1) - opt.beta) * T(sq);
           const double bias = 1.0 - std::pow(double(opt.beta), double(opt.t[b] + 1));
           step = rate / (T(std::sqrt(double(v_new) / bias)) + opt.eps);
@@ -193,6 +305,7 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
           T* nx = ws.next.data() + off;
           const T* g = ws.grad.data() + off;
           T bad = 0;
+          IR_SIMD_SUM(bad)
           for (std::int64_t i = 0; i < sz; ++i) {
             nx[i] = u[i] - step * g[i];
             bad += nx[i] - nx[i];  // NaN when any entry is inf or NaN
@@ -227,8 +340,8 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
   for (int n = 0; n < N; ++n) numel *= shape.dims[n];
 #pragma omp parallel
   {
-    std::vector<T> P(std::size_t(N) * R);
     std::vector<int> d(N);
+    std::vector<const T*> u(N);
 #pragma omp for schedule(static)
     for (std::int64_t b = 0; b < shape.batch; ++b) {
       T* o = out + b * numel;
@@ -237,25 +350,31 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
         for (int n = N - 1; n >= 0; --n) {
           d[n] = int(rest % shape.dims[n]);
           rest /= shape.dims[n];
+          u[n] = factors[n] + (b * shape.dims[n] + d[n]) * std::int64_t(R);
         }
-        // product over modes, accumulated in the first mode's order so that the value
-        // equals the one the step computes for an observed entry
-        const T* ulast = factors[N - 1] + (b * shape.dims[N - 1] + d[N - 1]) * std::int64_t(R);
-        T* s = P.data();
-        std::copy(ulast, ulast + R, s);
-        for (int n = N - 2; n >= 1; --n) {
-          const T* u = factors[n] + (b * shape.dims[n] + d[n]) * std::int64_t(R);
-#pragma omp simd
-          for (int r = 0; r < R; ++r) s[r] = u[r] * s[r];
-        }
+        // the step's arithmetic, so that the value equals the one the step computes for an
+        // observed entry
         T value = 0;
-        if (N == 1) {
-          IR_SIMD_SUM(value)
-          for (int r = 0; r < R; ++r) value += s[r];
-        } else {
-          const T* u0 = factors[0] + (b * shape.dims[0] + d[0]) * std::int64_t(R);
-          IR_SIMD_SUM(value)
-          for (int r = 0; r < R; ++r) value += u0[r] * s[r];
+        switch (N) {
+          case 1:
+            IR_SIMD_SUM(value)
+            for (int r = 0; r < R; ++r) value += u[0][r];
+            break;
+          case 2:
+            value = entry_value<2>(u.data(), R);
+            break;
+          case 3:
+            value = entry_value<3>(u.data(), R);
+            break;
+          case 4:
+            value = entry_value<4>(u.data(), R);
+            break;
+          case 5:
+            value = entry_value<5>(u.data(), R);
+            break;
+          default:  // orders up to 6 (checked by the callers)
+            value = entry_value<6>(u.data(), R);
+            break;
         }
         o[e] = value;
       }
