@@ -105,7 +105,8 @@ def test_cpu_matches_numpy_float32(case):
     [12, 2, 2, 2, 2, 3],  # depth 5, narrow
     [1, 9, 1],            # vector problem with a wide hidden layer
     [7, 7, 7, 7],         # square, all widths equal: the compile-time-size kernel
-    [9, 9, 9],            # square but larger than the compile-time sizes
+    [9, 9, 9],            # square but between the compile-time sizes
+    [16, 16, 16, 16],     # square 16 x 16: compile-time size too
     [4, 6],               # depth 1, rectangular
 ])
 @pytest.mark.parametrize("kind", ["completion", "sensing"])
