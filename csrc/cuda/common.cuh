@@ -55,6 +55,33 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 
 inline unsigned grid_for(std::int64_t n, int block) { return unsigned((n + block - 1) / block); }
 
+// The current device's multiprocessors and its per-block shared memory limit (opt-in).
+struct DeviceLimits {
+  int sms = 0, smem_optin = 0;
+};
+inline DeviceLimits device_limits() {
+  int device = 0;
+  DeviceLimits d;
+  IR_CUDA_CHECK(cudaGetDevice(&device));
+  IR_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+  IR_CUDA_CHECK(
+      cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return d;
+}
+
+// Whether `bytes` of dynamic shared memory fit in one block of `kernel` beside its static
+// shared memory; when they do, the kernel is allowed that much. The per-block launchers
+// (dmf_step, cp_step) put a problem's workspace there when this holds, else in global scratch.
+template <class Kernel>
+bool reserve_shared(Kernel kernel, std::int64_t bytes, const DeviceLimits& limits) {
+  cudaFuncAttributes attr{};
+  IR_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  if (bytes + std::int64_t(attr.sharedSizeBytes) > limits.smem_optin) return false;
+  IR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     int(bytes)));
+  return true;
+}
+
 // Device memory of `count` T, stream-ordered, released when the owner goes out of scope.
 template <class T>
 class Scratch {

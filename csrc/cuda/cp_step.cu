@@ -1,18 +1,19 @@
 // CUDA driver of the CP tensor factorization kernels: one problem per block.
 //
 // A call first compacts each problem's observed entries (multi-index packed in 10-bit fields,
-// and target) into global scratch, in ascending entry order as the CPU walks them. Each step
-// then runs in two phases, as cpu::cp_step does per entry:
+// and target) into global scratch, in ascending entry order. Each step then runs in two
+// phases:
 //   1. residuals: each warp takes an entry, its lanes the components r, and sums the product
 //      over modes with a warp reduction; the loss is their mean square (summed in double);
 //   2. gradient: each thread owns components r (r = threadIdx.x, + blockDim.x, ...) and walks
 //      every observed entry in order, adding g * (prefix * suffix) to its own columns of the
 //      gradient rows, so no two threads ever write the same word.
 // The update, its finiteness check and the optimizer state follow cpu::cp_step exactly
-// (freezing, divergence at the last finite iterate); only the order of the value and norm
-// sums differs. The gradient and residuals live in shared memory when they fit, else in a
-// per-block slice of global scratch; the factors stay in global memory (each thread reads its
-// own columns, coalesced across the block, and L1 keeps them).
+// (freezing, divergence at the last finite iterate); only the order in which products and
+// sums are formed differs (the CPU groups entries that share all indices but the last, which
+// a thread per component gains nothing from). The gradient and residuals live in shared memory when
+// they fit, else in a per-block slice of global scratch; the factors stay in global memory (each
+// thread reads its own columns, coalesced across the block, and L1 keeps them).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -132,8 +133,18 @@ __global__ void __launch_bounds__(kScanThreads) compact_kernel(const CpArgs<T> a
   }
 }
 
-// Value of observed entry e over components r = lane, lane + 32, ...: the product in
-// cp_tensor's order, u_0 (u_1 (... u_{N-1})).
+// Component r of an entry whose factor rows are u[0..order-1]: u_0 (u_1 (... u_{N-1})), the
+// one product that both the step and cp_tensor form, so that a tensor's entry is the value
+// the step trains.
+template <class T>
+__device__ __forceinline__ T component(const T* const* u, int order, int r) {
+  T p = u[order - 1][r];
+  for (int n = order - 2; n >= 0; --n) p = u[n][r] * p;
+  return p;
+}
+
+// Value of observed entry e summed over components r = lane, lane + 32, ..., then over the
+// warp.
 template <class T>
 __device__ __forceinline__ T entry_value(const CpArgs<T>& a, std::int64_t b, std::uint64_t packed,
                                          int lane) {
@@ -141,11 +152,7 @@ __device__ __forceinline__ T entry_value(const CpArgs<T>& a, std::int64_t b, std
   for (int n = 0; n < a.order; ++n)
     u[n] = a.U[n] + (b * a.dims[n] + digit(packed, n)) * std::int64_t(a.rank);
   T value = 0;
-  for (int r = lane; r < a.rank; r += 32) {
-    T p = u[a.order - 1][r];
-    for (int n = a.order - 2; n >= 0; --n) p = u[n][r] * p;
-    value += p;
-  }
+  for (int r = lane; r < a.rank; r += 32) value += component(u, a.order, r);
   for (int off = 16; off > 0; off >>= 1) value += __shfl_xor_sync(0xffffffffu, value, off);
   return value;
 }
@@ -172,7 +179,7 @@ __device__ T residuals(const CpArgs<T>& a, std::int64_t b, int n_obs, T* res, do
 }
 
 // This thread's columns of the gradient: for each observed entry in order, g times the
-// product of the other modes' rows, as cpu::cp_step's entries() forms it.
+// product of the other modes' rows (a prefix and a suffix product).
 template <class T>
 __device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T* res, T* G) {
   const int N = a.order, R = a.rank;
@@ -302,22 +309,10 @@ __global__ void cp_tensor_kernel(const CpArgs<T> a, T* out) {
       u[n] = a.U[n] + (b * a.dims[n] + rest % a.dims[n]) * std::int64_t(a.rank);
       rest /= a.dims[n];
     }
-    // cpu::cp_tensor's order: the last mode's row times the others, the first mode last
     T value = 0;
-    for (int r = 0; r < a.rank; ++r) {
-      T s = u[a.order - 1][r];
-      for (int n = a.order - 2; n >= 1; --n) s = u[n][r] * s;
-      value += a.order == 1 ? s : u[0][r] * s;
-    }
+    for (int r = 0; r < a.rank; ++r) value += component(u, a.order, r);
     out[k] = value;
   }
-}
-
-int multiprocessors() {
-  int device = 0, sms = 0;
-  IR_CUDA_CHECK(cudaGetDevice(&device));
-  IR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
 }
 
 }  // namespace
@@ -340,8 +335,9 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
   a.status = status;
   a.frozen_at = frozen_at;
   a.loss_out = loss_out;
-  const int sms = multiprocessors();
-  const unsigned scan_grid = unsigned(std::min<std::int64_t>(a.batch, std::int64_t(32) * sms));
+  const DeviceLimits limits = device_limits();
+  const unsigned scan_grid =
+      unsigned(std::min<std::int64_t>(a.batch, std::int64_t(32) * limits.sms));
 
   // The observed entries: counted, the largest count read back to size the scratch, then
   // compacted (once per call; the step loop then never touches the masks).
@@ -363,22 +359,15 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
 
   // Threads: a warp per 32 components, at most kMaxThreads (more components loop).
   const int threads = int(std::min<std::int64_t>(kMaxThreads, (a.rank + 31) / 32 * 32));
-  int device = 0, optin = 0;
-  IR_CUDA_CHECK(cudaGetDevice(&device));
-  IR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cudaFuncAttributes attr{};
-  IR_CUDA_CHECK(cudaFuncGetAttributes(&attr, cp_step_kernel<T>));
   const std::int64_t per_block = a.size + a.obs_stride;
   const std::int64_t bytes = per_block * std::int64_t(sizeof(T));
-  if (bytes + std::int64_t(attr.sharedSizeBytes) <= optin) {
-    IR_CUDA_CHECK(cudaFuncSetAttribute(cp_step_kernel<T>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (reserve_shared(cp_step_kernel<T>, bytes, limits)) {
     const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
     launch(cp_step_kernel<T>, grid, unsigned(threads), std::size_t(bytes), stream, a,
            static_cast<T*>(nullptr));
     IR_CUDA_LAUNCHED("cp_step (shared memory)");
   } else {
-    const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * sms);
+    const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * limits.sms);
     Scratch<T> ws(grid * per_block, stream);
     launch(cp_step_kernel<T>, unsigned(grid), unsigned(threads), 0, stream, a, ws.get());
     IR_CUDA_LAUNCHED("cp_step (global memory)");
@@ -391,7 +380,7 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out, void* stre
   CpArgs<T> a = make_args(factors, shape, "cuda cp_tensor");
   constexpr int kBlock = 256;
   const std::int64_t blocks = std::min<std::int64_t>(grid_for(a.batch * a.numel, kBlock),
-                                                     std::int64_t(64) * multiprocessors());
+                                                     std::int64_t(64) * device_limits().sms);
   launch(cp_tensor_kernel<T>, unsigned(std::max<std::int64_t>(blocks, 1)), kBlock, 0,
          as_stream(stream_handle), a, out);
   IR_CUDA_LAUNCHED("cp_tensor");

@@ -430,22 +430,15 @@ __global__ void dmf_loss_block(const StepArgs<T> a, const BlockLayout l, T* glob
 template <class T, class Kernel>
 void launch_block(Kernel kernel, const StepArgs<T>& a, cudaStream_t stream) {
   BlockLayout l = block_layout(a.dims, a.depth, a.pb.sensing ? a.pb.K : 0);
-  int device = 0, optin = 0, sms = 0;
-  IR_CUDA_CHECK(cudaGetDevice(&device));
-  IR_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  IR_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  cudaFuncAttributes attr{};
-  IR_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const DeviceLimits limits = device_limits();
   const std::int64_t bytes = l.size * std::int64_t(sizeof(T));
-  if (bytes + std::int64_t(attr.sharedSizeBytes) <= optin) {
-    IR_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (reserve_shared(kernel, bytes, limits)) {
     const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
     launch(kernel, grid, l.threads, std::size_t(bytes), stream, a, l, static_cast<T*>(nullptr));
     IR_CUDA_LAUNCHED("dmf_step (block, shared memory)");
     return;
   }
-  const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * sms);
+  const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * limits.sms);
   Scratch<T> ws(grid * l.size, stream);
   l.tiled = true;
   l.threads = kTile * kTile;
