@@ -103,22 +103,22 @@ def available_memory() -> int | None:
 def batch_memory(per_problem: int, batch: int, name: str, what: str, fixed: int = 0,
                  device: bool = False) -> None:
     """Refuse, before anything is allocated, a batch whose arrays (about per_problem bytes per
-    problem, plus `fixed`) would not fit in the memory available (the device's free memory
-    with device=True), naming the largest batch that would. Overcommitting kernels let such
-    an allocation succeed and kill the process when its pages are touched, so this is the
+    problem, plus `fixed`) would not fit in the memory available, and with device=True in the
+    device's free memory too, naming the largest batch that would. Overcommitting kernels let
+    such an allocation succeed and kill the process when its pages are touched, so this is the
     only place the error can be clear."""
     need = per_problem * batch + fixed
     if need <= 1 << 26:  # small enough never to matter: no need to ask the system
         return
+    places = [(available_memory(), "of memory available here")]
     if device:
         from ._backend import device_memory
 
-        have, where = device_memory(), "free on the device"
-    else:
-        have, where = available_memory(), "of memory available here"
-    if have is None or need <= have:
-        return
-    fits = max(0, (have - fixed) // max(1, per_problem))
-    raise ValueError(f"{name}: {what} of {batch} problems needs about {need / 2**30:.3g} GiB, "
-                     f"more than the {have / 2**30:.3g} GiB {where}; the largest batch that "
-                     f"fits is {fits} problems")
+        places.append((device_memory(), "free on the device"))
+    for have, where in places:
+        if have is None or need <= have:
+            continue
+        fits = max(0, (have - fixed) // max(1, per_problem))
+        raise ValueError(f"{name}: {what} of {batch} problems needs about "
+                         f"{need / 2**30:.3g} GiB, more than the {have / 2**30:.3g} GiB "
+                         f"{where}; the largest batch that fits is {fits} problems")

@@ -169,9 +169,8 @@ class DeepFactorization(_Trained):
             raise ValueError(f"factors[{len(arrays) - 1}]: expected {m} rows (the problem is "
                              f"{m} x {n}), got shape {arrays[-1].shape}")
         size = sum(a.shape[-1] * a.shape[-2] for a in arrays)
-        for device in {False, backend == "cuda"}:
-            batch_memory(size * dtype.itemsize + _STATE_BYTES, B, "factors",
-                         "the model's factors", device=device)
+        batch_memory(size * dtype.itemsize + _STATE_BYTES, B, "factors",
+                     "the model's factors", device=backend == "cuda")
         self.problem = problem
         self.backend = backend
         xp = array_module(backend)
@@ -490,9 +489,9 @@ class CPFactorization(_Trained):
         if not 1 <= R <= 1024:
             raise ValueError(f"factors: expected 1 to 1024 components R, got {R}")
         # the factors, the optimizer state (v, t) and the last losses
-        for device in {False, backend == "cuda"}:
-            batch_memory(sum(problem.dims) * R * dtype.itemsize + _STATE_BYTES + 8 + 8
-                         + dtype.itemsize, B, "factors", "the model's factors", device=device)
+        batch_memory(sum(problem.dims) * R * dtype.itemsize + _STATE_BYTES + 8 + 8
+                     + dtype.itemsize, B, "factors", "the model's factors",
+                     device=backend == "cuda")
         self.problem = problem
         self.backend = backend
         xp = array_module(backend)
