@@ -77,8 +77,8 @@ bool reserve_shared(Kernel kernel, std::int64_t bytes, const DeviceLimits& limit
   cudaFuncAttributes attr{};
   IR_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
   if (bytes + std::int64_t(attr.sharedSizeBytes) > limits.smem_optin) return false;
-  IR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     int(bytes)));
+  IR_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   return true;
 }
 
