@@ -26,11 +26,16 @@ def machine() -> dict[str, object]:
             "processor": platform.processor(), "cpus": os.cpu_count()}
 
 
-def write_json(path: str | None, report: dict) -> None:
+def write_json(path: str | None, report: dict, quiet: bool = False) -> None:
+    """Write report to path (nothing when None), whole or not at all: a reader never sees a
+    half-written file, even when the writer is killed mid-write."""
     if path:
-        with open(path, "w") as fh:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
             json.dump(report, fh, indent=2)
-        print(f"wrote {path}")
+        os.replace(tmp, path)
+        if not quiet:
+            print(f"wrote {path}")
 
 
 def ratio_text(v) -> str:

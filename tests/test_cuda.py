@@ -128,25 +128,52 @@ def _problem(case: dict, batch: int, seed: int = 0):
     return ir.completion(targets, masks)
 
 
-def _pair(case: dict, dtype: str, scale=0.5, batch=None):
-    """The same start on cpu and on cuda."""
+def _pair(case: dict, dtype: str, scale=0.5, batch=None, backend="cuda"):
+    """The same start on cpu and on cuda (or backend)."""
     batch = batch or case.get("batch", 9)
     p = _problem(case, batch)
     cpu = ir.DeepFactorization.init(p, depth=case["depth"], widths=case.get("widths"),
                                     scale=scale, seed=1, dtype=dtype)
-    gpu = ir.DeepFactorization(p, cpu.factors, backend="cuda")
-    return cpu, gpu
+    return cpu, ir.DeepFactorization(p, cpu.factors, backend=backend, dtype=dtype)
+
+
+STEP_TOL = 1e-7  # the agreement test's convergence tolerance
+
+
+def assert_same_freezing(got, want, dtype: str, tol: float = STEP_TOL) -> None:
+    """got and want froze the same problems, with the same status, at the same step.
+
+    The one exception, in float32 only: a problem that converged may freeze one step apart
+    when its loss at that step lies within rounding of tol (within 5%). Near tol the residuals
+    are differences of nearly equal float32 numbers, so the loss carries a relative error
+    (~1e-3) larger than one step's change; float64 has no such exception."""
+    got_status, want_status = np.asarray(got.status), np.asarray(want.status)
+    assert got_status.tolist() == want_status.tolist()
+    got_at, want_at = np.asarray(got.frozen_at), np.asarray(want.frozen_at)
+    apart = np.flatnonzero(got_at != want_at)
+    if dtype != "float32" or apart.size == 0:
+        np.testing.assert_array_equal(got_at, want_at)
+        return
+    loss = _backend.to_host(want.loss()).astype(np.float64)
+    for j in apart:
+        assert want_status[j] == "converged" and abs(int(got_at[j]) - int(want_at[j])) == 1, \
+            f"problem {j}: {got_status[j]} at {got_at[j]}, want {want_status[j]} at {want_at[j]}"
+        assert abs(loss[j] - tol) <= 0.05 * tol, f"problem {j}: loss {loss[j]:.3e} vs tol {tol}"
+
+
+def _dmf_lr(case: dict, batch: int) -> np.ndarray:
+    return np.geomspace(*case.get("lr", (2e-3, 2e-2)), batch)  # stable GD
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_step_matches_cpu_over_1000_steps(dev, case, dtype):
     cpu, gpu = _pair(CASES[case], dtype, batch=3 if dev.name == "emulated" else None)
-    lr = np.geomspace(*CASES[case].get("lr", (2e-3, 2e-2)), cpu.batch)  # stable GD
-    cpu.step(lr, STEPS[dev.name], tol=1e-7)
-    gpu.step(lr, STEPS[dev.name], tol=1e-7)
+    lr = _dmf_lr(CASES[case], cpu.batch)
+    cpu.step(lr, STEPS[dev.name], tol=STEP_TOL)
+    gpu.step(lr, STEPS[dev.name], tol=STEP_TOL)
     assert all(isinstance(W, dev.xp.ndarray) for W in gpu.factors)  # the state stays there
     dev.check(gpu.factors, cpu.factors, dtype)
-    assert (gpu.status == cpu.status).all() and (gpu.frozen_at == cpu.frozen_at).all()
+    assert_same_freezing(gpu, cpu, dtype)
 
 
 def test_divergence_and_tolerance_freeze_like_cpu(dev):
@@ -299,22 +326,34 @@ CP_CASES = {
     "o3-d16-R1024-global": ((16, 16, 16), 1024, "gd", 0.004),
 }
 CP_STEPS = {"simulated": 1000, "emulated": 6, "cuda": 1000}
+# group_rmsprop runs stop at 600 steps: past ~800 the RMSprop scale has decayed near zero loss,
+# the step grows and the runs turn chaotic (two summation orders part by 1e-4 by step 1000).
+# test_cp_long_rmsprop_run_parts_no_more_than_the_oracle_does checks such a long run.
+CP_RMS_STEPS = 600
 
 
-def _cp_pair(dims, R, dtype, density, batch, scale=0.5, seed=0):
+def _cp_steps(device: str, case: str) -> int:
+    if case.endswith("global"):
+        return min(CP_STEPS[device], 2)
+    if CP_CASES[case][2] == "group_rmsprop":
+        return min(CP_STEPS[device], CP_RMS_STEPS)
+    return CP_STEPS[device]
+
+
+def _cp_pair(dims, R, dtype, density, batch, scale=0.5, seed=0, backend="cuda"):
     rng = np.random.default_rng(seed)
     targets = rng.standard_normal((batch,) + dims) / np.sqrt(R)
     masks = rng.random((batch,) + dims) < density
     masks.reshape(batch, -1)[:, 0] = True  # every problem observes something
     q = ir.tensor_completion(targets, masks)
     cpu = ir.CPFactorization.init(q, rank=R, scale=scale, seed=1, dtype=dtype)
-    return cpu, ir.CPFactorization(q, cpu.factors, backend="cuda")
+    return cpu, ir.CPFactorization(q, cpu.factors, backend=backend, dtype=dtype)
 
 
 @pytest.mark.parametrize("case", list(CP_CASES), ids=list(CP_CASES))
 def test_cp_step_matches_cpu(dev, case, dtype):
     dims, R, optimizer, density = CP_CASES[case]
-    steps = CP_STEPS[dev.name] if not case.endswith("global") else min(CP_STEPS[dev.name], 2)
+    steps = _cp_steps(dev.name, case)
     cpu, gpu = _cp_pair(dims, R, dtype, density, batch=2 if dev.name == "emulated" else 6)
     lr = np.geomspace(1e-3, 1e-2, cpu.batch)
     for f in (cpu, gpu):
@@ -322,8 +361,30 @@ def test_cp_step_matches_cpu(dev, case, dtype):
     assert all(isinstance(U, dev.xp.ndarray) for U in gpu.factors)  # the state stays there
     dev.check(gpu.factors, cpu.factors, dtype)
     dev.check([gpu._step_loss, gpu._v], [cpu._step_loss, cpu._v], dtype)
-    assert (gpu.status == cpu.status).all() and (gpu.frozen_at == cpu.frozen_at).all()
+    assert_same_freezing(gpu, cpu, dtype)
     assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
+
+
+def test_cp_long_rmsprop_run_parts_no_more_than_the_oracle_does(dev):
+    """1000 group_rmsprop steps, into the chaotic stretch: the device may part from the cpu
+    backend by as much as the numpy oracle does (another summation order, measured here),
+    times 10, and no more."""
+    if dev.name == "emulated":
+        pytest.skip("the emulated kernels run 1000 steps of this case too slowly")
+    dims, R, optimizer, density = CP_CASES["o5-R16-rms"]
+    cpu, gpu = _cp_pair(dims, R, "float64", density, batch=6)
+    oracle = ir.CPFactorization(cpu.problem, cpu.factors, backend="numpy")
+    lr = np.geomspace(1e-3, 1e-2, cpu.batch)
+    for f in (cpu, gpu, oracle):
+        f.step(lr, 1000, optimizer=optimizer)
+    parted = max_rel_diff(oracle.factors, cpu.factors)
+    assert parted > RTOL["float64"]  # still chaotic by then: else this test checks nothing new
+    if dev.name == "simulated":
+        dev.check(gpu.factors, cpu.factors)
+    else:
+        got = max_rel_diff([_backend.to_host(U) for U in gpu.factors], cpu.factors)
+        assert got <= 10 * parted, f"device parts by {got:.1e}, the oracle by {parted:.1e}"
+    assert_same_freezing(gpu, cpu, "float64")
 
 
 def test_cp_divergence_and_tolerance_freeze_like_cpu(dev):
@@ -388,6 +449,31 @@ def test_tensor_completion_sweep_on_cuda_matches_cpu(dev, tmp_path):
     for name in ("steps", "loss", "recon_error"):
         dev.check([on_gpu.columns[name]], [on_cpu.columns[name]])
     assert on_gpu.columns["tensor_rank"].tolist() == on_cpu.columns["tensor_rank"].tolist()
+
+
+# ---- the device cases are well posed ----------------------------------------------------------
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_dmf_device_cases_are_well_posed(case, dtype):
+    """The numpy oracle against the cpu backend, at the device's step count and tolerances:
+    two summation orders that part by more than the device tolerance fail here, not on a GPU."""
+    cpu, oracle = _pair(CASES[case], dtype, backend="numpy")
+    lr = _dmf_lr(CASES[case], cpu.batch)
+    for f in (cpu, oracle):
+        f.step(lr, STEPS["cuda"], tol=STEP_TOL)
+    assert max_rel_diff(oracle.factors, cpu.factors) <= RTOL[dtype]
+    assert_same_freezing(oracle, cpu, dtype)
+
+
+@pytest.mark.parametrize("case", list(CP_CASES), ids=list(CP_CASES))
+def test_cp_device_cases_are_well_posed(case, dtype):
+    dims, R, optimizer, density = CP_CASES[case]
+    cpu, oracle = _cp_pair(dims, R, dtype, density, batch=6, backend="numpy")
+    lr = np.geomspace(1e-3, 1e-2, cpu.batch)
+    for f in (cpu, oracle):
+        f.step(lr, _cp_steps("cuda", case), optimizer=optimizer)
+    assert max_rel_diff(oracle.factors, cpu.factors) <= RTOL[dtype]
+    assert_same_freezing(oracle, cpu, dtype)
 
 
 # ---- batches sized to the device's memory ---------------------------------------------------
