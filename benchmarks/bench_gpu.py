@@ -2,7 +2,7 @@
 one run: the fused DMF step, the CP step and batched singular values.
 
     python benchmarks/bench_gpu.py [--device cuda|cpu] [--quick] [--repeats N] [--budget S]
-                                   [--no-compile] [--json out.json]
+                                   [--no-compile] [--only dmf|cp|svdvals ...] [--json out.json]
 
 --device cuda (default) runs implicitreg's `cuda` backend, torch on "cuda", jax on its GPU and
 CuPy; it exits with code 2 at once when implicitreg's cuda backend is not usable here.
@@ -113,6 +113,7 @@ CP_CASES = {"cuda": [(3, 8, 64, 4096, 200, 100_000), (4, 8, 512, 4096, 2000, 100
 SVD_CASES = {"cuda": [(2, 2**20), (8, 2**16), (32, 2**14)],
              "cpu": [(2, 1024), (8, 1024), (32, 1024)]}
 DTYPES = ("float32", "float64")
+SECTIONS = ("dmf", "cp", "svdvals")
 
 
 def flops_per_step(d: int, depth: int = DEPTH) -> int:
@@ -670,9 +671,12 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
                                        "errors": errors, **done}, quiet=True)
         return rows
 
+    def cases(section, table):
+        return table[dev.kind] if section in args.only else []
+
     clock.share = DMF_SHARE
     dmf_rows = run_cases(
-        DMF_CASES[dev.kind],
+        cases("dmf", DMF_CASES),
         lambda case, dtype: dmf_case(dev, peers, clock, case, dtype, target_s, repeats),
         lambda case: f"DMF {case[0]}", "dmf")
     print_table("DMF step (problem-steps/s)", dmf_rows,
@@ -680,14 +684,14 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
                 extra="ir Gflop/s")
     clock.share = CP_SHARE
     cp_rows = run_cases(
-        CP_CASES[dev.kind],
+        cases("cp", CP_CASES),
         lambda case, dtype: cp_case(dev, peers, clock, case, dtype, target_s, repeats),
         lambda case: f"CP order {case[0]}", "cp")
     print_table(f"CP step, {CP_OPTIMIZER} (problem-steps/s)", cp_rows,
                 ["implicitreg", "torch", "jax"], extra="ir Gflop/s")
     clock.share = 1.0
     svd_rows = run_cases(
-        SVD_CASES[dev.kind],
+        cases("svdvals", SVD_CASES),
         lambda case, dtype: svd_case(dev, peers, clock, case[0], case[1], dtype, target_s,
                                      repeats),
         lambda case: f"svdvals {case[0]}x{case[0]}", "svdvals")
@@ -745,6 +749,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float,
                     help="seconds after which peers are skipped (140; 60 quick)")
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile side")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="these sections only (default: all)")
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
     args.repeats = max(1, args.repeats or (3 if args.quick else 5))

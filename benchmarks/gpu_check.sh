@@ -233,7 +233,8 @@ main() {
   s="$(limit tests)"
   local -a pytest_args=(-m gpu -q -p no:cacheprovider --junitxml "$out/gpu_check_tests.xml")
   if ((QUICK)) && "$PY" -c "import xdist" 2>/dev/null; then
-    pytest_args+=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
+    # pytest-benchmark warns (an error under this suite's filterwarnings) beside xdist
+    pytest_args+=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))" -p no:benchmark)
   fi
   say "5/8 gpu tests: $PY -m pytest ${pytest_args[*]} tests (limit ${s}s)"
   if ((s == 0)); then

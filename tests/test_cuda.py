@@ -324,6 +324,9 @@ CP_CASES = {
     "o5-R16-rms": ((2, 3, 2, 2, 3), 16, "group_rmsprop", 0.5),
     "o6-R300-rms": ((2, 2, 2, 2, 2, 2), 300, "group_rmsprop", 0.2),
     "o3-d16-R1024-global": ((16, 16, 16), 1024, "gd", 0.004),
+    # tensors too large for the dense path (one unfolding per block): the observed entries
+    "o4-sparse-gd": ((16, 16, 16, 2), 8, "gd", 0.02),
+    "o4-sparse-rms": ((16, 16, 4, 8), 6, "group_rmsprop", 0.02),
 }
 CP_STEPS = {"simulated": 1000, "emulated": 6, "cuda": 1000}
 # group_rmsprop runs stop at 600 steps: past ~800 the RMSprop scale has decayed near zero loss,

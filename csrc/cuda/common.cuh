@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -57,7 +58,7 @@ inline unsigned grid_for(std::int64_t n, int block) { return unsigned((n + block
 
 // The current device's multiprocessors and its per-block shared memory limit (opt-in).
 struct DeviceLimits {
-  int sms = 0, smem_optin = 0;
+  int sms = 0, smem_optin = 0, smem_per_sm = 0;
 };
 inline DeviceLimits device_limits() {
   int device = 0;
@@ -66,7 +67,18 @@ inline DeviceLimits device_limits() {
   IR_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
   IR_CUDA_CHECK(
       cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  IR_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm,
+                                       cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
   return d;
+}
+
+// Blocks of `threads` threads and `smem` bytes of dynamic shared memory that one
+// multiprocessor holds at once (each block also takes about 1 KiB for the system): the grid
+// of a grid-stride kernel that keeps every multiprocessor full, and no larger.
+inline std::int64_t resident_blocks(const DeviceLimits& limits, std::int64_t smem, int threads) {
+  const std::int64_t by_smem = limits.smem_per_sm / (smem + 1024);
+  const std::int64_t by_threads = 2048 / threads;
+  return std::max<std::int64_t>(1, std::min(by_smem, by_threads));
 }
 
 // Whether `bytes` of dynamic shared memory fit in one block of `kernel` beside its static

@@ -220,6 +220,80 @@ __device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T*
   }
 }
 
+// Whether problem b stops at update `it` of the call, with the loss of its current iterate:
+// a loss below tol freezes it as converged, a non-finite one as diverged, and the call's last
+// update stops it running. Every thread saw the same loss: the answer is uniform over the
+// block.
+template <class T>
+__device__ __forceinline__ bool stops(const CpArgs<T>& a, std::int64_t b, std::int64_t it, T loss) {
+  if (threadIdx.x == 0) a.loss_out[b] = loss;
+  if (!isfinite(loss) || loss < a.tol) {
+    if (threadIdx.x == 0) {
+      a.status[b] = isfinite(loss) ? kConverged : kDiverged;
+      a.frozen_at[b] = a.step0 + it;
+    }
+    return true;
+  }
+  return it == a.steps;
+}
+
+// One update of problem b from its gradient G (the factors' layout, `size` entries), with the
+// optimizer: committed only if every entry of the next iterate, and the optimizer state, is
+// finite; else the problem freezes as diverged at its last finite iterate (returns false).
+// Every thread of the block calls it; it ends with the factors written.
+template <class T>
+__device__ __forceinline__ bool update(const CpArgs<T>& a, std::int64_t b, std::int64_t it, T rate,
+                                       const T* G,
+                   double* red) {
+  T step = rate, v_new = 0;
+  if (a.opt.kind == kGroupRmsprop) {
+    double sq = 0;
+    for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+      for (std::int64_t i = r; i < a.size; i += a.rank) sq += double(G[i]) * double(G[i]);
+    sq = block_sum(sq, red);
+    v_new = a.opt.beta * a.opt.v[b] + (T(1) - a.opt.beta) * T(sq);
+    const double bias = 1.0 - pow(double(a.opt.beta), double(a.opt.t[b] + 1));
+    step = rate / (T(sqrt(double(v_new) / bias)) + a.opt.eps);
+  }
+  // The next iterate, committed only if every entry (and the optimizer state) is finite.
+  // (each thread checks, then writes, its own columns of every factor)
+  double bad = 0;
+  std::int64_t goff = 0;
+  for (int n = 0; n < a.order; ++n) {
+    const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
+    const T* u = a.U[n] + b * rows;
+    for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+      for (std::int64_t i = r; i < rows; i += a.rank) {
+        const T nx = u[i] - step * G[goff + i];
+        bad += double(nx - nx);  // NaN when any entry is inf or NaN
+      }
+    goff += rows;
+  }
+  const double bad_sum = block_sum(bad, red);  // every thread calls it
+  const bool finite = isfinite(step) && isfinite(v_new) && bad_sum == 0.0;
+  if (!finite) {
+    if (threadIdx.x == 0) {
+      a.status[b] = kDiverged;
+      a.frozen_at[b] = a.step0 + it;
+    }
+    return false;
+  }
+  goff = 0;
+  for (int n = 0; n < a.order; ++n) {
+    const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
+    T* u = a.U[n] + b * rows;
+    for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+      for (std::int64_t i = r; i < rows; i += a.rank) u[i] = u[i] - step * G[goff + i];
+    goff += rows;
+  }
+  if (a.opt.kind == kGroupRmsprop && threadIdx.x == 0) {
+    a.opt.v[b] = v_new;
+    a.opt.t[b] += 1;
+  }
+  __syncthreads();  // the factors and state are written before the next residuals
+  return true;
+}
+
 // Every step of the call for the problems of this block (grid-stride). G holds a problem's
 // gradient (size entries) and res its residuals (obs_stride entries): in shared memory when
 // ws is null, else in this block's slice of ws.
@@ -235,65 +309,214 @@ __global__ void __launch_bounds__(kMaxThreads) cp_step_kernel(const CpArgs<T> a,
     const T rate = a.lr[b * a.lr_stride];
     for (std::int64_t it = 0;; ++it) {
       const T loss = residuals(a, b, n_obs, res, red);
-      if (threadIdx.x == 0) a.loss_out[b] = loss;
-      // every thread saw the same loss: the decisions below are uniform over the block
-      if (!isfinite(loss) || loss < a.tol) {
-        if (threadIdx.x == 0) {
-          a.status[b] = isfinite(loss) ? kConverged : kDiverged;
-          a.frozen_at[b] = a.step0 + it;
-        }
-        break;
-      }
-      if (it == a.steps) break;
+      if (stops(a, b, it, loss)) break;
       gradient(a, b, n_obs, res, G);
-      T step = rate, v_new = 0;
-      if (a.opt.kind == kGroupRmsprop) {
-        double sq = 0;
-        for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
-          for (std::int64_t i = r; i < a.size; i += a.rank) sq += double(G[i]) * double(G[i]);
-        sq = block_sum(sq, red);
-        v_new = a.opt.beta * a.opt.v[b] + (T(1) - a.opt.beta) * T(sq);
-        const double bias = 1.0 - pow(double(a.opt.beta), double(a.opt.t[b] + 1));
-        step = rate / (T(sqrt(double(v_new) / bias)) + a.opt.eps);
-      }
-      // The next iterate, committed only if every entry (and the optimizer state) is finite.
-      // (each thread checks, then writes, its own columns of every factor)
-      double bad = 0;
-      std::int64_t goff = 0;
-      for (int n = 0; n < a.order; ++n) {
-        const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
-        const T* u = a.U[n] + b * rows;
-        for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
-          for (std::int64_t i = r; i < rows; i += a.rank) {
-            const T nx = u[i] - step * G[goff + i];
-            bad += double(nx - nx);  // NaN when any entry is inf or NaN
-          }
-        goff += rows;
-      }
-      const double bad_sum = block_sum(bad, red);  // every thread calls it
-      const bool finite = isfinite(step) && isfinite(v_new) && bad_sum == 0.0;
-      if (!finite) {
-        if (threadIdx.x == 0) {
-          a.status[b] = kDiverged;
-          a.frozen_at[b] = a.step0 + it;
-        }
-        break;
-      }
-      goff = 0;
-      for (int n = 0; n < a.order; ++n) {
-        const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
-        T* u = a.U[n] + b * rows;
-        for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
-          for (std::int64_t i = r; i < rows; i += a.rank) u[i] = u[i] - step * G[goff + i];
-        goff += rows;
-      }
-      if (a.opt.kind == kGroupRmsprop && threadIdx.x == 0) {
-        a.opt.v[b] = v_new;
-        a.opt.t[b] += 1;
-      }
-      __syncthreads();  // the factors and state are written before the next residuals
+      if (!update(a, b, it, rate, G, red)) break;
     }
     __syncthreads();  // G and res are reused by the block's next problem
+  }
+}
+
+// ---- the dense path: small tensors as products of two unfoldings --------------------------
+//
+// When a problem's whole tensor fits a block, a step is three small matrix products instead of
+// a walk over the observed entries. The modes split into those that index rows, [0, split),
+// and those that index columns, so that the tensor is W = Pl Pr^T, with Pl (rows x R) the
+// Khatri-Rao product of the row modes' factors and Pr (cols x R) that of the column modes'.
+// Per step, over chunks of kChunk components:
+//   1. W += Pl_c Pr_c^T, each thread one 4x4 tile of W in registers; then the masked residual
+//      E = mask * (W - target) in shared memory and the loss;
+//   2. GL = E Pr_c and GR = E^T Pl_c (4x4 tiles again), from which each factor's gradient
+//      is summed over the rows (or columns) that share its index.
+// The update is the sparse path's. Every operand lives in shared memory; the gradient (the
+// factors' layout) in this block's slice of global scratch.
+constexpr int kDenseThreads = 256;  // at most one 4x4 tile of W per thread
+constexpr int kChunk = 32;          // components per chunk
+constexpr int kLd = kChunk + 1;     // row stride of the chunk buffers: no bank conflicts
+
+struct DenseLayout {
+  int split = 0, rows = 0, cols = 0, rows_p = 0, cols_p = 0, ld_e = 0;
+  int threads = 0;  // one per tile of W, at least two warps
+  // offsets (in elements) of Pl, Pr, E, GL and GR in dynamic shared memory; total 0: no dense
+  // path for this shape
+  std::int64_t pl = 0, pr = 0, e = 0, gl = 0, gr = 0, total = 0;
+};
+
+inline DenseLayout dense_layout(int order, const int* dims) {
+  DenseLayout best;
+  for (int split = 1; split < order; ++split) {
+    DenseLayout l;
+    l.split = split;
+    l.rows = l.cols = 1;
+    for (int n = 0; n < order; ++n) (n < split ? l.rows : l.cols) *= dims[n];
+    l.rows_p = (l.rows + 3) / 4 * 4;
+    l.cols_p = (l.cols + 3) / 4 * 4;
+    const int tiles = (l.rows_p / 4) * (l.cols_p / 4);
+    if (tiles > kDenseThreads) continue;
+    l.threads = std::max(64, (tiles + 31) / 32 * 32);
+    l.ld_e = l.cols_p + 1;
+    l.pl = 0;
+    l.pr = l.pl + std::int64_t(l.rows_p) * kLd;
+    l.e = l.pr + std::int64_t(l.cols_p) * kLd;
+    l.gl = l.e + std::int64_t(l.rows_p) * l.ld_e;
+    l.gr = l.gl + std::int64_t(l.rows_p) * kLd;
+    l.total = l.gr + std::int64_t(l.cols_p) * kLd;
+    if (best.total == 0 || l.total < best.total) best = l;
+  }
+  return best;
+}
+
+// Components in the chunk that starts at c0.
+__device__ __forceinline__ int chunk_size(int R, int c0) {
+  return R - c0 < kChunk ? R - c0 : kChunk;
+}
+
+// acc(p, q) += sum over k < K of A(i0 + p, k) B(k, j0 + q), p, q < 4, with A(i, k) at
+// A[i * sai + k * sak] and B(k, j) at B[k * sbk + j * sbj].
+template <class T>
+__device__ __forceinline__ void tile_product(T (&acc)[4][4], const T* A, int sai, int sak,
+                                             const T* B, int sbk, int sbj, int i0, int j0,
+                                             int K) {
+  for (int k = 0; k < K; ++k) {
+    T x[4], y[4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) x[p] = A[(i0 + p) * sai + k * sak];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) y[q] = B[k * sbk + (j0 + q) * sbj];
+#pragma unroll
+    for (int p = 0; p < 4; ++p)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[p][q] += x[p] * y[q];
+  }
+}
+
+// The chunk's Khatri-Rao rows: Pl[row][c] = prod over the row modes n of U_n[digit_n(row)]
+// [c0 + c], Pr[col][c] likewise over the column modes; zero for c >= rc.
+template <class T>
+__device__ __forceinline__ void chunk_products(const CpArgs<T>& a, const DenseLayout& l, std::int64_t b, int c0,
+                               int rc, T* Pl, T* Pr) {
+  const int total = (l.rows + l.cols) * kChunk;
+  for (int k = threadIdx.x; k < total; k += blockDim.x) {
+    const int c = k % kChunk;
+    int idx = k / kChunk;
+    const bool left = idx < l.rows;
+    T* out = left ? Pl + idx * kLd : Pr + (idx - l.rows) * kLd;
+    if (!left) idx -= l.rows;
+    T p = T(0);
+    if (c < rc) {
+      p = T(1);
+      for (int n = left ? l.split - 1 : a.order - 1; n >= (left ? 0 : l.split); --n) {
+        const int d = idx % a.dims[n];
+        idx /= a.dims[n];
+        p *= a.U[n][(b * a.dims[n] + d) * std::int64_t(a.rank) + c0 + c];
+      }
+    }
+    out[c] = p;
+  }
+}
+
+template <class T>
+__global__ void cp_dense_kernel(const CpArgs<T> a,
+                                                                  const DenseLayout l, T* ws) {
+  __shared__ double red[32];
+  T* sm = reinterpret_cast<T*>(dynamic_smem());
+  T *Pl = sm + l.pl, *Pr = sm + l.pr, *E = sm + l.e, *GL = sm + l.gl, *GR = sm + l.gr;
+  T* G = ws + blockIdx.x * a.size;
+  const int R = a.rank, tiles_c = l.cols_p / 4;
+  const bool owner = int(threadIdx.x) < (l.rows_p / 4) * tiles_c;  // owns a tile of W
+  const int i0 = owner ? int(threadIdx.x) / tiles_c * 4 : 0;
+  const int j0 = owner ? int(threadIdx.x) % tiles_c * 4 : 0;
+  const int gl_tiles = (l.rows_p / 4) * (kChunk / 4), gr_tiles = (l.cols_p / 4) * (kChunk / 4);
+  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
+    if (a.status[b] != kRunning) continue;  // frozen: nothing to do, loss_out left as it is
+    const int n_obs = a.count[b];
+    const T rate = a.lr[b * a.lr_stride];
+    const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+    const std::uint8_t* mask = a.pb.mask + b * a.pb.mask_stride;
+    const T* target = a.pb.target + b * a.pb.target_stride;
+    for (std::int64_t it = 0;; ++it) {
+      // 1. W = Pl Pr^T, then E and the loss
+      T acc[4][4] = {};
+      for (int c0 = 0; c0 < R; c0 += kChunk) {
+        chunk_products(a, l, b, c0, chunk_size(R, c0), Pl, Pr);
+        __syncthreads();
+        if (owner) tile_product(acc, Pl, kLd, 1, Pr, 1, kLd, i0, j0, chunk_size(R, c0));
+        __syncthreads();  // Pl and Pr are rewritten by the next chunk
+      }
+      double sq = 0;
+      if (owner)
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int row = i0 + p, col = j0 + q;
+            if (row >= l.rows || col >= l.cols) continue;
+            const std::int64_t e = std::int64_t(row) * l.cols + col;
+            const T r = mask[e] != 0 ? acc[p][q] - target[e] : T(0);
+            E[row * l.ld_e + col] = r;
+            sq += double(r) * double(r);
+          }
+      const double total = block_sum(sq, red);  // also orders E before the products read it
+      const T loss = n_obs > 0 ? T(total / double(n_obs)) : T(0);
+      if (stops(a, b, it, loss)) break;
+      // 2. the gradient, a chunk of components at a time
+      for (int c0 = 0; c0 < R; c0 += kChunk) {
+        const int rc = chunk_size(R, c0);
+        chunk_products(a, l, b, c0, rc, Pl, Pr);
+        __syncthreads();
+        for (int t = threadIdx.x; t < gl_tiles + gr_tiles; t += blockDim.x) {
+          T g[4][4] = {};
+          const bool gl = t < gl_tiles;
+          const int tt = gl ? t : t - gl_tiles;
+          const int gi = tt / (kChunk / 4) * 4, gj = tt % (kChunk / 4) * 4;
+          if (gl)  // GL(row, c) = sum over col of E(row, col) Pr(col, c)
+            tile_product(g, E, l.ld_e, 1, Pr, kLd, 1, gi, gj, l.cols);
+          else  // GR(col, c) = sum over row of E(row, col) Pl(row, c)
+            tile_product(g, E, 1, l.ld_e, Pl, kLd, 1, gi, gj, l.rows);
+          T* out = gl ? GL : GR;
+#pragma unroll
+          for (int p = 0; p < 4; ++p)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) out[(gi + p) * kLd + gj + q] = g[p][q];
+        }
+        __syncthreads();
+        // dL/dU_n[d][c0 + c] = scale * sum over the rows (columns) whose digit n is d of
+        // GL (GR) times the product of the other row (column) modes' factors
+        std::int64_t goff = 0;
+        int first = 0;  // the (n, d, c) of this thread: k over n, then d, then c
+        for (int n = 0; n < a.order; ++n) {
+          const bool left = n < l.split;
+          const int lo = left ? 0 : l.split, hi = left ? l.split : a.order;
+          int inner = 1;  // stride of digit n in its unfolding index
+          for (int m = n + 1; m < hi; ++m) inner *= a.dims[m];
+          const int outer = (left ? l.rows : l.cols) / (inner * a.dims[n]);
+          const T* src = left ? GL : GR;
+          for (int k = threadIdx.x - first; k < a.dims[n] * kChunk; k += blockDim.x) {
+            if (k < 0) continue;
+            const int d = k / kChunk, c = k % kChunk;
+            if (c >= rc) continue;
+            T sum = T(0);
+            for (int o = 0; o < outer; ++o)
+              for (int in = 0; in < inner; ++in) {
+                const int idx = (o * a.dims[n] + d) * inner + in;
+                T w = src[idx * kLd + c];
+                int rest = idx;
+                for (int m = hi - 1; m >= lo; --m) {
+                  const int dm = rest % a.dims[m];
+                  rest /= a.dims[m];
+                  if (m != n) w *= a.U[m][(b * a.dims[m] + dm) * std::int64_t(R) + c0 + c];
+                }
+                sum += w;
+              }
+            G[goff + std::int64_t(d) * R + c0 + c] = scale * sum;
+          }
+          first += a.dims[n] * kChunk;
+          goff += std::int64_t(a.dims[n]) * R;
+        }
+        __syncthreads();  // the chunk's buffers are rewritten next; G is complete at the end
+      }
+      if (!update(a, b, it, rate, G, red)) break;
+    }
   }
 }
 
@@ -339,12 +562,27 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
   const unsigned scan_grid =
       unsigned(std::min<std::int64_t>(a.batch, std::int64_t(32) * limits.sms));
 
-  // The observed entries: counted, the largest count read back to size the scratch, then
-  // compacted (once per call; the step loop then never touches the masks).
   Scratch<int> count(a.batch, stream);
   a.count = count.get();
   launch(count_kernel<T>, scan_grid, kScanThreads, 0, stream, a);
   IR_CUDA_LAUNCHED("cp_step (count)");
+
+  // A tensor that fits a block: the dense path, with no host sync.
+  const DenseLayout l = dense_layout(a.order, a.dims);
+  if (l.total > 0 &&
+      reserve_shared(cp_dense_kernel<T>, l.total * std::int64_t(sizeof(T)), limits)) {
+    const std::int64_t bytes = l.total * std::int64_t(sizeof(T));
+    const std::int64_t grid = std::min<std::int64_t>(
+        a.batch, resident_blocks(limits, bytes, l.threads) * std::int64_t(limits.sms));
+    Scratch<T> ws(grid * a.size, stream);
+    launch(cp_dense_kernel<T>, unsigned(grid), unsigned(l.threads), std::size_t(bytes), stream,
+           a, l, ws.get());
+    IR_CUDA_LAUNCHED("cp_step (dense)");
+    return;
+  }
+
+  // Else the observed entries: the largest count read back to size the scratch, then
+  // compacted (once per call; the step loop then never touches the masks).
   std::vector<int> counts(std::size_t(a.batch));
   IR_CUDA_CHECK(cudaMemcpyAsync(counts.data(), a.count, sizeof(int) * counts.size(),
                                 cudaMemcpyDeviceToHost, stream));

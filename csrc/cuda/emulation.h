@@ -28,7 +28,11 @@ struct dim3 {
 };
 using cudaStream_t = void*;
 enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2 };
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin, cudaDevAttrMultiProcessorCount };
+enum cudaDeviceAttr {
+  cudaDevAttrMaxSharedMemoryPerBlockOptin,
+  cudaDevAttrMaxSharedMemoryPerMultiprocessor,
+  cudaDevAttrMultiProcessorCount
+};
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 enum cudaMemcpyKind { cudaMemcpyDeviceToHost = 2 };
 struct cudaDeviceProp {
@@ -155,9 +159,10 @@ inline cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
-  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin
-           ? implicitreg::cuda::emulation::kSharedOptin
-           : implicitreg::cuda::emulation::kMultiprocessors;
+  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? implicitreg::cuda::emulation::kSharedOptin
+        : attr == cudaDevAttrMaxSharedMemoryPerMultiprocessor
+            ? implicitreg::cuda::emulation::kSharedOptin + 1024
+            : implicitreg::cuda::emulation::kMultiprocessors;
   return cudaSuccess;
 }
 template <class F>
