@@ -454,6 +454,55 @@ def test_tensor_completion_sweep_on_cuda_matches_cpu(dev, tmp_path):
     assert on_gpu.columns["tensor_rank"].tolist() == on_cpu.columns["tensor_rank"].tolist()
 
 
+# ---- failures on the device ----------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["dmf", "cp"])
+def test_a_fault_at_the_status_readback_leaves_the_step_count(dev, model):
+    """A device fault surfaces at the first sync after a launch, the status readback: the
+    model's step count has not moved then, so it still matches its last good state."""
+    if dev.name != "simulated":
+        pytest.skip("the fault is simulated on the simulated device's status array")
+
+    class Faulty(DeviceArray):
+        def __ne__(self, other):
+            raise RuntimeError("an illegal memory access was encountered")
+
+    if model == "dmf":
+        _, gpu = _pair(CASES["2x2-d3"], "float64")
+    else:
+        _, gpu = _cp_pair((3, 4, 3), 6, "float64", 0.5, batch=2)
+    gpu._status = gpu._status.view(Faulty)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        gpu.step(1e-2, 10)
+    assert gpu.steps_done == 0
+
+
+def test_scratch_refused_for_memory_is_retried_once_after_freeing_cupys_pool(dev, monkeypatch):
+    """The kernels' scratch comes from the driver, outside CuPy's pool: a call refused for
+    memory frees the pool's unused blocks and runs again, once; refused again, it raises and
+    has changed nothing."""
+    if dev.name != "emulated":
+        pytest.skip("the emulated allocator fails on demand")
+    freed = []
+    monkeypatch.setattr(_backend, "free_device_pool", lambda: freed.append(True))
+    cpu, gpu = _cp_pair((3, 4, 3), 6, "float64", 0.5, batch=2)
+    _backend._cuda.fail_allocations(1)
+    for f in (cpu, gpu):
+        f.step(1e-2, 3)
+    assert freed == [True]
+    dev.check(gpu.factors, cpu.factors)
+    before = [_backend.to_host(U).copy() for U in gpu.factors]
+    _backend._cuda.fail_allocations(2)
+    try:
+        with pytest.raises(RuntimeError, match="^out of device memory"):
+            gpu.step(1e-2, 3)
+    finally:
+        _backend._cuda.fail_allocations(0)
+    assert freed == [True, True] and gpu.steps_done == 3
+    for U, W in zip(gpu.factors, before, strict=True):
+        np.testing.assert_array_equal(_backend.to_host(U), W)
+
+
 # ---- the device cases are well posed ----------------------------------------------------------
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))

@@ -15,6 +15,9 @@
 #include "implicitreg/cuda_info.h"
 #include "implicitreg/dmf_step.h"
 #include "implicitreg/metrics.h"
+#ifdef IR_CUDA_EMULATION
+#include "cuda/emulation.h"  // failing_allocations, for the tests of a full device
+#endif
 
 namespace py = pybind11;
 namespace ir = implicitreg;
@@ -104,6 +107,9 @@ void define(py::module_& m) {
 PYBIND11_MODULE(_cuda_emulated, m) {
   m.doc() = "implicitreg CUDA backend emulated on the CPU (for tests): _cuda's functions";
   define(m);
+  m.def(
+      "fail_allocations", [](int n) { ir::cuda::emulation::failing_allocations = n; },
+      "The next n device allocations fail as on a full device (tests).", py::arg("n"));
 }
 #else
 PYBIND11_MODULE(_cuda, m) {

@@ -94,7 +94,9 @@ bool reserve_shared(Kernel kernel, std::int64_t bytes, const DeviceLimits& limit
   return true;
 }
 
-// Device memory of `count` T, stream-ordered, released when the owner goes out of scope.
+// Device memory of `count` T, stream-ordered, released when the owner goes out of scope. A
+// call takes all its scratch before its first kernel that writes the caller's arrays, so a
+// call refused for memory ("out of device memory") changed nothing and can be made again.
 template <class T>
 class Scratch {
  public:

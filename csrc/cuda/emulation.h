@@ -136,7 +136,16 @@ T __shfl_xor_sync(unsigned, T v, int lane_mask) {
 
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+namespace implicitreg::cuda::emulation {
+// The next this-many allocations fail, as a full device's would (tests of the retry).
+inline int failing_allocations = 0;
+}  // namespace implicitreg::cuda::emulation
 inline cudaError_t cudaMallocAsync(void** p, std::size_t bytes, cudaStream_t) {
+  if (implicitreg::cuda::emulation::failing_allocations > 0) {
+    --implicitreg::cuda::emulation::failing_allocations;
+    *p = nullptr;
+    return cudaErrorMemoryAllocation;
+  }
   *p = std::malloc(bytes == 0 ? 1 : bytes);
   return *p != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
 }

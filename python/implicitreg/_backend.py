@@ -85,6 +85,12 @@ def device_memory() -> int:
     return int(free) + int(cupy.get_default_memory_pool().free_bytes())
 
 
+def free_device_pool() -> None:
+    """Hands CuPy's cached, unused device memory back to the driver, for the kernels' own
+    scratch (allocated outside CuPy's pool)."""
+    array_module("cuda").get_default_memory_pool().free_all_blocks()
+
+
 def backends() -> dict[str, dict[str, object]]:
     """{name: {"available": bool, "reason": str | None}} for numpy, cpu and cuda."""
     reason = cuda_reason()

@@ -260,9 +260,11 @@ class DeepFactorization(_Trained):
                 ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
                              self._status, self._frozen_at, crossings.thresholds,
                              crossings.step, crossings.factors, backend=self.backend)
+            # the status readback is where a device fault surfaces: before the count moves
+            all_frozen = bool((self._status != 0).all())
             self.steps_done += n
             done += n
-            if done == steps or bool((self._status != 0).all()):
+            if done == steps or all_frozen:
                 self.steps_done += steps - done
                 return self
 
@@ -594,9 +596,11 @@ class CPFactorization(_Trained):
             ops.cp_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done, opt,
                         beta, eps, self._v, self._t, self._status, self._frozen_at, loss,
                         backend=self.backend)
+            # the status readback is where a device fault surfaces: before the count moves
+            all_frozen = bool((self._status != 0).all())
             self.steps_done += n
             done += n
-            if done == steps or bool((self._status != 0).all()):
+            if done == steps or all_frozen:
                 self.steps_done += steps - done
                 return self
 

@@ -25,6 +25,23 @@ def _module(backend: str):
     return _backend.cuda_module()
 
 
+def _call(backend: str, name: str, *args):
+    """_module(backend).name(*args). On the cuda backend a call whose scratch could not be
+    allocated changed nothing (the kernels take all their scratch first), and CuPy's memory
+    pool may be holding the memory it needs: the pool's unused blocks are freed and the call
+    is made once more."""
+    fn = getattr(_module(backend), name)
+    if backend != "cuda":
+        return fn(*args)
+    try:
+        return fn(*args)
+    except RuntimeError as exc:
+        if not str(exc).startswith("out of device memory"):
+            raise
+        _backend.free_device_pool()
+        return fn(*args)
+
+
 def _inputs(problem, dtype, backend: str) -> dict:
     return problem.arrays(dtype, device=backend == "cuda")
 
@@ -38,9 +55,9 @@ def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, thresho
     """In place: `steps` fused GD updates of every running problem, recording first crossings
     of the loss thresholds when given (see _core.dmf_step)."""
     a = _inputs(problem, factors[0].dtype, backend)
-    _module(backend).dmf_step(list(factors), a["target"], a["mask"], a["A"], a["y"], lr, steps,
-                              tol, step0, status, frozen_at, thresholds, crossed_at,
-                              None if snapshots is None else list(snapshots))
+    _call(backend, "dmf_step", list(factors), a["target"], a["mask"], a["A"], a["y"], lr, steps,
+          tol, step0, status, frozen_at, thresholds, crossed_at,
+          None if snapshots is None else list(snapshots))
 
 
 def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -51,8 +68,8 @@ def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
     B, dtype = factors[0].shape[0], factors[0].dtype
     loss = _empty(backend, B, dtype)
     product = _empty(backend, (B, factors[-1].shape[1], factors[0].shape[2]), dtype)
-    _module(backend).dmf_loss(list(factors), a["target"], a["mask"], a["A"], a["y"], loss,
-                              product)
+    _call(backend, "dmf_loss", list(factors), a["target"], a["mask"], a["A"], a["y"], loss,
+          product)
     return loss, product
 
 
@@ -67,7 +84,7 @@ def svdvals(X: np.ndarray, backend: str, max_sweeps: int) -> tuple[np.ndarray, n
     B, m, n = X.shape
     s = _empty(backend, (B, min(m, n)), X.dtype)
     info = _empty(backend, B, np.int8)
-    _module(backend).svdvals(X, s, info, max_sweeps)
+    _call(backend, "svdvals", X, s, info, max_sweeps)
     return (_backend.to_host(s), _backend.to_host(info)) if host else (s, info)
 
 
@@ -81,7 +98,7 @@ def svals_metrics(s: np.ndarray, kinds: np.ndarray, params: np.ndarray,
     if backend == "cuda":
         s = _backend.to_device(s)
     out = _empty(backend, (kinds.shape[0], s.shape[0]), np.float64)
-    _module(backend).svals_metrics(s, kinds, params, out)
+    _call(backend, "svals_metrics", s, kinds, params, out)
     return _backend.to_host(out) if host else out
 
 
@@ -93,7 +110,7 @@ def balancedness(factors, backend="cpu") -> np.ndarray:
     if backend == "cuda":
         factors = [_backend.to_device(W) for W in factors]
     out = _empty(backend, factors[0].shape[0], np.float64)
-    _module(backend).balancedness(list(factors), out)
+    _call(backend, "balancedness", list(factors), out)
     return _backend.to_host(out) if host else out
 
 
@@ -107,10 +124,10 @@ def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np
         out[...] = reference.dmf_measure(*args, truth=a["truth"])
     elif backend == "cuda":
         dev = _empty(backend, out.shape, np.float64)
-        _module(backend).dmf_measure(*args, dev, a["truth"])
+        _call(backend, "dmf_measure", *args, dev, a["truth"])
         out[...] = dev.get()
     else:
-        _module(backend).dmf_measure(*args, out, a["truth"])
+        _call(backend, "dmf_measure", *args, out, a["truth"])
     return out
 
 
@@ -118,8 +135,8 @@ def cp_step(factors, problem, lr, steps, tol, step0, optimizer, beta, eps, v, t,
             frozen_at, loss, backend="cpu"):
     """In place: `steps` updates of every running CP factorization (see _core.cp_step)."""
     a = _inputs(problem, factors[0].dtype, backend)
-    _module(backend).cp_step(list(factors), a["target"], a["mask"], lr, steps, tol, step0,
-                             optimizer, beta, eps, v, t, status, frozen_at, loss)
+    _call(backend, "cp_step", list(factors), a["target"], a["mask"], lr, steps, tol, step0,
+          optimizer, beta, eps, v, t, status, frozen_at, loss)
 
 
 def cp_tensor(factors, backend="cpu") -> np.ndarray:
@@ -128,7 +145,7 @@ def cp_tensor(factors, backend="cpu") -> np.ndarray:
         return reference.cp_tensor(list(factors))
     numel = int(np.prod([U.shape[1] for U in factors]))
     out = _empty(backend, (factors[0].shape[0], numel), factors[0].dtype)
-    _module(backend).cp_tensor(list(factors), out)
+    _call(backend, "cp_tensor", list(factors), out)
     return out
 
 
