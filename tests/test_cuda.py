@@ -99,7 +99,8 @@ def dev(request, monkeypatch) -> Device:
     return Device(request.param, SIMULATED_XP, RTOL)
 
 
-# Shapes that take each CUDA path: one problem per thread (square <= 4, depth <= 4), one per
+# Shapes that take each CUDA path: one problem per thread (square <= 2 up to depth 6, <= 4 up
+# to depth 4), one per
 # block in shared memory, one per block in global memory (48x48 depth 3 in float64 is more
 # than a block's shared memory), non-square layers, and sensing.
 CASES = {
@@ -107,6 +108,7 @@ CASES = {
     "4x4-d4": dict(m=4, n=4, depth=4),
     "1x1-d2": dict(m=1, n=1, depth=2),
     "2x2-d5": dict(m=2, n=2, depth=5),
+    "2x2-d6": dict(m=2, n=2, depth=6),
     "5x5-d3": dict(m=5, n=5, depth=3),
     "3x6-d2-w4": dict(m=3, n=6, depth=2, widths=[4]),
     "16x16-d3": dict(m=16, n=16, depth=3),

@@ -67,8 +67,8 @@ inline DeviceLimits device_limits() {
   IR_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
   IR_CUDA_CHECK(
       cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  IR_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm,
-                                       cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  IR_CUDA_CHECK(
+      cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
   return d;
 }
 

@@ -243,8 +243,7 @@ __device__ __forceinline__ bool stops(const CpArgs<T>& a, std::int64_t b, std::i
 // Every thread of the block calls it; it ends with the factors written.
 template <class T>
 __device__ __forceinline__ bool update(const CpArgs<T>& a, std::int64_t b, std::int64_t it, T rate,
-                                       const T* G,
-                   double* red) {
+                                       const T* G, double* red) {
   T step = rate, v_new = 0;
   if (a.opt.kind == kGroupRmsprop) {
     double sq = 0;
@@ -375,8 +374,7 @@ __device__ __forceinline__ int chunk_size(int R, int c0) {
 // A[i * sai + k * sak] and B(k, j) at B[k * sbk + j * sbj].
 template <class T>
 __device__ __forceinline__ void tile_product(T (&acc)[4][4], const T* A, int sai, int sak,
-                                             const T* B, int sbk, int sbj, int i0, int j0,
-                                             int K) {
+                                             const T* B, int sbk, int sbj, int i0, int j0, int K) {
   for (int k = 0; k < K; ++k) {
     T x[4], y[4];
 #pragma unroll
@@ -393,8 +391,8 @@ __device__ __forceinline__ void tile_product(T (&acc)[4][4], const T* A, int sai
 // The chunk's Khatri-Rao rows: Pl[row][c] = prod over the row modes n of U_n[digit_n(row)]
 // [c0 + c], Pr[col][c] likewise over the column modes; zero for c >= rc.
 template <class T>
-__device__ __forceinline__ void chunk_products(const CpArgs<T>& a, const DenseLayout& l, std::int64_t b, int c0,
-                               int rc, T* Pl, T* Pr) {
+__device__ __forceinline__ void chunk_products(const CpArgs<T>& a, const DenseLayout& l,
+                                               std::int64_t b, int c0, int rc, T* Pl, T* Pr) {
   const int total = (l.rows + l.cols) * kChunk;
   for (int k = threadIdx.x; k < total; k += blockDim.x) {
     const int c = k % kChunk;
@@ -416,8 +414,7 @@ __device__ __forceinline__ void chunk_products(const CpArgs<T>& a, const DenseLa
 }
 
 template <class T>
-__global__ void cp_dense_kernel(const CpArgs<T> a,
-                                                                  const DenseLayout l, T* ws) {
+__global__ void cp_dense_kernel(const CpArgs<T> a, const DenseLayout l, T* ws) {
   __shared__ double red[32];
   T* sm = reinterpret_cast<T*>(dynamic_smem());
   T *Pl = sm + l.pl, *Pr = sm + l.pr, *E = sm + l.e, *GL = sm + l.gl, *GR = sm + l.gr;
@@ -575,8 +572,8 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
     const std::int64_t grid = std::min<std::int64_t>(
         a.batch, resident_blocks(limits, bytes, l.threads) * std::int64_t(limits.sms));
     Scratch<T> ws(grid * a.size, stream);
-    launch(cp_dense_kernel<T>, unsigned(grid), unsigned(l.threads), std::size_t(bytes), stream,
-           a, l, ws.get());
+    launch(cp_dense_kernel<T>, unsigned(grid), unsigned(l.threads), std::size_t(bytes), stream, a,
+           l, ws.get());
     IR_CUDA_LAUNCHED("cp_step (dense)");
     return;
   }

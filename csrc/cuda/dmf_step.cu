@@ -130,7 +130,9 @@ template <class T>
 bool try_thread(const StepArgs<T>& a, cudaStream_t stream) {
   for (int j = 1; j <= a.depth; ++j)
     if (a.dims[j] != a.dims[0]) return false;
-  if (a.dims[0] > 4 || a.depth > 4) return false;
+  // Sizes 1 and 2 keep every matrix of a step in registers up to depth 6 (2x2 depth 6 in
+  // float64: 168 registers, no spill), sizes 3 and 4 up to depth 4.
+  if (a.dims[0] > 4 || a.depth > (a.dims[0] <= 2 ? 6 : 4)) return false;
   auto with_depth = [&](auto d) {
     constexpr int D = decltype(d)::value;
     switch (a.depth) {
@@ -140,8 +142,13 @@ bool try_thread(const StepArgs<T>& a, cudaStream_t stream) {
         return launch_thread<T, D, 2>(a, stream);
       case 3:
         return launch_thread<T, D, 3>(a, stream);
-      default:
+      case 4:
         return launch_thread<T, D, 4>(a, stream);
+      default:
+        if constexpr (D <= 2) {
+          if (a.depth == 5) return launch_thread<T, D, 5>(a, stream);
+          return launch_thread<T, D, 6>(a, stream);
+        }
     }
   };
   switch (a.dims[0]) {
@@ -169,7 +176,6 @@ struct BlockLayout {
   std::int64_t prefix[kMaxDepth + 2];  // prefix[j]: P_j (j >= 2)
   std::int64_t Wn, G, H, H2, tgt, msk, R, size;
   int threads;
-  bool tiled;  // the workspace is in global memory: products go through shared-memory tiles
 };
 
 BlockLayout block_layout(const int* d, int depth, int K) {
@@ -210,9 +216,9 @@ BlockLayout block_layout(const int* d, int depth, int K) {
 // products 0 * 0 leave every sum exactly as the untiled order gives it.
 constexpr int kTile = 16;
 
-template <class T, class FA, class FB, class Store>
-__device__ void block_product(bool tiled, int M, int K, int N, FA a, FB b, Store store) {
-  if (!tiled) {
+template <class T, bool Tiled, class FA, class FB, class Store>
+__device__ void block_product(int M, int K, int N, FA a, FB b, Store store) {
+  if constexpr (!Tiled) {  // no static tiles in this kernel: its blocks keep the shared memory
     for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
       const int i = o / N, j = o - i * N;
       T acc = T(0);
@@ -238,15 +244,15 @@ __device__ void block_product(bool tiled, int M, int K, int N, FA a, FB b, Store
 }
 
 // Forward pass of problem b into the prefix buffers; returns E. Ends synchronized.
-template <class T>
+template <bool Tiled, class T>
 __device__ const T* block_forward(const StepArgs<T>& a, const BlockLayout& l, const T* W, T* ws) {
   const T* prev = W;
   for (int j = 2; j <= a.depth; ++j) {
     T* cur = ws + l.prefix[j];
     const T* Wj = W + l.factor[j - 1];
     const int K = a.dims[j - 1], n = a.dims[0];
-    block_product<T>(
-        l.tiled, a.dims[j], K, n, [&](int i, int k) { return Wj[i * K + k]; },
+    block_product<T, Tiled>(
+        a.dims[j], K, n, [&](int i, int k) { return Wj[i * K + k]; },
         [&](int k, int c) { return prev[k * n + c]; },
         [&](int i, int c, T acc) { cur[i * n + c] = acc; });
     __syncthreads();
@@ -315,7 +321,7 @@ __device__ T* block_workspace(const BlockLayout& l, T* global_ws) {
                               : reinterpret_cast<T*>(dynamic_smem());
 }
 
-template <class T>
+template <class T, bool Tiled>
 __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* global_ws) {
   __shared__ T red[32];
   T* ws = block_workspace(l, global_ws);
@@ -333,7 +339,7 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
     // Every thread holds the same loss, status and crossing state, so that every branch below
     // is taken by the whole block.
     for (std::int64_t it = 0; it <= a.steps; ++it) {
-      const T* E = block_forward(a, l, W, ws);
+      const T* E = block_forward<Tiled>(a, l, W, ws);
       const T loss = block_residual(a, l, b, E, ws, red);
       if (loss < next_thr) {
         for (; next < a.count && loss < a.thresholds[next]; ++next) {
@@ -372,8 +378,8 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
           break;
         }
         const T* Pprev = j == 2 ? W : ws + l.prefix[j - 1];
-        block_product<T>(
-            l.tiled, rows, n, cols, [&](int i, int k) { return Hj[i * n + k]; },
+        block_product<T, Tiled>(
+            rows, n, cols, [&](int i, int k) { return Hj[i * n + k]; },
             [&](int k, int c) { return Pprev[c * n + k]; },
             [&](int i, int c, T acc) {
               const T w = Wj[i * cols + c] - lr * acc;
@@ -381,8 +387,8 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
               bad += w * T(0);
             });
         T* Hn = Hj == ws + l.H ? ws + l.H2 : ws + l.H;
-        block_product<T>(
-            l.tiled, cols, rows, n, [&](int i, int k) { return Wj[k * cols + i]; },
+        block_product<T, Tiled>(
+            cols, rows, n, [&](int i, int k) { return Wj[k * cols + i]; },
             [&](int k, int c) { return Hj[k * n + c]; },
             [&](int i, int c, T acc) { Hn[i * n + c] = acc; });
         __syncthreads();
@@ -410,14 +416,14 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
   }
 }
 
-template <class T>
+template <class T, bool Tiled>
 __global__ void dmf_loss_block(const StepArgs<T> a, const BlockLayout l, T* global_ws) {
   __shared__ T red[32];
   T* ws = block_workspace(l, global_ws);
   const int mn = a.dims[a.depth] * a.dims[0];
   for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     block_load(a, l, b, ws);
-    const T* E = block_forward(a, l, ws, ws);
+    const T* E = block_forward<Tiled>(a, l, ws, ws);
     const T loss = block_residual(a, l, b, E, ws, red);
     for (int e = threadIdx.x; e < mn; e += blockDim.x) a.product[b * mn + e] = E[e];
     if (threadIdx.x == 0) a.loss[b] = loss;
@@ -425,24 +431,24 @@ __global__ void dmf_loss_block(const StepArgs<T> a, const BlockLayout l, T* glob
   }
 }
 
-// Launches kernel(a, l, ws) with one problem per block: the workspace in shared memory when
-// the device allows that much per block, else in global scratch for a bounded grid.
+// Launches a kernel(a, l, ws) with one problem per block: in_shared with the workspace in
+// shared memory when the device allows that much per block, else tiled with the workspace in
+// global scratch for a bounded grid.
 template <class T, class Kernel>
-void launch_block(Kernel kernel, const StepArgs<T>& a, cudaStream_t stream) {
+void launch_block(Kernel in_shared, Kernel tiled, const StepArgs<T>& a, cudaStream_t stream) {
   BlockLayout l = block_layout(a.dims, a.depth, a.pb.sensing ? a.pb.K : 0);
   const DeviceLimits limits = device_limits();
   const std::int64_t bytes = l.size * std::int64_t(sizeof(T));
-  if (reserve_shared(kernel, bytes, limits)) {
+  if (reserve_shared(in_shared, bytes, limits)) {
     const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
-    launch(kernel, grid, l.threads, std::size_t(bytes), stream, a, l, static_cast<T*>(nullptr));
+    launch(in_shared, grid, l.threads, std::size_t(bytes), stream, a, l, static_cast<T*>(nullptr));
     IR_CUDA_LAUNCHED("dmf_step (block, shared memory)");
     return;
   }
   const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * limits.sms);
   Scratch<T> ws(grid * l.size, stream);
-  l.tiled = true;
   l.threads = kTile * kTile;
-  launch(kernel, unsigned(grid), l.threads, 0, stream, a, l, ws.get());
+  launch(tiled, unsigned(grid), l.threads, 0, stream, a, l, ws.get());
   IR_CUDA_LAUNCHED("dmf_step (block, global memory)");
 }
 
@@ -468,7 +474,7 @@ void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& pro
   for (int j = 0; j < shape.depth && crossings.snapshots != nullptr; ++j)
     a.snapshots[j] = crossings.snapshots[j];
   const cudaStream_t st = as_stream(stream);
-  if (!try_thread(a, st)) launch_block<T>(dmf_step_block<T>, a, st);
+  if (!try_thread(a, st)) launch_block<T>(dmf_step_block<T, false>, dmf_step_block<T, true>, a, st);
 }
 
 template <class T>
@@ -478,7 +484,7 @@ void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T
   StepArgs<T> a = make_args(factors, shape, problem);
   a.loss = loss;
   a.product = product;
-  launch_block<T>(dmf_loss_block<T>, a, as_stream(stream));
+  launch_block<T>(dmf_loss_block<T, false>, dmf_loss_block<T, true>, a, as_stream(stream));
 }
 
 template void dmf_step<float>(float* const*, const DmfShape&, const DmfProblem<float>&,

@@ -169,9 +169,9 @@ inline cudaError_t cudaGetDevice(int* d) {
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
   *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? implicitreg::cuda::emulation::kSharedOptin
-        : attr == cudaDevAttrMaxSharedMemoryPerMultiprocessor
-            ? implicitreg::cuda::emulation::kSharedOptin + 1024
-            : implicitreg::cuda::emulation::kMultiprocessors;
+       : attr == cudaDevAttrMaxSharedMemoryPerMultiprocessor
+           ? implicitreg::cuda::emulation::kSharedOptin + 1024
+           : implicitreg::cuda::emulation::kMultiprocessors;
   return cudaSuccess;
 }
 template <class F>
