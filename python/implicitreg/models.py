@@ -15,6 +15,7 @@ from . import _rng, ops, reference
 from . import metrics as metrics_mod
 from ._backend import array_module, backends, is_device, to_host
 from ._checks import batch_memory, choice, finite, float_dtype, integer, positive, real_array
+from ._interrupt import deferred_interrupt, serialized
 from ._io import load_npz, save_npz
 from .init import init_factors, layer_dims
 from .problems import Completion, Sensing, TensorCompletion, completion, sensing
@@ -74,6 +75,11 @@ class _Trained:
     _factors: list[np.ndarray]
     _status: np.ndarray
     _frozen_at: np.ndarray
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lock", None)  # a lock does not pickle; the copy makes its own
+        return state
 
     @property
     def batch(self) -> int:
@@ -215,14 +221,17 @@ class DeepFactorization(_Trained):
     def dims(self) -> list[int]:
         return [self._factors[0].shape[2]] + [W.shape[1] for W in self._factors]
 
+    @serialized
     def product(self) -> np.ndarray:
         """(B, m, n) end-to-end matrices W_N ... W_1."""
         return ops.dmf_loss(self._factors, self.problem, self.backend)[1]
 
+    @serialized
     def loss(self) -> np.ndarray:
         """(B,) 1/2 * sum of squared residuals."""
         return ops.dmf_loss(self._factors, self.problem, self.backend)[0]
 
+    @serialized
     def det(self) -> np.ndarray:
         """(B,) det(E) in float64 (square problems)."""
         m, n = self.problem.shape
@@ -232,6 +241,7 @@ class DeepFactorization(_Trained):
 
     # ------------------------------------------------------------------ training
 
+    @serialized
     def step(self, lr, steps: int = 1, tol=None, crossings: Crossings | None = None
              ) -> DeepFactorization:
         """`steps` simultaneous gradient-descent updates, in place, with no Python between
@@ -253,16 +263,17 @@ class DeepFactorization(_Trained):
         done = 0
         while True:
             n = min(chunk, steps - done)
-            if crossings is None:
-                ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                             self._status, self._frozen_at, backend=self.backend)
-            else:
-                ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                             self._status, self._frozen_at, crossings.thresholds,
-                             crossings.step, crossings.factors, backend=self.backend)
-            # the status readback is where a device fault surfaces: before the count moves
-            all_frozen = bool((self._status != 0).all())
-            self.steps_done += n
+            with deferred_interrupt():  # the call and its count, or neither
+                if crossings is None:
+                    ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
+                                 self._status, self._frozen_at, backend=self.backend)
+                else:
+                    ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
+                                 self._status, self._frozen_at, crossings.thresholds,
+                                 crossings.step, crossings.factors, backend=self.backend)
+                # the status readback is where a device fault surfaces: before the count moves
+                all_frozen = bool((self._status != 0).all())
+                self.steps_done += n
             done += n
             if done == steps or all_frozen:
                 self.steps_done += steps - done
@@ -290,6 +301,7 @@ class DeepFactorization(_Trained):
         params = np.array([sp[1:3] for sp in specs], dtype=np.float64).reshape(-1, 2)
         return names, kinds, params, [sp[3] for sp in specs]
 
+    @serialized
     def measure(self, metrics=("loss",)) -> dict[str, np.ndarray]:
         """The named metrics (see fit) of the current state, float64: (B,) each, (B, k) for
         "svals". All come from one call: one product and one SVD per problem."""
@@ -324,6 +336,7 @@ class DeepFactorization(_Trained):
             raise ValueError(f"crossings: made for another model (batch, dims or dtype differ "
                              f"from {self.batch}, {dims}, {self.dtype}); use model.crossings()")
 
+    @serialized
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",), thresholds=(),
             progress=True, checkpoint=None, checkpoint_every: float = 300.0) -> Trajectory:
         """Train for up to max_steps more steps, in chunks between log points, and return the
@@ -425,6 +438,7 @@ class DeepFactorization(_Trained):
 
     # ------------------------------------------------------------------ checkpoints
 
+    @serialized
     def save(self, path) -> None:
         """Write the whole state (problem, factors, status, step count) to an .npz file,
         atomically, so that a long run can be resumed with DeepFactorization.load."""
@@ -553,10 +567,12 @@ class CPFactorization(_Trained):
     def rank(self) -> int:
         return self._factors[0].shape[2]
 
+    @serialized
     def tensor(self) -> np.ndarray:
         """(B, d_1, ..., d_N) the factorizations' tensors (CuPy on the cuda backend)."""
         return _cp_tensor(self._factors, self.backend).reshape((self.batch,) + self.dims)
 
+    @serialized
     def loss(self) -> np.ndarray:
         """(B,) mean squared error over the observed entries."""
         return self.measure(("loss",))["loss"]
@@ -564,6 +580,7 @@ class CPFactorization(_Trained):
     def _optimizer(self, optimizer) -> int:
         return OPTIMIZERS[choice(optimizer, "optimizer", tuple(OPTIMIZERS))]
 
+    @serialized
     def step(self, lr, steps: int = 1, tol=None, optimizer: str = "gd", beta: float = 0.99,
              eps: float = 1e-6) -> CPFactorization:
         """`steps` updates in place with no Python between steps: "gd" (U <- U - lr g) or
@@ -593,12 +610,13 @@ class CPFactorization(_Trained):
         done = 0
         while True:
             n = min(chunk, steps - done)
-            ops.cp_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done, opt,
-                        beta, eps, self._v, self._t, self._status, self._frozen_at, loss,
-                        backend=self.backend)
-            # the status readback is where a device fault surfaces: before the count moves
-            all_frozen = bool((self._status != 0).all())
-            self.steps_done += n
+            with deferred_interrupt():  # the call and its count, or neither
+                ops.cp_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
+                            opt, beta, eps, self._v, self._t, self._status, self._frozen_at,
+                            loss, backend=self.backend)
+                # the status readback is where a device fault surfaces: before the count moves
+                all_frozen = bool((self._status != 0).all())
+                self.steps_done += n
             done += n
             if done == steps or all_frozen:
                 self.steps_done += steps - done
@@ -616,6 +634,7 @@ class CPFactorization(_Trained):
                                  f"{', '.join(CP_METRICS)}")
         return list(dict.fromkeys(metrics))
 
+    @serialized
     def measure(self, metrics=("loss", "recon_error")) -> dict[str, np.ndarray]:
         """The named metrics of the current state, float64: "loss" (mean squared error over
         observed entries), "recon_error" (||W - W*||_F / ||W*||_F over all entries;
@@ -647,6 +666,7 @@ class CPFactorization(_Trained):
             out["component_norms"] = norms
         return {k: to_host(out[k]) for k in names}
 
+    @serialized
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
             optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float = 1e-6,
             patience: int | None = None, check_every: int = 100,
@@ -744,6 +764,7 @@ class CPFactorization(_Trained):
         return Trajectory(rows, {k: np.array(v) for k, v in data.items()}, status,
                           self.frozen_at, meta)
 
+    @serialized
     def save(self, path) -> None:
         """Write the whole state (problem, factors, optimizer state, status, step count) to an
         .npz file atomically; CPFactorization.load resumes it bit for bit."""
