@@ -185,6 +185,14 @@ CASES = [
     ("every float", lambda: ir.every(1.5), TypeError, "every"),
     ("geometric 0", lambda: ir.geometric(0), ValueError, "geometric"),
     ("det() non-square", lambda: _model(m=2, n=3).det(), ValueError, "det"),
+    # ------------------------------------------------------------------ sweeps
+    ("metrics tuple in a grid", lambda: ir.sweep({"problem": "paper_2x2", "max_steps": 5},
+                                                 {"metrics": [("loss", "erank")]}, seeds=1,
+                                                 progress=False),
+     TypeError, r"^metrics: expected metric names \(str\), got \('loss', 'erank'\)"),
+    ("sweep thresholds increasing", lambda: ir.sweep(
+        {"problem": "paper_2x2", "max_steps": 5, "thresholds": (0.1, 0.2)}, seeds=1,
+        progress=False), ValueError, "^thresholds: expected .* got \\[0.1, 0.2\\]"),
 ]
 
 
@@ -368,3 +376,39 @@ def test_factors_that_overflow_the_requested_dtype_are_refused():
 def test_a_family_problem_too_large_for_memory_is_refused():
     with pytest.raises(ValueError, match=r"^d: a 1000000000000 x 1000000000000 problem needs"):
         ir.problems.paper_family(10**12)
+
+
+def test_an_empty_batch_is_a_batch_of_no_problems():
+    p = ir.completion(np.zeros((0, 2, 2)), np.ones((0, 2, 2), bool))
+    assert p.batch == 0
+    f = ir.DeepFactorization.init(p, depth=2)
+    f.step(1e-2, 3)
+    assert f.factors[0].shape == (0, 2, 2) and f.steps_done == 3
+    assert f.fit(1e-2, 10, progress=False)["loss"].shape[1] == 0
+
+
+def test_a_file_that_is_not_an_archive_is_named_not_pickled_at(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    single = tmp_path / "one.npz"
+    with open(single, "wb") as fh:
+        np.save(fh, np.zeros(3))
+    for path, why in ((text, "not an .npz archive"), (single, "a single .npy array")):
+        for load in (ir.load, ir.DeepFactorization.load, ir.CPFactorization.load):
+            with pytest.raises(ValueError, match=f"^path: {path} is not .*{why}") as err:
+                load(path)
+            assert "pickle" not in str(err.value)
+
+
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
+    f = _model()
+    target = tmp_path / "nodir" / "x.npz"
+    with pytest.raises(FileNotFoundError, match=f"^path: the folder {tmp_path / 'nodir'} of "):
+        f.save(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_thresholds_none_means_none():
+    res = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": None}, seeds=1,
+                   progress=False)
+    assert res.meta is not None and not any("@" in c for c in res.columns)

@@ -806,3 +806,14 @@ def test_resume_removes_the_temporary_files_of_a_killed_write(tmp_path):
     res = _sweep(grid={"depth": [2, 3]}, out=out, resume=True)
     _assert_columns_equal(res.columns, ref.columns)
     assert not [f for d in (out, out / "batches") for f in os.listdir(d) if ".tmp-" in f]
+
+
+def test_close_thresholds_get_columns_of_their_own_that_read_back():
+    """Threshold columns are named by the shortest label that reads back as the threshold:
+    0.1 and 0.099999999 do not share (and overwrite) one column."""
+    t = (0.1, 0.099999999, 0.01)
+    res = ir.sweep({"problem": "paper_2x2", "max_steps": 20, "thresholds": t,
+                    "metrics": ("loss",)}, seeds=1, progress=False)
+    labels = [c.split("@")[1] for c in res.columns if c.startswith("step@")]
+    assert labels == ["1e-1", "9.9999999e-2", "1e-2"]
+    assert [float(x) for x in labels] == list(t)

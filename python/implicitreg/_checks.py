@@ -75,7 +75,11 @@ def batch_size(sizes: dict[str, int], batch: int | None) -> int:
     """The common batch size of arrays whose leading sizes are given; 1 broadcasts."""
     if batch is not None:
         batch = integer(batch, "batch", minimum=0)
-    target = batch if batch is not None else max([s for s in sizes.values()] + [1])
+    if batch is not None:
+        target = batch
+    else:  # the one size other than 1 (0 for an empty batch), else 1
+        others = [s for s in sizes.values() if s != 1]
+        target = others[0] if others else 1
     for name, s in sizes.items():
         if s not in (1, target):
             others = ", ".join(f"{k}: {v}" for k, v in sizes.items())

@@ -31,7 +31,14 @@ from ._checks import available_memory, choice, integer
 from ._io import load_npz, save_npz
 from .init import init_factors
 from .metrics import tensor_rank
-from .models import _GENERATOR_BYTES, CPFactorization, DeepFactorization, _progress, memorizer
+from .models import (
+    _GENERATOR_BYTES,
+    CPFactorization,
+    DeepFactorization,
+    _progress,
+    _thresholds,
+    memorizer,
+)
 from .problems import completion, sensing, tensor_completion
 from .trajectory import Trajectory, every, geometric
 from .trajectory import load as load_trajectory
@@ -119,9 +126,14 @@ def _check(cfg: dict) -> dict:
     cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
     cfg["metrics"] = tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (
         cfg["metrics"],)
+    for m in cfg["metrics"]:
+        if not isinstance(m, str):
+            raise TypeError(f"metrics: expected metric names (str), got {m!r} of type "
+                            f"{type(m).__name__}; the metrics are one choice per sweep, not "
+                            "a grid axis")
     if "loss" not in cfg["metrics"]:
         cfg["metrics"] = ("loss",) + cfg["metrics"]
-    cfg["thresholds"] = tuple(float(t) for t in cfg["thresholds"])
+    cfg["thresholds"] = tuple(float(t) for t in _thresholds(cfg["thresholds"]))
     if isinstance(cfg["widths"], (list, tuple)):
         cfg["widths"] = tuple(cfg["widths"])
     clash = sorted({m.split(":")[0] for m in cfg["metrics"]} & set(DEFAULTS))
@@ -193,9 +205,9 @@ def _take_seeds(p, s0: int, s1: int):
 
 
 def _label(t: float) -> str:
-    """1e-4 -> '1e-4', 0.13 -> '1.3e-1': threshold labels for column names."""
-    mant, exp = f"{t:.6e}".split("e")
-    mant = mant.rstrip("0").rstrip(".")
+    """1e-4 -> '1e-4', 0.13 -> '1.3e-1': threshold labels for column names, the shortest that
+    read back as the same float, so that two thresholds never share a column."""
+    mant, exp = np.format_float_scientific(float(t), unique=True, trim="-").split("e")
     return f"{mant}e{int(exp)}"
 
 
