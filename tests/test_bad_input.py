@@ -33,7 +33,34 @@ CASES = [
     ("targets 4-d", lambda: ir.completion(np.ones((1, 1, 2, 2)), M22), ValueError, "targets"),
     ("targets empty", lambda: ir.completion(np.ones((0, 3)), np.ones((0, 3), bool)), ValueError,
      "targets"),
-    ("targets NaN", lambda: ir.completion([[NAN, 1.0], [1.0, 0.0]], M22), ValueError, "targets"),
+    ("targets NaN observed", lambda: ir.completion([[0.0, NAN], [1.0, 0.0]], M22), ValueError,
+     r"^targets: NaN at observed entry \(0, 1\) of problem 0"),
+    ("targets NaN observed by one", lambda: ir.completion([[NAN, 1.0], [1.0, 0.0]],
+                                                          np.stack([M22, ~M22])),
+     ValueError, r"^targets: NaN at observed entry \(0, 0\) of problem 1"),
+    ("tensor targets NaN observed", lambda: ir.tensor_completion(
+        np.full((1, 2, 2, 2), NAN), np.ones((1, 2, 2, 2), bool)), ValueError,
+     "^targets: NaN at observed"),
+    ("targets beyond float32", lambda: ir.DeepFactorization.init(
+        ir.completion([[1e300, 1.0], [1.0, 0.0]], M22), 2, dtype="float32"), ValueError,
+     r"^targets: 1e\+300 is not representable in float32"),
+    ("A beyond float32", lambda: ir.DeepFactorization.init(
+        ir.sensing(np.full((3, 2, 2), -1e300), np.ones(3)), 2, dtype="float32"), ValueError,
+     r"^A: 1e\+300 is not representable in float32"),
+    ("tensor targets beyond float32", lambda: ir.CPFactorization.init(
+        ir.tensor_completion(np.full((1, 2, 2, 2), 1e39), np.ones((1, 2, 2, 2), bool)), rank=2,
+        dtype="float32"), ValueError, "^targets: 1e\\+39 is not representable in float32"),
+    ("scale underflows in float32", lambda: ir.DeepFactorization.init(
+        _sq(), 2, scale=1e-50, dtype="float32"), ValueError,
+     r"^scale: factors\[0\] drawn with scale=1e-50: 8 nonzero entries \(down to .*\) "
+     "underflow to 0 in float32"),
+    ("CP scale underflows in float32", lambda: ir.CPFactorization.init(
+        ir.tensor_completion(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2), bool)), rank=2,
+        scale=1e-50, dtype="float32"), ValueError, r"^scale: factors\[0\] .* underflow to 0"),
+    ("CP factors beyond float32", lambda: ir.CPFactorization(
+        ir.tensor_completion(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2), bool)),
+        [np.full((2, 2), 1e300)] * 3, dtype="float32"), ValueError,
+     r"^factors\[0\]: expected finite"),
     ("targets inf", lambda: ir.completion([[0, np.inf], [1.0, 0.0]], M22), ValueError, "targets"),
     ("targets complex", lambda: ir.completion(np.ones((2, 2)) * 1j, M22), TypeError, "targets"),
     ("targets strings", lambda: ir.completion([["a", "b"], ["c", "d"]], M22), TypeError, "targets"),
@@ -412,3 +439,30 @@ def test_sweep_thresholds_none_means_none():
     res = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": None}, seeds=1,
                    progress=False)
     assert res.meta is not None and not any("@" in c for c in res.columns)
+
+
+def test_nan_marks_an_unobserved_entry():
+    """NaN where no problem observes the entry trains exactly as any other value there."""
+    t = np.array([[NAN, 1.0], [2.0, -1.0]])
+    zero = np.nan_to_num(t)
+    runs = []
+    for targets in (t, zero):
+        f = ir.DeepFactorization.init(ir.completion(targets, M22), 3, scale=0.3)
+        f.step(1e-2, 50)
+        runs.append(f)
+    for a, b in zip(runs[0].factors, runs[1].factors, strict=True):
+        np.testing.assert_array_equal(a, b)
+    q = ir.tensor_completion(np.where(np.eye(2, dtype=bool)[None, :, :, None], 1.0, NAN)
+                             * np.ones((1, 2, 2, 2)), np.eye(2, dtype=bool)[None, :, :, None]
+                             * np.ones((1, 2, 2, 2), bool))
+    assert np.isfinite(q.targets).all()
+
+
+def test_svdvals_keep_relative_accuracy_down_to_the_stated_limit():
+    """sigma_k / sigma_1 down to 1e-150 keeps ~13 digits (the limit is ~1.5e-154)."""
+    rng = np.random.default_rng(0)
+    for k in (50, 100, 150):
+        d = np.array([1.0, 10.0**-k, 0.5 * 10.0**-k])
+        X = np.diag(d)[rng.permutation(3)][:, rng.permutation(3)] * [[1], [-1], [1]]
+        s = ir.svdvals(X[None])[0]
+        np.testing.assert_allclose(s, d, rtol=1e-13, atol=0)

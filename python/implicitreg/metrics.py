@@ -84,7 +84,9 @@ def svdvals(X, backend: str | None = None, return_info: bool = False,
     cpu: 2x2 in closed form with the small value as |det| / sigma_1 (relative accuracy kept
     when sigma_1 >> sigma_2); up to 11 columns (of X or X^T) one-sided Jacobi, from 12
     bidiagonalization and implicit-shift QR (Jacobi as the fallback); within a few ulps *
-    sigma_1 either way, float32 reduced in float64. A matrix with a non-finite entry gets
+    sigma_1 either way, float32 reduced in float64; a small sigma_k keeps its relative accuracy
+    down to sigma_k / sigma_1 ~ 1.5e-154 (its square underflows below). A matrix with a
+    non-finite entry gets
     NaN. return_info=True also returns an array (...) of "ok" | "not_converged" |
     "non_finite"; without it, a matrix that reached the Jacobi sweep cap (max_sweeps, default
     40: far more than the 5 to 8 that small matrices take) raises a RuntimeWarning.

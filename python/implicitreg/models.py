@@ -52,6 +52,39 @@ def _factor_dtype(arrays: list[np.ndarray], dtype) -> np.dtype:
     return float_dtype(arrays[0].dtype, "factors")
 
 
+def _in_dtype(arrays: list[np.ndarray], dtype: np.dtype, drawn: str = "") -> list[np.ndarray]:
+    """The factors in the model's dtype, refused when a value does not survive the cast: too
+    large (a float64 1e300 is inf in float32) or too small (a nonzero entry that becomes 0:
+    a factor of zeros never moves). drawn: the init argument that made them ("scale=1e-50"),
+    named first in the error."""
+    with np.errstate(over="ignore", under="ignore"):
+        cast = [a.astype(dtype, copy=False) for a in arrays]
+    for j, (a, c) in enumerate(zip(arrays, cast, strict=True)):
+        name = f"{drawn.split('=')[0]}: factors[{j}] drawn with {drawn}" if drawn else \
+            f"factors[{j}]"
+        finite(c, name)
+        lost = (a != 0) & (c == 0)
+        if lost.any():
+            raise ValueError(
+                f"{name}: {int(lost.sum())} nonzero entries (down to "
+                f"{np.abs(a[lost]).min():.3g}) underflow to 0 in {dtype}, whose smallest "
+                f"normal number is {np.finfo(dtype).tiny:.3g}; use dtype='float64' or a "
+                "larger scale")
+    return cast
+
+
+def _check_representable(problem, dtype: np.dtype) -> None:
+    """The problem's values fit the model's dtype (float32 holds up to 3.4e38)."""
+    top = float(np.finfo(dtype).max)
+    values = ({"A": problem.A, "y": problem.y} if isinstance(problem, Sensing)
+              else {"targets": problem.targets})
+    for name, x in values.items():
+        big = float(np.abs(x).max(initial=0.0))
+        if big > top:
+            raise ValueError(f"{name}: {big:.3g} is not representable in {dtype}, whose "
+                             f"largest number is {top:.3g}; use dtype='float64'")
+
+
 def _host(x, name: str):
     """x on the host: a CuPy array is copied once; another device array (PyTorch, Numba)
     has no such copy, and is refused rather than failing inside the copy."""
@@ -156,10 +189,8 @@ class DeepFactorization(_Trained):
         arrays = [real_array(_host(W, f"factors[{j}]"), f"factors[{j}]")
                   for j, W in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
+        _check_representable(problem, dtype)
         B, (m, n) = problem.batch, problem.shape
-        # finite in the model's dtype (a float64 1e300 would become inf in float32)
-        with np.errstate(over="ignore"):
-            arrays = [a.astype(dtype, copy=False) for a in arrays]
         prev = n
         for j, a in enumerate(arrays):
             if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != B):
@@ -170,10 +201,10 @@ class DeepFactorization(_Trained):
                                  f"{'the problem' if j == 0 else f'factors[{j - 1}]'}, "
                                  f"got shape {a.shape}")
             prev = a.shape[-2]
-            finite(a, f"factors[{j}]")
         if prev != m:
             raise ValueError(f"factors[{len(arrays) - 1}]: expected {m} rows (the problem is "
                              f"{m} x {n}), got shape {arrays[-1].shape}")
+        arrays = _in_dtype(arrays, dtype)
         size = sum(a.shape[-1] * a.shape[-2] for a in arrays)
         batch_memory(size * dtype.itemsize + _STATE_BYTES, B, "factors",
                      "the model's factors", device=backend == "cuda")
@@ -203,6 +234,7 @@ class DeepFactorization(_Trained):
                      "problem", "drawing the starting factors")
         factors = init_factors(problem.shape, problem.batch, depth, widths, init, scale,
                                scale_by, det, seed)
+        _in_dtype(factors, dtype, f"scale={scale:g}")
         return cls(problem, factors, backend=backend, dtype=dtype)
 
     # ------------------------------------------------------------------ state
@@ -496,12 +528,13 @@ class CPFactorization(_Trained):
         arrays = [real_array(_host(U, f"factors[{n}]"), f"factors[{n}]")
                   for n, U in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
+        _check_representable(problem, dtype)
         B, R = problem.batch, arrays[0].shape[-1] if arrays[0].ndim in (2, 3) else -1
         for n, (a, d) in enumerate(zip(arrays, problem.dims, strict=True)):
             if a.ndim not in (2, 3) or a.shape[-2:] != (d, R) or (a.ndim == 3 and a.shape[0] != B):
                 raise ValueError(f"factors[{n}]: expected shape ({B}, {d}, R) or ({d}, R) with "
                                  f"one R for every factor, got {a.shape}")
-            finite(a, f"factors[{n}]")
+        arrays = _in_dtype(arrays, dtype)
         if not 1 <= R <= 1024:
             raise ValueError(f"factors: expected 1 to 1024 components R, got {R}")
         # the factors, the optimizer state (v, t) and the last losses
@@ -544,6 +577,7 @@ class CPFactorization(_Trained):
             g = _rng.generator(seed, "init", b)
             for U in factors:
                 U[b] = g.normal(0.0, scale, size=U.shape[1:])
+        _in_dtype(factors, dtype, f"scale={scale:g}")
         return cls(problem, factors, backend=backend, dtype=dtype)
 
     @property

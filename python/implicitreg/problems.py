@@ -163,13 +163,30 @@ def _check_truth(truth, batch: int, shape: tuple[int, int]):
     return t
 
 
+def _unobserved_nan_to_zero(t: np.ndarray, mk: np.ndarray) -> np.ndarray:
+    """targets as float64, NaN (the usual mark of a missing value) allowed where every problem
+    that shares the entry leaves it unobserved, and stored as 0 (its value is never read);
+    ValueError for a NaN that some problem observes, or an infinite value."""
+    nan = np.isnan(t)
+    if nan.any():
+        seen = nan & mk  # broadcast over the batch: a shared target meets every mask
+        if seen.any():
+            b, *idx = np.argwhere(seen)[0].tolist()
+            raise ValueError(f"targets: NaN at observed entry {tuple(idx)} of problem {b} "
+                             f"({int(seen.sum())} in all); NaN may only mark an unobserved "
+                             "entry")
+        t = np.where(nan, 0.0, t)
+    finite(t, "targets")
+    return t.astype(np.float64)
+
+
 def completion(targets, masks, batch: int | None = None, truth=None) -> Completion:
     """A batch of completion problems.
 
     targets: (m, n) or (B, m, n) real; masks: (m, n) or (B, m, n) bool, True where observed.
     A leading size of 1 (or a 2-d array) is shared by the whole batch; `batch` sets B
-    explicitly when every input is shared. Values at unobserved entries are ignored but must
-    be finite.
+    explicitly when every input is shared. Values at unobserved entries are never read: each
+    may be NaN (stored as 0), but no value may be infinite.
     """
     t = real_array(targets, "targets")
     ndim_in(t, "targets", (2, 3), "(m, n) or (B, m, n)")
@@ -184,9 +201,9 @@ def completion(targets, masks, batch: int | None = None, truth=None) -> Completi
                          f"got {mk.shape[1:]}")
     if min(t.shape[1:]) < 1:
         raise ValueError(f"targets: expected non-empty matrices, got shape {t.shape[1:]}")
-    finite(t, "targets")
     B = batch_size({"targets": t.shape[0], "masks": mk.shape[0]}, batch)
-    return Completion(t.astype(np.float64), mk.copy(), B, _check_truth(truth, B, t.shape[1:]))
+    t = _unobserved_nan_to_zero(t, mk)
+    return Completion(t, mk.copy(), B, _check_truth(truth, B, t.shape[1:]))
 
 
 def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
@@ -383,7 +400,7 @@ def tensor_completion(targets, masks, batch: int | None = None) -> TensorComplet
     where observed. A leading size of 1 is shared by the whole batch, and one of the two may
     come without the batch axis, (d_1, ..., d_N), to be shared; when both have the same number
     of axes, the first is the batch axis (so one 8x8x8 problem is targets[None], masks[None]).
-    Mode sizes 1..16, orders 2..6.
+    Mode sizes 1..16, orders 2..6. An unobserved entry may be NaN (stored as 0).
     """
     t = real_array(targets, "targets")
     mk = np.asarray(masks)
@@ -406,9 +423,8 @@ def tensor_completion(targets, masks, batch: int | None = None) -> TensorComplet
                          f"got shape {t.shape}")
     if not all(1 <= d <= 16 for d in t.shape[1:]):
         raise ValueError(f"targets: expected mode sizes 1 to 16, got {t.shape[1:]}")
-    finite(t, "targets")
     B = batch_size({"targets": t.shape[0], "masks": mk.shape[0]}, batch)
-    return TensorCompletion(t.astype(np.float64), mk.copy(), B)
+    return TensorCompletion(_unobserved_nan_to_zero(t, mk), mk.copy(), B)
 
 
 def random_cp_tensor(dims, rank: int, fro_norm: float = 1.0, batch: int = 1,
