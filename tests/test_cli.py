@@ -82,3 +82,13 @@ def test_run_bad_argument_is_a_clear_error(capsys):
     assert "depth" in capsys.readouterr().err
     assert main(["run", "--lrs", "-1", "--seeds", "2", "--quiet"]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_a_refused_reproduce_leaves_the_directory_to_the_corrected_one(tmp_path, capsys):
+    out = tmp_path / "rep"
+    args = ["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--no-plot", "--quiet",
+            "--out", str(out)]
+    assert main(args + ["--checkpoint-every", "-1"]) == 2
+    assert "checkpoint_every: expected seconds >= 0, got -1.0" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(args) == 0

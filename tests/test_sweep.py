@@ -817,3 +817,17 @@ def test_close_thresholds_get_columns_of_their_own_that_read_back():
     labels = [c.split("@")[1] for c in res.columns if c.startswith("step@")]
     assert labels == ["1e-1", "9.9999999e-2", "1e-2"]
     assert [float(x) for x in labels] == list(t)
+
+
+@pytest.mark.parametrize("bad", [{"progress": "yes"}, {"checkpoint_every": -1},
+                                 {"resume": "yes"}, {"name": 3}, {"seeds": 0},
+                                 {"executor": "threads"}])
+def test_bad_arguments_are_refused_before_the_directory_is_claimed(tmp_path, bad):
+    base = {"problem": "paper_2x2", "max_steps": 5}
+    out = tmp_path / "run"
+    name = next(iter(bad))
+    with pytest.raises((TypeError, ValueError), match=f"^{name}: "):
+        ir.sweep(base, **{"seeds": 1, "progress": False, "out": out, **bad})
+    assert not out.exists()
+    ir.sweep(base, seeds=1, progress=False, out=out)  # the corrected call takes the directory
+    assert (out / "manifest.json").exists()

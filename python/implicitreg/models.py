@@ -402,9 +402,7 @@ class DeepFactorization(_Trained):
                                         * self.dtype.itemsize + 8 * (sum(metric_rows) + 1))
         _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log, cross_bytes)
         cross = self.crossings(thresholds)
-        checkpoint_every = float(real_array(checkpoint_every, "checkpoint_every"))
-        if not checkpoint_every >= 0:
-            raise ValueError(f"checkpoint_every: expected seconds >= 0, got {checkpoint_every}")
+        checkpoint_every = _checkpoint_every(checkpoint_every)
         _check_progress(progress)
         points = log.points(max_steps)
         # Every row goes straight from the core into this buffer (pages are touched only as
@@ -732,9 +730,7 @@ class CPFactorization(_Trained):
             batch_memory(3 * 8 * int(np.prod(self.dims)), self.batch, "metrics",
                          "measuring the tensors")
         _check_progress(progress)
-        checkpoint_every = float(real_array(checkpoint_every, "checkpoint_every"))
-        if not checkpoint_every >= 0:
-            raise ValueError(f"checkpoint_every: expected seconds >= 0, got {checkpoint_every}")
+        checkpoint_every = _checkpoint_every(checkpoint_every)
         points = log.points(max_steps)
         checks = (np.arange(0, max_steps + 1, check_every) if patience is not None
                   else np.zeros(0, dtype=np.int64))
@@ -898,6 +894,14 @@ def _progress(progress, total: int):
             bar = tqdm(total=total, unit="step", leave=False)
             return bar.update, bar.close
     return (lambda n: None), (lambda: None)
+
+
+def _checkpoint_every(seconds) -> float:
+    """checkpoint_every as seconds >= 0 (0: at every log point)."""
+    seconds = float(real_array(seconds, "checkpoint_every"))
+    if not seconds >= 0:
+        raise ValueError(f"checkpoint_every: expected seconds >= 0, got {seconds}")
+    return seconds
 
 
 def _check_progress(progress) -> None:

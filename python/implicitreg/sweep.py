@@ -35,6 +35,8 @@ from .models import (
     _GENERATOR_BYTES,
     CPFactorization,
     DeepFactorization,
+    _check_progress,
+    _checkpoint_every,
     _progress,
     _thresholds,
     memorizer,
@@ -565,7 +567,14 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     a new local one), reruns a batch up to max_retries times when its worker dies, and
     writes each batch into `out` as it arrives. Both give the same results, bit for bit.
     """
+    # every argument is checked before `out` is claimed, so a corrected call can use it
     seeds = integer(seeds, "seeds", minimum=1)
+    _check_progress(progress)
+    checkpoint_every = _checkpoint_every(checkpoint_every)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected True or False, got {resume!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
     choice(executor, "executor", EXECUTORS)
     if address is not None and executor != "ray":
         raise ValueError(f"address: only used by executor 'ray', got executor {executor!r} "
