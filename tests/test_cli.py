@@ -92,3 +92,77 @@ def test_a_refused_reproduce_leaves_the_directory_to_the_corrected_one(tmp_path,
     assert "checkpoint_every: expected seconds >= 0, got -1.0" in capsys.readouterr().err
     assert not out.exists()
     assert main(args) == 0
+
+
+def _one_error_line(capsys, *needles) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("implicitreg: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and all(n in err for n in needles), err
+
+
+def test_plot_fails_like_a_tool(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    _one_error_line(capsys, "is not a directory")
+    run_dir = tmp_path / "run"
+    assert main(["run", "--depths", "2", "--seeds", "2", "--max-steps", "50", "--quiet",
+                 "--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(run_dir)]) == 2
+    _one_error_line(capsys, "`implicitreg run`", "not of a named experiment")
+    (run_dir / "results.npz").write_text("not an archive")
+    assert main(["plot", str(run_dir)]) == 2
+    _one_error_line(capsys, "results.npz is not")
+
+
+def test_reproduce_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import implicitreg.experiments as experiments
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiments, "reproduce", interrupted)
+    out = tmp_path / "rep"
+    assert main(["reproduce", "paper-2x2", "--quick", "--quiet", "--no-plot", "--out",
+                 str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"implicitreg: interrupted; finished batches are kept in {out}: rerun with "
+                   "--resume to continue")
+
+
+def test_reproduce_without_matplotlib_says_so_first_and_writes_no_figures(tmp_path, capsys,
+                                                                          monkeypatch):
+    import implicitreg.cli as cli
+
+    monkeypatch.setattr(cli, "_has_matplotlib", lambda: False)
+    out = tmp_path / "rep"
+    assert main(["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--quiet", "--out",
+                 str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "matplotlib is not installed" in captured.err
+    assert captured.out.rstrip().endswith(f"results and report in {out} (no figures)")
+    assert (out / "report.txt").exists() and not (out / "figures").exists()
+
+
+def test_no_plot_claims_no_figures(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--quiet", "--no-plot",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("(no figures)")
+
+
+def test_list_into_a_closed_pipe_is_quiet():
+    p = subprocess.Popen([sys.executable, "-m", "implicitreg", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line (as `| head -0` would)
+    with p.stderr:
+        err = p.stderr.read().decode()
+    assert p.wait() == 0 and "Error" not in err and "Traceback" not in err, err
+
+
+def test_run_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for default in ("(default: 2 3 4)", "(default: 3e-3)", "(default: 16)", "(default: 1e-4)",
+                    "(default: product)", "(default: cpu)"):
+        assert default in text

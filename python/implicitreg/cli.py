@@ -87,24 +87,46 @@ def _list(args) -> int:
     return 0
 
 
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _reproduce(args) -> int:
     from .experiments import get, report_text, reproduce
 
     exp = get(args.name)  # an unknown name fails here, listing the valid ones
     out = args.out or os.path.join("results", exp.name)
-    res, rows = reproduce(exp.name, seeds=args.seeds, backend=args.backend, dtype=args.dtype,
-                          out=out, resume=args.resume, quick=args.quick,
-                          progress=not args.quiet, plot=not args.no_plot,
-                          checkpoint_every=args.checkpoint_every, executor=args.executor,
-                          address=args.address)
+    plot = not args.no_plot
+    if plot and not _has_matplotlib():  # said before the run, not after it
+        print("implicitreg: note: matplotlib is not installed (extra 'plot'): the results and "
+              f"the report are written, the figures are not; `implicitreg plot {out}` draws "
+              "them once it is", file=sys.stderr)
+        plot = False
+    try:
+        res, rows = reproduce(exp.name, seeds=args.seeds, backend=args.backend,
+                              dtype=args.dtype, out=out, resume=args.resume, quick=args.quick,
+                              progress=not args.quiet, plot=plot,
+                              checkpoint_every=args.checkpoint_every, executor=args.executor,
+                              address=args.address)
+    except KeyboardInterrupt:
+        print(f"\nimplicitreg: interrupted; finished batches are kept in {out}: rerun with "
+              "--resume to continue", file=sys.stderr)
+        return 130
     print(report_text(exp, res, rows))
-    print(f"results, report and figures in {out}")
+    print(f"results and report in {out}" + (", figures in " + os.path.join(out, "figures")
+                                             if plot else " (no figures)"))
     return 0
 
 
 def _plot(args) -> int:
     from .experiments import replot
 
+    if not os.path.isdir(args.dir):
+        raise ValueError(f"dir: {args.dir} is not a directory")
     for path in replot(args.dir):
         print(path)
     return 0
@@ -153,22 +175,31 @@ def _parser() -> argparse.ArgumentParser:
                          description="Train the canonical 2x2 completion problem (PAPER.md §2.1) "
                          "at every (depth, lr, scale) for a batch of seeds in one batched call "
                          "per depth, and print |w11| at loss 1e-1 ... 1e-4.")
-    run.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4])
-    run.add_argument("--lrs", type=float, nargs="+", default=[3e-3])
+    run.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4],
+                     help="depths to train (default: 2 3 4)")
+    run.add_argument("--lrs", type=float, nargs="+", default=[3e-3],
+                     help="learning rates (default: 3e-3)")
     run.add_argument("--scales", type=float, nargs="+", default=[1e-6],
-                     help="init scale (see --scale-by)")
+                     help="init scales, see --scale-by (default: 1e-6)")
     run.add_argument("--scale-by", choices=["factor", "product"], default="product",
-                     help="scale is the per-factor std or the end-to-end std (the paper's 'init')")
-    run.add_argument("--init", choices=["normal", "identity", "balanced"], default="normal")
-    run.add_argument("--det", choices=["positive", "negative", "none"], default="positive")
-    run.add_argument("--seeds", type=int, default=16, help="problems per config")
-    run.add_argument("--seed", type=int, default=0, help="base seed")
-    run.add_argument("--max-steps", type=int, default=10_000_000)
-    run.add_argument("--tol", type=float, default=1e-4, help="freeze a problem below this loss")
-    run.add_argument("--log-every", type=int, default=1000)
-    run.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    run.add_argument("--backend", choices=["cpu", "numpy", "cuda"], default="cpu")
-    run.add_argument("--out", help="results directory (see implicitreg.sweep)")
+                     help="scale is the per-factor std or the end-to-end std, the paper's "
+                     "'init' (default: product)")
+    run.add_argument("--init", choices=["normal", "identity", "balanced"], default="normal",
+                     help="(default: normal)")
+    run.add_argument("--det", choices=["positive", "negative", "none"], default="positive",
+                     help="sign of det(W(0)) (default: positive)")
+    run.add_argument("--seeds", type=int, default=16, help="problems per config (default: 16)")
+    run.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    run.add_argument("--max-steps", type=int, default=10_000_000,
+                     help="(default: 10000000)")
+    run.add_argument("--tol", type=float, default=1e-4,
+                     help="freeze a problem below this loss (default: 1e-4)")
+    run.add_argument("--log-every", type=int, default=1000, help="(default: 1000)")
+    run.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                     help="(default: float64)")
+    run.add_argument("--backend", choices=["cpu", "numpy", "cuda"], default="cpu",
+                     help="(default: cpu)")
+    run.add_argument("--out", help="results directory (see implicitreg.sweep; default: none)")
     _executor_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(fn=_run)
@@ -231,8 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "det", None) == "none":
         args.det = None
     try:
-        return args.fn(args)
-    except (ValueError, TypeError, RuntimeError) as exc:
+        code = args.fn(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `implicitreg list | head`: the reader has gone, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, TypeError, RuntimeError, ImportError, OSError) as exc:
         print(f"implicitreg: error: {exc}", file=sys.stderr)
         return 2
 

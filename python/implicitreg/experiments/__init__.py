@@ -85,7 +85,12 @@ def reproduce(name: str, seeds: int | None = None, backend: str = "cpu",
 def replot(out) -> list[str]:
     """Redraw the figures (and the report) of a results directory."""
     res = load_sweep(out)
-    exp = get(res.meta.get("name", ""))
+    name = res.meta.get("name", "")
+    if name not in EXPERIMENTS:
+        made_by = "`implicitreg run`" if name == "run" else f"a sweep named {name!r}"
+        raise ValueError(f"dir: {out} holds the results of {made_by}, not of a named "
+                         "experiment: plot redraws what `implicitreg reproduce NAME` wrote")
+    exp = EXPERIMENTS[name]
     rows = exp.report(res)
     write_report(out, exp, res, rows)
     return exp.figures(res, os.path.join(out, "figures"))
