@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -831,3 +834,32 @@ def test_bad_arguments_are_refused_before_the_directory_is_claimed(tmp_path, bad
     assert not out.exists()
     ir.sweep(base, seeds=1, progress=False, out=out)  # the corrected call takes the directory
     assert (out / "manifest.json").exists()
+
+
+_LONG_SWEEP = ("import implicitreg as ir, sys; ir.sweep({'problem': 'paper_2x2', 'max_steps': "
+               "1000000, 'tol': None, 'log': 'every:500000'}, seeds=256, progress=False, "
+               "out=sys.argv[1], checkpoint_every=0)")
+
+
+def test_a_second_process_on_a_results_directory_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-c", _LONG_SWEEP, str(out)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".lock").exists():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(ValueError, match=f"^out: {out} is being written by process "
+                                             f"{first.pid} on "):
+            ir.sweep({"problem": "paper_2x2", "max_steps": 1000000, "tol": None,
+                      "log": "every:500000"}, seeds=256, progress=False, out=out,
+                     resume=True, checkpoint_every=0)
+    finally:
+        first.kill()
+        first.wait()
+    # killed: its lock is stale, and the resumed sweep takes it over and finishes
+    assert (out / ".lock").exists()
+    res = ir.sweep({"problem": "paper_2x2", "max_steps": 1000000, "tol": None,
+                    "log": "every:500000"}, seeds=256, progress=False, out=out, resume=True,
+                   checkpoint_every=0)
+    assert len(res.columns["seed"]) == 256 and not (out / ".lock").exists()

@@ -12,6 +12,7 @@ same seeds (paired comparisons) whatever the batching.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -558,7 +559,9 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     and running batches are checkpointed every checkpoint_every seconds; resume=True skips
     finished batches and continues the others, ending with what an uninterrupted run gives.
     A directory holding other results is refused unless resume is set and it holds this very
-    sweep; a directory holding anything else is refused. name and info (JSON-able) are kept
+    sweep; a directory holding anything else is refused. One process writes a directory at a
+    time: a second one is refused, naming the first's PID and host, and the lock a killed
+    process left behind (out/.lock) is taken over. name and info (JSON-able) are kept
     in the result's meta.
     executor: "local" runs the batches one after another in this process; "ray" runs each
     batch as a Ray task (extra "ray"; one CPU, and on backend "cuda" one GPU, per task) on
@@ -603,55 +606,57 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=_jsonable).encode()
                             ).hexdigest()
     plan = _plan(spans, [d for _, d in need], seeds, backend)
-    if out is not None:  # a resumed sweep keeps the batches it started with
-        plan = _prepare_dir(out, digest, resume, name, plan)
-    total = sum(configs[a]["max_steps"] for a, *_ in plan)
-    advance, close = _progress(progress, total)
-    done: list[tuple[dict, Trajectory, float] | None] = [None] * len(plan)
-    try:
-        for bi, (a, *_) in enumerate(plan):
-            if out is not None and os.path.exists(_batch_path(out, bi, "npz")):
-                done[bi] = _read_batch(out, bi)
-                advance(configs[a]["max_steps"])
-        todo = [bi for bi in range(len(plan)) if done[bi] is None]
-        if ray is None:
-            for bi in todo:
-                a, b, s0, s1 = plan[bi]
-                ran = [0]
+    # one process writes a results directory at a time (a second one is refused)
+    with contextlib.nullcontext() if out is None else _locked(out):
+        if out is not None:  # a resumed sweep keeps the batches it started with
+            plan = _prepare_dir(out, digest, resume, name, plan)
+        total = sum(configs[a]["max_steps"] for a, *_ in plan)
+        advance, close = _progress(progress, total)
+        done: list[tuple[dict, Trajectory, float] | None] = [None] * len(plan)
+        try:
+            for bi, (a, *_) in enumerate(plan):
+                if out is not None and os.path.exists(_batch_path(out, bi, "npz")):
+                    done[bi] = _read_batch(out, bi)
+                    advance(configs[a]["max_steps"])
+            todo = [bi for bi in range(len(plan)) if done[bi] is None]
+            if ray is None:
+                for bi in todo:
+                    a, b, s0, s1 = plan[bi]
+                    ran = [0]
 
-                def step_counter(n, ran=ran):
-                    ran[0] += n
-                    advance(n)
-                ckpt = None if out is None else _batch_path(out, bi, "ckpt.npz")
-                done[bi] = _run_batch(configs[a:b], (s0, s1), backend, step_counter, ckpt,
-                                      checkpoint_every)
-                advance(configs[a]["max_steps"] - ran[0])
-                _write_batch(out, bi, *done[bi])
-        else:
-            work = [(i, configs[plan[i][0]:plan[i][1]], plan[i][2:]) for i in todo]
-            for bi, got in _ray_run(ray, work, backend, out, checkpoint_every, max_retries):
-                done[bi] = got
-                _write_batch(out, bi, *got)
-                advance(configs[plan[bi][0]]["max_steps"])
-    finally:
-        close()
-    trajs, parts, timings = [], [], []
-    for bi, (a, b, s0, s1) in enumerate(plan):
-        group = configs[a:b]
-        cols, traj, seconds = done[bi]
-        n = len(group) * (s1 - s0)
-        cols = {**_config_columns(group, s1 - s0),
-                "seed": np.tile(np.arange(s0, s1), len(group)), **cols,
-                "batch": np.full(n, bi)}
-        trajs.append(traj)
-        parts.append(cols)
-        timings.append({"batch": bi, "configs": len(group), "problems": n,
-                        "seconds": seconds, "problem_steps": int(np.sum(cols["steps"]))})
-    meta["timings"] = timings
-    result = SweepResult(_stack(parts), trajs, configs, meta)
-    if out is not None:  # the trajectories were written as their batches finished
-        result._save_tables(out)
-    return result
+                    def step_counter(n, ran=ran):
+                        ran[0] += n
+                        advance(n)
+                    ckpt = None if out is None else _batch_path(out, bi, "ckpt.npz")
+                    done[bi] = _run_batch(configs[a:b], (s0, s1), backend, step_counter, ckpt,
+                                          checkpoint_every)
+                    advance(configs[a]["max_steps"] - ran[0])
+                    _write_batch(out, bi, *done[bi])
+            else:
+                work = [(i, configs[plan[i][0]:plan[i][1]], plan[i][2:]) for i in todo]
+                for bi, got in _ray_run(ray, work, backend, out, checkpoint_every, max_retries):
+                    done[bi] = got
+                    _write_batch(out, bi, *got)
+                    advance(configs[plan[bi][0]]["max_steps"])
+        finally:
+            close()
+        trajs, parts, timings = [], [], []
+        for bi, (a, b, s0, s1) in enumerate(plan):
+            group = configs[a:b]
+            cols, traj, seconds = done[bi]
+            n = len(group) * (s1 - s0)
+            cols = {**_config_columns(group, s1 - s0),
+                    "seed": np.tile(np.arange(s0, s1), len(group)), **cols,
+                    "batch": np.full(n, bi)}
+            trajs.append(traj)
+            parts.append(cols)
+            timings.append({"batch": bi, "configs": len(group), "problems": n,
+                            "seconds": seconds, "problem_steps": int(np.sum(cols["steps"]))})
+        meta["timings"] = timings
+        result = SweepResult(_stack(parts), trajs, configs, meta)
+        if out is not None:  # the trajectories were written as their batches finished
+            result._save_tables(out)
+        return result
 
 
 def _batch_path(out, bi: int, suffix: str) -> str:
@@ -797,6 +802,59 @@ def _machine() -> dict:
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
 
 
+_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def _locked(out):
+    """Holds the results directory `out` for this process while the sweep writes it: a lock
+    file with its PID, host and start time. A second process is refused, naming the holder; a
+    lock left by a process of this host that no longer runs (killed) is taken over."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, _LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as fh:
+                    holder = json.load(fh)
+            except (OSError, ValueError):  # half-written by a process killed at that moment
+                holder = {}
+            if _running(holder):
+                raise ValueError(
+                    f"out: {out} is being written by process {holder['pid']} on "
+                    f"{holder['host']} (since {holder.get('since', '?')}); wait for it, or "
+                    f"choose another directory (if that process is gone, delete {path})"
+                    ) from None
+            os.remove(path)  # stale
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield
+    finally:
+        os.remove(path)
+
+
+def _running(holder: dict) -> bool:
+    """Whether the process that wrote a lock still runs (one of another host: assumed so)."""
+    if not holder.get("pid"):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # runs, as another user
+        return True
+    return True
+
+
 def _prepare_dir(out, digest: str, resume: bool, name: str, plan: list) -> list:
     """Claim `out` for this sweep (manifest.json, with its batches), or check that it is this
     sweep's; returns the batches to run: those of the manifest when resuming (the device's
@@ -826,7 +884,7 @@ def _prepare_dir(out, digest: str, resume: bool, name: str, plan: list) -> list:
                 if ".tmp-" in f:
                     os.remove(os.path.join(d, f))
         return [tuple(p) for p in old.get("plan", plan)]
-    if os.path.isdir(out) and os.listdir(out):
+    if os.path.isdir(out) and set(os.listdir(out)) - {_LOCK}:
         raise ValueError(f"out: {out} is not empty and holds no implicitreg results; choose "
                          "an empty or new directory")
     os.makedirs(os.path.join(out, "batches"), exist_ok=True)
