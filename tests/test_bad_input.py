@@ -51,7 +51,7 @@ CASES = [
         ir.tensor_completion(np.full((1, 2, 2, 2), 1e39), np.ones((1, 2, 2, 2), bool)), rank=2,
         dtype="float32"), ValueError, "^targets: 1e\\+39 is not representable in float32"),
     ("scale underflows in float32", lambda: ir.DeepFactorization.init(
-        _sq(), 2, scale=1e-50, dtype="float32"), ValueError,
+        _sq(), 2, scale=1e-50, scale_by="factor", dtype="float32"), ValueError,
      r"^scale: factors\[0\] drawn with scale=1e-50: 8 nonzero entries \(down to .*\) "
      "underflow to 0 in float32"),
     ("CP scale underflows in float32", lambda: ir.CPFactorization.init(
@@ -435,10 +435,20 @@ def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sweep_thresholds_none_means_none():
-    res = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": None}, seeds=1,
+def test_sweep_thresholds_and_metrics_none_are_the_models_defaults():
+    from implicitreg.sweep import MODEL_DEFAULTS
+
+    dmf = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": None}, seeds=1,
                    progress=False)
-    assert res.meta is not None and not any("@" in c for c in res.columns)
+    want = ["step@" + lab for lab in ("1e-1", "1e-2", "1e-3", "1e-4")]
+    assert [c for c in dmf.columns if c.startswith("step@")] == want
+    assert MODEL_DEFAULTS["dmf"]["thresholds"] == (1e-1, 1e-2, 1e-3, 1e-4)
+    none = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": ()}, seeds=1,
+                    progress=False)
+    assert not any("@" in c for c in none.columns)
+    cp = ir.sweep({"model": "cp", "problem": "random_cp_completion", "max_steps": 5, "dim": 3,
+                   "n_obs": 10}, seeds=1, progress=False)  # every other key its default
+    assert "recon_error" in cp.columns and not any("@" in c for c in cp.columns)
 
 
 def test_nan_marks_an_unobserved_entry():

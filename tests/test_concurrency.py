@@ -64,9 +64,7 @@ def test_ctrl_c_leaves_the_state_of_the_recorded_step_count(kind, call, short_ca
         if call == "step":
             f.step(LR, 10**9)
         else:
-            # the step's optimizer (the CP fit's default is group_rmsprop)
-            extra = {"optimizer": "gd"} if kind == "cp" else {}
-            f.fit(LR, max_steps=10**9, log=ir.every(10**8), progress=False, **extra)
+            f.fit(LR, max_steps=10**9, log=ir.every(10**8), progress=False)
     timer.join()
     assert f.steps_done > 0
     again = MAKE[kind]()

@@ -24,7 +24,8 @@ HYP = settings(max_examples=5, deadline=None)
 
 
 def _model(backend="cpu", dtype="float64", seed=0, batch=5, depth=3):
-    return ir.DeepFactorization.init(ir.problems.paper_2x2(batch), depth, scale=0.3, seed=seed,
+    return ir.DeepFactorization.init(ir.problems.paper_2x2(batch), depth, scale=0.3,
+                                     scale_by="factor", seed=seed,
                                      backend=backend, dtype=dtype)
 
 
@@ -158,7 +159,8 @@ def test_cpu_and_numpy_cross_at_the_same_steps(case, seed):
     make, depth, widths, scale, lr = CASES[case]
     square = case != "completion 3x4"
     metrics = METRICS if square else ("loss", "entry:0,0", "erank", "svals", "recon_error")
-    a, b = (ir.DeepFactorization.init(make(seed), depth, widths=widths, scale=scale, seed=seed,
+    a, b = (ir.DeepFactorization.init(make(seed), depth, widths=widths, scale=scale,
+                                      scale_by="factor", seed=seed,
                                       backend=be).fit(np.array(lr), 500, log=ir.every(250),
                                                       metrics=metrics, thresholds=THR,
                                                       progress=False)
@@ -526,7 +528,7 @@ def _by_hand(E, truth):
 def test_recon_error_matches_numpy_and_the_definition(make):
     p = make()
     assert p.truth is not None
-    f = ir.DeepFactorization.init(p, 3, scale=0.5, seed=4)
+    f = ir.DeepFactorization.init(p, 3, scale=0.5, scale_by="factor", seed=4)
     f.step(0.01, 30)
     g = ir.DeepFactorization(p, f.factors, backend="numpy")
     cpu = f.measure(("recon_error",))["recon_error"]
@@ -540,7 +542,7 @@ def test_recon_error_matches_numpy_and_the_definition(make):
 
 def test_recon_error_is_logged_and_taken_at_crossings():
     p = ir.problems.random_low_rank_completion(3, 3, 1, 7, batch=3, seed=5)
-    f = ir.DeepFactorization.init(p, 3, scale=0.5, seed=1)
+    f = ir.DeepFactorization.init(p, 3, scale=0.5, scale_by="factor", seed=1)
     t = f.fit(np.array([0.05, 0.03, 0.02]), 400, log=ir.every(1),
               metrics=("loss", "recon_error"), thresholds=(1e-1, 1e-2), progress=False)
     c = t.crossings

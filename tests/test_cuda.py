@@ -135,7 +135,7 @@ def _pair(case: dict, dtype: str, scale=0.5, batch=None, backend="cuda"):
     batch = batch or case.get("batch", 9)
     p = _problem(case, batch)
     cpu = ir.DeepFactorization.init(p, depth=case["depth"], widths=case.get("widths"),
-                                    scale=scale, seed=1, dtype=dtype)
+                                    scale=scale, scale_by="factor", seed=1, dtype=dtype)
     return cpu, ir.DeepFactorization(p, cpu.factors, backend=backend, dtype=dtype)
 
 
@@ -398,13 +398,13 @@ def test_cp_divergence_and_tolerance_freeze_like_cpu(dev):
     lr[::3] = 1e6  # these blow up
     steps = 20 if dev.name == "emulated" else 300
     for f in (cpu, gpu):
-        f.step(lr, steps, tol=1e-3)
+        f.step(lr, steps, tol=1e-3, optimizer="gd")
     assert "diverged" in cpu.status
     assert (gpu.status == cpu.status).all() and (gpu.frozen_at == cpu.frozen_at).all()
     dev.check(gpu.factors, cpu.factors)
     assert np.isfinite(np.concatenate([_backend.to_host(U).ravel() for U in gpu.factors])).all()
     for f in (cpu, gpu):  # a frozen problem is skipped: nothing changes, not even its loss
-        f.step(lr, 5, tol=1e-3)
+        f.step(lr, 5, tol=1e-3, optimizer="gd")
     assert (gpu.status == cpu.status).all()
 
 

@@ -106,7 +106,7 @@ def test_scale_by_factor_balanced_matches_normal_product_std():
 @pytest.mark.parametrize("m,n,depth,widths", [(2, 2, 3, None), (3, 4, 3, [5, 4]), (4, 2, 2, [1])])
 def test_identity_init(m, n, depth, widths):
     p = _rect(m, n, 2)
-    f = _init(p, depth, widths=widths, init="identity", scale=0.4)
+    f = _init(p, depth, widths=widths, init="identity", scale=0.4, scale_by="factor")
     for W in f.factors:
         np.testing.assert_array_equal(W, np.broadcast_to(0.4 * np.eye(*W.shape[1:]), W.shape))
     g = _init(p, depth, widths=widths, init="identity", scale=0.4, scale_by="product")

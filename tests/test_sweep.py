@@ -16,7 +16,15 @@ import pytest
 import implicitreg as ir
 import implicitreg.ops
 from conftest import CONVERGED, TRAJ_RUNNING
-from implicitreg.sweep import DEFAULTS, PROBLEMS, SweepResult, expand, load_sweep, sweep
+from implicitreg.sweep import (
+    DEFAULTS,
+    MODEL_DEFAULTS,
+    PROBLEMS,
+    SweepResult,
+    expand,
+    load_sweep,
+    sweep,
+)
 
 # A tiny, fast base: the canonical 2x2 problem, a few steps, every metric logged at a few
 # points. Configs override what they need.
@@ -315,7 +323,7 @@ def test_sweep_equals_direct_fits_perturbed_eps_batch():
         p = ir.problems.perturbed_2x2(-2.0, 0.5, eps, batch=3)
         f = ir.DeepFactorization.init(p, depth=2, scale=0.1, scale_by="product", seed=0)
         t = f.fit(0.02, 200, log=ir.every(40), metrics=("loss", "det"),
-                  thresholds=DEFAULTS["thresholds"], progress=False)
+                  thresholds=MODEL_DEFAULTS["dmf"]["thresholds"], progress=False)
         np.testing.assert_array_equal(res.columns["loss"][rows], t["loss"][-1])
         np.testing.assert_array_equal(res.columns["det"][rows], t["det"][-1])
         np.testing.assert_array_equal(res.columns["step@1e-4"][rows], t.crossings["step"][3])
@@ -863,3 +871,21 @@ def test_a_second_process_on_a_results_directory_is_refused_naming_the_first(tmp
                     "log": "every:500000"}, seeds=256, progress=False, out=out, resume=True,
                    checkpoint_every=0)
     assert len(res.columns["seed"]) == 256 and not (out / ".lock").exists()
+
+
+def test_one_default_per_setting_in_every_layer():
+    """The paper's settings are the defaults of the models, the sweep and the command line."""
+    import inspect
+
+    from implicitreg.cli import _parser
+    from implicitreg.init import init_factors
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    for fn in (ir.CPFactorization.step, ir.CPFactorization.fit):
+        assert default(fn, "optimizer") == DEFAULTS["optimizer"] == "group_rmsprop"
+    for fn in (ir.DeepFactorization.init, init_factors):
+        assert default(fn, "scale_by") == DEFAULTS["scale_by"] == "product"
+    run = _parser().parse_args(["run"])
+    assert run.scale_by == DEFAULTS["scale_by"]

@@ -93,7 +93,7 @@ def _draw(g: np.random.Generator, init: str, s: float, dims: list[int]) -> list[
 
 
 def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init="normal",
-                 scale=1e-3, scale_by="factor", det=None, seed=0) -> list[np.ndarray]:
+                 scale=1e-3, scale_by="product", det=None, seed=0) -> list[np.ndarray]:
     """Starting factors [W_1, ..., W_N], each (batch, d_j, d_{j-1}) float64."""
     batch = integer(batch, "batch", minimum=0)
     dims = layer_dims(shape, depth, widths)

@@ -219,7 +219,7 @@ class DeepFactorization(_Trained):
 
     @classmethod
     def init(cls, problem, depth: int = 3, widths=None, init: str = "normal",
-             scale: float = 1e-3, scale_by: str = "factor", det=None, seed: int = 0,
+             scale: float = 1e-3, scale_by: str = "product", det=None, seed: int = 0,
              dtype="float64", backend: str = "cpu") -> DeepFactorization:
         """Draw starting factors (see implicitreg.init); problem b's start depends only on
         (seed, b)."""
@@ -613,8 +613,8 @@ class CPFactorization(_Trained):
         return OPTIMIZERS[choice(optimizer, "optimizer", tuple(OPTIMIZERS))]
 
     @serialized
-    def step(self, lr, steps: int = 1, tol=None, optimizer: str = "gd", beta: float = 0.99,
-             eps: float = 1e-6) -> CPFactorization:
+    def step(self, lr, steps: int = 1, tol=None, optimizer: str = "group_rmsprop",
+             beta: float = 0.99, eps: float = 1e-6) -> CPFactorization:
         """`steps` updates in place with no Python between steps: "gd" (U <- U - lr g) or
         "group_rmsprop" (PAPER.md §4.4: lr divided by sqrt of the bias-corrected running
         mean of ||g||^2 plus eps; beta, eps; its state is per problem and kept across calls).

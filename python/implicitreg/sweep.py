@@ -72,14 +72,20 @@ DEFAULTS = {
     "init_det": None, "init_seed": 0,
     # how it is trained and what is recorded
     "lr": 1e-3, "max_steps": 10_000, "tol": None, "log": 200,
-    "metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
+    # metrics and thresholds None: the model's (MODEL_DEFAULTS); thresholds () records none
+    "metrics": None, "thresholds": None,
     "dtype": "float64",
     # model "cp" only: components R (None: the largest CP rank), the optimizer and stop rule
     # of CPFactorization.fit, and what is estimated at the end: the tensor rank of the
     # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated), and
     # with baseline the memorizer's error and rank (PAPER.md §4.6)
-    "components": None, "optimizer": "gd", "patience": None, "check_every": 100,
+    "components": None, "optimizer": "group_rmsprop", "patience": None, "check_every": 100,
     "rank_restarts": 0, "baseline": False,
+}
+# What "metrics": None and "thresholds": None mean, per model (a CP fit records no crossings).
+MODEL_DEFAULTS = {
+    "dmf": {"metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4)},
+    "cp": {"metrics": ("loss", "recon_error"), "thresholds": ()},
 }
 # Keys that may differ inside one batch (per-problem data, start or learning rate).
 _PER_PROBLEM = {"b12", "b21", "eps", "target_rank", "n_obs", "problem_seed", "std", "init",
@@ -127,6 +133,9 @@ def _check(cfg: dict) -> dict:
                          f"{cfg['problem']!r}")
     cfg["depth"] = integer(cfg["depth"], "depth", minimum=1)
     cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
+    for key in ("metrics", "thresholds"):
+        if cfg[key] is None:
+            cfg[key] = MODEL_DEFAULTS[cfg["model"]][key]
     cfg["metrics"] = tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (
         cfg["metrics"],)
     for m in cfg["metrics"]:
