@@ -37,7 +37,7 @@ def test_order_2_and_4():
     rng = np.random.default_rng(3)
     M = rng.standard_normal((4, 6, 3)) @ rng.standard_normal((4, 3, 5))
     M[3, :, 2:] = 0  # rank 2
-    np.testing.assert_array_equal(ir.tensor_rank(M), [3, 3, 3, 2])
+    np.testing.assert_array_equal(ir.tensor_rank(M, order=2), [3, 3, 3, 2])
     np.testing.assert_array_equal(np.linalg.matrix_rank(M), [3, 3, 3, 2])
     T, _ = random_cp_tensor((3, 4, 2, 3), 2, batch=2, seed=1)
     np.testing.assert_array_equal(ir.tensor_rank(T, restarts=3), [2, 2])
@@ -51,7 +51,10 @@ def test_zero_and_tiny_tensors_are_rank_0():
     X[3, 1, 2, 1] = 1.1e-8  # one entry above 1e-8: not zero, and any rank-1 fit is < tol
     X[4] = np.outer(np.arange(1, 4), np.ones(8)).reshape(3, 4, 2)
     for backend in ("cpu", "numpy"):
-        np.testing.assert_array_equal(ir.tensor_rank(X, backend=backend), [0, 0, 0, 1, 1])
+        np.testing.assert_array_equal(
+            ir.tensor_rank(X, backend=backend, criterion="absolute"), [0, 0, 0, 1, 1])
+        # relative: scale-free, only the zero tensor is rank 0
+        np.testing.assert_array_equal(ir.tensor_rank(X, backend=backend), [0, 1, 1, 2, 1])
 
 
 def test_non_finite_tensor_is_minus_1_alone():
@@ -91,25 +94,25 @@ def test_starts_matter():
     for seed, index, restart in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
         assert _core.cp_als_mse(X, [3, 3, 3], 4, 1e-6, 50, seed, index, restart) != base
     D = _dense(1, (2, 3, 2, 2), 6)
-    assert len({tuple(ir.tensor_rank(D, seed=s).tolist()) for s in range(4)}) > 1
+    assert len({tuple(ir.tensor_rank(D, seed=s, restarts=1).tolist()) for s in range(4)}) > 1
 
 
 def test_deterministic():
     D = _dense(1, (2, 3, 2, 2), 6)
-    first = ir.tensor_rank(D, seed=2)
-    np.testing.assert_array_equal(ir.tensor_rank(D, seed=2), first)
-    np.testing.assert_array_equal(ir.tensor_rank(D.copy(), seed=2), first)
+    first = ir.tensor_rank(D, seed=2, restarts=1)
+    np.testing.assert_array_equal(ir.tensor_rank(D, seed=2, restarts=1), first)
+    np.testing.assert_array_equal(ir.tensor_rank(D.copy(), seed=2, restarts=1), first)
     assert len(set(first.tolist())) > 1  # estimates vary over the batch: starts matter
     # result b depends only on (tensor, seed, b): same index, any companions
     other = D.copy()
     other[1::2] = _dense(7, (2, 3, 2, 2), 3)
-    np.testing.assert_array_equal(ir.tensor_rank(other, seed=2)[::2], first[::2])
+    np.testing.assert_array_equal(ir.tensor_rank(other, seed=2, restarts=1)[::2], first[::2])
     for b in (0, 3, 5):
         alone = np.zeros((b + 1,) + D.shape[1:])
         alone[b] = D[b]
-        assert ir.tensor_rank(alone, seed=2)[b] == first[b]
-    assert ir.tensor_rank(D[:1], seed=2)[0] == first[0]
-    np.testing.assert_array_equal(ir.tensor_rank(D[:4], seed=2), first[:4])
+        assert ir.tensor_rank(alone, seed=2, restarts=1)[b] == first[b]
+    assert ir.tensor_rank(D[:1], seed=2, restarts=1)[0] == first[0]
+    np.testing.assert_array_equal(ir.tensor_rank(D[:4], seed=2, restarts=1), first[:4])
 
 
 def test_cpu_backend_equals_numpy_backend():
@@ -187,21 +190,23 @@ def test_paper_targets_and_memorizer(anchor):
     as rank 2, and at n = 4095 of the order-4 file as rank 1 (§4.5: invisible entry)."""
     names = ["tensor_rank_1_fro_1_order_3_dim_8", "tensor_rank_3_fro_1_order_3_dim_8"]
     T = np.stack([anchor[f"{n}_target"] for n in names]).astype(np.float64)
-    np.testing.assert_array_equal(ir.tensor_rank(T), [1, 3])
-    np.testing.assert_array_equal(ir.tensor_rank(T, restarts=3, seed=5), [1, 3])
+    paper = {"criterion": "absolute"}  # the paper's rule, on which the §7.1 values rest
+    np.testing.assert_array_equal(ir.tensor_rank(T, **paper), [1, 3])
+    np.testing.assert_array_equal(ir.tensor_rank(T, restarts=3, seed=5, **paper), [1, 3])
     T4 = anchor["tensor_rank_1_fro_1_order_4_dim_8_target"].astype(np.float64)
-    assert ir.tensor_rank(T4[None])[0] == 1
+    assert ir.tensor_rank(T4[None], **paper)[0] == 1
     order = anchor[f"{names[0]}_order"]
     M = memorizer(ir.tensor_completion(T[0], observe_first(order[None], 511, T[0].shape)))
     missing = T[0].ravel()[order[511]]
     assert abs(missing) == pytest.approx(0.0748, abs=1e-4)
     assert missing ** 2 / 512 > 1e-6
-    assert ir.tensor_rank(M)[0] == 2
-    np.testing.assert_array_equal(ir.tensor_rank(np.repeat(M, 3, 0), restarts=3), [2, 2, 2])
+    assert ir.tensor_rank(M, **paper)[0] == 2
+    np.testing.assert_array_equal(ir.tensor_rank(np.repeat(M, 3, 0), restarts=3, **paper),
+                                  [2, 2, 2])
     order4 = anchor["tensor_rank_1_fro_1_order_4_dim_8_order"]
     M4 = memorizer(ir.tensor_completion(T4, observe_first(order4[None], 4095, T4.shape)))
     assert T4.ravel()[order4[4095]] ** 2 / 4096 < 1e-6
-    assert ir.tensor_rank(M4)[0] == 1
+    assert ir.tensor_rank(M4, **paper)[0] == 1
 
 
 # --------------------------------------------------------------------------- bad input
@@ -211,25 +216,30 @@ def test_paper_targets_and_memorizer(anchor):
     (np.zeros((2, 3)), {}, ValueError, "T"),          # a single matrix: no batch axis
     (np.zeros(4), {}, ValueError, "T"),
     (np.zeros((1,) + (2,) * 7), {}, ValueError, "T"),  # order 7
-    (np.zeros((1, 0, 2)), {}, ValueError, "T"),
+    (np.zeros((1, 0, 2)), {"order": 2}, ValueError, "T"),
     ("tensor", {}, TypeError, "T"),
-    (np.zeros((1, 2, 2), dtype=complex), {}, TypeError, "T"),
-    (np.zeros((1, 2, 2), dtype=bool), {}, TypeError, "T"),
-    (np.ones((1, 2, 2)), {"tol": 0.0}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"tol": -1e-6}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"tol": np.nan}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"tol": np.inf}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"tol": "1e-6"}, TypeError, "tol"),
-    (np.ones((1, 2, 2)), {"tol": None}, TypeError, "tol"),
-    (np.ones((1, 2, 2)), {"restarts": 0}, ValueError, "restarts"),
-    (np.ones((1, 2, 2)), {"restarts": "3"}, TypeError, "restarts"),
-    (np.ones((1, 2, 2)), {"restarts": 1.5}, TypeError, "restarts"),
-    (np.ones((1, 2, 2)), {"max_iter": 0}, ValueError, "max_iter"),
-    (np.ones((1, 2, 2)), {"max_iter": "10"}, TypeError, "max_iter"),
-    (np.ones((1, 2, 2)), {"max_rank": 0}, ValueError, "max_rank"),
-    (np.ones((1, 2, 2)), {"seed": -1}, ValueError, "seed"),
-    (np.ones((1, 2, 2)), {"seed": "0"}, TypeError, "seed"),
-    (np.ones((1, 2, 2)), {"backend": "gpu"}, ValueError, "backend"),
+    (np.zeros((1, 2, 2), dtype=complex), {"order": 2}, TypeError, "T"),
+    (np.zeros((1, 2, 2), dtype=bool), {"order": 2}, TypeError, "T"),
+    (np.ones((1, 2, 2)), {"order": 2, "tol": 0.0}, ValueError, "tol"),
+    (np.ones((1, 2, 2)), {"order": 2, "tol": -1e-6}, ValueError, "tol"),
+    (np.ones((1, 2, 2)), {"order": 2, "tol": np.nan}, ValueError, "tol"),
+    (np.ones((1, 2, 2)), {"order": 2, "tol": np.inf}, ValueError, "tol"),
+    (np.ones((1, 2, 2)), {"order": 2, "tol": "1e-6"}, TypeError, "tol"),
+    (np.ones((1, 2, 2)), {"order": 2, "tol": [1e-6]}, ValueError, "tol"),
+    (np.ones((3, 3, 3)), {}, ValueError, r"T: shape \(3, 3, 3\) is one order-3 tensor or a "
+     "batch of 3 matrices"),
+    (np.ones((2, 2)), {"order": 3}, ValueError, "T"),
+    (np.ones((2, 2)), {"order": 7}, ValueError, "order"),
+    (np.ones((2, 2)), {"criterion": "paper"}, ValueError, "criterion"),
+    (np.ones((1, 2, 2)), {"order": 2, "restarts": 0}, ValueError, "restarts"),
+    (np.ones((1, 2, 2)), {"order": 2, "restarts": "3"}, TypeError, "restarts"),
+    (np.ones((1, 2, 2)), {"order": 2, "restarts": 1.5}, TypeError, "restarts"),
+    (np.ones((1, 2, 2)), {"order": 2, "max_iter": 0}, ValueError, "max_iter"),
+    (np.ones((1, 2, 2)), {"order": 2, "max_iter": "10"}, TypeError, "max_iter"),
+    (np.ones((1, 2, 2)), {"order": 2, "max_rank": 0}, ValueError, "max_rank"),
+    (np.ones((1, 2, 2)), {"order": 2, "seed": -1}, ValueError, "seed"),
+    (np.ones((1, 2, 2)), {"order": 2, "seed": "0"}, TypeError, "seed"),
+    (np.ones((1, 2, 2)), {"order": 2, "backend": "gpu"}, ValueError, "backend"),
 ])
 def test_bad_input(T, kw, exc, name):
     with pytest.raises(exc, match=f"^{name}"):
@@ -240,7 +250,7 @@ def test_bad_input(T, kw, exc, name):
 def test_out_of_range_integers_named(kw):
     name = next(iter(kw))
     with pytest.raises((ValueError, TypeError), match=f"^{name}"):
-        ir.tensor_rank(np.ones((1, 2, 2)), **kw)
+        ir.tensor_rank(np.ones((1, 2, 2)), order=2, **kw)
 
 
 def test_integer_and_float32_input():
@@ -259,3 +269,39 @@ def test_empty_batch(backend):
     assert T.shape == (0, 3, 3, 3)
     out = ir.tensor_rank(T, backend=backend)
     assert out.shape == (0,) and out.dtype == np.int64
+
+
+def test_one_tensor_or_a_batch_by_order():
+    """order= says which axes are the tensor: any leading axes are the batch, none is one
+    tensor (a 0-d answer); without it the first axis is the batch."""
+    T, _ = random_cp_tensor((3, 3, 3), 2, batch=4, seed=3)
+    batch = ir.tensor_rank(T)
+    assert batch.shape == (4,) and batch.tolist() == [2, 2, 2, 2]
+    assert ir.tensor_rank(T[0], order=3).shape == () and int(ir.tensor_rank(T[0], order=3)) == 2
+    np.testing.assert_array_equal(ir.tensor_rank(T.reshape(2, 2, 3, 3, 3), order=3),
+                                  batch.reshape(2, 2))
+    np.testing.assert_array_equal(ir.tensor_rank(T, order=3), batch)
+
+
+def test_relative_criterion_is_scale_free_and_the_paper_rule_is_not():
+    T, _ = random_cp_tensor((4, 4, 4), 2, batch=2, seed=6)
+    for scale in (1e-4, 1.0, 1e4):
+        np.testing.assert_array_equal(ir.tensor_rank(scale * T), [2, 2])
+    np.testing.assert_array_equal(ir.tensor_rank(1e-4 * T, criterion="absolute"), [1, 1])
+    np.testing.assert_array_equal(ir.tensor_rank(1e200 * T), [2, 2])  # no overflow
+
+
+def test_default_finds_exact_ranks_orders_3_and_4():
+    """Random unit-norm CP tensors of known rank (orders 3 and 4, ranks 2 to 4, cubic and
+    not): the defaults find every rank here, where the paper's single start misses some."""
+    rng = np.random.default_rng(0)
+    wrong_single, total = 0, 0
+    for dims, r in (((4, 4, 4), 4), ((3, 4, 5), 3), ((2, 3, 4, 5), 4), ((4, 4, 4, 4), 2)):
+        fs = [rng.standard_normal((16, d, r)) for d in dims]
+        spec = ",".join(f"b{c}z" for c in "ijkl"[:len(dims)]) + "->b" + "ijkl"[:len(dims)]
+        T = np.einsum(spec, *fs)
+        T /= np.sqrt((T**2).sum(axis=tuple(range(1, T.ndim)), keepdims=True))
+        np.testing.assert_array_equal(ir.tensor_rank(T), r)
+        wrong_single += int((ir.tensor_rank(T, restarts=1, criterion="absolute") != r).sum())
+        total += len(T)
+    assert wrong_single > 0  # the case this default is for

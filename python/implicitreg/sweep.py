@@ -31,7 +31,7 @@ from ._backend import build_info, to_host
 from ._checks import available_memory, choice, integer
 from ._io import load_npz, save_npz
 from .init import init_factors
-from .metrics import tensor_rank
+from .metrics import RANK_CRITERIA, tensor_rank
 from .models import (
     _GENERATOR_BYTES,
     CPFactorization,
@@ -77,10 +77,11 @@ DEFAULTS = {
     "dtype": "float64",
     # model "cp" only: components R (None: the largest CP rank), the optimizer and stop rule
     # of CPFactorization.fit, and what is estimated at the end: the tensor rank of the
-    # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated), and
-    # with baseline the memorizer's error and rank (PAPER.md §4.6)
+    # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated) and
+    # rank_criterion (implicitreg.tensor_rank's criterion), and with baseline the memorizer's
+    # error and rank (PAPER.md §4.6)
     "components": None, "optimizer": "group_rmsprop", "patience": None, "check_every": 100,
-    "rank_restarts": 0, "baseline": False,
+    "rank_restarts": 0, "rank_criterion": "relative", "baseline": False,
 }
 # What "metrics": None and "thresholds": None mean, per model (a CP fit records no crossings).
 MODEL_DEFAULTS = {
@@ -372,6 +373,7 @@ def _dry_run(cfg: dict, backend: str) -> tuple[int, int]:
         model._optimizer(cfg["optimizer"])
         names = model._metric_names(cfg["metrics"])
         integer(cfg["rank_restarts"], "rank_restarts", minimum=0)
+        choice(cfg["rank_criterion"], "rank_criterion", RANK_CRITERIA)
         numel = int(np.prod(model.dims))
         row = sum(model.rank if n == "component_norms" else 1 for n in names)
         # problem: targets, masks and the observation order, built per config and joined;
@@ -522,14 +524,17 @@ def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
     restarts = int(c0["rank_restarts"])
     if restarts:
         cols["tensor_rank"] = to_host(tensor_rank(model.tensor(), restarts=restarts,
-                                                  backend=backend))
+                                                  backend=backend, order=model.order,
+                                                  criterion=c0["rank_criterion"]))
     if c0["baseline"]:
         mem = memorizer(problem)
         truth = np.broadcast_to(problem.targets, mem.shape).reshape(B, -1)
         cols["memorizer_error"] = (np.linalg.norm(mem.reshape(B, -1) - truth, axis=1)
                                    / np.linalg.norm(truth, axis=1))
         if restarts:
-            cols["memorizer_rank"] = tensor_rank(mem, restarts=restarts, backend=backend)
+            cols["memorizer_rank"] = tensor_rank(mem, restarts=restarts, backend=backend,
+                                                 order=model.order,
+                                                 criterion=c0["rank_criterion"])
     return cols, traj, time.perf_counter() - t0
 
 

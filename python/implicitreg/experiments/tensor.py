@@ -75,7 +75,9 @@ def report_tensor(res) -> list[dict]:
 _BASE = {"model": "cp", "problem": "random_cp_completion", "dim": 8, "optimizer":
          "group_rmsprop", "lr": 1e-2, "tol": 1e-6, "patience": 2, "check_every": 100,
          "max_steps": 1_000_000, "log": 60, "metrics": ("loss", "recon_error"),
-         "thresholds": (), "rank_restarts": 1, "baseline": True}
+         # ranks by the paper's rule (PAPER.md §4.5), with starts enough to be reliable
+         "thresholds": (), "rank_restarts": 10, "rank_criterion": "absolute",
+         "baseline": True}
 
 _DOC = """
     Random CP tensors (Frobenius norm 1, PAPER.md §4.2's generator, one per seed) observed at
