@@ -44,7 +44,8 @@ def _on_device(fn):
 SIMULATED_XP = types.SimpleNamespace(
     **{name: _on_device(getattr(np, name))
        for name in ("asarray", "array", "empty", "zeros", "ones", "full", "ascontiguousarray",
-                    "where", "isnan", "broadcast_to", "maximum")},
+                    "where", "isnan", "isfinite", "broadcast_to", "maximum", "abs", "sqrt",
+                    "mean")},
     linalg=types.SimpleNamespace(norm=_on_device(np.linalg.norm)),
     ndarray=DeviceArray)
 

@@ -19,6 +19,7 @@ from conftest import CONVERGED, TRAJ_RUNNING
 from implicitreg.sweep import (
     DEFAULTS,
     MODEL_DEFAULTS,
+    MODEL_KEYS,
     PROBLEMS,
     SweepResult,
     expand,
@@ -80,8 +81,9 @@ def test_expand_dict_grid_is_the_cartesian_product():
     # itertools.product order: the first key varies slowest
     assert [(c["lr"], c["scale"]) for c in configs] == [
         (1e-2, 1e-3), (1e-2, 1e-2), (2e-2, 1e-3), (2e-2, 1e-2), (3e-2, 1e-3), (3e-2, 1e-2)]
-    for c in configs:
-        assert set(c) == set(DEFAULTS)
+    for c in configs:  # the keys that paper_2x2 and the matrix model read, no others
+        assert set(c) == {"model", "problem", "lr", "max_steps", "tol", "log", "metrics",
+                          "thresholds", "dtype", *MODEL_KEYS["dmf"]}
         assert c["depth"] == 4  # from base
         assert c["problem"] == DEFAULTS["problem"]  # from DEFAULTS
     # a plain value in a grid dict is a single choice
@@ -163,7 +165,7 @@ def test_per_problem_keys_share_one_batch():
     grid = {"lr": [0.05, 0.02], "scale": [0.3, 0.2], "init": ["normal", "balanced"],
             "init_det": [None, "positive"], "init_seed": [0, 3], "eps": [0.0, 0.1], "scale_by":
             ["factor", "product"]}
-    res = _sweep(grid=grid)
+    res = _sweep({"problem": "perturbed_2x2"}, grid=grid)
     n = 2**7
     assert len(res.configs) == n
     assert len(res.meta["timings"]) == 1 and len(res.trajectories) == 1
@@ -629,7 +631,8 @@ def test_csv_header_and_cells(tmp_path):
 
 @pytest.mark.parametrize("metric", ["det", "rank"])
 def test_metric_columns_never_hide_config_values(metric):
-    res = _sweep({"init_det": "positive", "target_rank": 1, "metrics": ("loss", metric)})
+    res = _sweep({"problem": "random_low_rank_completion", "m": 4, "n": 4, "n_obs": 10,
+                  "init_det": "positive", "target_rank": 1, "metrics": ("loss", metric)})
     np.testing.assert_array_equal(res.columns[metric], res.trajectories[0][metric][-1])
     assert res.rows(init_det="positive").size == len(res.columns["loss"])
     assert res.rows(target_rank=1).size == len(res.columns["loss"])
@@ -889,3 +892,29 @@ def test_one_default_per_setting_in_every_layer():
         assert default(fn, "scale_by") == DEFAULTS["scale_by"] == "product"
     run = _parser().parse_args(["run"])
     assert run.scale_by == DEFAULTS["scale_by"]
+
+
+@pytest.mark.parametrize("config,unused", [
+    ({"problem": "paper_2x2", "b12": 5.0}, "'b12'"),
+    ({"problem": "paper_2x2", "n_obs": 30, "m": 4}, "'m', 'n_obs'"),
+    ({"model": "cp", "problem": "random_cp_completion", "depth": 3}, "'depth'"),
+    ({"problem": "perturbed_2x2", "optimizer": "gd"}, "'optimizer'"),
+])
+def test_a_key_the_problem_and_model_do_not_read_is_refused_by_name(config, unused):
+    with pytest.raises(ValueError, match=f"^config: {unused} not read by problem "
+                                         f"'{config['problem']}' with model .*, which read: "):
+        expand(config)
+    key = unused.split(", ")[0].strip("'")
+    with pytest.raises(ValueError, match=f"^config: .*'{key}'.* not read"):  # a grid axis too
+        expand({k: v for k, v in config.items() if k != key}, {key: [config[key]]})
+
+
+def test_results_record_only_the_keys_read():
+    dmf = sweep({"problem": "paper_2x2", "max_steps": 5}, seeds=1, progress=False)
+    for key in ("b12", "b21", "m", "n", "target_rank", "n_obs", "components", "optimizer"):
+        assert key not in dmf.columns
+    cp = sweep({"model": "cp", "problem": "random_cp_completion", "dim": 3, "n_obs": 10,
+                "max_steps": 5}, seeds=1, progress=False)
+    for key in ("depth", "init", "widths", "scale_by", "init_det", "b12", "m"):
+        assert key not in cp.columns
+    assert {"order", "dim", "n_obs", "target_rank", "optimizer", "components"} <= set(cp.columns)

@@ -46,7 +46,8 @@ from .problems import completion, sensing, tensor_completion
 from .trajectory import Trajectory, every, geometric
 from .trajectory import load as load_trajectory
 
-__all__ = ["DEFAULTS", "EXECUTORS", "PROBLEMS", "SweepResult", "expand", "load_sweep", "sweep"]
+__all__ = ["DEFAULTS", "EXECUTORS", "MODEL_KEYS", "PROBLEMS", "SweepResult", "expand",
+           "load_sweep", "sweep"]
 
 # Problem builders of implicitreg.problems and the config keys each one reads.
 PROBLEMS = {
@@ -89,6 +90,21 @@ MODEL_DEFAULTS = {
     "cp": {"metrics": ("loss", "recon_error"), "thresholds": ()},
 }
 # Keys that may differ inside one batch (per-problem data, start or learning rate).
+# The config keys each model reads, besides every config's and its problem's (PROBLEMS).
+_COMMON_KEYS = ("model", "problem", "lr", "max_steps", "tol", "log", "metrics", "thresholds",
+                "dtype")
+MODEL_KEYS = {
+    "dmf": ("depth", "widths", "init", "scale", "scale_by", "init_det", "init_seed"),
+    "cp": ("components", "scale", "init_seed", "optimizer", "patience", "check_every",
+           "rank_restarts", "rank_criterion", "baseline"),
+}
+
+
+def _takes(cfg: dict) -> set[str]:
+    """The keys that a config's model and problem read: the ones it records."""
+    return set(_COMMON_KEYS) | set(MODEL_KEYS[cfg["model"]]) | set(PROBLEMS[cfg["problem"]])
+
+
 _PER_PROBLEM = {"b12", "b21", "eps", "target_rank", "n_obs", "problem_seed", "std", "init",
                 "scale", "scale_by", "init_det", "init_seed", "lr"}
 _FORMAT = "implicitreg.sweep/1"
@@ -115,13 +131,16 @@ def expand(base: dict, grid=None) -> list[dict]:
         values = [v if isinstance(v, list) and k not in ("metrics", "thresholds") else [v]
                   for k, v in g.items()]
         for combo in itertools.product(*values):
-            configs.append(_check({**DEFAULTS, **base, **dict(zip(keys, combo, strict=True))}))
+            given = {**base, **dict(zip(keys, combo, strict=True))}
+            configs.append(_check({**DEFAULTS, **given}, set(given)))
     if not configs:
         raise ValueError("grid: expected at least one config, got an empty grid")
     return configs
 
 
-def _check(cfg: dict) -> dict:
+def _check(cfg: dict, given: set[str]) -> dict:
+    """The config checked, with only the keys its model and problem read (given: the keys the
+    caller set, each of which must be read)."""
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"config: unknown key(s) {', '.join(map(repr, unknown))}; "
@@ -132,6 +151,12 @@ def _check(cfg: dict) -> dict:
         raise ValueError(f"model: 'cp' goes with problem 'random_cp_completion' and 'dmf' with "
                          f"the matrix problems, got model {cfg['model']!r} and problem "
                          f"{cfg['problem']!r}")
+    takes = _takes(cfg)
+    unused = sorted(given - takes)
+    if unused:
+        raise ValueError(f"config: {', '.join(map(repr, unused))} not read by problem "
+                         f"{cfg['problem']!r} with model {cfg['model']!r}, which read: "
+                         f"{', '.join(k for k in DEFAULTS if k in takes)}")
     cfg["depth"] = integer(cfg["depth"], "depth", minimum=1)
     cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
     for key in ("metrics", "thresholds"):
@@ -153,7 +178,7 @@ def _check(cfg: dict) -> dict:
     if clash:  # a table column holds either a config value or a metric, never both
         raise ValueError(f"metrics: {clash} are config keys, not metric names")
     _log(cfg["log"])
-    return cfg
+    return {k: v for k, v in cfg.items() if k in takes}
 
 
 def _log(log):
@@ -343,9 +368,10 @@ def _text(v) -> str:
 
 
 def _config_columns(configs: list[dict], seeds: int) -> dict:
-    """Config values per row: scalars as they are, tuples as text."""
+    """Config values per row: scalars as they are, tuples as text; only the keys that the
+    batch's model and problem read (every config of a batch has the same)."""
     cols = {}
-    for k in DEFAULTS:
+    for k in (k for k in DEFAULTS if k in configs[0]):
         vals = [c[k] for c in configs]
         if all(isinstance(v, (bool, np.bool_)) for v in vals):
             arr = np.array(vals, dtype=bool)
