@@ -186,11 +186,13 @@ def test_det_metric_with_non_square_factors():
 
 def test_to_dataframe():
     pd = pytest.importorskip("pandas")
-    t = _model().fit(LR, 100, tol=1e-6, log=ir.every(50), metrics=("loss", "entry:0,0", "det"),
+    t = _model().fit(LR, 100, log=ir.every(50), metrics=("loss", "entry:0,0", "det"),
                      progress=False)
     df = t.to_dataframe()
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["step", "problem", "loss", "entry:0,0", "det", "status"]
+    assert list(df.columns) == ["step", "problem", "loss", "entry:0,0", "det", "status",
+                                "frozen_at"]
+    assert (t.frozen_at == -1).all()  # nothing froze: every (step, problem) is a row
     T, B = t.steps.size, t.batch
     assert len(df) == T * B
     np.testing.assert_array_equal(df["step"], np.repeat(t.steps, B))
@@ -198,6 +200,42 @@ def test_to_dataframe():
     for name in ("loss", "entry:0,0", "det"):
         np.testing.assert_array_equal(df[name].to_numpy().reshape(T, B), t[name])
     np.testing.assert_array_equal(df["status"].to_numpy().reshape(T, B)[-1], t.status)
+
+
+def test_to_dataframe_ends_a_frozen_problem_at_its_frozen_state():
+    pytest.importorskip("pandas")
+    p = ir.problems.paper_2x2(6)
+    f = ir.DeepFactorization.init(p, 3, scale=0.5, scale_by="factor", seed=1)
+    lr = np.array([0.05, 0.03, 0.02, 0.01, 0.005, 1e-4])
+    t = f.fit(lr, 400, tol=1e-3, log=ir.every(50), metrics=("loss",), progress=False)
+    frozen = t.frozen_at >= 0
+    assert frozen.any() and not frozen.all()
+    df = t.to_dataframe()
+    for b in range(t.batch):
+        rows = df[df["problem"] == b]
+        assert (rows["frozen_at"] == t.frozen_at[b]).all()
+        if t.frozen_at[b] < 0:
+            np.testing.assert_array_equal(rows["step"], t.steps)
+        else:  # up to the first logged step at or after the freeze, which shows it frozen
+            last = t.steps[t.steps >= t.frozen_at[b]][0]
+            np.testing.assert_array_equal(rows["step"], t.steps[t.steps <= last])
+            assert rows["loss"].iloc[-1] == t["loss"][-1, b] < 1e-3
+    assert len(df) < t.steps.size * t.batch
+
+
+def test_a_completed_fit_removes_its_checkpoint_unless_kept(tmp_path):
+    path = tmp_path / "fit.ckpt.npz"
+    kw = dict(lr=LR, max_steps=200, log=ir.every(50), progress=False, checkpoint=path,
+              checkpoint_every=0)
+    whole = _model().fit(**kw)
+    assert not path.exists()
+    kept = _model().fit(**kw, keep_checkpoint=True)
+    assert path.exists()
+    again = _model().fit(**kw, keep_checkpoint=True)  # done: read back at once
+    for t in (kept, again):
+        np.testing.assert_array_equal(t["loss"], whole["loss"])
+    with pytest.raises(TypeError, match="^keep_checkpoint"):
+        _model().fit(**kw, keep_checkpoint="yes")
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".out"])

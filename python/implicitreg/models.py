@@ -370,7 +370,8 @@ class DeepFactorization(_Trained):
 
     @serialized
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",), thresholds=(),
-            progress=True, checkpoint=None, checkpoint_every: float = 300.0) -> Trajectory:
+            progress=True, checkpoint=None, checkpoint_every: float = 300.0,
+            keep_checkpoint: bool = False) -> Trajectory:
         """Train for up to max_steps more steps, in chunks between log points, and return the
         logged Trajectory. Stops early when every problem is frozen.
 
@@ -387,9 +388,10 @@ class DeepFactorization(_Trained):
         progress: True for a tqdm bar (extra "progress"), False, or a callable given the
           number of steps advanced.
         checkpoint: a path. The state of the fit (model, rows logged, crossings) is written
-          there atomically at log points, at most every checkpoint_every seconds, and at the
-          end; a fit called with the same arguments on a model in the same starting state
-          resumes from it and returns what an uninterrupted fit would have.
+          there atomically at log points, at most every checkpoint_every seconds; a fit
+          called with the same arguments on a model in the same starting state resumes from
+          it and returns what an uninterrupted fit would have. A completed fit removes it,
+          unless keep_checkpoint (then it is marked done, and the same call returns at once).
         """
         lr_arr = self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
@@ -403,6 +405,8 @@ class DeepFactorization(_Trained):
         _check_log_memory(log.rows(max_steps), self.batch, sum(metric_rows), log, cross_bytes)
         cross = self.crossings(thresholds)
         checkpoint_every = _checkpoint_every(checkpoint_every)
+        if not isinstance(keep_checkpoint, bool):
+            raise TypeError(f"keep_checkpoint: expected True or False, got {keep_checkpoint!r}")
         _check_progress(progress)
         points = log.points(max_steps)
         # Every row goes straight from the core into this buffer (pages are touched only as
@@ -440,7 +444,8 @@ class DeepFactorization(_Trained):
                     saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=False)
                     last_save = time.monotonic()
             if saver is not None and not done:
-                saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=True)
+                saver.finish(self, start, rows, _dmf_progress(rows, buf, cross),
+                             keep_checkpoint)
         finally:
             close()
         data = _split_rows(buf[:len(rows)], names, metric_rows)
@@ -702,7 +707,8 @@ class CPFactorization(_Trained):
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
             optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float = 1e-6,
             patience: int | None = None, check_every: int = 100,
-            progress=True, checkpoint=None, checkpoint_every: float = 300.0) -> Trajectory:
+            progress=True, checkpoint=None, checkpoint_every: float = 300.0,
+            keep_checkpoint: bool = False) -> Trajectory:
         """Train for up to max_steps more steps (optimizer as in step; PAPER.md §4.4 uses
         group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
         return the Trajectory. Stops early when every problem is frozen.
@@ -711,7 +717,8 @@ class CPFactorization(_Trained):
         in the core. With patience=k, the paper's rule (PAPER.md §4.3): the loss is checked
         every check_every steps and a problem is frozen (converged) at the (k+1)-th
         consecutive check below tol; the paper uses tol 1e-6, patience 2, checks every 100.
-        checkpoint, checkpoint_every: as for DeepFactorization.fit (resumable, bit for bit).
+        checkpoint, checkpoint_every, keep_checkpoint: as for DeepFactorization.fit
+        (resumable, bit for bit).
         """
         self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
@@ -731,6 +738,8 @@ class CPFactorization(_Trained):
                          "measuring the tensors")
         _check_progress(progress)
         checkpoint_every = _checkpoint_every(checkpoint_every)
+        if not isinstance(keep_checkpoint, bool):
+            raise TypeError(f"keep_checkpoint: expected True or False, got {keep_checkpoint!r}")
         points = log.points(max_steps)
         checks = (np.arange(0, max_steps + 1, check_every) if patience is not None
                   else np.zeros(0, dtype=np.int64))
@@ -787,7 +796,7 @@ class CPFactorization(_Trained):
                 if (self._status != 0).all():
                     break
             if saver is not None and not done:
-                saver.save(self, start, rows, progress_arrays(), done=True)
+                saver.finish(self, start, rows, progress_arrays(), keep_checkpoint)
         finally:
             close()
         status = np.where(to_host(self._status) == 0, "max_steps", self.status)
@@ -955,6 +964,14 @@ class _FitCheckpoint:
                   **{f"progress/{k}": to_host(v) for k, v in progress.items()}}
         save_npz(self.path, self.FORMAT, {"key": self.key, "start": start, "done": done,
                                           "steps_done": model.steps_done}, arrays)
+
+    def finish(self, model, start: int, rows: list[int], progress: dict, keep: bool) -> None:
+        """The fit completed: its checkpoint is removed, or kept marked done (keep), so that
+        the same call returns the same result at once."""
+        if keep:
+            self.save(model, start, rows, progress, done=True)
+        elif os.path.exists(self.path):
+            os.remove(self.path)
 
     def restore(self, model) -> tuple[int, bool, list[int], dict]:
         """(start, done, rows, progress arrays), the model's state restored."""

@@ -129,23 +129,32 @@ class Trajectory:
         return out
 
     def to_dataframe(self):
-        """Long table: one row per (step, problem), one column per scalar metric (vector
-        metrics spread over name:0, name:1, ...), plus status. Needs pandas."""
+        """Long table: one row per (step, problem) while the problem runs, one column per
+        scalar metric (vector metrics spread over name:0, name:1, ...), plus its final status
+        and frozen_at. A frozen problem's rows end at the first logged step at or after its
+        freeze, which shows its frozen state (later rows would repeat it); the arrays in
+        `data` keep every row of every problem. Needs pandas."""
         try:
             import pandas as pd
         except ImportError as exc:
             raise ImportError("Trajectory.to_dataframe needs pandas: "
                               "pip install 'implicitreg[pandas]'") from exc
         T, B = self.steps.size, self.batch
-        cols = {"step": np.repeat(self.steps, B), "problem": np.tile(np.arange(B), T)}
+        # per problem, the last row to keep: the first logged step >= frozen_at, else the last
+        last = np.where(self.frozen_at >= 0,
+                        np.minimum(np.searchsorted(self.steps, self.frozen_at), T - 1), T - 1)
+        keep = (np.arange(T)[:, None] <= last[None, :]).reshape(-1)
+        cols = {"step": np.repeat(self.steps, B)[keep],
+                "problem": np.tile(np.arange(B), T)[keep]}
         for name, v in self.data.items():
-            flat = v.reshape(T * B, -1)
+            flat = v.reshape(T * B, -1)[keep]
             if flat.shape[1] == 1:
                 cols[name] = flat[:, 0]
             else:
                 for i in range(flat.shape[1]):
                     cols[f"{name}:{i}"] = flat[:, i]
-        cols["status"] = np.tile(self.status, T)
+        cols["status"] = np.tile(self.status, T)[keep]
+        cols["frozen_at"] = np.tile(self.frozen_at, T)[keep]
         return pd.DataFrame(cols)
 
     def save(self, path) -> None:

@@ -1,0 +1,34 @@
+"""Every Python block of README.md runs as written, in order, in one namespace, so the README
+cannot drift from the package (the GPU block runs only where the cuda backend is usable)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+import implicitreg as ir
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+
+
+def test_every_readme_python_block_runs_in_seconds(tmp_path, monkeypatch):
+    pytest.importorskip("pandas", reason="the README's tables need pandas (extra 'pandas')")
+    monkeypatch.chdir(tmp_path)
+    blocks = _blocks()
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        if "cupy" in block and ir.backends()["cuda"]["reason"] is not None:
+            continue
+        t0 = time.perf_counter()
+        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+        assert time.perf_counter() - t0 < 60, f"block {i + 1} is not an example of seconds"
+    assert not (tmp_path / "run.ckpt.npz").exists()  # a completed fit removes its checkpoint
+    assert (tmp_path / "run.npz").stat().st_size < 4 * 2**20
