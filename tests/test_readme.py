@@ -32,3 +32,25 @@ def test_every_readme_python_block_runs_in_seconds(tmp_path, monkeypatch):
         assert time.perf_counter() - t0 < 60, f"block {i + 1} is not an example of seconds"
     assert not (tmp_path / "run.ckpt.npz").exists()  # a completed fit removes its checkpoint
     assert (tmp_path / "run.npz").stat().st_size < 4 * 2**20
+
+
+def test_the_experiment_table_says_what_quick_runs():
+    """Each named experiment's row: its default seeds, and --quick's seeds first."""
+    from implicitreg.experiments import EXPERIMENTS
+
+    rows = {m.group(1): [c.strip() for c in m.group(2).split(" | ")]
+            for m in re.finditer(r"^\| `([a-z0-9-]+)` \| (.*) \|$", README.read_text(), re.M)}
+    for name, exp in EXPERIMENTS.items():
+        cells = rows[name]
+        _, _, seeds = exp.spec()
+        assert cells[1] == str(seeds), name
+        assert cells[-1].startswith(f"{exp.quick.get('seeds', seeds)} seeds"), name
+
+
+def test_a_report_states_the_dtype(tmp_path):
+    from implicitreg.experiments import get, report_text, reproduce
+
+    res, rows = reproduce("paper-2x2", seeds=2, quick=True, progress=False, plot=False,
+                          out=tmp_path / "rep", dtype="float32")
+    head = report_text(get("paper-2x2"), res, rows).splitlines()[1]
+    assert head == "2 seeds per config, backend cpu, float32, quick variant"

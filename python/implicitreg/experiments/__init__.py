@@ -131,8 +131,9 @@ def _num(x) -> str:
 def report_text(exp: Experiment, res: SweepResult, rows: list[dict]) -> str:
     """The side-by-side table: our median [IQR] (seeds that got there) next to the paper's
     value and the theory's, for every legend entry and quantity."""
+    dtypes = sorted(set(res.columns["dtype"].tolist())) if "dtype" in res.columns else ["?"]
     head = (f"{exp.title}\n{res.meta.get('seeds')} seeds per config, backend "
-            f"{res.meta.get('backend')}"
+            f"{res.meta.get('backend')}, {'/'.join(dtypes)}"
             + (", quick variant" if res.meta.get("quick") else "") + "\n")
     cols = ("entry", "quantity", "ours: median [IQR]", "seeds", "paper", "theory")
     table = [cols]
