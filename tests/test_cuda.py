@@ -112,6 +112,7 @@ CASES = {
     "2x2-d6": dict(m=2, n=2, depth=6),
     "5x5-d3": dict(m=5, n=5, depth=3),
     "3x6-d2-w4": dict(m=3, n=6, depth=2, widths=[4]),
+    "5x4-d1": dict(m=5, n=4, depth=1),
     "16x16-d3": dict(m=16, n=16, depth=3),
     "48x48-d3": dict(m=48, n=48, depth=3, batch=3),
     "sensing-3x3": dict(m=3, n=3, depth=3, sensing=9, lr=(5e-4, 2e-3)),

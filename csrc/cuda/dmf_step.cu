@@ -175,6 +175,9 @@ struct BlockLayout {
   std::int64_t factor[kMaxDepth + 1];  // factor[j - 1]: W_j; factor[depth]: total
   std::int64_t prefix[kMaxDepth + 2];  // prefix[j]: P_j (j >= 2)
   std::int64_t Wn, G, H, H2, tgt, msk, R, size;
+  // Row stride of the n-column work matrices (P_j, G, H, H2): n, made odd, so that a warp
+  // reading one column of them (P_{j-1}^T, H^T in the weight gradients) hits 32 banks, not 2
+  int ld;
   int threads;
 };
 
@@ -192,14 +195,15 @@ BlockLayout block_layout(const int* d, int depth, int K) {
   const std::int64_t F = at;
   l.Wn = at;
   at += F;
+  l.ld = int(n | 1);
   for (int j = 2; j <= depth; ++j) {
     l.prefix[j] = at;
-    at += std::int64_t(d[j]) * n;
+    at += std::int64_t(d[j]) * l.ld;
   }
   l.G = at;
-  l.H = l.G + mn;
-  l.H2 = l.H + rows * n;
-  l.tgt = l.H2 + rows * n;
+  l.H = l.G + std::int64_t(d[depth]) * l.ld;
+  l.H2 = l.H + rows * l.ld;
+  l.tgt = l.H2 + rows * l.ld;
   l.msk = l.tgt + mn;
   l.R = l.msk + mn;
   l.size = l.R + K;
@@ -217,10 +221,13 @@ BlockLayout block_layout(const int* d, int depth, int K) {
 constexpr int kTile = 16;
 
 template <class T, bool Tiled, class FA, class FB, class Store>
-__device__ void block_product(int M, int K, int N, FA a, FB b, Store store) {
+__device__ void block_product(int M, int K, int N, FA a, FB b, Store store,
+                              bool rows_fastest = false) {
   if constexpr (!Tiled) {  // no static tiles in this kernel: its blocks keep the shared memory
     for (int o = threadIdx.x; o < M * N; o += blockDim.x) {
-      const int i = o / N, j = o - i * N;
+      // consecutive threads take consecutive columns j, or rows i when rows_fastest: the
+      // operand read along the other index is then the same word for them (a broadcast)
+      const int i = rows_fastest ? o % M : o / N, j = rows_fastest ? o / M : o % N;
       T acc = T(0);
       for (int k = 0; k < K; ++k) acc += a(i, k) * b(k, j);
       store(i, j, acc);
@@ -246,19 +253,25 @@ __device__ void block_product(int M, int K, int N, FA a, FB b, Store store) {
 // Forward pass of problem b into the prefix buffers; returns E. Ends synchronized.
 template <bool Tiled, class T>
 __device__ const T* block_forward(const StepArgs<T>& a, const BlockLayout& l, const T* W, T* ws) {
-  const T* prev = W;
+  const T* prev = W;  // W_1, row stride n; then P_j, row stride l.ld
   for (int j = 2; j <= a.depth; ++j) {
     T* cur = ws + l.prefix[j];
     const T* Wj = W + l.factor[j - 1];
-    const int K = a.dims[j - 1], n = a.dims[0];
+    const int K = a.dims[j - 1], ldp = j == 2 ? a.dims[0] : l.ld, ld = l.ld;
     block_product<T, Tiled>(
-        a.dims[j], K, n, [&](int i, int k) { return Wj[i * K + k]; },
-        [&](int k, int c) { return prev[k * n + c]; },
-        [&](int i, int c, T acc) { cur[i * n + c] = acc; });
+        a.dims[j], K, a.dims[0], [&](int i, int k) { return Wj[i * K + k]; },
+        [&](int k, int c) { return prev[k * ldp + c]; },
+        [&](int i, int c, T acc) { cur[i * ld + c] = acc; });
     __syncthreads();
     prev = cur;
   }
   return prev;
+}
+
+// Row stride of E, the forward pass's end-to-end matrix: W_1's (n) at depth 1, else P_N's.
+template <class T>
+__device__ __forceinline__ int e_stride(const StepArgs<T>& a, const BlockLayout& l) {
+  return a.depth == 1 ? a.dims[0] : l.ld;
 }
 
 // Residual G and loss of E for problem b (tgt/msk already in the workspace for completion).
@@ -266,15 +279,16 @@ __device__ const T* block_forward(const StepArgs<T>& a, const BlockLayout& l, co
 template <class T>
 __device__ T block_residual(const StepArgs<T>& a, const BlockLayout& l, std::int64_t b, const T* E,
                             T* ws, T* red) {
-  const int mn = a.dims[a.depth] * a.dims[0];
-  T* G = ws + l.G;
+  const int n = a.dims[0], mn = a.dims[a.depth] * n, ldE = e_stride(a, l);
+  T* G = ws + l.G;  // row stride l.ld
   T part = T(0);
   if (!a.pb.sensing) {
     const T* tgt = ws + l.tgt;
     const T* msk = ws + l.msk;
     for (int o = threadIdx.x; o < mn; o += blockDim.x) {
-      const T r = msk[o] != T(0) ? E[o] - tgt[o] : T(0);
-      G[o] = r;
+      const int i = o / n, c = o - i * n;
+      const T r = msk[o] != T(0) ? E[i * ldE + c] - tgt[o] : T(0);
+      G[i * l.ld + c] = r;
       part += r * r;
     }
   } else {
@@ -283,7 +297,7 @@ __device__ T block_residual(const StepArgs<T>& a, const BlockLayout& l, std::int
     T* R = ws + l.R;
     for (int k = threadIdx.x; k < a.pb.K; k += blockDim.x) {
       T r = -y[k];
-      for (int e = 0; e < mn; ++e) r += A[std::int64_t(k) * mn + e] * E[e];
+      for (int e = 0; e < mn; ++e) r += A[std::int64_t(k) * mn + e] * E[e / n * ldE + e % n];
       R[k] = r;
       part += r * r;
     }
@@ -291,7 +305,7 @@ __device__ T block_residual(const StepArgs<T>& a, const BlockLayout& l, std::int
     for (int o = threadIdx.x; o < mn; o += blockDim.x) {
       T g = T(0);
       for (int k = 0; k < a.pb.K; ++k) g += R[k] * A[std::int64_t(k) * mn + o];
-      G[o] = g;
+      G[o / n * l.ld + o % n] = g;
     }
   }
   return T(0.5) * block_sum(part, red);
@@ -363,34 +377,39 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
       }
       if (st != kRunning || it == a.steps) break;
       // Backward: dW_j = H_j P_{j-1}^T, H_{j-1} = W_j^T H_j, from H_N = G.
-      T bad = T(0);  // NaN once a new entry is not finite
-      const T* Hj = ws + l.G;
+      T bad = T(0);            // NaN once a new entry is not finite
+      const T* Hj = ws + l.G;  // G, H and H2 have row stride l.ld
+      const int ld = l.ld;
       for (int j = a.depth; j >= 1; --j) {
         const int rows = a.dims[j], cols = a.dims[j - 1];
         const T* Wj = W + l.factor[j - 1];
         T* Wnj = Wn + l.factor[j - 1];
-        if (j == 1) {
+        if (j == 1) {  // H_1 is rows x n (cols == n), row stride l.ld
           for (int o = threadIdx.x; o < rows * cols; o += blockDim.x) {
-            const T w = Wj[o] - lr * Hj[o];
+            const T w = Wj[o] - lr * Hj[o / cols * ld + o % cols];
             Wnj[o] = w;
             bad += w * T(0);
           }
           break;
         }
+        // dW_j reads P_{j-1} along its rows: P_j's odd stride keeps that conflict-free with
+        // threads over its columns; W_1 (j == 2) has stride n, so threads go over H's rows
         const T* Pprev = j == 2 ? W : ws + l.prefix[j - 1];
+        const int ldp = j == 2 ? n : ld;
         block_product<T, Tiled>(
-            rows, n, cols, [&](int i, int k) { return Hj[i * n + k]; },
-            [&](int k, int c) { return Pprev[c * n + k]; },
+            rows, n, cols, [&](int i, int k) { return Hj[i * ld + k]; },
+            [&](int k, int c) { return Pprev[c * ldp + k]; },
             [&](int i, int c, T acc) {
               const T w = Wj[i * cols + c] - lr * acc;
               Wnj[i * cols + c] = w;
               bad += w * T(0);
-            });
+            },
+            j == 2);
         T* Hn = Hj == ws + l.H ? ws + l.H2 : ws + l.H;
         block_product<T, Tiled>(
             cols, rows, n, [&](int i, int k) { return Wj[k * cols + i]; },
-            [&](int k, int c) { return Hj[k * n + c]; },
-            [&](int i, int c, T acc) { Hn[i * n + c] = acc; });
+            [&](int k, int c) { return Hj[k * ld + c]; },
+            [&](int i, int c, T acc) { Hn[i * ld + c] = acc; });
         __syncthreads();
         Hj = Hn;
       }
@@ -425,7 +444,9 @@ __global__ void dmf_loss_block(const StepArgs<T> a, const BlockLayout l, T* glob
     block_load(a, l, b, ws);
     const T* E = block_forward<Tiled>(a, l, ws, ws);
     const T loss = block_residual(a, l, b, E, ws, red);
-    for (int e = threadIdx.x; e < mn; e += blockDim.x) a.product[b * mn + e] = E[e];
+    const int n = a.dims[0], ldE = e_stride(a, l);
+    for (int e = threadIdx.x; e < mn; e += blockDim.x)
+      a.product[b * mn + e] = E[e / n * ldE + e % n];
     if (threadIdx.x == 0) a.loss[b] = loss;
     __syncthreads();
   }
