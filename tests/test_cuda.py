@@ -116,6 +116,7 @@ CASES = {
     "16x16-d3": dict(m=16, n=16, depth=3),
     "48x48-d3": dict(m=48, n=48, depth=3, batch=3),
     "sensing-3x3": dict(m=3, n=3, depth=3, sensing=9, lr=(5e-4, 2e-3)),
+    "sensing-5x6-block": dict(m=5, n=6, depth=3, sensing=40, lr=(2e-4, 1e-3)),
 }
 # Steps of the agreement test: 1000 on a device; the emulation runs every block's threads as
 # host threads, so it checks fewer steps on fewer problems.

@@ -295,11 +295,21 @@ __device__ T block_residual(const StepArgs<T>& a, const BlockLayout& l, std::int
     const T* A = a.pb.A + b * a.pb.A_stride;
     const T* y = a.pb.y + b * a.pb.y_stride;
     T* R = ws + l.R;
-    for (int k = threadIdx.x; k < a.pb.K; k += blockDim.x) {
-      T r = -y[k];
-      for (int e = 0; e < mn; ++e) r += A[std::int64_t(k) * mn + e] * E[e / n * ldE + e % n];
-      R[k] = r;
-      part += r * r;
+    // a warp per measurement k, its lanes over the entries: A's rows are read coalesced (a
+    // thread per k would read them mn apart); every warp runs the same rounds (the shuffles)
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int base = 0; base < a.pb.K; base += warps) {
+      const int k = base + warp;
+      T r = T(0);
+      if (k < a.pb.K)
+        for (int e = lane; e < mn; e += 32)
+          r += A[std::int64_t(k) * mn + e] * E[e / n * ldE + e % n];
+      for (int off = 16; off > 0; off >>= 1) r += __shfl_xor_sync(0xffffffffu, r, off);
+      if (k < a.pb.K && lane == 0) {
+        r -= y[k];
+        R[k] = r;
+        part += r * r;
+      }
     }
     __syncthreads();
     for (int o = threadIdx.x; o < mn; o += blockDim.x) {
