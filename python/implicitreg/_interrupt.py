@@ -33,7 +33,7 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
     if held and callable(previous):
         previous(signal.SIGINT, held[0])
-    elif held and previous == signal.SIG_DFL:
+    elif held and previous != signal.SIG_IGN:  # the default, or a handler set from C
         raise KeyboardInterrupt
 
 
