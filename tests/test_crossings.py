@@ -438,7 +438,7 @@ def test_a_finished_checkpoint_returns_the_result_without_stepping(tmp_path, mon
                                                                    backend):
     path = tmp_path / "fit.ckpt"
     A = _model(backend)
-    ref = _fit(A, checkpoint=path, **CKPT_ARGS)
+    ref = _fit(A, checkpoint=path, keep_checkpoint=True, **CKPT_ARGS)
     B = _model(backend)
 
     def no_step(*args, **kw):
@@ -447,6 +447,7 @@ def test_a_finished_checkpoint_returns_the_result_without_stepping(tmp_path, mon
     with monkeypatch.context() as m:
         m.setattr(ops_mod, "dmf_step", no_step)
         t = _fit(B, checkpoint=path, **CKPT_ARGS)
+    assert not path.exists()  # read back, then removed as any completed fit's
     _assert_trajectories_equal(t, ref)
     assert B.steps_done == 1000
     for a, b in zip(B.factors, A.factors, strict=True):
@@ -456,7 +457,7 @@ def test_a_finished_checkpoint_returns_the_result_without_stepping(tmp_path, mon
 @pytest.mark.parametrize("change", ["lr", "seed", "thresholds", "metrics", "max_steps", "tol"])
 def test_a_checkpoint_from_another_fit_is_refused(tmp_path, change):
     path = tmp_path / "fit.ckpt"
-    _fit(_model(), checkpoint=path, **CKPT_ARGS)
+    _fit(_model(), checkpoint=path, keep_checkpoint=True, **CKPT_ARGS)
     written = path.read_bytes()
     f = _model(seed=1 if change == "seed" else 0)
     W0 = [W.copy() for W in f.factors]
@@ -475,7 +476,7 @@ def test_a_checkpoint_from_another_fit_is_refused(tmp_path, change):
 
 def test_a_checkpoint_from_a_model_in_another_state_is_refused(tmp_path):
     path = tmp_path / "fit.ckpt"
-    _fit(_model(), checkpoint=path, **CKPT_ARGS)
+    _fit(_model(), checkpoint=path, keep_checkpoint=True, **CKPT_ARGS)
     f = _model()
     f.step(LR, 1)
     with pytest.raises(ValueError, match="checkpoint"):

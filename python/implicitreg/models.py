@@ -444,15 +444,17 @@ class DeepFactorization(_Trained):
                     saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=False)
                     last_save = time.monotonic()
             if saver is not None and not done:
-                saver.finish(self, start, rows, _dmf_progress(rows, buf, cross),
-                             keep_checkpoint)
+                saver.save(self, start, rows, _dmf_progress(rows, buf, cross), done=True)
         finally:
             close()
         data = _split_rows(buf[:len(rows)], names, metric_rows)
         status = np.where(to_host(self._status) == 0, "max_steps", self.status)
-        return Trajectory(rows, data, status, self.frozen_at, meta,
-                          crossings=self._measure_crossings(cross, names, kinds, params,
-                                                            metric_rows))
+        t = Trajectory(rows, data, status, self.frozen_at, meta,
+                       crossings=self._measure_crossings(cross, names, kinds, params,
+                                                         metric_rows))
+        if saver is not None:
+            saver.close(keep_checkpoint)
+        return t
 
     def _measure_crossings(self, cross: Crossings, names, kinds, params, metric_rows):
         """{"thresholds": (k,), "step": (k, B), name: (k, B, ...)}: every metric at each
@@ -796,12 +798,15 @@ class CPFactorization(_Trained):
                 if (self._status != 0).all():
                     break
             if saver is not None and not done:
-                saver.finish(self, start, rows, progress_arrays(), keep_checkpoint)
+                saver.save(self, start, rows, progress_arrays(), done=True)
         finally:
             close()
         status = np.where(to_host(self._status) == 0, "max_steps", self.status)
-        return Trajectory(rows, {k: np.array(v) for k, v in data.items()}, status,
-                          self.frozen_at, meta)
+        t = Trajectory(rows, {k: np.array(v) for k, v in data.items()}, status,
+                       self.frozen_at, meta)
+        if saver is not None:
+            saver.close(keep_checkpoint)
+        return t
 
     @serialized
     def save(self, path) -> None:
@@ -965,12 +970,11 @@ class _FitCheckpoint:
         save_npz(self.path, self.FORMAT, {"key": self.key, "start": start, "done": done,
                                           "steps_done": model.steps_done}, arrays)
 
-    def finish(self, model, start: int, rows: list[int], progress: dict, keep: bool) -> None:
-        """The fit completed: its checkpoint is removed, or kept marked done (keep), so that
-        the same call returns the same result at once."""
-        if keep:
-            self.save(model, start, rows, progress, done=True)
-        elif os.path.exists(self.path):
+    def close(self, keep: bool) -> None:
+        """The fit has returned its result: its checkpoint (marked done, so that the same call
+        returns the same result at once) is removed unless kept. Only then: a Ctrl-C before
+        the result is made still finds it."""
+        if not keep and os.path.exists(self.path):
             os.remove(self.path)
 
     def restore(self, model) -> tuple[int, bool, list[int], dict]:
