@@ -476,3 +476,8 @@ def test_svdvals_keep_relative_accuracy_down_to_the_stated_limit():
         X = np.diag(d)[rng.permutation(3)][:, rng.permutation(3)] * [[1], [-1], [1]]
         s = ir.svdvals(X[None])[0]
         np.testing.assert_allclose(s, d, rtol=1e-13, atol=0)
+
+
+def test_an_absurd_size_is_refused_in_words_not_an_overflow():
+    with pytest.raises(ValueError, match=r"^batch: .* needs about 2\^\d+ GiB"):
+        P.random_sensing(10**160, 10**160, 1, 1, batch=3)

@@ -104,6 +104,11 @@ def available_memory() -> int | None:
         return None
 
 
+def _gib(nbytes: int) -> str:
+    """A byte count in GiB, also one too large for a float (a power of two then)."""
+    return f"{nbytes / 2**30:.3g}" if nbytes < 2**1000 else f"2^{nbytes.bit_length() - 30}"
+
+
 def batch_memory(per_problem: int, batch: int, name: str, what: str, fixed: int = 0,
                  device: bool = False) -> None:
     """Refuse, before anything is allocated, a batch whose arrays (about per_problem bytes per
@@ -124,5 +129,5 @@ def batch_memory(per_problem: int, batch: int, name: str, what: str, fixed: int 
             continue
         fits = max(0, (have - fixed) // max(1, per_problem))
         raise ValueError(f"{name}: {what} of {batch} problems needs about "
-                         f"{need / 2**30:.3g} GiB, more than the {have / 2**30:.3g} GiB "
+                         f"{_gib(need)} GiB, more than the {_gib(have)} GiB "
                          f"{where}; the largest batch that fits is {fits} problems")
