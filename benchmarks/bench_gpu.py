@@ -102,7 +102,7 @@ DMF_CASES = {
     "cpu": [("2x2", 2, 4096, 0.3, 1e-3, 1e-2, 200_000),
             ("16x16", 16, 256, 0.5 / 4, 1e-4, 1e-3, 1_000_000)],
 }
-# CP step, group_rmsprop (the paper's optimizer, PAPER.md §4.4) with its beta and eps, init
+# CP step, group_rmsprop (the paper's optimizer) with its beta and eps, init
 # std and lr of bench_cp_step.py (nothing converges or diverges: every step is real work),
 # maximal R = prod(d) / max(d), n observed entries as in the paper's grids. Per device:
 # (order, dim, R, batch, n observed, max steps per call).

@@ -4,7 +4,7 @@ by side in one run.
 
     python benchmarks/bench_sweep_executor.py [--quick] [--repeats N] [--json out.json]
 
-The sweep: the canonical 2x2 problem (PAPER.md §2.1), depth 3, 256 seeds per batch, 64
+The sweep: the canonical 2x2 problem, depth 3, 256 seeds per batch, 64
 batches (max_steps 20000, 20001, ..., one batch each: a shared key splits batches), lr 1e-3,
 logged at 20 geometric points with the loss and w11, crossings at 1e-1 and 1e-2 (--quick:
 16 batches of 64 seeds). The local executor runs the batches one after another, each on all

@@ -1,5 +1,5 @@
 """CP-rank estimation: `ir.tensor_rank(T)` (batched, compiled) against the paper's
-find_cp_rank written in NumPy (PAPER.md §4.5) looping over the tensors one by one, side by
+find_cp_rank written in NumPy looping over the tensors one by one, side by
 side in one run.
 
     python benchmarks/bench_tensor_rank.py [--quick] [--repeats N] [--json out.json]
@@ -10,7 +10,7 @@ memorizers (a rank-1 tensor with only the first n in {100, 200, 300, 400} entrie
 permutation kept, the others zero: the "linear" baseline of the paper's figure). The
 memorizers have rank about 12-20 and dominate the cost.
 
-The baseline is PAPER.md §4.5 as described: 0 for an all-close-to-zero tensor, else
+The baseline is the paper's procedure: 0 for an all-close-to-zero tensor, else
 bisection over r in [1, prod(d) / max(d)] for the smallest r whose CP-ALS fit has mean
 squared error < 1e-6; CP-ALS from standard normal factors, at most 1000 sweeps, each mode
 updated as X_n K pinv(V) (`numpy.linalg.pinv`) divided by the old factor's column norms,
@@ -71,7 +71,7 @@ def _khatri_rao(A, B):
 
 
 def cp_als_mse(X, unfoldings, r, rng, max_iter=MAX_ITER, tol=TOL) -> float:
-    """The mean squared error of the rank-r CP-ALS fit of X (PAPER.md §4.5)."""
+    """The mean squared error of the rank-r CP-ALS fit of X."""
     dims = X.shape
     N = len(dims)
     F = [rng.standard_normal((d, r)) for d in dims]
@@ -99,7 +99,7 @@ def cp_als_mse(X, unfoldings, r, rng, max_iter=MAX_ITER, tol=TOL) -> float:
 
 
 def find_cp_rank(X, rng, tol=TOL) -> int:
-    """PAPER.md §4.5: the smallest r in [1, prod(d) / max(d)] found by bisection whose CP-ALS
+    """The smallest r in [1, prod(d) / max(d)] found by bisection whose CP-ALS
     mse is below tol; 0 for a tensor all close to 0, -1 on LinAlgError."""
     if np.allclose(X, 0):
         return 0

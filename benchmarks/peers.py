@@ -20,7 +20,7 @@ checks the results against implicitreg before timing them.
 - svdvals: `torch_svdvals(X)` (torch.linalg.svdvals) and `jax_svdvals(X)` (jit of
   jnp.linalg.svd(compute_uv=False)): each returns a function of no arguments that computes
   the singular values of the batch X (copied to the device once) and waits for them.
-- CP step (mean squared error over observed entries, no 1/2; PAPER.md §4): `TorchCP`
+- CP step (mean squared error over observed entries, no 1/2): `TorchCP`
   (full tensor by einsum, autograd, gd or GroupRMSprop in torch ops) and `JaxCP` (the same
   under jit + lax.scan of `scan_steps` steps per call).
 """

@@ -48,7 +48,7 @@ def _run(args) -> int:
             "log": f"every:{args.log_every}", "metrics": ("loss", "entry:0,0", "det"),
             "thresholds": THRESHOLDS, "dtype": args.dtype}
     grid = {"depth": args.depths, "lr": args.lrs, "scale": args.scales}
-    print(f"canonical 2x2 completion (PAPER.md §2.1), init {args.init}, scale by {args.scale_by}, "
+    print(f"canonical 2x2 completion, init {args.init}, scale by {args.scale_by}, "
           f"det {args.det}, {args.seeds} seeds per config, tol {args.tol:g}, {args.dtype}, "
           f"backend {args.backend}")
     res = sweep(base, grid, seeds=args.seeds, backend=args.backend, out=args.out,
@@ -172,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=_info)
 
     run = sub.add_parser("run", help="train the canonical 2x2 problem for a batch of seeds",
-                         description="Train the canonical 2x2 completion problem (PAPER.md §2.1) "
+                         description="Train the canonical 2x2 completion problem "
                          "at every (depth, lr, scale) for a batch of seeds in one batched call "
                          "per depth, and print |w11| at loss 1e-1 ... 1e-4.")
     run.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4],

@@ -1,4 +1,4 @@
-"""Where a deep factorization starts (PAPER.md §1.5).
+"""Where a deep factorization starts.
 
 Schemes, for factors W_j of shape (d_j, d_{j-1}), j = 1..N, d_0 = n, d_N = m:
   normal    i.i.d. N(0, s^2) entries in every factor ("unbalanced").
@@ -17,7 +17,7 @@ scale_by says what `scale` is:
 
 det = "positive" | "negative" enforces the sign of det(W_N ... W_1) (square problems) by
 redrawing, from its own stream, only the problems of the wrong sign — for every scheme,
-balanced included (the official code silently skips it there, PAPER.md §8.3). Identity has
+balanced included (the official code silently skips it there). Identity has
 det > 0; "negative" flips the sign of the first row of W_1.
 """
 

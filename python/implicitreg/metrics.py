@@ -1,4 +1,4 @@
-"""Rank and norm metrics of batches of matrices (PAPER.md §5), from their singular values.
+"""Rank and norm metrics of batches of matrices, from their singular values.
 
 Every function takes matrices X of shape (..., m, n) or, by keyword, their precomputed
 singular values `svals` of shape (..., k) (descending, as svdvals gives them), and returns
@@ -278,7 +278,7 @@ def tensor_rank(T, tol: float | None = None, restarts: int = 10, seed: int = 0,
     Without it the first axis is the batch, (B, d_1, ..., d_N) as tensor_completion takes it;
     a 3-d T is then refused, being as likely one order-3 tensor as a batch of matrices.
 
-    PAPER.md §4.5: the smallest r in [1, max_rank] (default prod(d) / max(d), the largest CP
+    As in the paper: the smallest r in [1, max_rank] (default prod(d) / max(d), the largest CP
     rank) found by bisection whose CP-ALS fit (at most max_iter sweeps) is good enough; -1 for
     a tensor with a NaN or inf entry. criterion "relative" (default): good enough is a mean
     squared error below tol (default 1e-5) times the tensor's mean square, whatever its

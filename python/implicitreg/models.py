@@ -514,10 +514,10 @@ _CP_CHECKPOINT = "implicitreg.CPFactorization/1"
 
 
 class CPFactorization(_Trained):
-    """B CP tensor factorizations (PAPER.md §4.1) of one shape, trained together:
+    """B CP tensor factorizations of one shape, trained together:
     W = sum_r u_r^1 x ... x u_r^N, factors [U_1, ..., U_N] with U_n of shape (B, d_n, R)
     (column r of U_n is u_r^n). The arrays are copied: the model owns its state.
-    Loss: mean squared error over the observed entries (PAPER.md §4.3), per problem.
+    Loss: mean squared error over the observed entries, per problem.
     """
 
     def __init__(self, problem, factors, backend: str = "cpu", dtype=None):
@@ -561,7 +561,7 @@ class CPFactorization(_Trained):
     @classmethod
     def init(cls, problem, rank: int | None = None, scale: float = 1e-3, seed: int = 0,
              dtype="float64", backend: str = "cpu") -> CPFactorization:
-        """Factors with i.i.d. N(0, scale^2) entries (PAPER.md §4.3's init_std); rank R
+        """Factors with i.i.d. N(0, scale^2) entries (the paper's init_std); rank R
         defaults to the largest CP rank prod(d) / max(d) (64 for 8x8x8, 512 for 8x8x8x8), so
         that nothing constrains the rank. Problem b's start depends only on (seed, b)."""
         if not isinstance(problem, TensorCompletion):
@@ -623,7 +623,7 @@ class CPFactorization(_Trained):
     def step(self, lr, steps: int = 1, tol=None, optimizer: str = "group_rmsprop",
              beta: float = 0.99, eps: float = 1e-6) -> CPFactorization:
         """`steps` updates in place with no Python between steps: "gd" (U <- U - lr g) or
-        "group_rmsprop" (PAPER.md §4.4: lr divided by sqrt of the bias-corrected running
+        "group_rmsprop" (lr divided by sqrt of the bias-corrected running
         mean of ||g||^2 plus eps; beta, eps; its state is per problem and kept across calls).
         Freezing and divergence as for DeepFactorization.step."""
         lr_arr = self._lr(lr)
@@ -711,12 +711,12 @@ class CPFactorization(_Trained):
             patience: int | None = None, check_every: int = 100,
             progress=True, checkpoint=None, checkpoint_every: float = 300.0,
             keep_checkpoint: bool = False) -> Trajectory:
-        """Train for up to max_steps more steps (optimizer as in step; PAPER.md §4.4 uses
-        group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
+        """Train for up to max_steps more steps (optimizer as in step; the paper
+        uses group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
         return the Trajectory. Stops early when every problem is frozen.
 
         tol with patience=None freezes a problem at its first iterate with loss < tol, found
-        in the core. With patience=k, the paper's rule (PAPER.md §4.3): the loss is checked
+        in the core. With patience=k, the paper's rule: the loss is checked
         every check_every steps and a problem is frozen (converged) at the (k+1)-th
         consecutive check below tol; the paper uses tol 1e-6, patience 2, checks every 100.
         checkpoint, checkpoint_every, keep_checkpoint: as for DeepFactorization.fit
@@ -842,7 +842,7 @@ def _cp_tensor(factors, backend: str):
 
 
 def memorizer(problem) -> np.ndarray:
-    """The "linear" baseline of PAPER.md §4.6: observed entries copied, all others 0
+    """The "linear" baseline: observed entries copied, all others 0
     (B, d_1, ..., d_N) — what gradient descent on the tensor itself from zero converges to."""
     if not isinstance(problem, TensorCompletion):
         raise TypeError("problem: expected implicitreg.tensor_completion(...), got "

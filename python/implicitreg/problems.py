@@ -4,7 +4,7 @@ A problem batch holds B problems of one shape (m, n). Arrays are stored with a l
 axis of size B, or of size 1 when one problem is shared by the whole batch (the kernels read
 it with batch stride 0, so a million seeds of the 2x2 problem cost no memory).
 
-Loss, for both kinds: 1/2 * sum of squared residuals per problem (PAPER.md §1.3).
+Loss, for both kinds: 1/2 * sum of squared residuals per problem.
 """
 
 from __future__ import annotations
@@ -233,13 +233,13 @@ def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
 
 
 def paper_2x2(batch: int = 1) -> Completion:
-    """The canonical problem of PAPER.md §2.1: observed (0,1) = 1, (1,0) = 1, (1,1) = 0;
+    """The canonical problem: observed (0,1) = 1, (1,0) = 1, (1,1) = 0;
     (0,0) unobserved. Every solution [[x, 1], [1, 0]] has det = -1."""
     return completion([[0.0, 1.0], [1.0, 0.0]], [[False, True], [True, True]], batch=batch)
 
 
 def perturbed_2x2(b12=-2.0, b21=0.5, eps=0.0, batch: int | None = None) -> Completion:
-    """Observed (0,1) = b12, (1,0) = b21, (1,1) = eps (PAPER.md §2.5).
+    """Observed (0,1) = b12, (1,0) = b21, (1,1) = eps.
 
     Each of b12, b21, eps is a number or a 1-d array of per-problem values (broadcast
     together), so one batch can sweep eps. Solutions have det = eps*x - b12*b21.
@@ -259,7 +259,7 @@ def perturbed_2x2(b12=-2.0, b21=0.5, eps=0.0, batch: int | None = None) -> Compl
 
 
 def paper_family(d: int, batch: int = 1) -> Completion:
-    """The d x d generalization (PAPER.md §2.5): target blockdiag([[0,1],[1,0]], I_{d-2}),
+    """The d x d generalization: target blockdiag([[0,1],[1,0]], I_{d-2}),
     every entry observed but (0,0); every solution has det = -1."""
     d = integer(d, "d", minimum=2)
     have = available_memory()
@@ -275,7 +275,7 @@ def paper_family(d: int, batch: int = 1) -> Completion:
 
 def _low_rank(g: np.random.Generator, m: int, n: int, rank: int) -> np.ndarray:
     """W* = U V^T with standard normal U (m, r), V (n, r), scaled to Frobenius norm m
-    (the official generator's convention, PAPER.md §2.5)."""
+    (the official generator's convention)."""
     W = g.standard_normal((m, rank)) @ g.standard_normal((n, rank)).T
     return W * (m / np.linalg.norm(W))
 
@@ -341,12 +341,12 @@ def random_sensing(m: int, n: int, rank: int, n_meas: int, batch: int = 1, seed:
 
 
 class TensorCompletion:
-    """Tensor completion (PAPER.md §4.2): observe entries where masks is True.
+    """Tensor completion: observe entries where masks is True.
 
     targets: (Bt, d_1, ..., d_N) float64, masks: (Bm, d_1, ..., d_N) bool, Bt and Bm each 1 or
     `batch`. The targets are the full ground truth (for the reconstruction error over every
     entry); values at unobserved entries are never used in training.
-    Loss: the mean squared error over the observed entries (PAPER.md §4.3; no 1/2, unlike the
+    Loss: the mean squared error over the observed entries (no 1/2, unlike the
     matrix problems' 1/2 * sum).
     """
 
@@ -431,7 +431,7 @@ def random_cp_tensor(dims, rank: int, fro_norm: float = 1.0, batch: int = 1,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(targets (B, *dims), orders (B, prod(dims)) int64): per problem, from its own stream
     (seed, b), a CP tensor sum_r u_r^1 x ... x u_r^N with standard normal u, scaled to
-    Frobenius norm fro_norm (the official generator, PAPER.md §4.2), and a random permutation
+    Frobenius norm fro_norm (the official generator), and a random permutation
     of its flat C-order indices: observing the first n of it gives observation sets nested
     across n (observe_first)."""
     if isinstance(dims, (int, np.integer)) or not hasattr(dims, "__len__"):

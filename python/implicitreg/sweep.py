@@ -80,7 +80,7 @@ DEFAULTS = {
     # of CPFactorization.fit, and what is estimated at the end: the tensor rank of the
     # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated) and
     # rank_criterion (implicitreg.tensor_rank's criterion), and with baseline the memorizer's
-    # error and rank (PAPER.md §4.6)
+    # error and rank
     "components": None, "optimizer": "group_rmsprop", "patience": None, "check_every": 100,
     "rank_restarts": 0, "rank_criterion": "relative", "baseline": False,
 }

@@ -106,7 +106,7 @@ class Trajectory:
         """Every logged metric at each problem's first step where `metric` < threshold.
 
         Returns {name: (B, ...) values, "step": (B,)}; NaN (step -1) for a problem that never
-        went below. The paper's figures are read this way (PAPER.md §3.1). For the loss at a
+        went below. The paper's figures are read this way. For the loss at a
         threshold given to fit(thresholds=...), the answer is exact to the step (from
         `crossings`); otherwise it is the first logged row below.
         """

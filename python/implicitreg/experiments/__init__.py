@@ -1,4 +1,4 @@
-"""Named experiments: the paper's matrix-factorization results (PAPER.md §2-§3, §5) and their
+"""Named experiments: the paper's matrix-factorization results and their
 extensions, each a documented sweep config with its report against the paper's values and
 its figures. `implicitreg reproduce NAME` runs one; `implicitreg list` lists them."""
 

@@ -296,7 +296,7 @@ def _errorbars(ax, x, q, **kw):
 
 
 def figure_tensor_completion(res, figdir: str) -> list[str]:
-    """PAPER.md §4.7's two panels per (order, target rank): normalized reconstruction error
+    """The paper's two panels per (order, target rank): normalized reconstruction error
     (log y) and estimated tensor rank against the number of observations, for tf at each init
     and the linear baseline, median and IQR, with the ground-truth rank."""
     plt = _plt()

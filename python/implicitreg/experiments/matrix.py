@@ -1,5 +1,5 @@
-"""The matrix-factorization experiments: the paper's canonical 2x2 problem (PAPER.md §3.1),
-its perturbed and d x d variants (§2.5, §3.4-3.5), every norm against rank (§2.4, §3.3), and
+"""The matrix-factorization experiments: the paper's canonical 2x2 problem,
+its perturbed and d x d variants, every norm against rank, and
 low-rank completion of random matrices (beyond the paper)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .figures import (
 )
 
 # Loss thresholds read by the reports: the defaults and the paper's figure markers
-# 1.3 * 10^-j (PAPER.md §3.1); the figures use a grid of 10 per decade on top.
+# 1.3 * 10^-j; the figures use a grid of 10 per decade on top.
 REPORTED = (1e-1, 1e-2, 1e-3, 1e-4)
 MARKERS = (1.3e-1, 1.3e-2, 1.3e-3, 1.3e-4)
 
@@ -36,14 +36,14 @@ def rank1_path(loss):
 
 
 def det_bound(loss, b12: float = 1.0, b21: float = 1.0, eps: float = 0.0):
-    """PAPER.md §2.4-2.5: with det(W) of the solutions' sign, |w11| > (|b12|-s)(|b21|-s)/(eps+s)
+    """With det(W) of the solutions' sign, |w11| > (|b12|-s)(|b21|-s)/(eps+s)
     at loss l, s = sqrt(2 l) (for s < min(|b12|, |b21|))."""
     s = np.sqrt(2.0 * np.asarray(loss, dtype=np.float64))
     return (abs(b12) - s) * (abs(b21) - s) / (abs(eps) + s)
 
 
 def erank_bound(loss):
-    """PAPER.md §2.4: erank < exp(h(s^2/(1-s)^2)) with det > 0, h the binary entropy; the
+    """The bound erank < exp(h(s^2/(1-s)^2)) with det > 0, h the binary entropy; the
     bound saturates at 2 once s^2/(1-s)^2 >= 1/2 (h peaks there); NaN for s >= 1."""
     s = np.sqrt(2.0 * np.asarray(loss, dtype=np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -68,10 +68,10 @@ def _share(entry, quantity, flags) -> dict:
 
 # ------------------------------------------------------------------------------ paper-2x2
 
-# (depth, lr, init) of PAPER.md §3.1, each with and without balanced init.
+# (depth, lr, init) of the paper's figure, each with and without balanced init.
 PAPER_CONFIGS = ((2, 6e-3, 1e-5), (2, 3e-3, 1e-6), (3, 6e-3, 1e-5), (3, 3e-3, 1e-6),
                  (4, 3e-3, 1e-3), (4, 1.5e-3, 1e-4))
-# |w11| read off the paper's panels (PAPER.md §3.1, camera-ready, float32, one run each) at
+# |w11| read off the paper's panels (camera-ready, float32, one run each) at
 # the markers 1.3e-1 ... 1.3e-4 and at the first loss below 1e-4; None where not readable.
 PAPER_VALUES = {
     (2, 6e-3, 1e-5, False): (0.6, 0.7, 0.72, 0.73, 0.73),
@@ -117,12 +117,12 @@ def report_paper_2x2(res) -> list[dict]:
 
 register(Experiment(
     name="paper-2x2",
-    title="Canonical 2x2 completion: |unobserved entry| vs loss, depths 2-4 (PAPER.md §3.1)",
+    title="Canonical 2x2 completion: |unobserved entry| vs loss, depths 2-4",
     doc="""
     Observed (0,1) = 1, (1,0) = 1, (1,1) = 0; GD from det(W(0)) > 0 (enforced for balanced
     init too), every (lr, init, balanced) of the paper's figure, to loss 1e-4.
     * paper: values read off the paper's single float32 runs; ours: median [IQR] over seeds.
-    * theory: |w11| > (1-s)^2/s, s = sqrt(2 loss), holds while det(W) > 0 (PAPER.md §2.4);
+    * theory: |w11| > (1-s)^2/s, s = sqrt(2 loss), holds while det(W) > 0;
       depth 2 (and unbalanced runs) may flip det under GD and plateau below it.
     """,
     base={"problem": "paper_2x2", "init_det": "positive", "scale_by": "product", "tol": 1e-4,
@@ -140,7 +140,7 @@ register(Experiment(
 # -------------------------------------------------------------------------- perturbed-2x2
 
 EPSILONS = (0.0, 0.01, 0.05, 0.1, 0.5)
-# PAPER.md §3.7 (a float32 measurement of that spec, depth 3, lr 6e-3, init 1e-5, balanced,
+# A float32 measurement of that spec (depth 3, lr 6e-3, init 1e-5, balanced,
 # one shared start): w11 at the first loss < 1e-4, and after 1.69e6 iterations.
 PERTURBED_REFERENCE = {0.5: (-1.921, -1.99992), 0.1: (-8.73, -9.967), 0.05: (-15.56, -19.66),
                        0.01: (-41.39, -55.1), 0.0: (-70.68, -70.68)}
@@ -167,12 +167,11 @@ def report_perturbed(res) -> list[dict]:
 
 register(Experiment(
     name="perturbed-2x2",
-    title="Perturbed observations (-2, 0.5, eps): w11 -> -1/eps from det(W(0)) < 0 "
-          "(PAPER.md §2.5, §3.4)",
+    title="Perturbed observations (-2, 0.5, eps): w11 -> -1/eps from det(W(0)) < 0",
     doc="""
     Observed (0,1) = -2, (1,0) = 0.5, (1,1) = eps; balanced init with det(W(0)) < 0, trained
     past loss 1e-4 (no tolerance) so that the limit shows.
-    * paper: the float32 measurement of PAPER.md §3.7 (depth 3 only; not the paper's figure).
+    * paper: a float32 measurement of that setting (depth 3 only; not the paper's figure).
     * theory: at loss l, |w11| > (2-s)(0.5-s)/(eps+s) while det < 0; the reachable solutions
       need w11 < -1/eps, whose norm is about 1/eps against sqrt(4.25 + eps^2) at the minimum.
     """,
@@ -211,8 +210,7 @@ def report_family(res) -> list[dict]:
 
 register(Experiment(
     name="family-dxd",
-    title="The d x d family: blockdiag([[0,1],[1,0]], I) with all but (0,0) observed "
-          "(PAPER.md §2.5, §3.5)",
+    title="The d x d family: blockdiag([[0,1],[1,0]], I) with all but (0,0) observed",
     doc="""
     Every solution has det = -1; from det(W(0)) > 0, GD must drive |w11| to infinity.
     * theory: the 2x2 block follows the rank-1 path |w11| = 1/sqrt(2 loss) when the
@@ -232,7 +230,7 @@ register(Experiment(
 # ---------------------------------------------------------------------------- norms-vs-rank
 
 NORMS = ("fro", "nuc", "spectral", "schatten:0.5", "schatten:0.25")
-# Their minima over the solution set (PAPER.md §7.1 item 7): sqrt 2, 2, 1, 2^(1/p).
+# Their minima over the solution set: sqrt 2, 2, 1, 2^(1/p).
 NORM_MINIMA = {"fro": np.sqrt(2.0), "nuc": 2.0, "spectral": 1.0, "schatten:0.5": 4.0,
                "schatten:0.25": 16.0}
 
@@ -260,13 +258,12 @@ def report_norms(res) -> list[dict]:
 
 register(Experiment(
     name="norms-vs-rank",
-    title="Every norm grows while the rank falls: canonical problem, depth 3 "
-          "(PAPER.md §2.4, §3.3)",
+    title="Every norm grows while the rank falls: canonical problem, depth 3",
     doc="""
     Frobenius, nuclear, spectral, Schatten-0.5 and -0.25 (quasi-norms), effective rank and
     distance to rank 1 of the end-to-end matrix, against loss and iteration.
     * paper: the infimum of each quantity over all solutions (the norms' minima are at
-      w11 = 0); theory: PAPER.md §2.4's bounds at that loss, valid while det > 0.
+      w11 = 0); theory: the paper's bounds at that loss, valid while det > 0.
     """,
     base={"problem": "paper_2x2", "depth": 3, "init_det": "positive", "scale_by": "product",
           "lr": 6e-3, "scale": 1e-5, "tol": 1e-4, "max_steps": 10_000_000, "log": 400,
@@ -298,7 +295,7 @@ register(Experiment(
     name="random-completion",
     title="Low-rank completion of random matrices vs depth (beyond the paper)",
     doc="""
-    Random rank-3 30x30 targets (Frobenius norm 30, PAPER.md §2.5's generator), entries
+    Random rank-3 30x30 targets (Frobenius norm 30, the paper's generator), entries
     observed uniformly at random; depths 1-4 from a small init (1e-3, end-to-end std).
     * ours: normalized reconstruction error ||E - W*||_F / ||W*||_F over all entries and the
       effective rank of the solution at the end; depth 1 is the min-norm-like baseline.

@@ -1,4 +1,4 @@
-"""The tensor-factorization experiments (PAPER.md §4): CP completion of random low-rank
+"""The tensor-factorization experiments: CP completion of random low-rank
 tensors from n observed entries, against the "linear" memorizer baseline, at init 1e-2 and
 1e-3, with the solution's reconstruction error and estimated tensor rank."""
 
@@ -13,7 +13,7 @@ ORDER3_N = (50, 100, 150, 200, 250, 300, 350, 400, 450, 511)
 ORDER4_N = (100, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4095)
 INITS = (1e-2, 1e-3)
 
-# Values read off the paper's rank-1 panels (PAPER.md §4.8; one fixed tensor, 5 runs, median;
+# Values read off the paper's rank-1 panels (one fixed tensor, 5 runs, median;
 # "linear" errors are exact for the paper's tensor, not ours). Per n: tf error at init 1e-2,
 # at 1e-3, linear error, linear rank.
 PAPER_ORDER3 = {
@@ -75,25 +75,24 @@ def report_tensor(res) -> list[dict]:
 _BASE = {"model": "cp", "problem": "random_cp_completion", "dim": 8, "optimizer":
          "group_rmsprop", "lr": 1e-2, "tol": 1e-6, "patience": 2, "check_every": 100,
          "max_steps": 1_000_000, "log": 60, "metrics": ("loss", "recon_error"),
-         # ranks by the paper's rule (PAPER.md §4.5), with starts enough to be reliable
+         # ranks by the paper's rule, with starts enough to be reliable
          "thresholds": (), "rank_restarts": 10, "rank_criterion": "absolute",
          "baseline": True}
 
 _DOC = """
-    Random CP tensors (Frobenius norm 1, PAPER.md §4.2's generator, one per seed) observed at
+    Random CP tensors (Frobenius norm 1, the paper's generator, one per seed) observed at
     the first n entries of a random order (nested across n); CP factorization with the largest
     CP rank as its number of components (64 for order 3, 512 for order 4), init N(0, init^2),
     GroupRMSprop lr 1e-2, stopped at the third consecutive check (every 100 steps) with train
-    MSE < 1e-6 (PAPER.md §4.3-4.4); tensor rank by CP-ALS bisection (§4.5); "linear" is the
-    memorizer (observed entries copied, the rest 0; §4.6).
+    MSE < 1e-6; tensor rank by CP-ALS bisection; "linear" is the
+    memorizer (observed entries copied, the rest 0).
     * paper: the median of 5 runs on the paper's one tensor, read off its rank-1 figures
       (errors to about half a decade); ours: median [IQR] over seeds, one random tensor each.
     """
 
 register(Experiment(
     name="tensor-completion",
-    title="Tensor completion, order 3 (8x8x8), ranks 1 and 3: error and rank vs observations "
-          "(PAPER.md §4)",
+    title="Tensor completion, order 3 (8x8x8), ranks 1 and 3: error and rank vs observations",
     doc=_DOC,
     base={**_BASE, "order": 3},
     grid=[{"target_rank": [1, 3], "n_obs": list(ORDER3_N), "scale": list(INITS)}],
@@ -106,10 +105,9 @@ register(Experiment(
 
 register(Experiment(
     name="tensor-completion-order4",
-    title="Tensor completion, order 4 (8x8x8x8), rank 1: error and rank vs observations "
-          "(PAPER.md §4)",
+    title="Tensor completion, order 4 (8x8x8x8), rank 1: error and rank vs observations",
     doc=_DOC + """
-    * order 4 from init 1e-3 spends 2-3e4 steps escaping the origin (PAPER.md §4.10), and at
+    * order 4 from init 1e-3 spends 2-3e4 steps escaping the origin, and at
       n = 100 it runs to the 1e6-step cap: the full run takes about 20 minutes on 2 cores.
     """,
     base={**_BASE, "order": 4},
