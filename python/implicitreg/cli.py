@@ -88,8 +88,10 @@ def _list(args) -> int:
 
 
 def _has_matplotlib() -> bool:
+    from .experiments.figures import _plt
+
     try:
-        import matplotlib  # noqa: F401
+        _plt()
     except ImportError:
         return False
     return True

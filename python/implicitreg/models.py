@@ -52,16 +52,16 @@ def _factor_dtype(arrays: list[np.ndarray], dtype) -> np.dtype:
     return float_dtype(arrays[0].dtype, "factors")
 
 
-def _in_dtype(arrays: list[np.ndarray], dtype: np.dtype, drawn: str = "") -> list[np.ndarray]:
+def _in_dtype(arrays: list[np.ndarray], dtype: np.dtype, scale: float | None = None
+              ) -> list[np.ndarray]:
     """The factors in the model's dtype, refused when a value does not survive the cast: too
     large (a float64 1e300 is inf in float32) or too small (a nonzero entry that becomes 0:
-    a factor of zeros never moves). drawn: the init argument that made them ("scale=1e-50"),
-    named first in the error."""
+    a factor of zeros never moves). scale: the init's, which drew them; the error names it."""
     with np.errstate(over="ignore", under="ignore"):
         cast = [a.astype(dtype, copy=False) for a in arrays]
     for j, (a, c) in enumerate(zip(arrays, cast, strict=True)):
-        name = f"{drawn.split('=')[0]}: factors[{j}] drawn with {drawn}" if drawn else \
-            f"factors[{j}]"
+        name = (f"factors[{j}]" if scale is None
+                else f"scale: factors[{j}] drawn with scale={scale:g}")
         finite(c, name)
         lost = (a != 0) & (c == 0)
         if lost.any():
@@ -234,7 +234,8 @@ class DeepFactorization(_Trained):
                      "problem", "drawing the starting factors")
         factors = init_factors(problem.shape, problem.batch, depth, widths, init, scale,
                                scale_by, det, seed)
-        _in_dtype(factors, dtype, f"scale={scale:g}")
+        # cast here to name scale in an error; the constructor finds them in its dtype
+        factors = _in_dtype(factors, dtype, scale)
         return cls(problem, factors, backend=backend, dtype=dtype)
 
     # ------------------------------------------------------------------ state
@@ -582,7 +583,8 @@ class CPFactorization(_Trained):
             g = _rng.generator(seed, "init", b)
             for U in factors:
                 U[b] = g.normal(0.0, scale, size=U.shape[1:])
-        _in_dtype(factors, dtype, f"scale={scale:g}")
+        # cast here to name scale in an error; the constructor finds them in its dtype
+        factors = _in_dtype(factors, dtype, scale)
         return cls(problem, factors, backend=backend, dtype=dtype)
 
     @property
