@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,80 @@ def test_gpu_device_is_reported():
     dev = info["cuda_devices"][0]
     assert dev["name"] and dev["compute_capability"] >= 50 and dev["total_memory"] > 2**30
     assert info["cuda_driver_version"] > 0
+
+
+# --------------------------------------------------------------------------- codes and stubs
+
+_COMPILED = ["implicitreg._core"] + [m for m in ("implicitreg._cuda", "implicitreg._cuda_emulated")
+                                      if importlib.util.find_spec(m) is not None]
+_CODES = ("STATUS", "OPTIMIZERS", "METRIC_KINDS", "SVD_INFO", "LIMITS")
+
+
+@pytest.mark.parametrize("module", _COMPILED[1:] or [pytest.param(None, marks=pytest.mark.skip(
+    reason="built without CUDA and without its emulation: one compiled module only"))])
+def test_compiled_modules_export_the_same_codes(module):
+    core, other = importlib.import_module("implicitreg._core"), importlib.import_module(module)
+    for name in _CODES:
+        assert getattr(other, name) == getattr(core, name), name
+
+
+def test_codes_are_numbered_from_zero_without_gaps():
+    from implicitreg import _codes
+
+    for table in (_codes.STATUS, _codes.OPTIMIZERS, _codes.METRIC_KINDS, _codes.SVD_INFO):
+        assert sorted(table.values()) == list(range(len(table)))
+    assert _codes.STATUS_NAMES == ("running", "converged", "diverged")
+    assert set(_codes.OPTIMIZERS) == {"gd", "group_rmsprop", "adam"}
+
+
+def test_range_checks_come_from_the_codes():
+    """One past the last code is refused by name and number (the bound is the enum's count)."""
+    import numpy as np
+
+    from implicitreg import _codes, _core
+
+    n = len(_codes.METRIC_KINDS)
+    X = np.zeros((1, 2, 2))
+    with pytest.raises(ValueError, match=rf"kinds\[0\] must be a metric kind 0..{n - 1}, got {n}"):
+        _core.dmf_measure([X], X, np.ones((1, 2, 2), bool), None, None,
+                          np.array([n], np.int32), np.zeros((1, 2)), np.zeros((1, 1)))
+    k = len(_codes.OPTIMIZERS)
+    with pytest.raises(ValueError, match=rf"optimizer kind must be 0..{k - 1}, got {k}"):
+        _core.dmf_step([X], X, np.ones((1, 2, 2), bool), None, None, np.ones(1), 1, 0.0, 0,
+                       np.zeros(1, np.int8), np.full(1, -1), optimizer={"kind": k})
+
+
+_PACKAGE = Path(ir.__file__).parent
+
+
+def _imports(path: Path) -> set[str]:
+    """The absolute names of what a source file of the package imports."""
+    here = ["implicitreg", *path.relative_to(_PACKAGE).parent.parts]  # its package
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = here[:len(here) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out |= {module} | {f"{module}.{a.name}" for a in node.names}
+    return out
+
+
+def test_only_the_numpy_route_imports_the_oracle():
+    """reference.py is the oracle: production code reads its codes from _codes and its math
+    from the kernels; only ops.py routes backend="numpy" to it."""
+    importers = sorted(str(p.relative_to(_PACKAGE)) for p in _PACKAGE.rglob("*.py")
+                       if "implicitreg.reference" in _imports(p))
+    assert importers == ["ops.py"]
+    assert "implicitreg._codes" in _imports(_PACKAGE / "reference.py")
+
+
+def test_stubs_match_the_compiled_modules():
+    pytest.importorskip("mypy", reason="mypy is not installed (test extra): no stubtest")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", *_COMPILED],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr

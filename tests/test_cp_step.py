@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import implicitreg as ir
 from conftest import ANCHOR_TC, CONVERGED, DIVERGED, RUNNING, TOL, max_rel_diff
-from implicitreg import _core, reference
+from implicitreg import _codes, _core, reference
 from implicitreg.models import memorizer
 from implicitreg.problems import observe_first, random_cp_tensor
 
@@ -27,9 +27,9 @@ needs_data = pytest.mark.skipif(
     reason=f"reference data {ANCHOR_TC} not present (the authors' tensors are kept outside the "
            "repository, in the shared data folder)")
 
-# kernel status codes (reference.RUNNING, ...)
-K_RUNNING, K_CONVERGED, K_DIVERGED = reference.RUNNING, reference.CONVERGED, reference.DIVERGED
-GD, RMS = reference.GD, reference.GROUP_RMSPROP
+# kernel codes
+K_RUNNING, K_CONVERGED, K_DIVERGED = _codes.RUNNING, _codes.CONVERGED, _codes.DIVERGED
+GD, RMS, ADAM = _codes.GD, _codes.GROUP_RMSPROP, _codes.ADAM
 NO_TOL = -math.inf
 
 
@@ -52,7 +52,7 @@ def build_case(seed, dims, R, batch, share_target=False, share_mask=False, per_p
     mask[:, rng.integers(numel)] = True
     if empty is not None and not share_mask:
         mask[empty] = False
-    base = 0.02 if optimizer == RMS else 0.05
+    base = 0.05 if optimizer == GD else 0.02
     lr = base * (rng.uniform(0.5, 1.0, size=batch) if per_problem_lr else np.ones(1))
     return factors, np.ascontiguousarray(target), np.ascontiguousarray(mask), lr.astype(dtype)
 
@@ -65,14 +65,25 @@ class State:
         self.factors = [np.array(U, order="C") for U in factors]
         self.v = np.zeros(B, dtype=dtype)
         self.t = np.zeros(B, dtype=np.int64)
+        self.m = [np.zeros_like(U) for U in self.factors]
+        self.s = [np.zeros_like(U) for U in self.factors]
         self.status = np.zeros(B, dtype=np.int8)
         self.frozen_at = np.full(B, -1, dtype=np.int64)
         self.loss = np.full(B, np.nan, dtype=dtype)
 
+    def optimizer(self, kind, beta=0.99, eps=1e-6, betas=(0.9, 0.999)):
+        """The kernels' optimizer argument over this state's arrays."""
+        if kind == GD:
+            return None
+        if kind == RMS:
+            return {"kind": kind, "beta": beta, "eps": eps, "v": self.v, "t": self.t}
+        return {"kind": kind, "beta1": betas[0], "beta2": betas[1], "eps": eps, "t": self.t,
+                "m": self.m, "s": self.s}
+
     def step(self, module, target, mask, lr, steps, tol=NO_TOL, step0=0, optimizer=GD,
              beta=0.99, eps=1e-6):
-        module.cp_step(self.factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps,
-                       self.v, self.t, self.status, self.frozen_at, self.loss)
+        module.cp_step(self.factors, target, mask, lr, steps, tol, step0, self.status,
+                       self.frozen_at, self.loss, self.optimizer(optimizer, beta, eps))
         return self
 
     def take(self, idx):
@@ -80,6 +91,8 @@ class State:
         out = State([U[idx] for U in self.factors])
         for k in ("v", "t", "status", "frozen_at", "loss"):
             setattr(out, k, getattr(self, k)[idx].copy())
+        out.m = [a[idx].copy() for a in self.m]
+        out.s = [a[idx].copy() for a in self.s]
         return out
 
 
@@ -88,8 +101,8 @@ def run(module, factors, target, mask, lr, steps, **kw) -> State:
 
 
 def assert_states_equal(a: State, b: State, idx_a=slice(None), idx_b=slice(None)):
-    """Bit for bit: factors, v, t, status, frozen_at, loss."""
-    for U, V in zip(a.factors, b.factors, strict=True):
+    """Bit for bit: factors, adam's moments, v, t, status, frozen_at, loss."""
+    for U, V in zip(a.factors + a.m + a.s, b.factors + b.m + b.s, strict=True):
         np.testing.assert_array_equal(U[idx_a], V[idx_b])
     for k in ("v", "t", "status", "frozen_at", "loss"):
         np.testing.assert_array_equal(getattr(a, k)[idx_a], getattr(b, k)[idx_b], err_msg=k)
@@ -100,6 +113,8 @@ def assert_states_close(a: State, b: State, rtol):
     non-finite losses, t / status / frozen_at exactly."""
     err = max_rel_diff(a.factors, b.factors)
     assert err <= rtol, f"factors differ by {err:.3g} (max-norm relative) > {rtol:g}"
+    for x, y in zip(a.m + a.s, b.m + b.s, strict=True):  # adam's moments
+        assert max_rel_diff([x], [y]) <= rtol
     assert max_rel_diff([a.v], [b.v]) <= rtol
     fin = np.isfinite(b.loss)
     np.testing.assert_array_equal(np.isfinite(a.loss), fin)
@@ -143,7 +158,7 @@ def cases(draw, dtype):
     batch = draw(st.integers(1, 6))
     share_target, share_mask = draw(st.booleans()), draw(st.booleans())
     empty = draw(st.integers(0, batch - 1)) if batch > 1 and draw(st.booleans()) else None
-    optimizer = draw(st.sampled_from([GD, RMS]))
+    optimizer = draw(st.sampled_from([GD, RMS, ADAM]))
     per_problem_lr = draw(st.booleans())
     steps = draw(st.integers(1, 25))
     step0 = draw(st.sampled_from([0, 7, 10**6]))
@@ -176,7 +191,7 @@ def _check_core_vs_numpy(case, dtype):
     # the optimizer counts the updates each problem had in this call: all of them while it
     # runs, those before it froze otherwise (a problem can fit below tol 1e-12 mid-call)
     frozen_after = np.where(a.frozen_at >= 0, a.frozen_at - kw["step0"], 0)
-    expect_t = np.where(run_, kw["steps"], frozen_after) if kw["optimizer"] == RMS else 0
+    expect_t = np.where(run_, kw["steps"], frozen_after) if kw["optimizer"] != GD else 0
     np.testing.assert_array_equal(a.t, expect_t)
     for U, U0 in zip(a.factors, factors, strict=True):
         np.testing.assert_array_equal(U[empty], U0[empty])  # zero gradient, or frozen
@@ -206,9 +221,9 @@ SHARES = ((False, False), (True, False), (False, True), (True, True))
 @pytest.mark.parametrize("dims", [(5, 4), (3, 4, 5), (2, 3, 2, 4), (2, 2, 3, 1, 2),
                                   (2, 1, 3, 2, 2, 2)])
 @pytest.mark.parametrize("R", [1, 3, 17])
-@pytest.mark.parametrize("optimizer", [GD, RMS])
+@pytest.mark.parametrize("optimizer", [GD, RMS, ADAM])
 def test_core_matches_numpy_shapes(dims, R, optimizer):
-    """Every order, the three ranks, both optimizers, per-problem lr, a problem with no
+    """Every order, the three ranks, every optimizer, per-problem lr, a problem with no
     observed entry, and the shared (leading size 1) target / mask, in turn."""
     share = SHARES[(len(dims) + R + optimizer) % 4]
     for dtype in ("float64", "float32"):
@@ -340,7 +355,7 @@ def _losses(factors, target, mask, lr, steps, optimizer):
     return np.array(out)  # (steps + 1, B)
 
 
-@pytest.mark.parametrize("optimizer", [GD, RMS])
+@pytest.mark.parametrize("optimizer", [GD, RMS, ADAM])
 def test_converges_at_first_iterate_below_tol(optimizer):
     """loss < tol freezes a problem at that iterate (converged, frozen_at = step0 + k), the
     others run on exactly as without it; later calls leave it untouched."""
@@ -366,6 +381,8 @@ def test_converges_at_first_iterate_below_tol(optimizer):
             np.testing.assert_array_equal(U[c], V[0])
         assert s.loss[c] == alone.loss[0] < tol
         assert s.v[c] == alone.v[0] and s.t[c] == alone.t[0]
+        for x, y in zip(s.m + s.s, alone.m + alone.s, strict=True):
+            np.testing.assert_array_equal(x[c], y[0])
     # the running ones: bit-identical to a run without tol
     free = run(_core, factors, target, mask, lr, steps, optimizer=optimizer)
     rest = np.nonzero(first == -1)[0]
@@ -375,10 +392,12 @@ def test_converges_at_first_iterate_below_tol(optimizer):
     s.step(_core, target, mask, lr, 15, tol=tol, step0=step0 + steps, optimizer=optimizer)
     done = first >= 0
     assert_states_equal(s, before, done, done)
-    np.testing.assert_array_equal(s.t[rest], 35 if optimizer == RMS else 0)
+    # every update counted (adam may fit the others below tol in the later call too)
+    updates = np.where(s.status[rest] == K_RUNNING, 35, s.frozen_at[rest] - step0)
+    np.testing.assert_array_equal(s.t[rest], updates if optimizer != GD else 0)
 
 
-@pytest.mark.parametrize("optimizer", [GD, RMS])
+@pytest.mark.parametrize("optimizer", [GD, RMS, ADAM])
 def test_empty_problem_with_tol_freezes_at_step0(optimizer):
     factors, target, mask, lr = build_case(32, SEM_DIMS, SEM_R, SEM_B, empty=2,
                                            optimizer=optimizer)
@@ -389,7 +408,7 @@ def test_empty_problem_with_tol_freezes_at_step0(optimizer):
         assert s.loss[2] == 0 and s.t[2] == 0 and s.v[2] == 0
 
 
-@pytest.mark.parametrize("optimizer,big", [(GD, 1e6), (RMS, 1e100)])
+@pytest.mark.parametrize("optimizer,big", [(GD, 1e6), (RMS, 1e100), (ADAM, 1e100)])
 def test_diverged_problem_keeps_last_finite_iterate(optimizer, big):
     """A problem given a huge lr goes non-finite: frozen as diverged at its last finite
     iterate (optimizer state included), the others undisturbed. The compiled backend is
@@ -411,6 +430,7 @@ def test_diverged_problem_keeps_last_finite_iterate(optimizer, big):
         assert not np.isfinite(s.loss[b])
         assert all(np.isfinite(U[b]).all() for U in s.factors)
         assert np.isfinite(s.v[b])
+        assert all(np.isfinite(x[b]).all() for x in s.m + s.s)
         # its factors and optimizer state: those of iterate k, which a run of k steps alone
         # reaches (and finds non-finite after the last update, or at the next one)
         alone = run(module, [U[[b]] for U in factors], target[[b]], mask[[b]], lr[[b]], k,
@@ -419,11 +439,13 @@ def test_diverged_problem_keeps_last_finite_iterate(optimizer, big):
         if exact:
             for U, V in zip(got, alone.factors, strict=True):
                 np.testing.assert_array_equal(U, V)
+            for x, y in zip(s.m + s.s, alone.m + alone.s, strict=True):
+                np.testing.assert_array_equal(x[b], y[0])
             assert s.v[b] == alone.v[0]
         else:
             assert max_rel_diff(got, alone.factors) <= 1e-12
             assert max_rel_diff([s.v[[b]]], [alone.v]) <= 1e-12
-        assert s.t[b] == alone.t[0] == (k if optimizer == RMS else 0)
+        assert s.t[b] == alone.t[0] == (k if optimizer != GD else 0)
         # the others: as if run without it
         others = run(module, [U[rest] for U in factors], target[rest], mask[rest], lr[rest], 30,
                      step0=step0, optimizer=optimizer)
@@ -464,7 +486,7 @@ def test_numpy_backend_problems_exactly_as_if_alone():
     assert worst == 0.0
 
 
-@pytest.mark.parametrize("optimizer", [GD, RMS])
+@pytest.mark.parametrize("optimizer", [GD, RMS, ADAM])
 @pytest.mark.parametrize("module", [_core, reference], ids=["cpu", "numpy"])
 def test_chunked_calls_equal_one_call(optimizer, module):
     factors, target, mask, lr = build_case(34, SEM_DIMS, SEM_R, 5, empty=4, optimizer=optimizer)
@@ -596,7 +618,7 @@ def test_default_rank_over_1024_refused():
     (lambda c: c.step(1e-2, steps=-1), ValueError, "steps"),
     (lambda c: c.step(1e-2, steps=1.5), TypeError, "steps"),
     (lambda c: c.step(1e-2, tol=0.0), ValueError, "tol"),
-    (lambda c: c.step(1e-2, optimizer="adam"), ValueError, "optimizer"),
+    (lambda c: c.step(1e-2, optimizer="Adam"), ValueError, "optimizer"),
     (lambda c: c.step(1e-2, optimizer="group_rmsprop", beta=1.0), ValueError, "beta"),
     (lambda c: c.step(1e-2, optimizer="group_rmsprop", beta=-0.1), ValueError, "beta"),
     (lambda c: c.step(1e-2, optimizer="group_rmsprop", beta=np.nan), ValueError, "beta"),

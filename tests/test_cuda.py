@@ -181,6 +181,47 @@ def test_step_matches_cpu_over_1000_steps(dev, case, dtype):
     assert_same_freezing(gpu, cpu, dtype)
 
 
+# Each CUDA path with the unfused optimizers: a thread per problem (2x2), a block in shared
+# memory (5x5, sensing), a block in global memory (48x48).
+OPTIMIZER_CASES = ["2x2-d3", "5x5-d3", "sensing-5x6-block", "48x48-d3"]
+OPTIMIZER_STEPS = {"simulated": 300, "emulated": 12, "cuda": 300}
+
+
+def _moments(f) -> list:
+    return [_backend.to_host(a) for a in (f._m or []) + (f._s or [])]
+
+
+@pytest.mark.parametrize("optimizer", ["group_rmsprop", "adam"])
+@pytest.mark.parametrize("case", OPTIMIZER_CASES)
+def test_step_optimizers_match_cpu(dev, case, optimizer, dtype):
+    """group_rmsprop and adam: factors, running means, counts and moments as on cpu (300
+    steps on a device: adam near a fit is as chaotic as group_rmsprop past ~800)."""
+    batch = 2 if dev.name == "emulated" else (3 if case == "48x48-d3" else 9)
+    cpu, gpu = _pair(CASES[case], dtype, batch=batch)
+    lr = 0.1 * _dmf_lr(CASES[case], cpu.batch)
+    steps = OPTIMIZER_STEPS[dev.name] // (4 if case == "48x48-d3" else 1)
+    for f in (cpu, gpu):
+        f.step(lr, steps, tol=STEP_TOL, optimizer=optimizer)
+    dev.check(gpu.factors + [gpu._v] + _moments(gpu), cpu.factors + [cpu._v] + _moments(cpu),
+              dtype)
+    assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
+    assert_same_freezing(gpu, cpu, dtype)
+
+
+@pytest.mark.parametrize("optimizer", ["group_rmsprop", "adam"])
+def test_optimizer_divergence_keeps_the_state_like_cpu(dev, optimizer):
+    for case in ("2x2-d3", "5x5-d3"):
+        cpu, gpu = _pair(CASES[case], "float64", scale=1.0, batch=3)
+        lr = np.array([1e-3, 1e150, 2e-3])
+        for f in (cpu, gpu):
+            f.step(lr, 20 if dev.name == "emulated" else 100, optimizer=optimizer)
+        assert cpu.status.tolist() == gpu.status.tolist() == ["running", "diverged", "running"]
+        assert (gpu.frozen_at == cpu.frozen_at).all()
+        dev.check(gpu.factors + [gpu._v] + _moments(gpu),
+                  cpu.factors + [cpu._v] + _moments(cpu))
+        assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
+
+
 def test_divergence_and_tolerance_freeze_like_cpu(dev):
     cpu, gpu = _pair(CASES["2x2-d3"], "float64", scale=1.0)
     lr = np.full(cpu.batch, 1e-2)
@@ -332,10 +373,13 @@ CP_CASES = {
     # tensors too large for the dense path (one unfolding per block): the observed entries
     "o4-sparse-gd": ((16, 16, 16, 2), 8, "gd", 0.02),
     "o4-sparse-rms": ((16, 16, 4, 8), 6, "group_rmsprop", 0.02),
+    "o3-R64-adam": ((8, 8, 8), 64, "adam", 0.1),
+    "o4-sparse-adam": ((16, 16, 4, 8), 6, "adam", 0.02),
 }
 CP_STEPS = {"simulated": 1000, "emulated": 6, "cuda": 1000}
-# group_rmsprop runs stop at 600 steps: past ~800 the RMSprop scale has decayed near zero loss,
-# the step grows and the runs turn chaotic (two summation orders part by 1e-4 by step 1000).
+# group_rmsprop and adam runs stop at 600 steps: past ~800 the RMSprop scale has decayed near
+# zero loss, the step grows and the runs turn chaotic (two summation orders part by 1e-4 by
+# step 1000).
 # test_cp_long_rmsprop_run_parts_no_more_than_the_oracle_does checks such a long run.
 CP_RMS_STEPS = 600
 
@@ -343,7 +387,7 @@ CP_RMS_STEPS = 600
 def _cp_steps(device: str, case: str) -> int:
     if case.endswith("global"):
         return min(CP_STEPS[device], 2)
-    if CP_CASES[case][2] == "group_rmsprop":
+    if CP_CASES[case][2] != "gd":
         return min(CP_STEPS[device], CP_RMS_STEPS)
     return CP_STEPS[device]
 
@@ -368,7 +412,8 @@ def test_cp_step_matches_cpu(dev, case, dtype):
         f.step(lr, steps, optimizer=optimizer)
     assert all(isinstance(U, dev.xp.ndarray) for U in gpu.factors)  # the state stays there
     dev.check(gpu.factors, cpu.factors, dtype)
-    dev.check([gpu._step_loss, gpu._v], [cpu._step_loss, cpu._v], dtype)
+    dev.check([gpu._step_loss, gpu._v] + _moments(gpu), [cpu._step_loss, cpu._v] + _moments(cpu),
+              dtype)
     assert_same_freezing(gpu, cpu, dtype)
     assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
 
@@ -590,7 +635,8 @@ def test_a_problem_too_large_for_the_device_is_refused_naming_what_fits(dev, mon
     # a model larger than the device is refused before anything is allocated there
     monkeypatch.setattr(_backend, "device_memory", lambda: 2**26)
     p = ir.problems.paper_2x2(batch=10**6)
-    fits = 2**26 // (3 * 4 * 8 + 9)  # three 2x2 float64 factors, status and frozen_at
+    # three 2x2 float64 factors, status, frozen_at and the optimizers' running mean and count
+    fits = 2**26 // (3 * 4 * 8 + 9 + 16)
     with pytest.raises(ValueError, match=r"^factors: .* free on the device; the largest batch "
                                          f"that fits is {fits} problems"):
         ir.DeepFactorization(p, [np.eye(2)] * 3, backend="cuda")

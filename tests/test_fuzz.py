@@ -516,7 +516,10 @@ def test_metrics_agree_with_their_definitions(X, metric, as_svals, param, backen
     if want is None:
         assert np.asarray(v).shape == a.shape[:-2]
         return
-    w = want()
+    with np.errstate(all="ignore"):
+        w = want()
+    if not np.isfinite(w).all():  # the plain definition overflows (s**p): nothing to compare
+        return
     scale = max(float(s.max(initial=0)), 1e-300)
     tol = 1e-6 if np.asarray(X).dtype in (np.float32, np.float16) else 1e-9
     np.testing.assert_allclose(np.asarray(v, dtype=np.float64), w, rtol=tol,
@@ -537,7 +540,8 @@ def test_tensor_rank(T, tol, restarts, max_iter, max_rank):
     if ok:
         a = np.asarray(T, dtype=np.float64)
         assert r.shape == (a.shape[0],) and r.dtype == np.int64
-        zero = np.abs(a.reshape(a.shape[0], -1)).max(axis=1, initial=0) <= 1e-8
+        flat = a.reshape(a.shape[0], int(np.prod(a.shape[1:])))  # an empty batch too
+        zero = np.abs(flat).max(axis=1, initial=0) <= 1e-8
         assert (r[zero] == 0).all() and (r[~zero] >= 1).all()
 
 

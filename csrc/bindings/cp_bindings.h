@@ -7,100 +7,93 @@
 #include <string>
 #include <vector>
 
-#include "bindings/dmf_bindings.h"
+#include "bindings/arrays.h"
+#include "bindings/optimizer.h"
+#include "implicitreg/codes.h"
 #include "implicitreg/cp_step.h"
 
 namespace implicitreg {
 namespace bindings {
 
-// CP factors: `order` arrays (B, d_n, R) of one dtype, C-contiguous.
+// CP factors: `order` arrays (B, d_n, R) of one dtype, C-contiguous. shape() points into this
+// object: use it while the object lives.
 template <class T>
 struct CpBatch {
+  std::int64_t batch = 0, numel = 1;
+  int rank = 0;
   std::vector<T*> factors;
   std::vector<int> dims;
-  CpShape shape{};
-  std::int64_t numel = 1;
+  std::vector<std::vector<std::int64_t>> factor_shapes;
+  CpShape shape() const { return {batch, int(factors.size()), dims.data(), rank}; }
 };
 
-// shape.dims points into the returned CpBatch: use it where it was returned.
 template <class Backend, class T>
 CpBatch<T> make_cp(const std::string& fn, const py::list& factors, bool writable) {
   CpBatch<T> c;
   const int order = int(factors.size());
-  require(order >= 1, fn, "need at least one factor");
-  std::int64_t batch = -1, rank = -1;
+  require(order >= 1 && order <= kMaxCpOrder, fn,
+          "factors must hold 1.." + std::to_string(kMaxCpOrder) + " arrays, got " +
+              std::to_string(order));
   for (int n = 0; n < order; ++n) {
     View U = checked<Backend, T>(fn, "factors", factors[n], writable);
-    require(U.ndim() == 3, fn, "factor " + std::to_string(n) + " must be 3-d (B, d_n, R)");
+    const std::string name = "factors[" + std::to_string(n) + "]";
     if (n == 0) {
-      batch = U.shape[0];
-      rank = U.shape[2];
+      require_shape(U.ndim() == 3, fn, name.c_str(), U, "3-d (B, d_0, R)");
+      c.batch = U.shape[0];
+      c.rank = int(U.shape[2]);
     }
-    require(U.shape[0] == batch && U.shape[2] == rank, fn,
-            "every factor must be (B, d_n, R) with the same B and R");
+    require_shape(U.ndim() == 3 && U.shape[0] == c.batch && U.shape[2] == c.rank, fn, name.c_str(),
+                  U,
+                  "(" + std::to_string(c.batch) + ", d, " + std::to_string(c.rank) +
+                      "), the same B and R as factors[0]");
     c.dims.push_back(int(U.shape[1]));
     c.numel *= U.shape[1];
     c.factors.push_back(U.as<T>());
+    c.factor_shapes.push_back(U.shape);
   }
-  c.shape = {batch, order, c.dims.data(), int(rank)};
   return c;
 }
 
 template <class Backend, class T>
 void cp_step_t(const py::list& factors, const py::object& target, const py::object& mask,
                const py::object& lr, std::int64_t steps, double tol, std::int64_t step0,
-               int optimizer, double beta, double eps, const py::object& v, const py::object& t,
-               const py::object& status, const py::object& frozen_at, const py::object& loss) {
+               const py::object& optimizer, const py::object& status, const py::object& frozen_at,
+               const py::object& loss) {
   const std::string fn = "cp_step";
-  CpBatch<T> c = make_cp<Backend, T>(fn, factors, true);
-  require(c.shape.order >= 2 && c.shape.order <= 6, fn, "orders 2 to 6 only");
-  const std::int64_t B = c.shape.batch, numel = c.numel;
+  const CpBatch<T> c = make_cp<Backend, T>(fn, factors, true);
+  require(c.factors.size() >= 2, fn,
+          "factors must hold 2.." + std::to_string(kMaxCpOrder) + " arrays, got " +
+              std::to_string(c.factors.size()));
+  const std::int64_t B = c.batch, numel = c.numel;
   View tg = checked<Backend, T>(fn, "target", target, false);
   View mk = checked<Backend, bool>(fn, "mask", mask, false);
-  require(tg.ndim() == 2 && (tg.shape[0] == B || tg.shape[0] == 1) && tg.shape[1] == numel, fn,
-          "target must be (B, numel) or (1, numel)");
-  require(mk.ndim() == 2 && (mk.shape[0] == B || mk.shape[0] == 1) && mk.shape[1] == numel, fn,
-          "mask must be (B, numel) or (1, numel)");
-  View l = checked<Backend, T>(fn, "lr", lr, false);
-  require(l.ndim() == 1 && (l.shape[0] == B || l.shape[0] == 1), fn, "lr must be (B,) or (1,)");
-  View st = checked<Backend, std::int8_t>(fn, "status", status, true);
-  View fz = checked<Backend, std::int64_t>(fn, "frozen_at", frozen_at, true);
-  View lo = checked<Backend, T>(fn, "loss", loss, true);
-  for (const View* a : {&st, &fz, &lo})
-    require(a->ndim() == 1 && a->shape[0] == B, fn, "status, frozen_at and loss must be (B,)");
-  require(steps >= 0, fn, "steps must be >= 0");
-  require(optimizer == kGd || optimizer == kGroupRmsprop, fn, "unknown optimizer");
-  CpOptimizerState<T> opt;
-  opt.kind = optimizer;
-  opt.beta = T(beta);
-  opt.eps = T(eps);
-  if (optimizer == kGroupRmsprop) {
-    View va = checked<Backend, T>(fn, "v", v, true);
-    View ta = checked<Backend, std::int64_t>(fn, "t", t, true);
-    require(va.ndim() == 1 && va.shape[0] == B && ta.ndim() == 1 && ta.shape[0] == B, fn,
-            "v and t must be (B,)");
-    opt.v = va.as<T>();
-    opt.t = ta.as<std::int64_t>();
-  }
+  const std::string want = "(B or 1, numel) = " + dims_str({B, numel});
+  require_shape(tg.ndim() == 2 && tg.shape[1] == numel, fn, "target", tg, want);
+  require_shape(mk.ndim() == 2 && mk.shape[1] == numel, fn, "mask", mk, want);
+  const auto [lr_p, lr_stride] = make_lr<Backend, T>(fn, lr, B);
+  auto* st = per_problem<Backend, std::int8_t>(fn, "status", status, B);
+  auto* fz = per_problem<Backend, std::int64_t>(fn, "frozen_at", frozen_at, B);
+  T* lo = per_problem<Backend, T>(fn, "loss", loss, B);
+  require_steps(fn, steps);
+  const Optimizer<T> opt = make_optimizer<Backend, T>(fn, optimizer, B, c.factor_shapes);
   CpProblem<T> pb;
   pb.target = tg.as<const T>();
   pb.mask = mk.as<const std::uint8_t>();
-  pb.target_stride = tg.shape[0] == 1 ? 0 : numel;
-  pb.mask_stride = mk.shape[0] == 1 ? 0 : numel;
-  Backend::template cp_step<T>(c.factors.data(), c.shape, pb, l.as<const T>(),
-                               std::int64_t(l.shape[0] == 1 ? 0 : 1), steps, T(tol), step0, opt,
-                               st.as<std::int8_t>(), fz.as<std::int64_t>(), lo.as<T>());
+  pb.target_stride = problem_stride(fn, "target", tg, B, numel, want);
+  pb.mask_stride = problem_stride(fn, "mask", mk, B, numel, want);
+  Backend::template cp_step<T>(c.factors.data(), c.shape(), pb, lr_p, lr_stride, steps, T(tol),
+                               step0, opt.state(), st, fz, lo);
 }
 
 template <class Backend, class T>
 void cp_tensor_t(const py::list& factors, const py::object& out) {
   const std::string fn = "cp_tensor";
-  CpBatch<T> c = make_cp<Backend, T>(fn, factors, false);
+  const CpBatch<T> c = make_cp<Backend, T>(fn, factors, false);
   View o = checked<Backend, T>(fn, "out", out, true);
-  require(o.ndim() == 2 && o.shape[0] == c.shape.batch && o.shape[1] == c.numel, fn,
-          "out must be (B, numel)");
+  require_shape(o.ndim() == 2 && o.shape[0] == c.batch && o.shape[1] == c.numel, fn, "out", o,
+                dims_str({c.batch, c.numel}));
   std::vector<const T*> cf(c.factors.begin(), c.factors.end());
-  Backend::template cp_tensor<T>(cf.data(), c.shape, o.as<T>());
+  Backend::template cp_tensor<T>(cf.data(), c.shape(), o.as<T>());
 }
 
 template <class Backend>
@@ -108,21 +101,20 @@ void define_cp(py::module_& m) {
   m.def(
       "cp_step",
       [](const py::list& factors, const py::object& target, const py::object& mask,
-         const py::object& lr, std::int64_t steps, double tol, std::int64_t step0, int optimizer,
-         double beta, double eps, const py::object& v, const py::object& t,
-         const py::object& status, const py::object& frozen_at, const py::object& loss) {
-        if (factors_f32<Backend>("cp_step", factors))
-          return cp_step_t<Backend, float>(factors, target, mask, lr, steps, tol, step0, optimizer,
-                                           beta, eps, v, t, status, frozen_at, loss);
-        return cp_step_t<Backend, double>(factors, target, mask, lr, steps, tol, step0, optimizer,
-                                          beta, eps, v, t, status, frozen_at, loss);
+         const py::object& lr, std::int64_t steps, double tol, std::int64_t step0,
+         const py::object& status, const py::object& frozen_at, const py::object& loss,
+         const py::object& optimizer) {
+        auto f = factors_f32<Backend>("cp_step", factors) ? &cp_step_t<Backend, float>
+                                                          : &cp_step_t<Backend, double>;
+        f(factors, target, mask, lr, steps, tol, step0, optimizer, status, frozen_at, loss);
       },
       py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("lr"), py::arg("steps"),
-      py::arg("tol"), py::arg("step0"), py::arg("optimizer"), py::arg("beta"), py::arg("eps"),
-      py::arg("v"), py::arg("t"), py::arg("status"), py::arg("frozen_at"), py::arg("loss"),
-      R"doc(In place: `steps` updates (optimizer 0 gd, 1 group_rmsprop with state v, t) of every
-running CP factorization; loss (B,) receives the mean squared error over observed entries of
-each problem's last iterate.)doc");
+      py::arg("tol"), py::arg("step0"), py::arg("status"), py::arg("frozen_at"), py::arg("loss"),
+      py::arg("optimizer") = py::none(),
+      R"doc(In place: `steps` updates of every running CP factorization by the optimizer (None:
+gradient descent; else a dict of its kind, settings and state, updated in place, as for
+dmf_step); loss (B,) receives the mean squared error over observed entries of each problem's
+last iterate.)doc");
 
   m.def(
       "cp_tensor",

@@ -12,141 +12,26 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
-#include <utility>
 #include <vector>
 
+#include "bindings/arrays.h"
+#include "bindings/optimizer.h"
 #include "implicitreg/dmf_step.h"
 #include "implicitreg/metrics.h"
 
 namespace implicitreg {
 namespace bindings {
 
-namespace py = pybind11;
-
-inline void require(bool ok, const std::string& fn, const std::string& msg) {
-  if (!ok) throw std::invalid_argument(fn + ": " + msg);
-}
-
-inline std::string type_name(const py::handle& h) {
-  return py::str(py::type::of(h).attr("__name__")).cast<std::string>();
-}
-
-// An array as the kernels see it: where it is, its shape, NumPy's name of its dtype.
-struct View {
-  void* ptr = nullptr;
-  std::vector<std::int64_t> shape;
-  std::string dtype;
-  bool writable = false;
-  int ndim() const { return int(shape.size()); }
-  template <class T>
-  T* as() const {
-    return static_cast<T*>(ptr);
-  }
-};
-
-template <class T>
-const char* dtype_name();
-template <>
-inline const char* dtype_name<float>() {
-  return "float32";
-}
-template <>
-inline const char* dtype_name<double>() {
-  return "float64";
-}
-template <>
-inline const char* dtype_name<std::int8_t>() {
-  return "int8";
-}
-template <>
-inline const char* dtype_name<std::int32_t>() {
-  return "int32";
-}
-template <>
-inline const char* dtype_name<std::int64_t>() {
-  return "int64";
-}
-template <>
-inline const char* dtype_name<bool>() {
-  return "bool";
-}
-
-// A NumPy array, C-contiguous.
-inline View host_view(const std::string& fn, const char* name, const py::handle& h) {
-  if (!py::isinstance<py::array>(h))
-    throw py::type_error(fn + ": " + name + " must be a NumPy array, got " + type_name(h));
-  auto a = py::reinterpret_borrow<py::array>(h);
-  require(a.flags() & py::array::c_style, fn, std::string(name) + " must be C-contiguous");
-  View v;
-  v.ptr = const_cast<void*>(a.data());
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
-  v.dtype = py::str(a.dtype()).cast<std::string>();
-  v.writable = a.writeable();
-  return v;
-}
-
-// A device array (CuPy, or anything with __cuda_array_interface__), C-contiguous.
-inline View device_view(const std::string& fn, const char* name, const py::handle& h) {
-  if (!py::hasattr(h, "__cuda_array_interface__"))
-    throw py::type_error(fn + ": " + name + " must be a device array (CuPy), got " + type_name(h));
-  py::dict cai = h.attr("__cuda_array_interface__");
-  View v;
-  for (auto s : cai["shape"].cast<py::tuple>()) v.shape.push_back(s.cast<std::int64_t>());
-  const std::string ts = cai["typestr"].cast<std::string>();
-  static const std::pair<const char*, const char*> kNames[] = {
-      {"<f4", "float32"}, {"<f8", "float64"}, {"|i1", "int8"},
-      {"<i4", "int32"},   {"<i8", "int64"},   {"|b1", "bool"}};
-  v.dtype = "typestr " + ts;
-  for (const auto& [t, n] : kNames)
-    if (ts == t) v.dtype = n;
-  py::tuple data = cai["data"].cast<py::tuple>();
-  v.ptr = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
-  v.writable = !data[1].cast<bool>();
-  if (cai.contains("strides") && !cai["strides"].is_none()) {
-    std::int64_t expect = std::stoll(ts.substr(2));  // the item size
-    py::tuple strides = cai["strides"].cast<py::tuple>();
-    for (int i = v.ndim() - 1; i >= 0; --i) {
-      require(v.shape[i] <= 1 || strides[i].cast<std::int64_t>() == expect, fn,
-              std::string(name) + " must be C-contiguous");
-      expect *= v.shape[i];
-    }
-  }
-  return v;
-}
-
-// The Backend's view of h, with dtype T (and writable when asked).
-template <class Backend, class T>
-View checked(const std::string& fn, const char* name, const py::handle& h, bool writable) {
-  View v = Backend::view(fn, name, h);
-  if (v.dtype != dtype_name<T>())
-    throw py::type_error(fn + ": " + name + " must have dtype " + dtype_name<T>() + ", got " +
-                         v.dtype);
-  require(!writable || v.writable, fn, std::string(name) + " must be writable");
-  return v;
-}
-
-// True for float32, false for float64; TypeError for anything else.
-template <class Backend>
-bool is_f32(const std::string& fn, const char* name, const py::handle& h) {
-  const std::string dt = Backend::view(fn, name, h).dtype;
-  if (dt == "float32") return true;
-  if (dt == "float64") return false;
-  throw py::type_error(fn + ": " + name + " must be float32 or float64, got " + dt);
-}
-
-template <class Backend>
-bool factors_f32(const std::string& fn, const py::list& factors) {
-  require(!factors.empty(), fn, "need at least one factor");
-  return is_f32<Backend>(fn, "factors", factors[0]);
-}
-
-// Factors, dims and problem description shared by the DMF functions.
+// Factors, dims and problem description shared by the DMF functions. shape() points into this
+// object: use it while the object lives.
 template <class T>
 struct Batch {
+  std::int64_t batch = 0;
   std::vector<T*> factors;
   std::vector<int> dims;
-  DmfShape shape{};
+  std::vector<std::vector<std::int64_t>> factor_shapes;
   DmfProblem<T> problem{};
+  DmfShape shape() const { return {batch, int(factors.size()), dims.data()}; }
   std::vector<const T*> const_factors() const { return {factors.begin(), factors.end()}; }
 };
 
@@ -156,55 +41,58 @@ Batch<T> make_factors(const std::string& fn, const py::list& factors, bool writa
   Batch<T> b;
   const int depth = int(factors.size());
   require(depth >= 1 && depth <= Backend::kMaxDepth, fn,
-          "need 1.." + std::to_string(Backend::kMaxDepth) + " factors");
-  std::int64_t batch = -1;
+          "factors must hold 1.." + std::to_string(Backend::kMaxDepth) + " arrays, got " +
+              std::to_string(depth));
   for (int j = 0; j < depth; ++j) {
     View W = checked<Backend, T>(fn, "factors", factors[j], writable);
-    require(W.ndim() == 3, fn, "factor " + std::to_string(j) + " must be 3-d (B, d_j, d_j-1)");
+    const std::string name = "factors[" + std::to_string(j) + "]";
     if (j == 0) {
-      batch = W.shape[0];
+      require_shape(W.ndim() == 3, fn, name.c_str(), W, "3-d (B, d_1, d_0)");
+      b.batch = W.shape[0];
       b.dims.push_back(int(W.shape[2]));
     }
-    require(W.shape[0] == batch && W.shape[2] == b.dims.back(), fn,
-            "factor " + std::to_string(j) + " does not chain with the previous one");
+    require_shape(W.ndim() == 3 && W.shape[0] == b.batch && W.shape[2] == b.dims.back(), fn,
+                  name.c_str(), W,
+                  "(" + std::to_string(b.batch) + ", d, " + std::to_string(b.dims.back()) +
+                      ") to chain with the previous factor");
     b.dims.push_back(int(W.shape[1]));
     b.factors.push_back(W.as<T>());
+    b.factor_shapes.push_back(W.shape);
   }
-  b.shape = {batch, depth, nullptr};
   return b;
 }
 
 // Factors and problem data: completion passes target/mask (A = y = None), sensing A/y.
-// shape.dims points into the returned Batch: use it where it was returned.
 template <class Backend, class T>
 Batch<T> make_batch(const std::string& fn, const py::list& factors, const py::object& target,
                     const py::object& mask, const py::object& A, const py::object& y,
                     bool writable) {
   Batch<T> b = make_factors<Backend, T>(fn, factors, writable);
-  const std::int64_t batch = b.shape.batch, m = b.dims.back(), n = b.dims.front();
-  auto stride = [&](const View& a, std::int64_t per) {
-    require(a.shape[0] == batch || a.shape[0] == 1, fn, "problem batch must be 1 or B");
-    return a.shape[0] == 1 ? std::int64_t(0) : per;
-  };
+  const std::int64_t B = b.batch, m = b.dims.back(), n = b.dims.front();
   if (!target.is_none()) {
     View t = checked<Backend, T>(fn, "target", target, false);
     View mk = checked<Backend, bool>(fn, "mask", mask, false);
-    require(t.ndim() == 3 && t.shape[1] == m && t.shape[2] == n, fn, "target must be (B, m, n)");
-    require(mk.ndim() == 3 && mk.shape[1] == m && mk.shape[2] == n, fn, "mask must be (B, m, n)");
+    const std::string want = "(B or 1, m, n) = " + dims_str({B, m, n});
+    require_shape(t.ndim() == 3 && t.shape[1] == m && t.shape[2] == n, fn, "target", t, want);
+    require_shape(mk.ndim() == 3 && mk.shape[1] == m && mk.shape[2] == n, fn, "mask", mk, want);
     b.problem.target = t.as<const T>();
     b.problem.mask = mk.as<const std::uint8_t>();
-    b.problem.target_stride = stride(t, m * n);
-    b.problem.mask_stride = stride(mk, m * n);
+    b.problem.target_stride = problem_stride(fn, "target", t, B, m * n, want);
+    b.problem.mask_stride = problem_stride(fn, "mask", mk, B, m * n, want);
   } else {
     View a = checked<Backend, T>(fn, "A", A, false), yy = checked<Backend, T>(fn, "y", y, false);
-    require(a.ndim() == 4 && a.shape[2] == m && a.shape[3] == n, fn, "A must be (B, K, m, n)");
-    require(yy.ndim() == 2 && yy.shape[1] == a.shape[1], fn, "y must be (B, K)");
+    const std::string want_a = "(B or 1, K, m, n) with B = " + std::to_string(B) +
+                               ", m = " + std::to_string(m) + ", n = " + std::to_string(n);
+    require_shape(a.ndim() == 4 && a.shape[2] == m && a.shape[3] == n, fn, "A", a, want_a);
+    const std::string want_y =
+        "(B or 1, K) with B = " + std::to_string(B) + ", K = " + std::to_string(a.shape[1]);
+    require_shape(yy.ndim() == 2 && yy.shape[1] == a.shape[1], fn, "y", yy, want_y);
     b.problem.sensing = true;
     b.problem.K = int(a.shape[1]);
     b.problem.A = a.as<const T>();
     b.problem.y = yy.as<const T>();
-    b.problem.A_stride = stride(a, a.shape[1] * m * n);
-    b.problem.y_stride = stride(yy, a.shape[1]);
+    b.problem.A_stride = problem_stride(fn, "A", a, B, a.shape[1] * m * n, want_a);
+    b.problem.y_stride = problem_stride(fn, "y", yy, B, a.shape[1], want_y);
   }
   return b;
 }
@@ -219,14 +107,17 @@ inline std::vector<MetricSpec> make_specs(const std::string& fn, const py::objec
   };
   View k = checked<Host, std::int32_t>(fn, "kinds", kinds, false);
   View p = checked<Host, double>(fn, "params", params, false);
-  const std::int64_t n = k.ndim() == 1 ? k.shape[0] : -1;
-  require(n >= 0 && p.ndim() == 2 && p.shape[0] == n && p.shape[1] == 2, fn,
-          "kinds must be (n,) and params (n, 2)");
+  require_shape(k.ndim() == 1, fn, "kinds", k, "(n,)");
+  const std::int64_t n = k.shape[0];
+  require_shape(p.ndim() == 2 && p.shape[0] == n && p.shape[1] == 2, fn, "params", p,
+                dims_str({n, 2}));
   const auto* kp = k.as<const std::int32_t>();
   const auto* pp = p.as<const double>();
   std::vector<MetricSpec> specs;
   for (std::int64_t i = 0; i < n; ++i) {
-    require(kp[i] >= kLoss && kp[i] <= kReconError, fn, "unknown metric kind");
+    require(kp[i] >= 0 && kp[i] < kMetricKindCount, fn,
+            "kinds[" + std::to_string(i) + "] must be a metric kind 0.." +
+                std::to_string(kMetricKindCount - 1) + ", got " + std::to_string(kp[i]));
     specs.push_back({kp[i], pp[2 * i], pp[2 * i + 1]});
   }
   return specs;
@@ -236,46 +127,46 @@ template <class Backend, class T>
 void dmf_step_t(const py::list& factors, const py::object& target, const py::object& mask,
                 const py::object& A, const py::object& y, const py::object& lr, std::int64_t steps,
                 double tol, std::int64_t step0, const py::object& status,
-                const py::object& frozen_at, const py::object& thresholds,
-                const py::object& crossed_at, const py::object& snapshots) {
+                const py::object& frozen_at, const py::object& optimizer,
+                const py::object& thresholds, const py::object& crossed_at,
+                const py::object& snapshots) {
   const std::string fn = "dmf_step";
-  Batch<T> b = make_batch<Backend, T>(fn, factors, target, mask, A, y, true);
-  b.shape.dims = b.dims.data();
-  const std::int64_t B = b.shape.batch;
-  View l = checked<Backend, T>(fn, "lr", lr, false);
-  View st = checked<Backend, std::int8_t>(fn, "status", status, true);
-  View fz = checked<Backend, std::int64_t>(fn, "frozen_at", frozen_at, true);
-  require(l.ndim() == 1 && (l.shape[0] == B || l.shape[0] == 1), fn, "lr must be (B,) or (1,)");
-  require(st.ndim() == 1 && st.shape[0] == B, fn, "status must be (B,)");
-  require(fz.ndim() == 1 && fz.shape[0] == B, fn, "frozen_at must be (B,)");
-  require(steps >= 0, fn, "steps must be >= 0");
+  const Batch<T> b = make_batch<Backend, T>(fn, factors, target, mask, A, y, true);
+  const std::int64_t B = b.batch;
+  const auto [lr_p, lr_stride] = make_lr<Backend, T>(fn, lr, B);
+  auto* st = per_problem<Backend, std::int8_t>(fn, "status", status, B);
+  auto* fz = per_problem<Backend, std::int64_t>(fn, "frozen_at", frozen_at, B);
+  require_steps(fn, steps);
+  const Optimizer<T> opt = make_optimizer<Backend, T>(fn, optimizer, B, b.factor_shapes);
   DmfCrossings<T> cr;
   std::vector<T*> snaps;
   if (!thresholds.is_none()) {
     View thr = checked<Backend, T>(fn, "thresholds", thresholds, false);
     View at = checked<Backend, std::int64_t>(fn, "crossed_at", crossed_at, true);
-    require(thr.ndim() == 1, fn, "thresholds must be 1-d");
+    require_shape(thr.ndim() == 1, fn, "thresholds", thr, "1-d");
     cr.count = int(thr.shape[0]);
-    require(at.ndim() == 2 && at.shape[0] == B && at.shape[1] == cr.count, fn,
-            "crossed_at must be (B, len(thresholds))");
+    require_shape(at.ndim() == 2 && at.shape[0] == B && at.shape[1] == cr.count, fn, "crossed_at",
+                  at, "(B, len(thresholds)) = " + dims_str({B, cr.count}));
     cr.thresholds = thr.as<const T>();
     cr.step = at.as<std::int64_t>();
     if (!snapshots.is_none()) {
       py::list sl = snapshots.cast<py::list>();
-      require(sl.size() == b.factors.size(), fn, "snapshots must hold one array per factor");
+      require(sl.size() == b.factors.size(), fn,
+              "snapshots must hold one array per factor (" + std::to_string(b.factors.size()) +
+                  "), got " + std::to_string(sl.size()));
       for (std::size_t j = 0; j < sl.size(); ++j) {
         View s = checked<Backend, T>(fn, "snapshots", sl[j], true);
-        require(s.ndim() == 4 && s.shape[0] == B && s.shape[1] == cr.count &&
-                    s.shape[2] == b.dims[j + 1] && s.shape[3] == b.dims[j],
-                fn, "snapshot " + std::to_string(j) + " must be (B, len(thresholds), d_j, d_j-1)");
+        require_shape(s.ndim() == 4 && s.shape[0] == B && s.shape[1] == cr.count &&
+                          s.shape[2] == b.dims[j + 1] && s.shape[3] == b.dims[j],
+                      fn, ("snapshots[" + std::to_string(j) + "]").c_str(), s,
+                      dims_str({B, cr.count, b.dims[j + 1], b.dims[j]}));
         snaps.push_back(s.as<T>());
       }
       cr.snapshots = snaps.data();
     }
   }
-  Backend::template dmf_step<T>(b.factors.data(), b.shape, b.problem, l.as<const T>(),
-                                l.shape[0] == 1 ? 0 : 1, steps, T(tol), step0, st.as<std::int8_t>(),
-                                fz.as<std::int64_t>(), cr);
+  Backend::template dmf_step<T>(b.factors.data(), b.shape(), b.problem, lr_p, lr_stride, steps,
+                                T(tol), step0, opt.state(), st, fz, cr);
 }
 
 template <class Backend, class T>
@@ -283,16 +174,13 @@ void dmf_loss_t(const py::list& factors, const py::object& target, const py::obj
                 const py::object& A, const py::object& y, const py::object& loss,
                 const py::object& product) {
   const std::string fn = "dmf_loss";
-  Batch<T> b = make_batch<Backend, T>(fn, factors, target, mask, A, y, false);
-  b.shape.dims = b.dims.data();
-  View lo = checked<Backend, T>(fn, "loss", loss, true);
+  const Batch<T> b = make_batch<Backend, T>(fn, factors, target, mask, A, y, false);
   View pr = checked<Backend, T>(fn, "product", product, true);
-  require(lo.ndim() == 1 && lo.shape[0] == b.shape.batch, fn, "loss must be (B,)");
-  require(pr.ndim() == 3 && pr.shape[0] == b.shape.batch && pr.shape[1] == b.dims.back() &&
-              pr.shape[2] == b.dims.front(),
-          fn, "product must be (B, m, n)");
-  Backend::template dmf_loss<T>(b.const_factors().data(), b.shape, b.problem, lo.as<T>(),
-                                pr.as<T>());
+  const std::int64_t B = b.batch, m = b.dims.back(), n = b.dims.front();
+  T* lo = per_problem<Backend, T>(fn, "loss", loss, B);
+  require_shape(pr.ndim() == 3 && pr.shape[0] == B && pr.shape[1] == m && pr.shape[2] == n, fn,
+                "product", pr, dims_str({B, m, n}));
+  Backend::template dmf_loss<T>(b.const_factors().data(), b.shape(), b.problem, lo, pr.as<T>());
 }
 
 template <class Backend, class T>
@@ -300,13 +188,13 @@ void svdvals_t(const py::object& X, const py::object& s, const py::object& info,
   const std::string fn = "svdvals";
   View x = checked<Backend, T>(fn, "X", X, false), sv = checked<Backend, T>(fn, "s", s, true);
   View in = checked<Backend, std::int8_t>(fn, "info", info, true);
-  require(x.ndim() == 3, fn, "X must be (B, m, n)");
+  require_shape(x.ndim() == 3, fn, "X", x, "(B, m, n)");
   const std::int64_t B = x.shape[0];
   const int m = int(x.shape[1]), n = int(x.shape[2]);
-  require(sv.ndim() == 2 && sv.shape[0] == B && sv.shape[1] == std::min(m, n), fn,
-          "s must be (B, min(m, n))");
-  require(in.ndim() == 1 && in.shape[0] == B, fn, "info must be (B,)");
-  require(max_sweeps >= 1, fn, "max_sweeps must be >= 1");
+  require_shape(sv.ndim() == 2 && sv.shape[0] == B && sv.shape[1] == std::min(m, n), fn, "s", sv,
+                "(B, min(m, n)) = " + dims_str({B, std::min(m, n)}));
+  require_shape(in.ndim() == 1 && in.shape[0] == B, fn, "info", in, dims_str({B}));
+  require(max_sweeps >= 1, fn, "max_sweeps must be >= 1, got " + std::to_string(max_sweeps));
   Backend::template svdvals<T>(x.as<const T>(), B, m, n, sv.as<T>(), in.as<std::int8_t>(),
                                max_sweeps);
 }
@@ -320,11 +208,12 @@ void svals_metrics_t(const py::object& s, const py::object& kinds, const py::obj
   std::vector<MetricSpec> specs = make_specs(fn, kinds, params);
   for (const auto& sp : specs)
     require(sp.kind >= kFro && sp.kind <= kDistRank, fn,
-            "only singular-value metrics (fro ... dist_rank)");
-  require(sv.ndim() == 2, fn, "s must be (B, k)");
+            "kinds must be singular-value metrics (" + std::to_string(kFro) + ".." +
+                std::to_string(kDistRank) + "), got " + std::to_string(sp.kind));
+  require_shape(sv.ndim() == 2, fn, "s", sv, "(B, k)");
   const std::int64_t B = sv.shape[0];
-  require(o.ndim() == 2 && o.shape[0] == std::int64_t(specs.size()) && o.shape[1] == B, fn,
-          "out must be (n, B)");
+  require_shape(o.ndim() == 2 && o.shape[0] == std::int64_t(specs.size()) && o.shape[1] == B, fn,
+                "out", o, "(len(kinds), B) = " + dims_str({std::int64_t(specs.size()), B}));
   Backend::template svals_metrics<T>(sv.as<const T>(), B, int(sv.shape[1]), specs.data(),
                                      int(specs.size()), o.as<double>());
 }
@@ -332,11 +221,9 @@ void svals_metrics_t(const py::object& s, const py::object& kinds, const py::obj
 template <class Backend, class T>
 void balancedness_t(const py::list& factors, const py::object& out) {
   const std::string fn = "balancedness";
-  Batch<T> b = make_factors<Backend, T>(fn, factors, false);
-  b.shape.dims = b.dims.data();
-  View o = checked<Backend, double>(fn, "out", out, true);
-  require(o.ndim() == 1 && o.shape[0] == b.shape.batch, fn, "out must be (B,)");
-  Backend::template balancedness<T>(b.const_factors().data(), b.shape, o.as<double>());
+  const Batch<T> b = make_factors<Backend, T>(fn, factors, false);
+  double* o = per_problem<Backend, double>(fn, "out", out, b.batch);
+  Backend::template balancedness<T>(b.const_factors().data(), b.shape(), o);
 }
 
 template <class Backend, class T>
@@ -344,32 +231,34 @@ void dmf_measure_t(const py::list& factors, const py::object& target, const py::
                    const py::object& A, const py::object& y, const py::object& kinds,
                    const py::object& params, const py::object& out, const py::object& truth) {
   const std::string fn = "dmf_measure";
-  Batch<T> b = make_batch<Backend, T>(fn, factors, target, mask, A, y, false);
-  b.shape.dims = b.dims.data();
+  const Batch<T> b = make_batch<Backend, T>(fn, factors, target, mask, A, y, false);
   std::vector<MetricSpec> specs = make_specs(fn, kinds, params);
   const int m = b.dims.back(), n = b.dims.front();
+  const std::int64_t B = b.batch;
   std::int64_t rows = 0;
   for (const auto& sp : specs) {
     rows += sp.kind == kSvals ? std::min(m, n) : 1;
     require(sp.kind != kEntry || (sp.param >= 0 && sp.param < double(m) * n), fn,
-            "entry index out of range");
-    require(sp.kind != kDet || m == n, fn, "det needs a square problem");
-    require(sp.kind != kReconError || !truth.is_none(), fn, "recon_error needs truth");
+            "entry index must be in [0, " + std::to_string(m * n) + "), got " +
+                std::to_string(sp.param));
+    require(sp.kind != kDet || m == n, fn,
+            "det needs a square problem, got " + std::to_string(m) + " x " + std::to_string(n));
+    require(sp.kind != kReconError || !truth.is_none(), fn, "recon_error needs truth, got None");
   }
   const T* tp = nullptr;
   std::int64_t truth_stride = 0;
   if (!truth.is_none()) {
     View t = checked<Backend, T>(fn, "truth", truth, false);
-    require(t.ndim() == 3 && (t.shape[0] == b.shape.batch || t.shape[0] == 1) && t.shape[1] == m &&
-                t.shape[2] == n,
-            fn, "truth must be (B, m, n) or (1, m, n)");
+    require_shape(
+        t.ndim() == 3 && (t.shape[0] == B || t.shape[0] == 1) && t.shape[1] == m && t.shape[2] == n,
+        fn, "truth", t, "(B or 1, m, n) = " + dims_str({B, m, n}));
     tp = t.as<const T>();
     truth_stride = t.shape[0] == 1 ? 0 : std::int64_t(m) * n;
   }
   View o = checked<Backend, double>(fn, "out", out, true);
-  require(o.ndim() == 2 && o.shape[0] == rows && o.shape[1] == b.shape.batch, fn,
-          "out must be (rows, B)");
-  Backend::template dmf_measure<T>(b.const_factors().data(), b.shape, b.problem, specs.data(),
+  require_shape(o.ndim() == 2 && o.shape[0] == rows && o.shape[1] == B, fn, "out", o,
+                "(rows, B) = " + dims_str({rows, B}));
+  Backend::template dmf_measure<T>(b.const_factors().data(), b.shape(), b.problem, specs.data(),
                                    int(specs.size()), o.as<double>(), tp, truth_stride);
 }
 
@@ -380,17 +269,19 @@ void define_dmf(py::module_& m) {
   m.def(
       "dmf_step",
       [](const py::list& factors, O target, O mask, O A, O y, O lr, std::int64_t steps, double tol,
-         std::int64_t step0, O status, O frozen_at, O thresholds, O crossed_at, O snapshots) {
+         std::int64_t step0, O status, O frozen_at, O optimizer, O thresholds, O crossed_at,
+         O snapshots) {
         auto f = factors_f32<Backend>("dmf_step", factors) ? &dmf_step_t<Backend, float>
                                                            : &dmf_step_t<Backend, double>;
-        f(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at, thresholds,
-          crossed_at, snapshots);
+        f(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at, optimizer,
+          thresholds, crossed_at, snapshots);
       },
       py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("A"), py::arg("y"),
       py::arg("lr"), py::arg("steps"), py::arg("tol"), py::arg("step0"), py::arg("status"),
-      py::arg("frozen_at"), py::arg("thresholds") = py::none(), py::arg("crossed_at") = py::none(),
-      py::arg("snapshots") = py::none(),
-      R"doc(In place: `steps` fused gradient-descent updates of every running problem.
+      py::arg("frozen_at"), py::arg("optimizer") = py::none(), py::arg("thresholds") = py::none(),
+      py::arg("crossed_at") = py::none(), py::arg("snapshots") = py::none(),
+      R"doc(In place: `steps` updates of every running problem by the optimizer (None: gradient
+descent, fused; else a dict of its kind, settings and state, updated in place).
 Completion passes target/mask (A = y = None), sensing passes A/y (target = mask = None).
 thresholds (k,) strictly decreasing, crossed_at (B, k) int64 and snapshots (one (B, k, d_j,
 d_j-1) array per factor, or None) record each problem's first iterate below each threshold.)doc");

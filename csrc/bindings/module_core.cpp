@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/codes.h"
 #include "bindings/cp_bindings.h"
 #include "bindings/dmf_bindings.h"
 #include "implicitreg/cp_step.h"
@@ -81,16 +82,24 @@ void tensor_rank_t(const py::array& tensors, const std::vector<int>& dims, doubl
   const std::string fn = "tensor_rank";
   require_array<double>(fn, "tensors", tensors, false);
   require_array<std::int64_t>(fn, "out", out, true);
-  require(!dims.empty(), fn, "dims must not be empty");
+  require(!dims.empty(), fn, "dims must not be empty, got []");
   std::int64_t numel = 1;
   for (int d : dims) {
-    require(d >= 1, fn, "mode sizes must be >= 1");
+    require(d >= 1, fn, "mode sizes must be >= 1, got " + std::to_string(d));
     numel *= d;
   }
-  require(tensors.ndim() == 2 && tensors.shape(1) == numel, fn, "tensors must be (B, numel)");
-  require(out.ndim() == 1 && out.shape(0) == tensors.shape(0), fn, "out must be (B,)");
-  require(max_rank >= 1 && max_iter >= 1 && restarts >= 1, fn,
-          "max_rank, max_iter and restarts must be >= 1");
+  const auto view = [&](const char* name, const py::array& a) {
+    return ir::bindings::host_view(fn, name, a);
+  };
+  ir::bindings::require_shape(tensors.ndim() == 2 && tensors.shape(1) == numel, fn, "tensors",
+                              view("tensors", tensors),
+                              "(B, numel) with numel = " + std::to_string(numel));
+  ir::bindings::require_shape(out.ndim() == 1 && out.shape(0) == tensors.shape(0), fn, "out",
+                              view("out", out), ir::bindings::dims_str({tensors.shape(0)}));
+  for (const auto& [name, value] :
+       {std::pair{"max_rank", max_rank}, std::pair{"max_iter", max_iter},
+        std::pair{"restarts", restarts}})
+    require(value >= 1, fn, std::string(name) + " must be >= 1, got " + std::to_string(value));
   const auto* X = static_cast<const double*>(tensors.data());
   auto* op = static_cast<std::int64_t*>(out.mutable_data());
   const std::int64_t B = tensors.shape(0);
@@ -105,6 +114,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "implicitreg CPU kernels (batch-interleaved SIMD, OpenMP)";
   m.attr("__version__") = IMPLICITREG_VERSION;
 
+  ir::bindings::define_codes(m);
   ir::bindings::define_dmf<Cpu>(m);
 
   ir::bindings::define_cp<Cpu>(m);
@@ -112,7 +122,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("tensor_rank", &tensor_rank_t, py::arg("tensors").noconvert(), py::arg("dims"),
         py::arg("tol"), py::arg("max_rank"), py::arg("max_iter"), py::arg("restarts"),
         py::arg("seed"), py::arg("out").noconvert(),
-        "Writes the estimated CP rank (CP-ALS bisection, PAPER.md §4.5) of each tensor (B, "
+        "Writes the estimated CP rank (CP-ALS bisection) of each tensor (B, "
         "numel) float64 of mode sizes dims into out (B,) int64.");
 
   m.def(
@@ -122,7 +132,9 @@ PYBIND11_MODULE(_core, m) {
         require_array<double>("cp_als_mse", "tensor", tensor, false);
         std::int64_t numel = 1;
         for (int d : dims) numel *= d;
-        require(tensor.size() == numel, "cp_als_mse", "tensor must have prod(dims) entries");
+        require(tensor.size() == numel, "cp_als_mse",
+                "tensor must have prod(dims) = " + std::to_string(numel) + " entries, got " +
+                    std::to_string(tensor.size()));
         const auto* X = static_cast<const double*>(tensor.data());
         py::gil_scoped_release nogil;
         return ir::cpu::cp_als_mse(X, int(dims.size()), dims.data(), r, tol, max_iter, seed, index,

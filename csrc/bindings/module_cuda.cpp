@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "bindings/codes.h"
 #include "bindings/cp_bindings.h"
 #include "bindings/dmf_bindings.h"
 #include "implicitreg/cuda_info.h"
@@ -35,43 +36,52 @@ void* current_stream() {
 #endif
 }
 
-// The CUDA kernels for the DMF and metric functions, on CuPy's current stream.
+// Calls kernel(args..., stream) on CuPy's current stream without the GIL: a launch that waits
+// (for scratch, or a count read back) leaves other Python threads running.
+template <class Kernel, class... A>
+void call(Kernel kernel, A... a) {
+  void* stream = current_stream();
+  py::gil_scoped_release nogil;
+  kernel(a..., stream);
+}
+
+// The CUDA kernels for the DMF and metric functions.
 struct Cuda {
-  static constexpr int kMaxDepth = ir::cuda::kMaxDepth;
+  static constexpr int kMaxDepth = ir::kMaxCudaDepth;
   static ir::bindings::View view(const std::string& fn, const char* name, const py::handle& h) {
     return ir::bindings::device_view(fn, name, h);
   }
   template <class T, class... A>
   static void dmf_step(A... a) {
-    ir::cuda::dmf_step<T>(a..., current_stream());
+    call(&ir::cuda::dmf_step<T>, a...);
   }
   template <class T, class... A>
   static void dmf_loss(A... a) {
-    ir::cuda::dmf_loss<T>(a..., current_stream());
+    call(&ir::cuda::dmf_loss<T>, a...);
   }
   template <class T, class... A>
   static void svdvals(A... a) {
-    ir::cuda::svdvals<T>(a..., current_stream());
+    call(&ir::cuda::svdvals<T>, a...);
   }
   template <class T, class... A>
   static void svals_metrics(A... a) {
-    ir::cuda::svals_metrics<T>(a..., current_stream());
+    call(&ir::cuda::svals_metrics<T>, a...);
   }
   template <class T, class... A>
   static void balancedness(A... a) {
-    ir::cuda::balancedness<T>(a..., current_stream());
+    call(&ir::cuda::balancedness<T>, a...);
   }
   template <class T, class... A>
   static void dmf_measure(A... a) {
-    ir::cuda::dmf_measure<T>(a..., current_stream());
+    call(&ir::cuda::dmf_measure<T>, a...);
   }
   template <class T, class... A>
   static void cp_step(A... a) {
-    ir::cuda::cp_step<T>(a..., current_stream());
+    call(&ir::cuda::cp_step<T>, a...);
   }
   template <class T, class... A>
   static void cp_tensor(A... a) {
-    ir::cuda::cp_tensor<T>(a..., current_stream());
+    call(&ir::cuda::cp_tensor<T>, a...);
   }
 };
 
@@ -97,6 +107,7 @@ void define(py::module_& m) {
     d["cuda_devices"] = devs;
     return d;
   });
+  ir::bindings::define_codes(m);
   ir::bindings::define_dmf<Cuda>(m);
   ir::bindings::define_cp<Cuda>(m);
 }

@@ -19,7 +19,10 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cp_step.h"
+#include "kernels/freeze.h"
 #include "kernels/hd.h"
+#include "kernels/optimizer.h"
 
 namespace implicitreg {
 namespace {
@@ -31,6 +34,7 @@ struct Workspace {
   std::vector<T> target;           // their targets
   std::vector<T> gres;             // their residuals times 2 / n, this step's
   std::vector<T> grad, next;       // all factors' gradient / next iterate, factor after factor
+  std::vector<T> m_next, s_next;   // adam: the next moments, likewise
 };
 
 // Observed entries of problem b in C order: factor row offsets, targets and runs.
@@ -101,9 +105,7 @@ IR_INLINE T lane_sum(Vec<T, W> v) {
 // Components [r, r + W) of the prefix product u_0 u_1 ... u_{N-2} (in that order).
 template <int N, int W, class T>
 IR_INLINE Vec<T, W> prefix(const T* const* u, int r) {
-  Vec<T, W> p = load<T, W>(u[0] + r);
-  for (int n = 1; n < N - 1; ++n) p *= load<T, W>(u[n] + r);
-  return p;
+  return kernels::row_product<Vec<T, W>>(N - 1, [&](int n) { return load<T, W>(u[n] + r); });
 }
 
 // Value of the entry whose factor rows are u: sum_r prefix[r] u_{N-1}[r], in four independent
@@ -151,21 +153,16 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
       store<T, W>(gk + c * W, load<T, W>(gk + c * W) + g * p[c]);
     }
   }
-  // mode n < N - 1 gains s * prod_{m < N - 1, m != n} u_m, from prefix and suffix products
+  // mode n < N - 1 gains s * prod_{m < N - 1, m != n} u_m
 #pragma GCC unroll 8
   for (int c = 0; c < NV; ++c) {
     const int rc = r0 + c * W;
     V u[N];
     for (int n = 0; n < N - 1; ++n) u[n] = load<T, W>(U[n] + d[n] + rc);
-    V suf[N];  // suf[n] = s u_n ... u_{N-2}
-    suf[N - 1] = s[c];
-    for (int n = N - 2; n >= 1; --n) suf[n] = u[n] * suf[n + 1];
-    V pre = V{} + T(1);  // u_0 ... u_{n-1}
-    for (int n = 0; n < N - 1; ++n) {
+    kernels::leave_one_out(u, N - 1, s[c], [&](int n, V x) {
       T* gn = G[n] + d[n] + rc;
-      store<T, W>(gn, load<T, W>(gn) + pre * suf[n + 1]);
-      pre *= u[n];
-    }
+      store<T, W>(gn, load<T, W>(gn) + x);
+    });
   }
 }
 
@@ -220,7 +217,7 @@ T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, Wor
   if (grad != nullptr) std::fill(grad, grad + off, T(0));
   T* const* Gp = grad != nullptr ? G : nullptr;
   const std::int64_t n_obs = std::int64_t(ws.target.size());
-  const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+  const T scale = kernels::cp_residual_scale<T>(n_obs);
   double loss = 0;
   switch (N) {  // orders 2..6 (checked by the callers)
     case 2:
@@ -239,7 +236,72 @@ T loss_and_gradient(T* const* factors, const CpShape& shape, std::int64_t b, Wor
       loss = entries<6>(U, Gp, ws, R, scale);
       break;
   }
-  return n_obs > 0 ? T(loss / double(n_obs)) : T(0);
+  return kernels::cp_mean_loss<T>(loss, n_obs);
+}
+
+// The optimizer's update of problem b from the gradient in ws.grad: the next iterate (and
+// optimizer state) is committed only if every entry of it is finite (returns false when not).
+template <class T>
+bool update(const OptimizerState<T>& opt, std::int64_t b, T rate, T* const* factors,
+            const CpShape& shape, Workspace<T>& ws) {
+  const int N = shape.order, R = shape.rank;
+  T step = rate, v_new = 0, probes = 0;
+  kernels::AdamRate<T> adam{};
+  if (opt.kind == kGroupRmsprop) {
+    double sq = 0;
+    const T* g = ws.grad.data();
+    IR_SIMD_SUM(sq)
+    for (std::int64_t i = 0; i < std::int64_t(ws.grad.size()); ++i) sq += double(g[i]) * g[i];
+    step = kernels::rmsprop_rate(rate, opt.beta, opt.eps, opt.v[b], opt.t[b], sq, v_new);
+    // an overflowing running mean of ||g||^2 would make the step 0 and stall the problem
+    probes = kernels::probe(step) + kernels::probe(v_new);
+  } else if (opt.kind == kAdam) {
+    adam = kernels::adam_rate(rate, opt.beta1, opt.beta2, opt.t[b]);
+  }
+  std::int64_t off = 0;
+  for (int n = 0; n < N; ++n) {
+    const std::int64_t sz = std::int64_t(shape.dims[n]) * R;
+    const T* u = factors[n] + b * sz;
+    const T* g = ws.grad.data() + off;
+    T* nx = ws.next.data() + off;
+    T bad = 0;
+    if (opt.kind == kAdam) {
+      const T* m = opt.m[n] + b * sz;
+      const T* s = opt.s[n] + b * sz;
+      T* mn = ws.m_next.data() + off;
+      T* sn = ws.s_next.data() + off;
+      IR_SIMD_SUM(bad)
+      for (std::int64_t i = 0; i < sz; ++i) {
+        T mi = m[i], si = s[i];
+        nx[i] = kernels::adam_update(u[i], g[i], mi, si, opt.beta1, opt.beta2, opt.eps, adam);
+        mn[i] = mi;
+        sn[i] = si;
+        bad += kernels::probe(nx[i]) + kernels::probe(mi) + kernels::probe(si);
+      }
+    } else {
+      IR_SIMD_SUM(bad)
+      for (std::int64_t i = 0; i < sz; ++i) {
+        nx[i] = u[i] - step * g[i];
+        bad += kernels::probe(nx[i]);
+      }
+    }
+    probes += bad;
+    off += sz;
+  }
+  if (!kernels::commits(probes)) return false;
+  off = 0;
+  for (int n = 0; n < N; ++n) {
+    const std::int64_t sz = std::int64_t(shape.dims[n]) * R;
+    std::copy(ws.next.data() + off, ws.next.data() + off + sz, factors[n] + b * sz);
+    if (opt.kind == kAdam) {
+      std::copy(ws.m_next.data() + off, ws.m_next.data() + off + sz, opt.m[n] + b * sz);
+      std::copy(ws.s_next.data() + off, ws.s_next.data() + off + sz, opt.s[n] + b * sz);
+    }
+    off += sz;
+  }
+  if (opt.kind == kGroupRmsprop) opt.v[b] = v_new;
+  if (opt.kind != kGd) opt.t[b] += 1;
+  return true;
 }
 
 }  // namespace
@@ -249,7 +311,7 @@ namespace cpu {
 template <class T>
 void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-             const CpOptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+             const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
              T* loss_out) {
   const int N = shape.order, R = shape.rank;
   std::int64_t numel = 1, size = 0;
@@ -262,6 +324,10 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
     Workspace<T> ws;
     ws.grad.resize(size);
     ws.next.resize(size);
+    if (opt.kind == kAdam) {
+      ws.m_next.resize(size);
+      ws.s_next.resize(size);
+    }
     // dynamic: problems that freeze early finish early
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t b = 0; b < shape.batch; ++b) {
@@ -269,64 +335,15 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
       gather_observed(shape, problem, numel, b, ws);
       const T rate = lr[b * lr_stride];
       for (std::int64_t it = 0;; ++it) {
-        const bool last = it == steps || status[b] != kRunning;
+        const bool last = it == steps;
         const T loss = loss_and_gradient(factors, shape, b, ws, last ? nullptr : ws.grad.data());
         loss_out[b] = loss;
-        if (status[b] != kRunning) break;
-        if (!std::isfinite(loss)) {
-          status[b] = kDiverged;
+        const std::int8_t st = kernels::status_at(loss, tol);
+        if (st == kRunning && last) break;
+        if (st != kRunning || !update(opt, b, rate, factors, shape, ws)) {
+          status[b] = st != kRunning ? st : kDiverged;
           frozen_at[b] = step0 + it;
           break;
-        }
-        if (loss < tol) {
-          status[b] = kConverged;
-          frozen_at[b] = step0 + it;
-          break;
-        }
-        if (last) break;
-        T step = rate;
-        T v_new = 0;
-        if (opt.kind == kGroupRmsprop) {
-          double sq = 0;
-          const T* g = ws.grad.data();
-          IR_SIMD_SUM(sq)
-          for (std::int64_t i = 0; i < std::int64_t(ws.grad.size()); ++i) sq += double(g[i]) * g[i];
-          v_new = opt.beta * opt.v[b] + (T(1) - opt.beta) * T(sq);
-          const double bias = 1.0 - std::pow(double(opt.beta), double(opt.t[b] + 1));
-          step = rate / (T(std::sqrt(double(v_new) / bias)) + opt.eps);
-        }
-        // The next iterate, committed only if every entry (and the optimizer state) is finite:
-        // an overflowing running mean of ||g||^2 would make the step 0 and stall the problem.
-        bool finite = std::isfinite(step) && std::isfinite(v_new);
-        std::int64_t off = 0;
-        for (int n = 0; n < N && finite; ++n) {
-          const std::int64_t sz = std::int64_t(shape.dims[n]) * R;
-          const T* u = factors[n] + b * sz;
-          T* nx = ws.next.data() + off;
-          const T* g = ws.grad.data() + off;
-          T bad = 0;
-          IR_SIMD_SUM(bad)
-          for (std::int64_t i = 0; i < sz; ++i) {
-            nx[i] = u[i] - step * g[i];
-            bad += nx[i] - nx[i];  // NaN when any entry is inf or NaN
-          }
-          finite = bad == T(0);
-          off += sz;
-        }
-        if (!finite) {
-          status[b] = kDiverged;
-          frozen_at[b] = step0 + it;
-          break;
-        }
-        off = 0;
-        for (int n = 0; n < N; ++n) {
-          const std::int64_t sz = std::int64_t(shape.dims[n]) * R;
-          std::copy(ws.next.data() + off, ws.next.data() + off + sz, factors[n] + b * sz);
-          off += sz;
-        }
-        if (opt.kind == kGroupRmsprop) {
-          opt.v[b] = v_new;
-          opt.t[b] += 1;
         }
       }
     }
@@ -384,11 +401,10 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
 
 template void cp_step<float>(float* const*, const CpShape&, const CpProblem<float>&, const float*,
                              std::int64_t, std::int64_t, float, std::int64_t,
-                             const CpOptimizerState<float>&, std::int8_t*, std::int64_t*, float*);
+                             const OptimizerState<float>&, std::int8_t*, std::int64_t*, float*);
 template void cp_step<double>(double* const*, const CpShape&, const CpProblem<double>&,
                               const double*, std::int64_t, std::int64_t, double, std::int64_t,
-                              const CpOptimizerState<double>&, std::int8_t*, std::int64_t*,
-                              double*);
+                              const OptimizerState<double>&, std::int8_t*, std::int64_t*, double*);
 template void cp_tensor<float>(const float* const*, const CpShape&, float*);
 template void cp_tensor<double>(const double* const*, const CpShape&, double*);
 

@@ -32,14 +32,15 @@ constexpr int lanes() {
   return 64 / int(sizeof(T));
 }
 
-// Workspace of one thread for one pack; sizes follow the layout.
+// Workspace of one thread for one pack; sizes follow the layout (adam's moments and their
+// next values, M to Sn, only for adam).
 template <class T, int L, class Dims>
 struct Workspace {
-  std::vector<T> W, Wn, P, H, H2, G, target, mask, A, y;
+  std::vector<T> W, Wn, P, H, H2, G, target, mask, A, y, M, S, Mn, Sn;
 
   // Elements of each buffer above, in that order.
-  static std::array<std::int64_t, 10> sizes(const PackLayout<T, L, Dims>& lay,
-                                            const DmfProblem<T>& pb) {
+  static std::array<std::int64_t, 14> sizes(const PackLayout<T, L, Dims>& lay,
+                                            const DmfProblem<T>& pb, bool adam) {
     const std::int64_t mn = std::int64_t(lay.d[lay.depth]) * lay.d[0];
     const std::int64_t h = std::int64_t(lay.max_rows()) * lay.d[0] * L;
     const std::int64_t obs = pb.sensing ? 0 : mn * L, meas = pb.sensing ? pb.K * mn * L : 0;
@@ -52,17 +53,22 @@ struct Workspace {
             obs,
             obs,
             meas,
-            pb.sensing ? std::int64_t(pb.K) * L : 0};
+            pb.sensing ? std::int64_t(pb.K) * L : 0,
+            adam ? lay.factors_size() : 0,
+            adam ? lay.factors_size() : 0,
+            adam ? lay.factors_size() : 0,
+            adam ? lay.factors_size() : 0};
   }
-  static std::int64_t bytes(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb) {
+  static std::int64_t bytes(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb, bool adam) {
     std::int64_t n = 0;
-    for (std::int64_t s : sizes(lay, pb)) n += s;
+    for (std::int64_t s : sizes(lay, pb, adam)) n += s;
     return n * std::int64_t(sizeof(T));
   }
-  Workspace(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb) {
-    const auto s = sizes(lay, pb);
-    std::vector<T>* buffers[] = {&W, &Wn, &P, &H, &H2, &G, &target, &mask, &A, &y};
-    for (int i = 0; i < 10; ++i) buffers[i]->resize(s[i]);
+  Workspace(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb, bool adam) {
+    const auto s = sizes(lay, pb, adam);
+    std::vector<T>* buffers[] = {&W,    &Wn, &P, &H, &H2, &G,  &target,
+                                 &mask, &A,  &y, &M, &S,  &Mn, &Sn};
+    for (int i = 0; i < 14; ++i) buffers[i]->resize(s[i]);
   }
   PackProblem<T> problem(const DmfProblem<T>& pb) const {
     return {pb.sensing, target.data(), mask.data(), A.data(), y.data(), pb.K};
@@ -128,12 +134,12 @@ void gather_problem(const DmfProblem<T>& pb, int mn, std::int64_t b0, std::int64
 // each thread with its own workspace holding the pack's problem data.
 template <class T, int L, class Dims, class Body>
 void for_each_pack(const PackLayout<T, L, Dims>& lay, std::int64_t batch, const DmfProblem<T>& pb,
-                   Body&& body) {
+                   bool adam, Body&& body) {
   const std::int64_t npacks = (batch + L - 1) / L;
   const int mn = lay.d[lay.depth] * lay.d[0];
 #pragma omp parallel
   {
-    Workspace<T, L, Dims> ws(lay, pb);
+    Workspace<T, L, Dims> ws(lay, pb, adam);
     const PackProblem<T> ppb = ws.problem(pb);
     // dynamic: packs whose problems all froze early finish early
 #pragma omp for schedule(dynamic, 1)
@@ -167,12 +173,19 @@ void record_crossings(const PackLayout<T, L, Dims>& lay, const DmfCrossings<T>& 
 template <class T, int L, class Dims>
 void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb,
                const T* lr, std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-               std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& cr) {
+               const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+               const DmfCrossings<T>& cr) {
   const PackLayout<T, L, Dims> lay{dims, shape.depth};
   const std::int64_t batch = shape.batch;
   const int mn = lay.d[lay.depth] * lay.d[0];
   auto run_pack = [&](Workspace<T, L, Dims>& ws, const PackProblem<T>& ppb, std::int64_t b0) {
     kernels::PackState<T, L> s;
+    kernels::PackOptimizer<T, L> o;
+    o.runtime_kind = opt.kind;
+    o.beta = opt.beta;
+    o.beta1 = opt.beta1;
+    o.beta2 = opt.beta2;
+    o.eps = opt.eps;
     T lrp[L];
     int next[L];  // lane l's first uncrossed threshold
     bool any_running = false;
@@ -184,6 +197,8 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
       s.st[l] = b0 + l < batch ? status[b] : kPadding;
       s.fz[l] = b0 + l < batch ? frozen_at[b] : 0;
       lrp[l] = lr[b * lr_stride];
+      o.v[l] = opt.kind == kGroupRmsprop ? opt.v[b] : T(0);
+      o.t[l] = opt.kind != kGd ? opt.t[b] : 0;
       any_running |= s.st[l] == kRunning;
       next[l] = 0;
       while (next[l] < cr.count && cr.step[b * cr.count + next[l]] >= 0) ++next[l];
@@ -191,20 +206,34 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
     }
     if (!any_running) return;
     gather_factors<T, L>(lay, factors, b0, batch, ws.W.data());
+    if (opt.kind == kAdam) {
+      gather_factors<T, L>(lay, opt.m, b0, batch, ws.M.data());
+      gather_factors<T, L>(lay, opt.s, b0, batch, ws.S.data());
+      o.M = ws.M.data();
+      o.S = ws.S.data();
+      o.Mn = ws.Mn.data();
+      o.Sn = ws.Sn.data();
+    }
     auto on_cross = [&](int l, T loss, std::int64_t step, const T* W) {
       record_crossings(lay, cr, W, b0 + l, l, loss, step, next[l]);
       s.next_thr[l] = next_threshold(next[l]);
     };
-    const T* W =
-        kernels::pack_steps<true>(lay, ppb, ws.W.data(), ws.Wn.data(), ws.P.data(), ws.G.data(),
-                                  ws.H.data(), ws.H2.data(), lrp, steps, tol, step0, s, on_cross);
+    const T* W = kernels::pack_steps<true>(lay, ppb, ws.W.data(), ws.Wn.data(), ws.P.data(),
+                                           ws.G.data(), ws.H.data(), ws.H2.data(), lrp, steps, tol,
+                                           step0, s, o, on_cross);
     scatter_factors<T, L>(lay, W, b0, batch, factors);
+    if (opt.kind == kAdam) {
+      scatter_factors<T, L>(lay, o.M, b0, batch, opt.m);
+      scatter_factors<T, L>(lay, o.S, b0, batch, opt.s);
+    }
     for (int l = 0; l < L && b0 + l < batch; ++l) {
       status[b0 + l] = s.st[l];
       frozen_at[b0 + l] = s.fz[l];
+      if (opt.kind == kGroupRmsprop) opt.v[b0 + l] = o.v[l];
+      if (opt.kind != kGd) opt.t[b0 + l] = o.t[l];
     }
   };
-  for_each_pack(lay, batch, pb, run_pack);
+  for_each_pack(lay, batch, pb, opt.kind == kAdam, run_pack);
 }
 
 template <class T, int L, class Dims>
@@ -224,7 +253,7 @@ void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape, const 
       for (int e = 0; e < mn; ++e) dst[e] = E[e * L + l];
     }
   };
-  for_each_pack(lay, batch, pb, measure_pack);
+  for_each_pack(lay, batch, pb, false, measure_pack);
 }
 
 // Packs of L problems while one pack's workspace stays small enough for L2; larger problems
@@ -236,10 +265,10 @@ constexpr std::int64_t kPackBytes = std::int64_t(1) << 21;
 // is std::integral_constant<int, L>. At 16 the compile-time products keep their partial sums
 // in registers where the runtime-size ones go through memory: 1.3x the steps per second.
 template <class T, class F>
-void dispatch(const DmfShape& shape, const DmfProblem<T>& pb, F&& f) {
+void dispatch(const DmfShape& shape, const DmfProblem<T>& pb, bool adam, F&& f) {
   auto with_lanes = [&](auto dims) {
     const PackLayout<T, 1, decltype(dims)> one{dims, shape.depth};
-    if (Workspace<T, 1, decltype(dims)>::bytes(one, pb) * lanes<T>() <= kPackBytes)
+    if (Workspace<T, 1, decltype(dims)>::bytes(one, pb, adam) * lanes<T>() <= kPackBytes)
       return f(dims, std::integral_constant<int, lanes<T>()>{});
     return f(dims, std::integral_constant<int, 1>{});
   };
@@ -269,11 +298,12 @@ namespace cpu {
 template <class T>
 void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings) {
+              const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+              const DmfCrossings<T>& crossings) {
   if (shape.batch == 0) return;
-  dispatch(shape, problem, [&](auto dims, auto lanes) {
+  dispatch(shape, problem, opt.kind == kAdam, [&](auto dims, auto lanes) {
     step_impl<T, decltype(lanes)::value>(dims, factors, shape, problem, lr, lr_stride, steps, tol,
-                                         step0, status, frozen_at, crossings);
+                                         step0, opt, status, frozen_at, crossings);
   });
 }
 
@@ -281,17 +311,19 @@ template <class T>
 void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,
               T* product) {
   if (shape.batch == 0) return;
-  dispatch(shape, problem, [&](auto dims, auto lanes) {
+  dispatch(shape, problem, false, [&](auto dims, auto lanes) {
     loss_impl<T, decltype(lanes)::value>(dims, factors, shape, problem, loss, product);
   });
 }
 
 template void dmf_step<float>(float* const*, const DmfShape&, const DmfProblem<float>&,
                               const float*, std::int64_t, std::int64_t, float, std::int64_t,
-                              std::int8_t*, std::int64_t*, const DmfCrossings<float>&);
+                              const OptimizerState<float>&, std::int8_t*, std::int64_t*,
+                              const DmfCrossings<float>&);
 template void dmf_step<double>(double* const*, const DmfShape&, const DmfProblem<double>&,
                                const double*, std::int64_t, std::int64_t, double, std::int64_t,
-                               std::int8_t*, std::int64_t*, const DmfCrossings<double>&);
+                               const OptimizerState<double>&, std::int8_t*, std::int64_t*,
+                               const DmfCrossings<double>&);
 template void dmf_loss<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
                               float*, float*);
 template void dmf_loss<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,

@@ -20,13 +20,17 @@
 
 #include "cuda/common.cuh"
 #include "implicitreg/cp_step.h"
+#include "kernels/cp_step.h"
+#include "kernels/freeze.h"
+#include "kernels/optimizer.h"
 
 namespace implicitreg {
 namespace cuda {
 namespace {
 
-constexpr int kMaxOrder = 6;
-constexpr int kDigitBits = 10;  // mode sizes up to 1024
+constexpr int kMaxOrder = kMaxCpOrder;
+constexpr int kDigitBits = 10;  // mode sizes up to kMaxCpDim
+static_assert(kMaxCpDim <= (1 << kDigitBits) && kMaxOrder * kDigitBits <= 64);
 constexpr int kMaxThreads = 256;
 constexpr int kScanThreads = 256;
 
@@ -40,7 +44,9 @@ struct CpArgs {
   const T* lr;
   std::int64_t lr_stride, steps, step0;
   T tol;
-  CpOptimizerState<T> opt;
+  OptimizerState<T> opt;  // opt.m and opt.s point to host arrays: the kernels read M and S
+  T* M[kMaxOrder];        // adam's moments, one array per factor
+  T* S[kMaxOrder];
   std::int8_t* status;
   std::int64_t* frozen_at;
   T* loss_out;
@@ -133,14 +139,11 @@ __global__ void __launch_bounds__(kScanThreads) compact_kernel(const CpArgs<T> a
   }
 }
 
-// Component r of an entry whose factor rows are u[0..order-1]: u_0 (u_1 (... u_{N-1})), the
-// one product that both the step and cp_tensor form, so that a tensor's entry is the value
-// the step trains.
+// Component r of an entry whose factor rows are u[0..order-1], the one product that both the
+// step and cp_tensor form, so that a tensor's entry is the value the step trains.
 template <class T>
 __device__ __forceinline__ T component(const T* const* u, int order, int r) {
-  T p = u[order - 1][r];
-  for (int n = order - 2; n >= 0; --n) p = u[n][r] * p;
-  return p;
+  return kernels::row_product<T>(order, [&](int n) { return u[n][r]; });
 }
 
 // Value of observed entry e summed over components r = lane, lane + 32, ..., then over the
@@ -175,7 +178,7 @@ __device__ T residuals(const CpArgs<T>& a, std::int64_t b, int n_obs, T* res, do
     }
   }
   const double total = block_sum(sq, red);  // also orders res before the gradient reads it
-  return n_obs > 0 ? T(total / double(n_obs)) : T(0);
+  return kernels::cp_mean_loss<T>(total, n_obs);
 }
 
 // This thread's columns of the gradient: for each observed entry in order, g times the
@@ -184,7 +187,7 @@ template <class T>
 __device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T* res, T* G) {
   const int N = a.order, R = a.rank;
   const std::uint64_t* dg = a.digits + b * a.obs_stride;
-  const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+  const T scale = kernels::cp_residual_scale<T>(n_obs);
   std::int64_t row0[kMaxOrder], grow0[kMaxOrder], off = 0;
   for (int n = 0; n < N; ++n) {
     row0[n] = b * a.dims[n] * std::int64_t(R);
@@ -202,20 +205,8 @@ __device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T*
         d[n] = digit(packed, n);
         u[n] = a.U[n][row0[n] + std::int64_t(d[n]) * R + r];
       }
-      if (N == 1) {
-        G[grow0[0] + std::int64_t(d[0]) * R + r] += g;
-        continue;
-      }
-      T suf[kMaxOrder + 1];  // suf[n] = u_n (u_{n+1} (... u_{N-1}))
-      suf[N - 1] = u[N - 1];
-      for (int n = N - 2; n >= 1; --n) suf[n] = u[n] * suf[n + 1];
-      G[grow0[0] + std::int64_t(d[0]) * R + r] += g * suf[1];
-      T pre = u[0];
-      for (int n = 1; n < N - 1; ++n) {
-        G[grow0[n] + std::int64_t(d[n]) * R + r] += g * (pre * suf[n + 1]);
-        pre *= u[n];
-      }
-      G[grow0[N - 1] + std::int64_t(d[N - 1]) * R + r] += g * pre;
+      kernels::leave_one_out(
+          u, N, T(1), [&](int n, T x) { G[grow0[n] + std::int64_t(d[n]) * R + r] += g * x; });
     }
   }
 }
@@ -227,9 +218,10 @@ __device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T*
 template <class T>
 __device__ __forceinline__ bool stops(const CpArgs<T>& a, std::int64_t b, std::int64_t it, T loss) {
   if (threadIdx.x == 0) a.loss_out[b] = loss;
-  if (!isfinite(loss) || loss < a.tol) {
+  const std::int8_t st = kernels::status_at(loss, a.tol);
+  if (st != kRunning) {
     if (threadIdx.x == 0) {
-      a.status[b] = isfinite(loss) ? kConverged : kDiverged;
+      a.status[b] = st;
       a.frozen_at[b] = a.step0 + it;
     }
     return true;
@@ -244,50 +236,59 @@ __device__ __forceinline__ bool stops(const CpArgs<T>& a, std::int64_t b, std::i
 template <class T>
 __device__ __forceinline__ bool update(const CpArgs<T>& a, std::int64_t b, std::int64_t it, T rate,
                                        const T* G, double* red) {
-  T step = rate, v_new = 0;
-  if (a.opt.kind == kGroupRmsprop) {
+  const OptimizerState<T>& o = a.opt;
+  T step = rate, v_new = 0, probes = 0;
+  kernels::AdamRate<T> adam{};
+  if (o.kind == kGroupRmsprop) {
     double sq = 0;
     for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
       for (std::int64_t i = r; i < a.size; i += a.rank) sq += double(G[i]) * double(G[i]);
     sq = block_sum(sq, red);
-    v_new = a.opt.beta * a.opt.v[b] + (T(1) - a.opt.beta) * T(sq);
-    const double bias = 1.0 - pow(double(a.opt.beta), double(a.opt.t[b] + 1));
-    step = rate / (T(sqrt(double(v_new) / bias)) + a.opt.eps);
+    step = kernels::rmsprop_rate(rate, o.beta, o.eps, o.v[b], o.t[b], sq, v_new);
+    probes = kernels::probe(step) + kernels::probe(v_new);
+  } else if (o.kind == kAdam) {
+    adam = kernels::adam_rate(rate, o.beta1, o.beta2, o.t[b]);
   }
-  // The next iterate, committed only if every entry (and the optimizer state) is finite.
-  // (each thread checks, then writes, its own columns of every factor)
+  // The next iterate, committed only if every entry (and the optimizer state) is finite: each
+  // thread checks its own columns of every factor, then (when all are) writes them.
+  auto each = [&](auto f) {
+    std::int64_t goff = 0;
+    for (int n = 0; n < a.order; ++n) {
+      const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
+      for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
+        for (std::int64_t i = r; i < rows; i += a.rank) f(n, b * rows + i, G[goff + i]);
+      goff += rows;
+    }
+  };
   double bad = 0;
-  std::int64_t goff = 0;
-  for (int n = 0; n < a.order; ++n) {
-    const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
-    const T* u = a.U[n] + b * rows;
-    for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
-      for (std::int64_t i = r; i < rows; i += a.rank) {
-        const T nx = u[i] - step * G[goff + i];
-        bad += double(nx - nx);  // NaN when any entry is inf or NaN
-      }
-    goff += rows;
-  }
+  each([&](int n, std::int64_t i, T g) {
+    const T u = a.U[n][i];
+    if (o.kind == kAdam) {
+      T m = a.M[n][i], s = a.S[n][i];
+      const T nx = kernels::adam_update(u, g, m, s, o.beta1, o.beta2, o.eps, adam);
+      bad += double(kernels::probe(nx) + kernels::probe(m) + kernels::probe(s));
+    } else {
+      bad += double(kernels::probe(u - step * g));
+    }
+  });
   const double bad_sum = block_sum(bad, red);  // every thread calls it
-  const bool finite = isfinite(step) && isfinite(v_new) && bad_sum == 0.0;
-  if (!finite) {
+  if (!kernels::commits(T(bad_sum) + probes)) {
     if (threadIdx.x == 0) {
       a.status[b] = kDiverged;
       a.frozen_at[b] = a.step0 + it;
     }
     return false;
   }
-  goff = 0;
-  for (int n = 0; n < a.order; ++n) {
-    const std::int64_t rows = std::int64_t(a.dims[n]) * a.rank;
-    T* u = a.U[n] + b * rows;
-    for (int r = threadIdx.x; r < a.rank; r += blockDim.x)
-      for (std::int64_t i = r; i < rows; i += a.rank) u[i] = u[i] - step * G[goff + i];
-    goff += rows;
-  }
-  if (a.opt.kind == kGroupRmsprop && threadIdx.x == 0) {
-    a.opt.v[b] = v_new;
-    a.opt.t[b] += 1;
+  each([&](int n, std::int64_t i, T g) {
+    T& u = a.U[n][i];
+    if (o.kind == kAdam)  // recomputed: the same values the check saw
+      u = kernels::adam_update(u, g, a.M[n][i], a.S[n][i], o.beta1, o.beta2, o.eps, adam);
+    else
+      u = u - step * g;
+  });
+  if (threadIdx.x == 0) {
+    if (o.kind == kGroupRmsprop) o.v[b] = v_new;
+    if (o.kind != kGd) o.t[b] += 1;
   }
   __syncthreads();  // the factors and state are written before the next residuals
   return true;
@@ -428,7 +429,7 @@ __global__ void cp_dense_kernel(const CpArgs<T> a, const DenseLayout l, T* ws) {
     if (a.status[b] != kRunning) continue;  // frozen: nothing to do, loss_out left as it is
     const int n_obs = a.count[b];
     const T rate = a.lr[b * a.lr_stride];
-    const T scale = n_obs > 0 ? T(2) / T(n_obs) : T(0);
+    const T scale = kernels::cp_residual_scale<T>(n_obs);
     const std::uint8_t* mask = a.pb.mask + b * a.pb.mask_stride;
     const T* target = a.pb.target + b * a.pb.target_stride;
     for (std::int64_t it = 0;; ++it) {
@@ -454,7 +455,7 @@ __global__ void cp_dense_kernel(const CpArgs<T> a, const DenseLayout l, T* ws) {
             sq += double(r) * double(r);
           }
       const double total = block_sum(sq, red);  // also orders E before the products read it
-      const T loss = n_obs > 0 ? T(total / double(n_obs)) : T(0);
+      const T loss = kernels::cp_mean_loss<T>(total, n_obs);
       if (stops(a, b, it, loss)) break;
       // 2. the gradient, a chunk of components at a time
       for (int c0 = 0; c0 < R; c0 += kChunk) {
@@ -540,7 +541,7 @@ __global__ void cp_tensor_kernel(const CpArgs<T> a, T* out) {
 template <class T>
 void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-             const CpOptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+             const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
              T* loss_out, void* stream_handle) {
   if (shape.batch == 0) return;
   const cudaStream_t stream = as_stream(stream_handle);
@@ -552,6 +553,10 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
   a.tol = tol;
   a.step0 = step0;
   a.opt = opt;
+  for (int n = 0; n < shape.order && opt.kind == kAdam; ++n) {
+    a.M[n] = opt.m[n];
+    a.S[n] = opt.s[n];
+  }
   a.status = status;
   a.frozen_at = frozen_at;
   a.loss_out = loss_out;
@@ -623,11 +628,11 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out, void* stre
 
 template void cp_step<float>(float* const*, const CpShape&, const CpProblem<float>&, const float*,
                              std::int64_t, std::int64_t, float, std::int64_t,
-                             const CpOptimizerState<float>&, std::int8_t*, std::int64_t*, float*,
+                             const OptimizerState<float>&, std::int8_t*, std::int64_t*, float*,
                              void*);
 template void cp_step<double>(double* const*, const CpShape&, const CpProblem<double>&,
                               const double*, std::int64_t, std::int64_t, double, std::int64_t,
-                              const CpOptimizerState<double>&, std::int8_t*, std::int64_t*, double*,
+                              const OptimizerState<double>&, std::int8_t*, std::int64_t*, double*,
                               void*);
 template void cp_tensor<float>(const float* const*, const CpShape&, float*, void*);
 template void cp_tensor<double>(const double* const*, const CpShape&, double*, void*);

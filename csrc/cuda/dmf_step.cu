@@ -14,6 +14,8 @@
 #include "cuda/common.cuh"
 #include "implicitreg/dmf_step.h"
 #include "kernels/dmf_step.h"
+#include "kernels/freeze.h"
+#include "kernels/optimizer.h"
 
 namespace implicitreg {
 namespace cuda {
@@ -21,9 +23,9 @@ namespace {
 
 template <class T>
 struct StepArgs {
-  T* factors[kMaxDepth];
-  T* snapshots[kMaxDepth];  // null: crossing steps only
-  int dims[kMaxDepth + 1];
+  T* factors[kMaxCudaDepth];
+  T* snapshots[kMaxCudaDepth];  // null: crossing steps only
+  int dims[kMaxCudaDepth + 1];
   int depth;
   std::int64_t batch;
   DmfProblem<T> pb;
@@ -32,6 +34,9 @@ struct StepArgs {
   std::int64_t steps;
   T tol;
   std::int64_t step0;
+  OptimizerState<T> opt;  // opt.m and opt.s point to host arrays: the kernels read M and S
+  T* M[kMaxCudaDepth];    // adam's moments, one array per factor
+  T* S[kMaxCudaDepth];
   std::int8_t* status;
   std::int64_t* frozen_at;
   int count;  // crossing thresholds
@@ -43,8 +48,8 @@ struct StepArgs {
 
 template <class T>
 StepArgs<T> make_args(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& pb) {
-  if (shape.depth < 1 || shape.depth > kMaxDepth)
-    throw std::invalid_argument("cuda dmf_step: depth must be 1.." + std::to_string(kMaxDepth) +
+  if (shape.depth < 1 || shape.depth > kMaxCudaDepth)
+    throw std::invalid_argument("cuda dmf_step: depth must be 1.." + std::to_string(kMaxCudaDepth) +
                                 ", got " + std::to_string(shape.depth));
   StepArgs<T> a{};
   for (int j = 0; j < shape.depth; ++j) a.factors[j] = const_cast<T*>(factors[j]);
@@ -71,7 +76,9 @@ __device__ __forceinline__ int first_uncrossed(const StepArgs<T>& a, std::int64_
 
 constexpr int kThreadBlock = 128;
 
-template <class T, int D, int Depth>
+// Kind: the optimizer (kOptimizerCount: read at run time), so that gradient descent keeps no
+// optimizer state in registers.
+template <class T, int D, int Depth, int Kind>
 __global__ void __launch_bounds__(kThreadBlock) dmf_step_thread(const StepArgs<T> a) {
   const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (b >= a.batch || a.status[b] != kRunning) return;
@@ -100,6 +107,31 @@ __global__ void __launch_bounds__(kThreadBlock) dmf_step_thread(const StepArgs<T
   int next = first_uncrossed(a, b);
   s.next_thr[0] = threshold_at(a, next);
   const T lr = a.lr[b * a.lr_stride];
+  kernels::PackOptimizer<T, 1, Kind> o;
+  o.runtime_kind = a.opt.kind;
+  o.beta = a.opt.beta;
+  o.beta1 = a.opt.beta1;
+  o.beta2 = a.opt.beta2;
+  o.eps = a.opt.eps;
+  constexpr int FM = Kind == kGd ? 1 : F;  // adam's moments and their next values
+  T M[FM], Sm[FM], Mn[FM], Sn[FM];
+  if (o.kind() != kGd) {
+    o.v[0] = o.kind() == kGroupRmsprop ? a.opt.v[b] : T(0);
+    o.t[0] = a.opt.t[b];
+  }
+  if (o.kind() == kAdam) {
+#pragma unroll
+    for (int j = 0; j < Depth; ++j)
+#pragma unroll
+      for (int e = 0; e < S; ++e) {
+        M[j * S + e] = a.M[j][b * S + e];
+        Sm[j * S + e] = a.S[j][b * S + e];
+      }
+    o.M = M;
+    o.S = Sm;
+    o.Mn = Mn;
+    o.Sn = Sn;
+  }
   auto on_cross = [&](int, T loss, std::int64_t step, const T* Wc) {
     for (; next < a.count && loss < a.thresholds[next]; ++next) {
       a.crossed[b * a.count + next] = step;
@@ -110,18 +142,33 @@ __global__ void __launch_bounds__(kThreadBlock) dmf_step_thread(const StepArgs<T
     s.next_thr[0] = threshold_at(a, next);
   };
   const T* Wf = kernels::pack_steps<false>(lay, pp, W, Wn, P, G, H, H2, &lr, a.steps, a.tol,
-                                           a.step0, s, on_cross);
+                                           a.step0, s, o, on_cross);
 #pragma unroll
   for (int j = 0; j < Depth; ++j)
 #pragma unroll
     for (int e = 0; e < S; ++e) a.factors[j][b * S + e] = Wf[j * S + e];
+  if (o.kind() == kAdam)
+#pragma unroll
+    for (int j = 0; j < Depth; ++j)
+#pragma unroll
+      for (int e = 0; e < S; ++e) {
+        a.M[j][b * S + e] = M[j * S + e];
+        a.S[j][b * S + e] = Sm[j * S + e];
+      }
+  if (o.kind() == kGroupRmsprop) a.opt.v[b] = o.v[0];
+  if (o.kind() != kGd) a.opt.t[b] = o.t[0];
   a.status[b] = s.st[0];
   a.frozen_at[b] = s.fz[0];
 }
 
 template <class T, int D, int Depth>
 void launch_thread(const StepArgs<T>& a, cudaStream_t stream) {
-  launch(dmf_step_thread<T, D, Depth>, grid_for(a.batch, kThreadBlock), kThreadBlock, 0, stream, a);
+  if (a.opt.kind == kGd)
+    launch(dmf_step_thread<T, D, Depth, kGd>, grid_for(a.batch, kThreadBlock), kThreadBlock, 0,
+           stream, a);
+  else
+    launch(dmf_step_thread<T, D, Depth, kOptimizerCount>, grid_for(a.batch, kThreadBlock),
+           kThreadBlock, 0, stream, a);
   IR_CUDA_LAUNCHED("dmf_step_thread");
 }
 
@@ -172,8 +219,8 @@ bool try_thread(const StepArgs<T>& a, cudaStream_t stream) {
 
 // Element offsets of one problem's buffers in its workspace (shared or global).
 struct BlockLayout {
-  std::int64_t factor[kMaxDepth + 1];  // factor[j - 1]: W_j; factor[depth]: total
-  std::int64_t prefix[kMaxDepth + 2];  // prefix[j]: P_j (j >= 2)
+  std::int64_t factor[kMaxCudaDepth + 1];  // factor[j - 1]: W_j; factor[depth]: total
+  std::int64_t prefix[kMaxCudaDepth + 2];  // prefix[j]: P_j (j >= 2)
   std::int64_t Wn, G, H, H2, tgt, msk, R, size;
   // Row stride of the n-column work matrices (P_j, G, H, H2): n, made odd, so that a warp
   // reading one column of them (P_{j-1}^T, H^T in the weight gradients) hits 32 banks, not 2
@@ -345,9 +392,76 @@ __device__ T* block_workspace(const BlockLayout& l, T* global_ws) {
                               : reinterpret_cast<T*>(dynamic_smem());
 }
 
+// Calls f(j, e, i) for every entry of problem b's factors this thread owns: factor j (0-based),
+// index e in the workspace, index i in the factor's global array.
+template <class T, class F>
+__device__ __forceinline__ void block_entries(const StepArgs<T>& a, const BlockLayout& l,
+                                              std::int64_t b, F f) {
+  for (int j = 0; j < a.depth; ++j) {
+    const std::int64_t size = l.factor[j + 1] - l.factor[j];
+    for (std::int64_t e = threadIdx.x; e < size; e += blockDim.x)
+      f(j, l.factor[j] + e, b * size + e);
+  }
+}
+
+// The unfused optimizers' check: Wn holds the gradient. group_rmsprop writes the next iterate
+// into Wn now (each thread over its own entries); adam only probes it, its moments being
+// written by block_commit once the whole update is known to be finite. Returns this
+// thread's probes, and group_rmsprop's next running mean in v_new.
+template <class T>
+__device__ T block_optimize(const StepArgs<T>& a, const BlockLayout& l, std::int64_t b, T lr,
+                            const T* W, T* Wn, double* red64, T& v_new) {
+  const OptimizerState<T>& o = a.opt;
+  T bad = T(0);
+  __syncthreads();  // every gradient entry is written
+  if (o.kind == kGroupRmsprop) {
+    double sq = 0;
+    block_entries(a, l, b,
+                  [&](int, std::int64_t e, std::int64_t) { sq += double(Wn[e]) * double(Wn[e]); });
+    const T step =
+        kernels::rmsprop_rate(lr, o.beta, o.eps, o.v[b], o.t[b], block_sum(sq, red64), v_new);
+    bad += kernels::probe(step) + kernels::probe(v_new);
+    block_entries(a, l, b, [&](int, std::int64_t e, std::int64_t) {
+      const T w = W[e] - step * Wn[e];
+      Wn[e] = w;
+      bad += kernels::probe(w);
+    });
+  } else {
+    const kernels::AdamRate<T> r = kernels::adam_rate(lr, o.beta1, o.beta2, o.t[b]);
+    block_entries(a, l, b, [&](int j, std::int64_t e, std::int64_t i) {
+      T m = a.M[j][i], s = a.S[j][i];
+      const T w = kernels::adam_update(W[e], Wn[e], m, s, o.beta1, o.beta2, o.eps, r);
+      bad += kernels::probe(w) + kernels::probe(m) + kernels::probe(s);
+    });
+  }
+  return bad;
+}
+
+// Commits an unfused update that block_optimize found finite: adam's next iterate (the values
+// the check saw, recomputed) and moments, and the per-problem state.
+template <class T>
+__device__ void block_commit(const StepArgs<T>& a, const BlockLayout& l, std::int64_t b, T lr,
+                             const T* W, T* Wn, T v_new) {
+  const OptimizerState<T>& o = a.opt;
+  if (o.kind == kAdam) {
+    const kernels::AdamRate<T> r = kernels::adam_rate(lr, o.beta1, o.beta2, o.t[b]);
+    block_entries(a, l, b, [&](int j, std::int64_t e, std::int64_t i) {
+      Wn[e] = kernels::adam_update(W[e], Wn[e], a.M[j][i], a.S[j][i], o.beta1, o.beta2, o.eps, r);
+    });
+  }
+  __syncthreads();  // every thread has read v and t
+  if (threadIdx.x == 0) {
+    if (o.kind == kGroupRmsprop) o.v[b] = v_new;
+    o.t[b] += 1;
+  }
+}
+
 template <class T, bool Tiled>
 __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* global_ws) {
   __shared__ T red[32];
+  __shared__ double red64[32];
+  const OptimizerState<T>& o = a.opt;
+  const bool fused = o.kind == kGd;  // else the backward pass leaves the gradient in Wn
   T* ws = block_workspace(l, global_ws);
   const int n = a.dims[0];
   for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
@@ -378,13 +492,8 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
         }
         next_thr = threshold_at(a, next);
       }
-      if (!isfinite(loss)) {
-        st = kDiverged;
-        fz = a.step0 + it;
-      } else if (loss < a.tol) {
-        st = kConverged;
-        fz = a.step0 + it;
-      }
+      st = kernels::status_at(loss, a.tol);
+      if (st != kRunning) fz = a.step0 + it;
       if (st != kRunning || it == a.steps) break;
       // Backward: dW_j = H_j P_{j-1}^T, H_{j-1} = W_j^T H_j, from H_N = G.
       T bad = T(0);            // NaN once a new entry is not finite
@@ -395,10 +504,15 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
         const T* Wj = W + l.factor[j - 1];
         T* Wnj = Wn + l.factor[j - 1];
         if (j == 1) {  // H_1 is rows x n (cols == n), row stride l.ld
-          for (int o = threadIdx.x; o < rows * cols; o += blockDim.x) {
-            const T w = Wj[o] - lr * Hj[o / cols * ld + o % cols];
-            Wnj[o] = w;
-            bad += w * T(0);
+          for (int e = threadIdx.x; e < rows * cols; e += blockDim.x) {
+            const T g = Hj[e / cols * ld + e % cols];
+            if (!fused) {
+              Wnj[e] = g;
+              continue;
+            }
+            const T w = Wj[e] - lr * g;
+            Wnj[e] = w;
+            bad += kernels::probe(w);
           }
           break;
         }
@@ -410,9 +524,13 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
             rows, n, cols, [&](int i, int k) { return Hj[i * ld + k]; },
             [&](int k, int c) { return Pprev[c * ldp + k]; },
             [&](int i, int c, T acc) {
+              if (!fused) {
+                Wnj[i * cols + c] = acc;
+                return;
+              }
               const T w = Wj[i * cols + c] - lr * acc;
               Wnj[i * cols + c] = w;
-              bad += w * T(0);
+              bad += kernels::probe(w);
             },
             j == 2);
         T* Hn = Hj == ws + l.H ? ws + l.H2 : ws + l.H;
@@ -423,11 +541,14 @@ __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* glob
         __syncthreads();
         Hj = Hn;
       }
-      if (block_sum(bad, red) != T(0)) {  // keep the last finite iterate
+      T v_new = T(0);
+      if (!fused) bad += block_optimize(a, l, b, lr, W, Wn, red64, v_new);
+      if (!kernels::commits(block_sum(bad, red))) {  // keep the last finite iterate and state
         st = kDiverged;
         fz = a.step0 + it;
         break;
       }
+      if (!fused) block_commit(a, l, b, lr, W, Wn, v_new);
       T* t = W;
       W = Wn;
       Wn = t;
@@ -488,8 +609,8 @@ void launch_block(Kernel in_shared, Kernel tiled, const StepArgs<T>& a, cudaStre
 template <class T>
 void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings,
-              void* stream) {
+              const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+              const DmfCrossings<T>& crossings, void* stream) {
   if (shape.batch == 0) return;
   StepArgs<T> a = make_args(factors, shape, problem);
   a.lr = lr;
@@ -497,6 +618,11 @@ void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& pro
   a.steps = steps;
   a.tol = tol;
   a.step0 = step0;
+  a.opt = opt;
+  for (int j = 0; j < shape.depth && opt.kind == kAdam; ++j) {
+    a.M[j] = opt.m[j];
+    a.S[j] = opt.s[j];
+  }
   a.status = status;
   a.frozen_at = frozen_at;
   a.count = crossings.count;
@@ -520,10 +646,12 @@ void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T
 
 template void dmf_step<float>(float* const*, const DmfShape&, const DmfProblem<float>&,
                               const float*, std::int64_t, std::int64_t, float, std::int64_t,
-                              std::int8_t*, std::int64_t*, const DmfCrossings<float>&, void*);
+                              const OptimizerState<float>&, std::int8_t*, std::int64_t*,
+                              const DmfCrossings<float>&, void*);
 template void dmf_step<double>(double* const*, const DmfShape&, const DmfProblem<double>&,
                                const double*, std::int64_t, std::int64_t, double, std::int64_t,
-                               std::int8_t*, std::int64_t*, const DmfCrossings<double>&, void*);
+                               const OptimizerState<double>&, std::int8_t*, std::int64_t*,
+                               const DmfCrossings<double>&, void*);
 template void dmf_loss<float>(const float* const*, const DmfShape&, const DmfProblem<float>&,
                               float*, float*, void*);
 template void dmf_loss<double>(const double* const*, const DmfShape&, const DmfProblem<double>&,

@@ -34,8 +34,8 @@ Specs make_specs(const MetricSpec* specs, int n_specs) {
 // Factor pointers and dims by value (DmfShape points into host memory).
 template <class T>
 struct Factors {
-  const T* f[kMaxDepth];
-  int dims[kMaxDepth + 1];
+  const T* f[kMaxCudaDepth];
+  int dims[kMaxCudaDepth + 1];
   int depth;
   std::int64_t batch;
   __device__ DmfShape shape() const { return {batch, depth, dims}; }
@@ -43,8 +43,9 @@ struct Factors {
 
 template <class T>
 Factors<T> make_factors(const T* const* factors, const DmfShape& shape) {
-  if (shape.depth < 1 || shape.depth > kMaxDepth)
-    throw std::invalid_argument("cuda metrics: depth must be 1.." + std::to_string(kMaxDepth));
+  if (shape.depth < 1 || shape.depth > kMaxCudaDepth)
+    throw std::invalid_argument("cuda metrics: depth must be 1.." + std::to_string(kMaxCudaDepth) +
+                                ", got " + std::to_string(shape.depth));
   Factors<T> f{};
   for (int j = 0; j < shape.depth; ++j) f.f[j] = factors[j];
   for (int j = 0; j <= shape.depth; ++j) f.dims[j] = shape.dims[j];

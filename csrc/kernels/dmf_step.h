@@ -11,7 +11,9 @@
 //   residual  completion: G = mask * (E - target);  sensing: r_k = <A_k, E> - y_k, G = sum r_k A_k
 //   backward  H_N = G,  dW_j = H_j P_{j-1}^T (dW_1 = H_1),  H_{j-1} = W_j^T H_j
 // All gradients come from the same iterate; new factors go to a second buffer, so a
-// non-finite update can be refused and the last finite iterate kept.
+// non-finite update can be refused and the last finite iterate kept. Plain gradient descent
+// is fused into the backward pass (each new entry written as its gradient is summed); the
+// other optimizers (kernels/optimizer.h) get the whole gradient in that buffer first.
 //
 // `Dims` is either StaticDims<D> (every d_j = D, known at compile time, so the loops unroll
 // and a small problem lives in registers) or RuntimeDims.
@@ -20,7 +22,9 @@
 #include <cstdint>
 
 #include "implicitreg/dmf_step.h"
+#include "kernels/freeze.h"
 #include "kernels/hd.h"
+#include "kernels/optimizer.h"
 
 namespace implicitreg {
 namespace kernels {
@@ -142,9 +146,22 @@ IR_HD IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T*
       });
 }
 
-// Wn (M x N) = W - lr * (H P^T) with H (M x K), P (N x K); fin accumulates Wn * 0, which is
-// NaN in a lane as soon as one of its new entries is not finite.
-template <class T, int L, bool Block>
+// Wn (M x N) = W - lr * (H P^T) with H (M x K), P (N x K); fin accumulates probes of Wn,
+// NaN in a lane as soon as one of its new entries is not finite. Unfused: Wn = H P^T, the
+// gradient, for the optimizer.
+template <bool Fused, class T, int L>
+IR_HD IR_INLINE void pack_store(T* __restrict Wn, const T* __restrict W, const T* __restrict lr,
+                                T* __restrict fin, std::int64_t at, int l, T grad) {
+  if constexpr (Fused) {
+    const T w = W[at] - lr[l] * grad;
+    Wn[at] = w;
+    fin[l] += probe(w);
+  } else {
+    Wn[at] = grad;
+  }
+}
+
+template <bool Fused, class T, int L, bool Block>
 IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
                                     const T* __restrict P, const T* __restrict lr,
                                     T* __restrict fin, int M, int K, int N) {
@@ -156,9 +173,7 @@ IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, con
         T acc = T(0);
         IR_SIMD_SUM(acc)
         for (int k = 0; k < K; ++k) acc += h[k] * p[k];
-        const T w = W[i * N + j] - lr[0] * acc;
-        Wn[i * N + j] = w;
-        fin[0] += w * T(0);
+        pack_store<Fused, T, L>(Wn, W, lr, fin, i * N + j, 0, acc);
       }
     return;
   }
@@ -169,11 +184,8 @@ IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, con
         for (int l = 0; l < L; ++l) acc[l] = H[(i * K) * L + l] * P[(j * K) * L + l];
         for (int k = 1; k < K; ++k)
           for (int l = 0; l < L; ++l) acc[l] += H[(i * K + k) * L + l] * P[(j * K + k) * L + l];
-        for (int l = 0; l < L; ++l) {
-          const T w = W[(i * N + j) * L + l] - lr[l] * acc[l];
-          Wn[(i * N + j) * L + l] = w;
-          fin[l] += w * T(0);
-        }
+        for (int l = 0; l < L; ++l)
+          pack_store<Fused, T, L>(Wn, W, lr, fin, (i * N + j) * L + l, l, acc[l]);
       }
     return;
   }
@@ -181,24 +193,17 @@ IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, con
       M, K, N, [&](int i, int k) { return H + (i * K + k) * L; },
       [&](int k, int j) { return P + (j * K + k) * L; },
       [&](int i, int j, const T* acc) {
-        for (int l = 0; l < L; ++l) {
-          const T w = W[(i * N + j) * L + l] - lr[l] * acc[l];
-          Wn[(i * N + j) * L + l] = w;
-          fin[l] += w * T(0);
-        }
+        for (int l = 0; l < L; ++l)
+          pack_store<Fused, T, L>(Wn, W, lr, fin, (i * N + j) * L + l, l, acc[l]);
       });
 }
 
-// Wn = W - lr * H (the first factor, whose right cofactor P_0 is the identity)
-template <class T, int L>
+// Wn = W - lr * H (the first factor, whose right cofactor P_0 is the identity); unfused, H
+template <bool Fused, class T, int L>
 IR_HD IR_INLINE void pack_update_id(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
                                     const T* __restrict lr, T* __restrict fin, int size) {
   for (int e = 0; e < size; ++e)
-    for (int l = 0; l < L; ++l) {
-      const T w = W[e * L + l] - lr[l] * H[e * L + l];
-      Wn[e * L + l] = w;
-      fin[l] += w * T(0);
-    }
+    for (int l = 0; l < L; ++l) pack_store<Fused, T, L>(Wn, W, lr, fin, e * L + l, l, H[e * L + l]);
 }
 
 // Buffers of one pack. Offsets are derived from the dims, so with StaticDims they are
@@ -290,8 +295,9 @@ IR_HD IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict
   for (int l = 0; l < L; ++l) loss[l] *= T(0.5);
 }
 
-// Backward pass and update of every factor into Wn. H and H2 hold max_rows x n each.
-template <class T, int L, class Dims>
+// Backward pass and update of every factor into Wn (unfused: their gradients). H and H2 hold
+// max_rows x n each.
+template <bool Fused, class T, int L, class Dims>
 IR_HD IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W, T* Wn, const T* P,
                                    const T* G, T* H, T* H2, const T* lr, T* fin) {
   const auto& d = lay.d;
@@ -301,14 +307,85 @@ IR_HD IR_INLINE void pack_backward(const PackLayout<T, L, Dims>& lay, const T* W
     const T* Wj = W + lay.factor_offset(j);
     T* Wnj = Wn + lay.factor_offset(j);
     if (j == 1) {
-      pack_update_id<T, L>(Wnj, Wj, Hj, lr, fin, d[1] * d[0]);
+      pack_update_id<Fused, T, L>(Wnj, Wj, Hj, lr, fin, d[1] * d[0]);
     } else {
       const T* Pprev = j == 2 ? W : P + lay.prefix_offset(j - 1);
-      pack_update_nt<T, L, !Dims::kStatic>(Wnj, Wj, Hj, Pprev, lr, fin, d[j], d[0], d[j - 1]);
+      pack_update_nt<Fused, T, L, !Dims::kStatic>(Wnj, Wj, Hj, Pprev, lr, fin, d[j], d[0],
+                                                  d[j - 1]);
       T* Hn = (Hj == H) ? H2 : H;
       pack_mm_tn<T, L, !Dims::kStatic>(Hn, Wj, Hj, d[j - 1], d[j], d[0]);
       Hj = Hn;
     }
+  }
+}
+
+// A pack's optimizer: its settings, each lane's state and, for adam, the moments in the
+// factors' layout (M, S) with buffers for their next values (Mn, Sn). `kind` is a compile-time
+// optimizer when Kind < kOptimizerCount (a CUDA thread then keeps no unused state in
+// registers), else read from `runtime_kind`.
+template <class T, int L, int Kind = kOptimizerCount>
+struct PackOptimizer {
+  int runtime_kind = kGd;
+  T beta = T(0), beta1 = T(0), beta2 = T(0), eps = T(0);
+  T v[L];
+  std::int64_t t[L];
+  T *M = nullptr, *S = nullptr, *Mn = nullptr, *Sn = nullptr;
+  IR_HD int kind() const { return Kind < kOptimizerCount ? Kind : runtime_kind; }
+};
+
+// The unfused update of a pack: Wn holds the gradient on entry and the next iterate on exit
+// (Mn, Sn the next moments, v_new the next running means); fin accumulates their probes.
+template <class T, int L, int Kind>
+IR_HD IR_INLINE void pack_optimize(const PackOptimizer<T, L, Kind>& o, std::int64_t size,
+                                   const T* __restrict W, T* __restrict Wn, const T* __restrict lr,
+                                   T* __restrict v_new, T* __restrict fin) {
+  if (o.kind() == kGroupRmsprop) {
+    double sq[L];
+    for (int l = 0; l < L; ++l) sq[l] = 0;
+    for (std::int64_t e = 0; e < size; ++e)
+      for (int l = 0; l < L; ++l) sq[l] += double(Wn[e * L + l]) * double(Wn[e * L + l]);
+    T step[L];
+    for (int l = 0; l < L; ++l) {
+      step[l] = rmsprop_rate(lr[l], o.beta, o.eps, o.v[l], o.t[l], sq[l], v_new[l]);
+      fin[l] += probe(step[l]) + probe(v_new[l]);
+    }
+    for (std::int64_t e = 0; e < size; ++e)
+      for (int l = 0; l < L; ++l) {
+        const T w = W[e * L + l] - step[l] * Wn[e * L + l];
+        Wn[e * L + l] = w;
+        fin[l] += probe(w);
+      }
+  } else if (o.kind() == kAdam) {
+    AdamRate<T> r[L];
+    for (int l = 0; l < L; ++l) r[l] = adam_rate(lr[l], o.beta1, o.beta2, o.t[l]);
+    for (std::int64_t e = 0; e < size; ++e)
+      for (int l = 0; l < L; ++l) {
+        const std::int64_t i = e * L + l;
+        T m = o.M[i], s = o.S[i];
+        const T w = adam_update(W[i], Wn[i], m, s, o.beta1, o.beta2, o.eps, r[l]);
+        Wn[i] = w;
+        o.Mn[i] = m;
+        o.Sn[i] = s;
+        fin[l] += probe(w) + probe(m) + probe(s);
+      }
+  }
+}
+
+// Keeps the next values `next` in the lanes that keep[] them, the current ones elsewhere: in
+// `next` (then swapped with cur) when Swap, else in `cur`.
+template <bool Swap, class T, int L>
+IR_HD IR_INLINE void pack_commit(T*& cur, T*& next, const bool* keep, bool keep_all,
+                                 std::int64_t size) {
+  if constexpr (Swap) {
+    if (!keep_all)
+      for (std::int64_t e = 0; e < size; ++e)
+        for (int l = 0; l < L; ++l) next[e * L + l] = keep[l] ? next[e * L + l] : cur[e * L + l];
+    T* t = cur;
+    cur = next;
+    next = t;
+  } else {
+    for (std::int64_t e = 0; e < size; ++e)
+      for (int l = 0; l < L; ++l) cur[e * L + l] = keep[l] ? next[e * L + l] : cur[e * L + l];
   }
 }
 
@@ -324,15 +401,17 @@ struct PackState {
 // The step loop of dmf_step on one pack, shared by the CPU (L lanes) and CUDA (L = 1, one
 // problem per thread) drivers. Before each of up to `steps` updates, and once after the last:
 // crossings due at this iterate are recorded (on_cross(l, loss, step, W) records them and
-// updates next_thr[l]); a lane whose loss is non-finite is frozen as diverged, one below tol
-// as converged (frozen_at = the iterate's step). A running lane whose update is not finite is
-// frozen as diverged at its last finite iterate. W and Wn are the iterate and the buffer for
-// the next; the returned pointer holds the final iterates (Swap: exchange the two pointers
-// each step; else copy Wn into W, which lets a CUDA thread keep both in registers).
-template <bool Swap, class T, int L, class Dims, class OnCross>
+// updates next_thr[l]); then the freeze rule (kernels/freeze.h) stops a lane whose loss is
+// non-finite or below tol (frozen_at = the iterate's step), and a running lane whose update
+// is not finite at its last finite iterate and optimizer state. W and Wn are the iterate and
+// the buffer for the next; the returned pointer holds the final iterates, o.M and o.S the
+// final moments (Swap: exchange the two pointers each step; else copy the next values in,
+// which lets a CUDA thread keep both in registers).
+template <bool Swap, class T, int L, class Dims, int Kind, class OnCross>
 IR_HD IR_INLINE T* pack_steps(const PackLayout<T, L, Dims>& lay, const PackProblem<T>& pb, T* W,
                               T* Wn, T* P, T* G, T* H, T* H2, const T* lr, std::int64_t steps,
-                              T tol, std::int64_t step0, PackState<T, L>& s, OnCross on_cross) {
+                              T tol, std::int64_t step0, PackState<T, L>& s,
+                              PackOptimizer<T, L, Kind>& o, OnCross on_cross) {
   const int mn = lay.d[lay.depth] * lay.d[0];
   const std::int64_t size = lay.factors_size() / L;
   for (std::int64_t it = 0; it <= steps; ++it) {
@@ -349,45 +428,42 @@ IR_HD IR_INLINE T* pack_steps(const PackLayout<T, L, Dims>& lay, const PackProbl
     int running = 0;
     for (int l = 0; l < L; ++l) {
       if (s.st[l] != kRunning) continue;
-      if (!std::isfinite(loss[l])) {
-        s.st[l] = kDiverged;
+      s.st[l] = status_at(loss[l], tol);
+      if (s.st[l] != kRunning)
         s.fz[l] = step0 + it;
-      } else if (loss[l] < tol) {
-        s.st[l] = kConverged;
-        s.fz[l] = step0 + it;
-      } else {
+      else
         ++running;
-      }
     }
     if (running == 0 || it == steps) break;
-    T fin[L];
+    T fin[L], v_new[L];
     for (int l = 0; l < L; ++l) fin[l] = T(0);
-    pack_backward<T, L>(lay, W, Wn, P, G, H, H2, lr, fin);
+    if (o.kind() == kGd) {
+      pack_backward<true, T, L>(lay, W, Wn, P, G, H, H2, lr, fin);
+    } else {
+      pack_backward<false, T, L>(lay, W, Wn, P, G, H, H2, lr, fin);
+      pack_optimize<T, L>(o, size, W, Wn, lr, v_new, fin);
+    }
     // Keep the new iterate only in lanes that are running and stayed finite.
-    bool keep_all = running == L;
+    bool keep[L], keep_all = running == L;
     for (int l = 0; l < L; ++l) {
-      if (s.st[l] == kRunning && fin[l] != T(0)) {
+      if (s.st[l] == kRunning && !commits(fin[l])) {
         s.st[l] = kDiverged;
         s.fz[l] = step0 + it;
         keep_all = false;
       }
+      keep[l] = s.st[l] == kRunning;
     }
-    if constexpr (Swap) {
-      if (!keep_all) {
-        bool keep[L];
-        for (int l = 0; l < L; ++l) keep[l] = s.st[l] == kRunning;
-        for (std::int64_t e = 0; e < size; ++e)
-          for (int l = 0; l < L; ++l) Wn[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
-      }
-      T* t = W;
-      W = Wn;
-      Wn = t;
-    } else {
-      bool keep[L];
-      for (int l = 0; l < L; ++l) keep[l] = s.st[l] == kRunning;
-      for (std::int64_t e = 0; e < size; ++e)
-        for (int l = 0; l < L; ++l) W[e * L + l] = keep[l] ? Wn[e * L + l] : W[e * L + l];
+    pack_commit<Swap, T, L>(W, Wn, keep, keep_all, size);
+    if (o.kind() == kAdam) {
+      pack_commit<Swap, T, L>(o.M, o.Mn, keep, keep_all, size);
+      pack_commit<Swap, T, L>(o.S, o.Sn, keep, keep_all, size);
     }
+    if (o.kind() != kGd)
+      for (int l = 0; l < L; ++l)
+        if (keep[l]) {
+          if (o.kind() == kGroupRmsprop) o.v[l] = v_new[l];
+          o.t[l] += 1;
+        }
   }
   return W;
 }

@@ -1,9 +1,19 @@
+# _core: the CPU kernels on NumPy arrays (C-contiguous, of the dtypes the kernels name).
 from typing import Any
 
 import numpy as np
 
 __version__: str
 
+# the kernels' codes (csrc/include/implicitreg/codes.h), name -> value, and size limits
+STATUS: dict[str, int]
+OPTIMIZERS: dict[str, int]
+METRIC_KINDS: dict[str, int]
+SVD_INFO: dict[str, int]
+LIMITS: dict[str, int]
+
+# optimizer: None (gradient descent) or {"kind": code, "beta" | "beta1", "beta2", "eps":
+# float, "t": (B,) int64, "v": (B,) | "m", "s": one array per factor}, updated in place
 def dmf_step(
     factors: list[np.ndarray],
     target: np.ndarray | None,
@@ -16,6 +26,7 @@ def dmf_step(
     step0: int,
     status: np.ndarray,
     frozen_at: np.ndarray,
+    optimizer: dict[str, Any] | None = None,
     thresholds: np.ndarray | None = None,
     crossed_at: np.ndarray | None = None,
     snapshots: list[np.ndarray] | None = None,
@@ -45,4 +56,38 @@ def dmf_measure(
     out: np.ndarray,
     truth: np.ndarray | None = None,
 ) -> None: ...
+def cp_step(
+    factors: list[np.ndarray],
+    target: np.ndarray,
+    mask: np.ndarray,
+    lr: np.ndarray,
+    steps: int,
+    tol: float,
+    step0: int,
+    status: np.ndarray,
+    frozen_at: np.ndarray,
+    loss: np.ndarray,
+    optimizer: dict[str, Any] | None = None,
+) -> None: ...
+def cp_tensor(factors: list[np.ndarray], out: np.ndarray) -> None: ...
+def tensor_rank(
+    tensors: np.ndarray,
+    dims: list[int],
+    tol: float,
+    max_rank: int,
+    max_iter: int,
+    restarts: int,
+    seed: int,
+    out: np.ndarray,
+) -> None: ...
+def cp_als_mse(
+    tensor: np.ndarray,
+    dims: list[int],
+    r: int,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    index: int,
+    restart: int,
+) -> float: ...
 def build_info() -> dict[str, Any]: ...

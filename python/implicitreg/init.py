@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _rng
 from ._checks import choice, integer, positive
-from .reference import det_float64
+from .metrics import det as det_of_product
 
 INITS = ("normal", "identity", "balanced")
 SCALE_BY = ("factor", "product")
@@ -130,7 +130,7 @@ def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init=
                 W[b] = draw
         if det is None or todo.size == 0:
             return factors
-        d = det_float64([W[todo] for W in factors])
+        d = det_of_product([W[todo] for W in factors])
         bad = d <= 0 if det == "positive" else d >= 0
         todo = todo[bad]
         if todo.size == 0:

@@ -20,26 +20,39 @@ import warnings
 
 import numpy as np
 
-from . import ops, reference
+from . import ops
 from ._backend import array_module, is_device, to_host
 from ._checks import choice, integer, real_array
+from ._codes import LIMITS, METRIC_KINDS, SVD_INFO_NAMES
 
 __all__ = ["balancedness", "dist_to_rank", "effective_rank", "frobenius", "nuclear", "rank",
            "schatten", "spectral", "svdvals"]
 
-SVD_INFO = ("ok", "not_converged", "non_finite")  # indexed by the kernels' codes
-MAX_SWEEPS = 40  # Jacobi sweeps before a matrix is reported not_converged (metrics.h)
+MAX_SWEEPS = LIMITS["max_sweeps"]  # Jacobi sweeps before a matrix is reported not_converged
 
 # fit() metric names -> kernel kinds; "entry:i,j", "schatten:p" and "dist_rank:r" take a
 # parameter after the colon.
-KINDS = {"loss": reference.LOSS, "entry": reference.ENTRY, "det": reference.DET,
-         "svals": reference.SVALS, "fro": reference.FRO, "nuc": reference.NUC,
-         "spectral": reference.SPECTRAL, "schatten": reference.SCHATTEN,
-         "erank": reference.ERANK, "rank": reference.RANK, "dist_rank": reference.DIST_RANK,
-         "balancedness": reference.BALANCEDNESS, "recon_error": reference.RECON_ERROR}
+KINDS = METRIC_KINDS
 NAMES = ("loss", "entry:i,j", "det", "svals", "fro", "nuc", "spectral", "schatten:p", "erank",
          "rank", "dist_rank:r", "balancedness", "recon_error")
 _PARAM = re.compile(r"^(entry|schatten|dist_rank):(.+)$")
+
+
+def det(factors) -> np.ndarray:
+    """(B,) det(W_N ... W_1) in float64: the product of the factors' determinants when every
+    factor is square (its sign exact even where the product rounds to rank one), else from
+    the float64 product."""
+    f64 = [np.asarray(W, dtype=np.float64) for W in factors]
+    with np.errstate(all="ignore"):  # a diverged problem's det is +-inf, as in the core
+        if all(W.shape[1] == W.shape[2] for W in f64):
+            out = np.ones(f64[0].shape[0])
+            for W in f64:
+                out = out * np.linalg.det(W)
+            return out
+        E = f64[0]
+        for W in f64[1:]:
+            E = W @ E
+        return np.linalg.det(E)
 
 
 def _backend(backend: str | None, x=None) -> str:
@@ -98,7 +111,7 @@ def svdvals(X, backend: str | None = None, return_info: bool = False,
     s, info = ops.svdvals(a.reshape((math.prod(lead), m, n)), backend, max_sweeps)
     s = s.reshape(lead + (min(m, n),))
     if return_info:  # names are host strings
-        return s, np.asarray(SVD_INFO, dtype=str)[to_host(info)].reshape(lead)
+        return s, np.asarray(SVD_INFO_NAMES, dtype=str)[to_host(info)].reshape(lead)
     bad = int((info == 1).sum())
     if bad:
         warnings.warn(f"svdvals: {bad} matrices did not converge within {max_sweeps} Jacobi "

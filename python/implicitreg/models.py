@@ -11,10 +11,11 @@ import time
 
 import numpy as np
 
-from . import _rng, ops, reference
+from . import _rng, ops
 from . import metrics as metrics_mod
 from ._backend import array_module, backends, is_device, to_host
 from ._checks import batch_memory, choice, finite, float_dtype, integer, positive, real_array
+from ._codes import LIMITS, OPTIMIZERS, STATUS_NAMES
 from ._interrupt import deferred_interrupt, serialized
 from ._io import load_npz, save_npz
 from .init import init_factors, layer_dims
@@ -24,12 +25,14 @@ from .trajectory import Trajectory, every, geometric, load, schedule
 __all__ = ["CPFactorization", "DeepFactorization", "Trajectory", "every", "geometric", "load",
            "memorizer"]
 
-STATUS_NAMES = ("running", "converged", "diverged")  # indexed by the kernels' status codes
 _CHECKPOINT = "implicitreg.DeepFactorization/1"
 # Flops per kernel call in step(): about a second on one core, or on one GPU (where each call
 # ends with the host reading the status, so calls are made long).
 _WORK_PER_CALL = {"cpu": 3 * 10**10, "numpy": 3 * 10**10, "cuda": 3 * 10**12}
-_STATE_BYTES = 1 + 8  # per problem: status (int8) and frozen_at (int64)
+# per problem: status (int8), frozen_at (int64), the optimizers' running mean and count
+_STATE_BYTES = 1 + 8 + 8 + 8
+# eps when none is given, per optimizer (group_rmsprop: the paper's; adam: PyTorch's)
+_DEFAULT_EPS = {"gd": 0.0, "group_rmsprop": 1e-6, "adam": 1e-8}
 _GENERATOR_BYTES = 1200  # a numpy Generator held per problem while drawing a start
 
 
@@ -132,17 +135,119 @@ class _Trained:
         """(B,) step at which each problem was frozen, -1 while it runs (NumPy)."""
         return np.array(to_host(self._frozen_at))
 
-    def _state(self) -> dict[str, np.ndarray]:
-        """The live arrays of the model's state (what save() and fit checkpoints keep; on the
-        device for the cuda backend)."""
-        return {"status": self._status, "frozen_at": self._frozen_at,
-                **{f"factor{j}": W for j, W in enumerate(self._factors)}}
+    _v: np.ndarray
+    _t: np.ndarray
+    _m: list[np.ndarray] | None
+    _s: list[np.ndarray] | None
+
+    def _init_state(self, B: int, dtype) -> None:
+        """Status, frozen_at and the optimizers' state of a fresh model."""
+        xp = array_module(self.backend)
+        self._status = xp.zeros(B, dtype=np.int8)
+        self._frozen_at = xp.full(B, -1, dtype=np.int64)
+        self._v = xp.zeros(B, dtype=dtype)  # group_rmsprop's running mean of ||g||^2
+        self._t = xp.zeros(B, dtype=np.int64)  # updates made by group_rmsprop or adam
+        self._m = self._s = None  # adam's moments, one per factor, made at its first update
+
+    def _saves_optimizer(self) -> bool:
+        """Whether save() and checkpoints keep the running mean and count."""
+        return True
+
+    def _state(self, whole: bool = False) -> dict[str, np.ndarray]:
+        """The live arrays of the model's state (what save() and fit checkpoints keep, or
+        whole: every array, kept or not; on the device for the cuda backend)."""
+        state = {"status": self._status, "frozen_at": self._frozen_at,
+                 **{f"factor{j}": W for j, W in enumerate(self._factors)}}
+        if whole or self._saves_optimizer():
+            state.update(v=self._v, t=self._t)
+        for j, (m, v) in enumerate(zip(self._m or (), self._s or (), strict=True)):
+            state.update({f"adam_m{j}": m, f"adam_s{j}": v})
+        return state
 
     def _restore(self, arrays, meta: dict) -> None:
-        """Load a saved state (arrays by _state()'s names) into this model."""
-        for k, v in self._state().items():
-            v[...] = array_module(self.backend).asarray(arrays[k])
+        """Load a saved state (arrays by _state()'s names) into this model; a state saved
+        before it had optimizer state restores none."""
+        self._m = self._s = None
+        self._v[...] = 0
+        self._t[...] = 0
+        if "adam_m0" in arrays:
+            self._moments()
+        xp = array_module(self.backend)
+        for k, v in self._state(whole=True).items():
+            if k in arrays:
+                v[...] = xp.asarray(arrays[k])
+            elif k not in ("v", "t"):
+                raise ValueError(f"the saved state has no {k!r}: not written by this model")
         self.steps_done = int(meta["steps_done"])
+
+    # ------------------------------------------------------------------ optimizers
+
+    def _moments(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """adam's moments (made at zero on first use)."""
+        if self._m is None:
+            xp = array_module(self.backend)
+            self._m = [xp.zeros(W.shape, dtype=W.dtype) for W in self._factors]
+            self._s = [xp.zeros(W.shape, dtype=W.dtype) for W in self._factors]
+        return self._m, self._s
+
+    def _state_owner(self) -> str | None:
+        """The stateful optimizer whose updates the state holds (None: no update yet)."""
+        if not bool((self._t != 0).any()):
+            return None
+        return "adam" if self._m is not None else "group_rmsprop"
+
+    def reset_optimizer(self) -> None:
+        """Forget the optimizers' state (running means, moments, update counts): the next
+        group_rmsprop or adam update starts afresh, as on a new model."""
+        self._v[...] = 0
+        self._t[...] = 0
+        self._m = self._s = None
+
+    def _optimizer_settings(self, optimizer, beta, betas, eps) -> dict:
+        """The checked optimizer settings {"optimizer", "beta", "betas", "eps"} (eps None: the
+        optimizer's default), refused before any work."""
+        name = choice(optimizer, "optimizer", tuple(OPTIMIZERS))
+        beta = float(real_array(beta, "beta"))
+        if not 0 <= beta < 1:
+            raise ValueError(f"beta: expected a number in [0, 1), got {beta}")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas: expected two numbers (beta1, beta2), got {betas!r}")
+        betas = tuple(float(real_array(b, "betas")) for b in betas)
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas}")
+        eps = _DEFAULT_EPS[name] if eps is None else float(real_array(eps, "eps"))
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+        owner = self._state_owner() if name != "gd" else None
+        if owner not in (None, name):
+            raise ValueError(f"optimizer: this model's optimizer state holds {owner} updates, "
+                             f"which {name} cannot continue; call reset_optimizer() first to "
+                             f"start {name} afresh")
+        return {"optimizer": name, "beta": beta, "betas": betas, "eps": eps}
+
+    def _optimizer_arg(self, settings: dict) -> dict | None:
+        """The optimizer argument of the kernels: None for gd, else its code, settings and
+        state arrays (updated in place)."""
+        name = settings["optimizer"]
+        if name == "gd":
+            return None
+        arg = {"kind": OPTIMIZERS[name], "eps": settings["eps"], "t": self._t}
+        if name == "group_rmsprop":
+            self._m = self._s = None  # no adam update yet (the count is 0): nothing is lost
+            return {**arg, "beta": settings["beta"], "v": self._v}
+        m, v = self._moments()
+        return {**arg, "beta1": settings["betas"][0], "beta2": settings["betas"][1], "m": m,
+                "s": v}
+
+    @staticmethod
+    def _optimizer_meta(settings: dict) -> dict:
+        """What a fit's record says of its optimizer (only what the optimizer reads)."""
+        name = settings["optimizer"]
+        if name == "gd":
+            return {"optimizer": "gd"}
+        if name == "group_rmsprop":
+            return {"optimizer": name, "beta": settings["beta"], "eps": settings["eps"]}
+        return {"optimizer": name, "betas": list(settings["betas"]), "eps": settings["eps"]}
 
     def _lr(self, lr) -> np.ndarray:
         a = real_array(lr, "lr")
@@ -213,9 +318,12 @@ class DeepFactorization(_Trained):
         xp = array_module(backend)
         self._factors = [xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
                                   order="C") for a in arrays]
-        self._status = xp.zeros(B, dtype=np.int8)
-        self._frozen_at = xp.full(B, -1, dtype=np.int64)
+        self._init_state(B, dtype)
         self.steps_done = 0
+
+    def _saves_optimizer(self) -> bool:
+        # a model trained by gradient descent alone saves what it always did
+        return self._m is not None or bool((self._t != 0).any())
 
     @classmethod
     def init(cls, problem, depth: int = 3, widths=None, init: str = "normal",
@@ -270,23 +378,31 @@ class DeepFactorization(_Trained):
         m, n = self.problem.shape
         if m != n:
             raise ValueError(f"det: needs a square problem, got shape ({m}, {n})")
-        return reference.det_float64([to_host(W) for W in self._factors])
+        return metrics_mod.det([to_host(W) for W in self._factors])
 
     # ------------------------------------------------------------------ training
 
     @serialized
-    def step(self, lr, steps: int = 1, tol=None, crossings: Crossings | None = None
-             ) -> DeepFactorization:
-        """`steps` simultaneous gradient-descent updates, in place, with no Python between
-        steps. lr: a number or (B,). A problem whose loss is below tol, or that goes
-        non-finite, is frozen (status converged / diverged, at its last finite iterate); the
-        others go on exactly as if alone. crossings (from self.crossings(thresholds)) records
-        each problem's first iterate below each loss threshold, exact to the step."""
+    def step(self, lr, steps: int = 1, tol=None, crossings: Crossings | None = None,
+             optimizer: str = "gd", beta: float = 0.99, eps: float | None = None,
+             betas=(0.9, 0.999)) -> DeepFactorization:
+        """`steps` simultaneous updates, in place, with no Python between steps. lr: a number
+        or (B,). A problem whose loss is below tol, or that goes non-finite, is frozen
+        (status converged / diverged, at its last finite iterate); the others go on exactly
+        as if alone. crossings (from self.crossings(thresholds)) records each problem's first
+        iterate below each loss threshold, exact to the step.
+
+        optimizer: "gd" (W <- W - lr g, fused into the backward pass), "group_rmsprop" (lr
+        divided by sqrt of the bias-corrected running mean, weight beta, of the squared norm
+        of the whole gradient, plus eps; default eps 1e-6) or "adam" (torch.optim.Adam:
+        betas, default eps 1e-8). Their state is per problem, kept across calls, saved by
+        save() and checkpoints; reset_optimizer() forgets it."""
         lr_arr = self._lr(lr)
         steps = integer(steps, "steps", minimum=0)
         tol_v = self._tol(tol)
         if crossings is not None:
             self._check_crossings(crossings)
+        opt = self._optimizer_arg(self._optimizer_settings(optimizer, beta, betas, eps))
         # Calls of bounded work (about a second), so that Ctrl-C is honoured between them and
         # leaves a consistent state. Cutting changes no result: each call ends with the same
         # tolerance check the next one would start with.
@@ -299,10 +415,10 @@ class DeepFactorization(_Trained):
             with deferred_interrupt():  # the call and its count, or neither
                 if crossings is None:
                     ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                                 self._status, self._frozen_at, backend=self.backend)
+                                 self._status, self._frozen_at, opt, backend=self.backend)
                 else:
                     ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                                 self._status, self._frozen_at, crossings.thresholds,
+                                 self._status, self._frozen_at, opt, crossings.thresholds,
                                  crossings.step, crossings.factors, backend=self.backend)
                 # the status readback is where a device fault surfaces: before the count moves
                 all_frozen = bool((self._status != 0).all())
@@ -372,7 +488,8 @@ class DeepFactorization(_Trained):
     @serialized
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",), thresholds=(),
             progress=True, checkpoint=None, checkpoint_every: float = 300.0,
-            keep_checkpoint: bool = False) -> Trajectory:
+            keep_checkpoint: bool = False, optimizer: str = "gd", beta: float = 0.99,
+            eps: float | None = None, betas=(0.9, 0.999)) -> Trajectory:
         """Train for up to max_steps more steps, in chunks between log points, and return the
         logged Trajectory. Stops early when every problem is frozen.
 
@@ -393,10 +510,12 @@ class DeepFactorization(_Trained):
           called with the same arguments on a model in the same starting state resumes from
           it and returns what an uninterrupted fit would have. A completed fit removes it,
           unless keep_checkpoint (then it is marked done, and the same call returns at once).
+        optimizer, beta, eps, betas: as for step().
         """
         lr_arr = self._lr(lr)
         max_steps = integer(max_steps, "max_steps", minimum=0)
         tol_v = self._tol(tol)
+        settings = self._optimizer_settings(optimizer, beta, betas, eps)
         names, kinds, params, metric_rows = self._metric_specs(metrics)
         log = schedule(log, max_steps)
         k = _thresholds(thresholds).size
@@ -418,6 +537,8 @@ class DeepFactorization(_Trained):
                 "log": repr(log), "metrics": names, "thresholds": cross.thresholds_f64.tolist(),
                 "backend": self.backend, "dtype": str(self.dtype), "dims": self.dims,
                 "problem": repr(self.problem)}
+        if settings["optimizer"] != "gd":  # a gd fit's record (and checkpoint) is as it was
+            meta.update(self._optimizer_meta(settings))
         saver = None if checkpoint is None else _FitCheckpoint(checkpoint, self, meta, lr_arr)
         rows: list[int] = []
         start, done = self.steps_done, False
@@ -434,7 +555,8 @@ class DeepFactorization(_Trained):
         try:
             for p in points[len(rows):] if not done else ():
                 before = self.steps_done
-                self.step(lr_arr, int(start + p - self.steps_done), tol, cross)
+                self.step(lr_arr, int(start + p - self.steps_done), tol, cross,
+                          settings["optimizer"], beta, settings["eps"], settings["betas"])
                 advance(self.steps_done - before)
                 ops.dmf_measure(self._factors, self.problem, kinds, params, buf[len(rows)],
                                 self.backend)
@@ -509,7 +631,6 @@ class DeepFactorization(_Trained):
                 f"backend={self.backend!r}, steps_done={self.steps_done})")
 
 
-OPTIMIZERS = {"gd": reference.GD, "group_rmsprop": reference.GROUP_RMSPROP}
 CP_METRICS = ("loss", "recon_error", "norm", "component_norms")
 _CP_CHECKPOINT = "implicitreg.CPFactorization/1"
 
@@ -541,21 +662,18 @@ class CPFactorization(_Trained):
                 raise ValueError(f"factors[{n}]: expected shape ({B}, {d}, R) or ({d}, R) with "
                                  f"one R for every factor, got {a.shape}")
         arrays = _in_dtype(arrays, dtype)
-        if not 1 <= R <= 1024:
-            raise ValueError(f"factors: expected 1 to 1024 components R, got {R}")
-        # the factors, the optimizer state (v, t) and the last losses
-        batch_memory(sum(problem.dims) * R * dtype.itemsize + _STATE_BYTES + 8 + 8
-                     + dtype.itemsize, B, "factors", "the model's factors",
-                     device=backend == "cuda")
+        if not 1 <= R <= LIMITS["max_cp_rank"]:
+            raise ValueError(f"factors: expected 1 to {LIMITS['max_cp_rank']} components R, "
+                             f"got {R}")
+        # the factors, the state and the last losses
+        batch_memory(sum(problem.dims) * R * dtype.itemsize + _STATE_BYTES + dtype.itemsize, B,
+                     "factors", "the model's factors", device=backend == "cuda")
         self.problem = problem
         self.backend = backend
         xp = array_module(backend)
         self._factors = [xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
                                   order="C") for a in arrays]
-        self._status = xp.zeros(B, dtype=np.int8)
-        self._frozen_at = xp.full(B, -1, dtype=np.int64)
-        self._v = xp.zeros(B, dtype=dtype)  # group_rmsprop state, per problem
-        self._t = xp.zeros(B, dtype=np.int64)
+        self._init_state(B, dtype)
         self._step_loss = xp.empty(B, dtype=dtype)  # the last step() call's final losses
         self.steps_done = 0
 
@@ -570,13 +688,14 @@ class CPFactorization(_Trained):
                             f"{type(problem).__name__}")
         dims = problem.dims
         R = int(np.prod(dims)) // max(dims) if rank is None else integer(rank, "rank", minimum=1)
-        if R > 1024:
-            raise ValueError(f"rank: expected at most 1024 components, got {R}")
+        if R > LIMITS["max_cp_rank"]:
+            raise ValueError(f"rank: expected at most {LIMITS['max_cp_rank']} components, "
+                             f"got {R}")
         scale = positive(scale, "scale")
         seed = _rng.check_seed(seed)
         dtype = float_dtype(dtype, "dtype")
         _check_backend(backend)
-        batch_memory(sum(dims) * R * (8 + dtype.itemsize) + _STATE_BYTES + 16 + dtype.itemsize,
+        batch_memory(sum(dims) * R * (8 + dtype.itemsize) + _STATE_BYTES + dtype.itemsize,
                      problem.batch, "problem", "drawing the starting factors")
         factors = [np.empty((problem.batch, d, R)) for d in dims]
         for b in range(problem.batch):
@@ -592,9 +711,6 @@ class CPFactorization(_Trained):
         """[U_1, ..., U_N], each (B, d_n, R); views of the live state (CuPy arrays on the
         cuda backend)."""
         return list(self._factors)
-
-    def _state(self) -> dict[str, np.ndarray]:
-        return {**super()._state(), "v": self._v, "t": self._t}
 
     @property
     def order(self) -> int:
@@ -618,26 +734,17 @@ class CPFactorization(_Trained):
         """(B,) mean squared error over the observed entries."""
         return self.measure(("loss",))["loss"]
 
-    def _optimizer(self, optimizer) -> int:
-        return OPTIMIZERS[choice(optimizer, "optimizer", tuple(OPTIMIZERS))]
-
     @serialized
     def step(self, lr, steps: int = 1, tol=None, optimizer: str = "group_rmsprop",
-             beta: float = 0.99, eps: float = 1e-6) -> CPFactorization:
-        """`steps` updates in place with no Python between steps: "gd" (U <- U - lr g) or
-        "group_rmsprop" (lr divided by sqrt of the bias-corrected running
-        mean of ||g||^2 plus eps; beta, eps; its state is per problem and kept across calls).
-        Freezing and divergence as for DeepFactorization.step."""
+             beta: float = 0.99, eps: float | None = None, betas=(0.9, 0.999)
+             ) -> CPFactorization:
+        """`steps` updates in place with no Python between steps, by the optimizer: "gd",
+        "group_rmsprop" (the paper's) or "adam", with beta, eps and betas as for
+        DeepFactorization.step. Freezing and divergence as for DeepFactorization.step."""
         lr_arr = self._lr(lr)
         steps = integer(steps, "steps", minimum=0)
         tol_v = self._tol(tol)
-        opt = self._optimizer(optimizer)
-        beta = float(real_array(beta, "beta"))
-        if not 0 <= beta < 1:
-            raise ValueError(f"beta: expected a number in [0, 1), got {beta}")
-        eps = float(real_array(eps, "eps"))
-        if not (np.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
+        opt = self._optimizer_arg(self._optimizer_settings(optimizer, beta, betas, eps))
         if self.batch == 0:  # nothing to train (and no kernel need see an empty batch)
             self.steps_done += steps
             return self
@@ -653,8 +760,7 @@ class CPFactorization(_Trained):
             n = min(chunk, steps - done)
             with deferred_interrupt():  # the call and its count, or neither
                 ops.cp_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                            opt, beta, eps, self._v, self._t, self._status, self._frozen_at,
-                            loss, backend=self.backend)
+                            self._status, self._frozen_at, loss, opt, backend=self.backend)
                 # the status readback is where a device fault surfaces: before the count moves
                 all_frozen = bool((self._status != 0).all())
                 self.steps_done += n
@@ -709,11 +815,11 @@ class CPFactorization(_Trained):
 
     @serialized
     def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
-            optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float = 1e-6,
+            optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float | None = None,
             patience: int | None = None, check_every: int = 100,
             progress=True, checkpoint=None, checkpoint_every: float = 300.0,
-            keep_checkpoint: bool = False) -> Trajectory:
-        """Train for up to max_steps more steps (optimizer as in step; the paper
+            keep_checkpoint: bool = False, betas=(0.9, 0.999)) -> Trajectory:
+        """Train for up to max_steps more steps (optimizer, beta, eps, betas as in step; the paper
         uses group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
         return the Trajectory. Stops early when every problem is frozen.
 
@@ -732,7 +838,7 @@ class CPFactorization(_Trained):
             check_every = integer(check_every, "check_every", minimum=1)
             if tol is None:
                 raise ValueError("patience: needs a tol to count the checks below it")
-        self._optimizer(optimizer)
+        settings = self._optimizer_settings(optimizer, beta, betas, eps)
         names = self._metric_names(metrics)
         log = schedule(log, max_steps)
         widths = [self.rank if n == "component_norms" else 1 for n in names]
@@ -750,8 +856,8 @@ class CPFactorization(_Trained):
         lr_arr = self._lr(lr)
         meta = {"model": "cp", "lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
                 "max_steps": max_steps, "tol": None if tol is None else self._tol(tol),
-                "log": repr(log), "metrics": names, "optimizer": optimizer, "beta": beta,
-                "eps": eps, "patience": patience,
+                "log": repr(log), "metrics": names, **self._optimizer_meta(settings),
+                "patience": patience,
                 "check_every": check_every if patience is not None else None,
                 "backend": self.backend, "dtype": str(self.dtype),
                 "dims": list(self.dims), "rank": self.rank, "problem": repr(self.problem)}
@@ -779,7 +885,8 @@ class CPFactorization(_Trained):
             todo = np.union1d(points, checks)
             for p in todo[todo > (rows[-1] - start if rows else -1)] if not done else ():
                 before = self.steps_done
-                self.step(lr, int(start + p - self.steps_done), core_tol, optimizer, beta, eps)
+                self.step(lr, int(start + p - self.steps_done), core_tol, optimizer, beta,
+                          settings["eps"], settings["betas"])
                 advance(self.steps_done - before)
                 if patience is not None and p % check_every == 0:
                     run = to_host(self._status) == 0

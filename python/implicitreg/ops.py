@@ -25,21 +25,21 @@ def _module(backend: str):
     return _backend.cuda_module()
 
 
-def _call(backend: str, name: str, *args):
-    """_module(backend).name(*args). On the cuda backend a call whose scratch could not be
+def _call(backend: str, name: str, *args, **kwargs):
+    """_module(backend).name(*args, **kwargs). On the cuda backend a call whose scratch could not be
     allocated changed nothing (the kernels take all their scratch first), and CuPy's memory
     pool may be holding the memory it needs: the pool's unused blocks are freed and the call
     is made once more."""
     fn = getattr(_module(backend), name)
     if backend != "cuda":
-        return fn(*args)
+        return fn(*args, **kwargs)
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except RuntimeError as exc:
         if not str(exc).startswith("out of device memory"):
             raise
         _backend.free_device_pool()
-        return fn(*args)
+        return fn(*args, **kwargs)
 
 
 def _inputs(problem, dtype, backend: str) -> dict:
@@ -50,14 +50,16 @@ def _empty(backend: str, shape, dtype):
     return _backend.array_module(backend).empty(shape, dtype=dtype)
 
 
-def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, thresholds=None,
-             crossed_at=None, snapshots=None, backend="cpu"):
-    """In place: `steps` fused GD updates of every running problem, recording first crossings
-    of the loss thresholds when given (see _core.dmf_step)."""
+def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, optimizer=None,
+             thresholds=None, crossed_at=None, snapshots=None, backend="cpu"):
+    """In place: `steps` updates of every running problem by the optimizer (None: gd, fused;
+    else the dict of its kind, settings and state), recording first crossings of the loss
+    thresholds when given (see _core.dmf_step)."""
     a = _inputs(problem, factors[0].dtype, backend)
-    _call(backend, "dmf_step", list(factors), a["target"], a["mask"], a["A"], a["y"], lr, steps,
-          tol, step0, status, frozen_at, thresholds, crossed_at,
-          None if snapshots is None else list(snapshots))
+    _call(backend, "dmf_step", factors=list(factors), target=a["target"], mask=a["mask"],
+          A=a["A"], y=a["y"], lr=lr, steps=steps, tol=tol, step0=step0, status=status,
+          frozen_at=frozen_at, optimizer=optimizer, thresholds=thresholds,
+          crossed_at=crossed_at, snapshots=None if snapshots is None else list(snapshots))
 
 
 def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +133,14 @@ def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np
     return out
 
 
-def cp_step(factors, problem, lr, steps, tol, step0, optimizer, beta, eps, v, t, status,
-            frozen_at, loss, backend="cpu"):
-    """In place: `steps` updates of every running CP factorization (see _core.cp_step)."""
+def cp_step(factors, problem, lr, steps, tol, step0, status, frozen_at, loss, optimizer=None,
+            backend="cpu"):
+    """In place: `steps` updates of every running CP factorization by the optimizer (as for
+    dmf_step; see _core.cp_step)."""
     a = _inputs(problem, factors[0].dtype, backend)
-    _call(backend, "cp_step", list(factors), a["target"], a["mask"], lr, steps, tol, step0,
-          optimizer, beta, eps, v, t, status, frozen_at, loss)
+    _call(backend, "cp_step", factors=list(factors), target=a["target"], mask=a["mask"], lr=lr,
+          steps=steps, tol=tol, step0=step0, status=status, frozen_at=frozen_at, loss=loss,
+          optimizer=optimizer)
 
 
 def cp_tensor(factors, backend="cpu") -> np.ndarray:

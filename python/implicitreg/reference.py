@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-RUNNING, CONVERGED, DIVERGED = 0, 1, 2
+from ._codes import (
+    ADAM,
+    CONVERGED,
+    DIVERGED,
+    GD,
+    GROUP_RMSPROP,
+    METRIC_KINDS,
+    RUNNING,
+    SVD_NON_FINITE,
+)
 
 
 def _forward(factors: list[np.ndarray]) -> list[np.ndarray]:
@@ -59,13 +68,72 @@ def _freeze(loss, run, tol, step, status, frozen_at):
     return status == RUNNING
 
 
+def _finite(arrays) -> np.ndarray:
+    """(B,) True where every entry of every (B, ...) array is finite."""
+    fin = np.ones(arrays[0].shape[0], dtype=bool)
+    for a in arrays:
+        fin &= np.isfinite(a).reshape(a.shape[0], -1).all(axis=1)
+    return fin
+
+
+def _optimize(factors, grads, lr, optimizer):
+    """(next factors, next optimizer state, finite (B,)) of one update from the gradients
+    (see _core.dmf_step's optimizer); the state is returned, not yet written."""
+    dtype = factors[0].dtype
+    kind = GD if optimizer is None else optimizer["kind"]
+    lr = np.broadcast_to(np.asarray(lr, dtype=dtype), (factors[0].shape[0],))
+
+    def per_problem(x):
+        return x[:, None, None]
+    if kind == GD:
+        new = [W - per_problem(lr) * g for W, g in zip(factors, grads, strict=True)]
+        return new, {}, _finite(new)
+    t = optimizer["t"]
+    if kind == GROUP_RMSPROP:
+        beta, eps = dtype.type(optimizer["beta"]), dtype.type(optimizer["eps"])
+        sq = sum((g.astype(np.float64) ** 2).sum(axis=(1, 2)) for g in grads)
+        v_new = beta * optimizer["v"] + (1 - beta) * sq.astype(dtype)
+        bias = 1.0 - np.power(float(beta), (t + 1).astype(np.float64))
+        step = (lr / (np.sqrt(v_new.astype(np.float64) / bias).astype(dtype) + eps)).astype(
+            dtype)
+        new = [W - per_problem(step) * g for W, g in zip(factors, grads, strict=True)]
+        # an overflowing running mean of ||g||^2 would make the step 0 and stall the problem
+        return new, {"v": v_new}, _finite(new) & np.isfinite(step) & np.isfinite(v_new)
+    if kind != ADAM:
+        raise ValueError(f"unknown optimizer kind {kind}")
+    b1, b2 = dtype.type(optimizer["beta1"]), dtype.type(optimizer["beta2"])
+    eps = dtype.type(optimizer["eps"])
+    n = (t + 1).astype(np.float64)
+    step = (lr.astype(np.float64) / (1.0 - np.power(float(b1), n))).astype(dtype)
+    bias2 = np.sqrt(1.0 - np.power(float(b2), n)).astype(dtype)
+    m_new = [m + (1 - b1) * (g - m) for m, g in zip(optimizer["m"], grads, strict=True)]
+    s_new = [s * b2 + (1 - b2) * g * g for s, g in zip(optimizer["s"], grads, strict=True)]
+    new = [W - per_problem(step) * (m / (np.sqrt(v) / per_problem(bias2) + eps))
+           for W, m, v in zip(factors, m_new, s_new, strict=True)]
+    return new, {"m": m_new, "s": s_new}, _finite(new + m_new + s_new)
+
+
+def _commit(factors, new, optimizer, state, keep) -> None:
+    """Writes the next factors and optimizer state of the problems in keep (B,)."""
+    for W, Wn in zip(factors, new, strict=True):
+        np.copyto(W, Wn, where=keep.reshape((-1,) + (1,) * (W.ndim - 1)))
+    if optimizer is None or optimizer["kind"] == GD:
+        return
+    if "v" in state:
+        optimizer["v"][keep] = state["v"][keep]
+    for key in ("m", "s"):
+        for old, nxt in zip(optimizer.get(key, ()), state.get(key, ()), strict=True):
+            old[keep] = nxt[keep]
+    optimizer["t"][keep] += 1
+
+
 def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at,
-             thresholds=None, crossed_at=None, snapshots=None):
-    """In place, like _core.dmf_step: `steps` simultaneous GD updates of running problems;
-    before each update and after the last, loss < tol freezes a problem as converged and a
-    non-finite loss or update freezes it as diverged at its last finite iterate. The first
-    iterate below each of `thresholds` is recorded in crossed_at (and snapshots)."""
-    lr = np.asarray(lr)[:, None, None]
+             optimizer=None, thresholds=None, crossed_at=None, snapshots=None):
+    """In place, like _core.dmf_step: `steps` simultaneous updates of running problems by
+    the optimizer (None: gd); before each update and after the last, loss < tol freezes a
+    problem as converged and a non-finite loss or update freezes it as diverged at its last
+    finite iterate and optimizer state. The first iterate below each of `thresholds` is
+    recorded in crossed_at (and snapshots)."""
     with np.errstate(all="ignore"):
         for it in range(steps + 1):
             P = _forward(factors)
@@ -77,28 +145,23 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
             run = _freeze(loss, run, tol, step0 + it, status, frozen_at)
             if it == steps or not run.any():
                 return
-            H, new = G, [None] * len(factors)
+            H, grads = G, [None] * len(factors)
             for j in range(len(factors) - 1, -1, -1):
-                W = factors[j]
-                grad = H if j == 0 else H @ np.swapaxes(P[j - 1], 1, 2)
-                new[j] = W - lr * grad
+                grads[j] = H if j == 0 else H @ np.swapaxes(P[j - 1], 1, 2)
                 if j:
-                    H = np.swapaxes(W, 1, 2) @ H
-            fin = np.ones(run.shape, dtype=bool)
-            for Wn in new:
-                fin &= np.isfinite(Wn).all(axis=(1, 2))
+                    H = np.swapaxes(factors[j], 1, 2) @ H
+            new, state, fin = _optimize(factors, grads, lr, optimizer)
             bad = run & ~fin
             status[bad], frozen_at[bad] = DIVERGED, step0 + it
-            keep = (run & fin)[:, None, None]
-            for W, Wn in zip(factors, new, strict=True):
-                np.copyto(W, Wn, where=keep)
+            _commit(factors, new, optimizer, state, run & fin)
 
 
 # ---------------------------------------------------------------- singular values and metrics
-# Metric kinds, as the compiled kernels number them (implicitreg/metrics.h MetricKind).
 (LOSS, ENTRY, DET, SVALS, FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK, BALANCEDNESS,
- RECON_ERROR) = range(13)
-SVD_OK, SVD_NOT_CONVERGED, SVD_NON_FINITE = 0, 1, 2
+ RECON_ERROR) = (METRIC_KINDS[k] for k in (
+    "loss", "entry", "det", "svals", "fro", "nuc", "spectral", "schatten", "erank", "rank",
+    "dist_rank", "balancedness", "recon_error"))
+_SVALS_KINDS = {FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK}  # from singular values
 
 
 def svdvals(X):
@@ -190,7 +253,7 @@ def dmf_measure(factors, target, mask, A, y, kinds, params, truth=None):
     truth (B|1, m, n) for recon_error."""
     loss, E = dmf_loss(factors, target, mask, A, y)
     s = None
-    if any(int(kd) == SVALS or FRO <= int(kd) <= DIST_RANK for kd in kinds):
+    if any(int(kd) == SVALS or int(kd) in _SVALS_KINDS for kd in kinds):
         s = svdvals(E)[0]
     rows = []
     for kd, (p, r) in zip(kinds, params, strict=True):
@@ -213,12 +276,9 @@ def dmf_measure(factors, target, mask, A, y, kinds, params, truth=None):
 
 
 # ------------------------------------------------------------------- CP tensor factorization
-GD, GROUP_RMSPROP = 0, 1  # optimizer codes (implicitreg/cp_step.h CpOptimizer)
-
-
 def cp_tensor(factors):
     """(B, numel) tensors sum_r prod_n U_n[i_n, r] of CP factors [(B, d_n, R)], products taken
-    from the last mode to the first as in the core."""
+    from the last mode to the first."""
     S = factors[-1]  # (B, d_N, R), then (B, d_n ... d_N, R)
     for U in factors[-2:0:-1]:
         S = (U[:, :, None, :] * S[:, None, :, :]).reshape(U.shape[0], -1, U.shape[2])
@@ -247,14 +307,13 @@ def _cp_gradients(factors, G):
     return grads
 
 
-def cp_step(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps, v, t, status,
-            frozen_at, loss_out):
-    """In place, like _core.cp_step: `steps` updates (gd, or group_rmsprop with per-problem
-    state v, t) of running problems; loss = mean squared error over observed entries (in
+def cp_step(factors, target, mask, lr, steps, tol, step0, status, frozen_at, loss,
+            optimizer=None):
+    """In place, like _core.cp_step: `steps` updates of running problems by the optimizer
+    (None: gd; as for dmf_step); loss = mean squared error over observed entries (in
     float64, stored in the factors' dtype); freeze and divergence as dmf_step."""
     dtype = factors[0].dtype
     B = factors[0].shape[0]
-    lr = np.broadcast_to(np.asarray(lr, dtype=dtype), (B,))
     mask = np.broadcast_to(mask, (B, mask.shape[1]))
     n_obs = mask.sum(axis=1)
     scale = np.where(n_obs > 0, 2.0 / np.maximum(n_obs, 1), 0.0).astype(dtype)
@@ -262,35 +321,18 @@ def cp_step(factors, target, mask, lr, steps, tol, step0, optimizer, beta, eps, 
         for it in range(steps + 1):
             W = cp_tensor(factors)
             res = np.where(mask, W - target, 0).astype(dtype)
-            loss = ((res.astype(np.float64) ** 2).sum(axis=1)
-                    / np.maximum(n_obs, 1)).astype(dtype)
+            mse = ((res.astype(np.float64) ** 2).sum(axis=1)
+                   / np.maximum(n_obs, 1)).astype(dtype)
             run = status == RUNNING
-            loss_out[run] = loss[run]  # frozen before the call: left as it is
-            run = _freeze(loss, run, tol, step0 + it, status, frozen_at)
+            loss[run] = mse[run]  # frozen before the call: left as it is
+            run = _freeze(mse, run, tol, step0 + it, status, frozen_at)
             if it == steps or not run.any():
                 return
             grads = _cp_gradients(factors, res * scale[:, None])
-            step = lr.copy()
-            if optimizer == GROUP_RMSPROP:
-                sq = sum((g.astype(np.float64) ** 2).sum(axis=(1, 2)) for g in grads)
-                v_new = beta * v + (1 - beta) * sq.astype(dtype)
-                bias = 1.0 - np.power(float(beta), (t + 1).astype(np.float64))
-                step = (lr / (np.sqrt(v_new.astype(np.float64) / bias).astype(dtype)
-                              + dtype.type(eps))).astype(dtype)
-            new = [U - step[:, None, None] * g for U, g in zip(factors, grads, strict=True)]
-            fin = np.isfinite(step)
-            if optimizer == GROUP_RMSPROP:  # an overflowing state would stall the problem
-                fin &= np.isfinite(v_new)
-            for Un in new:
-                fin &= np.isfinite(Un).all(axis=(1, 2))
+            new, state, fin = _optimize(factors, grads, lr, optimizer)
             bad = run & ~fin
             status[bad], frozen_at[bad] = DIVERGED, step0 + it
-            keep = run & fin
-            for U, Un in zip(factors, new, strict=True):
-                np.copyto(U, Un, where=keep[:, None, None])
-            if optimizer == GROUP_RMSPROP:
-                v[keep] = v_new[keep]
-                t[keep] += 1
+            _commit(factors, new, optimizer, state, run & fin)
 
 
 _M64 = (1 << 64) - 1

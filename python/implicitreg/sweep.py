@@ -71,32 +71,34 @@ DEFAULTS = {
     # where it starts (implicitreg.init)
     "depth": 3, "widths": None, "init": "normal", "scale": 1e-3, "scale_by": "product",
     "init_det": None, "init_seed": 0,
-    # how it is trained and what is recorded
-    "lr": 1e-3, "max_steps": 10_000, "tol": None, "log": 200,
+    # how it is trained and what is recorded (optimizer None: the model's, MODEL_DEFAULTS)
+    "lr": 1e-3, "optimizer": None, "max_steps": 10_000, "tol": None, "log": 200,
     # metrics and thresholds None: the model's (MODEL_DEFAULTS); thresholds () records none
     "metrics": None, "thresholds": None,
     "dtype": "float64",
-    # model "cp" only: components R (None: the largest CP rank), the optimizer and stop rule
-    # of CPFactorization.fit, and what is estimated at the end: the tensor rank of the
+    # model "cp" only: components R (None: the largest CP rank), the stop rule of
+    # CPFactorization.fit, and what is estimated at the end: the tensor rank of the
     # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated) and
     # rank_criterion (implicitreg.tensor_rank's criterion), and with baseline the memorizer's
     # error and rank
-    "components": None, "optimizer": "group_rmsprop", "patience": None, "check_every": 100,
+    "components": None, "patience": None, "check_every": 100,
     "rank_restarts": 0, "rank_criterion": "relative", "baseline": False,
 }
-# What "metrics": None and "thresholds": None mean, per model (a CP fit records no crossings).
+# What "metrics", "thresholds" and "optimizer" None mean, per model (a CP fit records no
+# crossings).
 MODEL_DEFAULTS = {
-    "dmf": {"metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4)},
-    "cp": {"metrics": ("loss", "recon_error"), "thresholds": ()},
+    "dmf": {"metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
+            "optimizer": "gd"},
+    "cp": {"metrics": ("loss", "recon_error"), "thresholds": (), "optimizer": "group_rmsprop"},
 }
 # Keys that may differ inside one batch (per-problem data, start or learning rate).
 # The config keys each model reads, besides every config's and its problem's (PROBLEMS).
-_COMMON_KEYS = ("model", "problem", "lr", "max_steps", "tol", "log", "metrics", "thresholds",
-                "dtype")
+_COMMON_KEYS = ("model", "problem", "lr", "optimizer", "max_steps", "tol", "log", "metrics",
+                "thresholds", "dtype")
 MODEL_KEYS = {
     "dmf": ("depth", "widths", "init", "scale", "scale_by", "init_det", "init_seed"),
-    "cp": ("components", "scale", "init_seed", "optimizer", "patience", "check_every",
-           "rank_restarts", "rank_criterion", "baseline"),
+    "cp": ("components", "scale", "init_seed", "patience", "check_every", "rank_restarts",
+           "rank_criterion", "baseline"),
 }
 
 
@@ -159,7 +161,7 @@ def _check(cfg: dict, given: set[str]) -> dict:
                          f"{', '.join(k for k in DEFAULTS if k in takes)}")
     cfg["depth"] = integer(cfg["depth"], "depth", minimum=1)
     cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
-    for key in ("metrics", "thresholds"):
+    for key in ("metrics", "thresholds", "optimizer"):
         if cfg[key] is None:
             cfg[key] = MODEL_DEFAULTS[cfg["model"]][key]
     cfg["metrics"] = tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (
@@ -178,7 +180,16 @@ def _check(cfg: dict, given: set[str]) -> dict:
     if clash:  # a table column holds either a config value or a metric, never both
         raise ValueError(f"metrics: {clash} are config keys, not metric names")
     _log(cfg["log"])
+    if cfg["model"] == "dmf" and cfg["optimizer"] == "gd":
+        # the matrix model's default, recorded by omission: configs (and so results
+        # directories) written before it had a choice stay the same
+        takes = takes - {"optimizer"}
     return {k: v for k, v in cfg.items() if k in takes}
+
+
+def _optimizer(cfg: dict) -> str:
+    """A config's optimizer (None, or a matrix config's omitted gd: the model's)."""
+    return cfg.get("optimizer") or MODEL_DEFAULTS[cfg["model"]]["optimizer"]
 
 
 def _log(log):
@@ -396,7 +407,6 @@ def _dry_run(cfg: dict, backend: str) -> tuple[int, int]:
         if cfg["thresholds"]:
             raise ValueError("thresholds: not recorded for model 'cp'; pass thresholds=()")
         model = _cp_model(cfg, problem, backend)
-        model._optimizer(cfg["optimizer"])
         names = model._metric_names(cfg["metrics"])
         integer(cfg["rank_restarts"], "rank_restarts", minimum=0)
         choice(cfg["rank_criterion"], "rank_criterion", RANK_CRITERIA)
@@ -431,6 +441,11 @@ def _dry_run(cfg: dict, backend: str) -> tuple[int, int]:
         # values and the rows
         device = (pb + size * model.dtype.itemsize + 9 + cross.thresholds.size
                   * (size * model.dtype.itemsize + 8) + (m * n + min(m, n) + 1) * 8 + 8 * row)
+    optimizer = _optimizer(cfg)
+    model._optimizer_settings(optimizer, 0.99, (0.9, 0.999), None)
+    if optimizer == "adam":  # its moments: twice the factors, where they live
+        moments = 2 * sum(U.size for U in model.factors) * model.dtype.itemsize
+        need, device = need + moments, device + moments
     model._lr(cfg["lr"])
     model._tol(cfg["tol"])
     rows = _log(cfg["log"]).rows(cfg["max_steps"])
@@ -518,7 +533,8 @@ def _run_batch(configs: list[dict], seeds: tuple[int, int], backend: str, advanc
     t0 = time.perf_counter()
     traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
                      metrics=c0["metrics"], thresholds=c0["thresholds"], progress=advance,
-                     checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                     optimizer=_optimizer(c0))
     seconds = time.perf_counter() - t0
     cols = _result_columns(traj)
     if traj.crossings is not None:
@@ -542,7 +558,7 @@ def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
     model = CPFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
     t0 = time.perf_counter()
     traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=_log(c0["log"]),
-                     metrics=c0["metrics"], optimizer=c0["optimizer"],
+                     metrics=c0["metrics"], optimizer=_optimizer(c0),
                      patience=c0["patience"], check_every=c0["check_every"], progress=advance,
                      checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     B = problem.batch

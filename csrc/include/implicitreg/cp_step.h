@@ -3,7 +3,8 @@
 #pragma once
 #include <cstdint>
 
-#include "implicitreg/dmf_step.h"  // Status codes, shared with the matrix kernels
+#include "implicitreg/codes.h"
+#include "implicitreg/optimizer.h"
 
 namespace implicitreg {
 
@@ -26,32 +27,19 @@ struct CpProblem {
   std::int64_t target_stride = 0, mask_stride = 0;
 };
 
-// Optimizers (PAPER.md §4.4). kGroupRmsprop keeps one running mean v of the squared norm of
-// the whole gradient and one step count t per problem:
-//   v <- beta v + (1 - beta) ||g||^2,  t <- t + 1,  a = sqrt(v / (1 - beta^t)) + eps,
-//   U <- U - (lr / a) g   (eps outside the square root, as the paper's code has it).
-enum CpOptimizer : int { kGd = 0, kGroupRmsprop = 1 };
-
-template <class T>
-struct CpOptimizerState {
-  int kind = kGd;
-  T beta = T(0.99), eps = T(1e-6);
-  T* v = nullptr;             // (batch,) group_rmsprop only
-  std::int64_t* t = nullptr;  // (batch,) group_rmsprop only
-};
-
 namespace cpu {
 
 // `steps` updates of every running problem, with the freeze and divergence semantics of
 // dmf_step: before each update and once after the last, loss < tol freezes a problem as
 // kConverged and a non-finite loss or update freezes it as kDiverged at its last finite
-// iterate (optimizer state included); frozen_at gets the number of updates made (from step0).
+// iterate (optimizer state included; opt.m and opt.s, for adam, hold one array per factor);
+// frozen_at gets the number of updates made (from step0).
 // loss_out (batch,) receives the loss of the last iterate of each problem running at the
 // start of the call; a problem frozen before the call is skipped (loss_out[b] unchanged).
 template <class T>
 void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-             const CpOptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+             const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
              T* loss_out);
 
 // The full tensors (batch, numel) of the factors.
@@ -78,14 +66,14 @@ double cp_als_mse(const double* tensor, int order, const int* dims, int r, doubl
 
 namespace cuda {
 
-// cpu::cp_step and cpu::cp_tensor on device memory (orders 1..6, mode sizes 1..1024): every
-// array is a device pointer (the array of factor pointers is read on the host). They run on
-// `stream` (a cudaStream_t); cp_step waits once per call, for the count of observed entries
-// that sizes its scratch, and errors throw std::runtime_error.
+// cpu::cp_step and cpu::cp_tensor on device memory (orders 1..kMaxCpOrder, mode
+// sizes 1..kMaxCpDim): every array is a device pointer (the array of factor pointers is read on the
+// host). They run on `stream` (a cudaStream_t); cp_step waits once per call, for the count of
+// observed entries that sizes its scratch, and errors throw std::runtime_error.
 template <class T>
 void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& problem, const T* lr,
              std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-             const CpOptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+             const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
              T* loss_out, void* stream);
 
 template <class T>

@@ -3,10 +3,10 @@
 #pragma once
 #include <cstdint>
 
-namespace implicitreg {
+#include "implicitreg/codes.h"
+#include "implicitreg/optimizer.h"
 
-// Per-problem state codes, shared with Python (models.STATUS_NAMES).
-enum Status : std::int8_t { kRunning = 0, kConverged = 1, kDiverged = 2 };
+namespace implicitreg {
 
 // A batch of `batch` factorizations E = W_N ... W_1 with W_j of shape (d_j, d_{j-1}),
 // stored as `depth` arrays of shape (batch, d_j, d_{j-1}), C-contiguous.
@@ -47,17 +47,18 @@ struct DmfCrossings {
 
 namespace cpu {
 
-// `steps` simultaneous gradient-descent updates W_j <- W_j - lr_b dL/dW_j on every running
-// problem. Before each update, and once after the last, a problem whose loss is below `tol`
-// is frozen as kConverged; one whose loss or next iterate is non-finite is frozen as
-// kDiverged at its last finite iterate. frozen_at[b] receives the number of updates the
-// frozen iterate has had (step0 counts those made before this call). Frozen problems are
-// never touched; each problem's arithmetic does not depend on the others. Threshold
-// crossings are checked on the same losses, before the tolerance freezes a problem.
+// `steps` simultaneous updates of every running problem's factors by the optimizer (gd:
+// W_j <- W_j - lr_b dL/dW_j, fused into the backward pass). Before each update, and once after the
+// last, a problem whose loss is below `tol` is frozen as kConverged; one whose loss or next iterate
+// is non-finite is frozen as kDiverged at its last finite iterate. frozen_at[b] receives the number
+// of updates the frozen iterate has had (step0 counts those made before this call). Frozen problems
+// are never touched; each problem's arithmetic does not depend on the others. Threshold crossings
+// are checked on the same losses, before the tolerance freezes a problem.
 template <class T>
 void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings = {});
+              const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+              const DmfCrossings<T>& crossings = {});
 
 // Loss (batch,) and end-to-end product (batch, m, n) of the current factors.
 template <class T>
@@ -70,14 +71,13 @@ namespace cuda {
 
 // cpu::dmf_step and cpu::dmf_loss on device memory: every array is a device pointer (the
 // arrays of pointers, factors and snapshots, are read on the host). They run on `stream` (a
-// cudaStream_t) and return without waiting; errors throw std::runtime_error. Depth <= 16.
-constexpr int kMaxDepth = 16;
-
+// cudaStream_t) and return without waiting; errors throw std::runtime_error. Depth <=
+// kMaxCudaDepth.
 template <class T>
 void dmf_step(T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, const T* lr,
               std::int64_t lr_stride, std::int64_t steps, T tol, std::int64_t step0,
-              std::int8_t* status, std::int64_t* frozen_at, const DmfCrossings<T>& crossings,
-              void* stream);
+              const OptimizerState<T>& opt, std::int8_t* status, std::int64_t* frozen_at,
+              const DmfCrossings<T>& crossings, void* stream);
 
 template <class T>
 void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T>& problem, T* loss,

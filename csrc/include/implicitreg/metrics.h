@@ -3,31 +3,10 @@
 #pragma once
 #include <cstdint>
 
+#include "implicitreg/codes.h"
 #include "implicitreg/dmf_step.h"
 
 namespace implicitreg {
-
-// Per-matrix outcome of svdvals, shared with Python (metrics.SVD_INFO).
-enum SvdInfo : std::int8_t { kSvdOk = 0, kSvdNotConverged = 1, kSvdNonFinite = 2 };
-
-// The metrics, by the names Python gives them ("loss", "entry:i,j", "det", "svals", "fro",
-// "nuc", "spectral", "schatten:p", "erank", "rank", "dist_rank:r", "balancedness",
-// "recon_error").
-enum MetricKind : std::int32_t {
-  kLoss = 0,
-  kEntry = 1,
-  kDet = 2,
-  kSvals = 3,
-  kFro = 4,
-  kNuc = 5,
-  kSpectral = 6,
-  kSchatten = 7,
-  kErank = 8,
-  kRank = 9,
-  kDistRank = 10,
-  kBalancedness = 11,
-  kReconError = 12,
-};
 
 // One requested metric. param: kEntry the flat index i * n + j, kSchatten p, kDistRank r,
 // kRank an absolute tolerance; rtol (kRank only) adds rtol * sigma_1 to that tolerance.
@@ -36,9 +15,6 @@ struct MetricSpec {
   double param;
   double rtol;
 };
-
-// Maximum number of Jacobi sweeps before a matrix is reported kSvdNotConverged.
-constexpr int kMaxSweeps = 40;
 
 namespace cpu {
 
@@ -77,8 +53,8 @@ namespace cuda {
 // The cpu:: functions above on device memory (factor pointer arrays read on the host), on
 // `stream` (a cudaStream_t), without waiting; errors throw std::runtime_error.
 template <class T>
-void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
-             int max_sweeps, void* stream);
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info, int max_sweeps,
+             void* stream);
 
 template <class T>
 void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* specs, int n_specs,
