@@ -25,6 +25,13 @@ inline std::string type_name(const py::handle& h) {
   return py::str(py::type::of(h).attr("__name__")).cast<std::string>();
 }
 
+// "(2, 3, 4)": a shape as NumPy prints it.
+inline std::string shape_str(const std::vector<std::int64_t>& shape) {
+  std::string out = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
 // An array as the kernels see it: where it is, its shape, NumPy's name of its dtype.
 struct View {
   void* ptr = nullptr;
@@ -70,7 +77,13 @@ inline View host_view(const std::string& fn, const char* name, const py::handle&
   if (!py::isinstance<py::array>(h))
     throw py::type_error(fn + ": " + name + " must be a NumPy array, got " + type_name(h));
   auto a = py::reinterpret_borrow<py::array>(h);
-  require(a.flags() & py::array::c_style, fn, std::string(name) + " must be C-contiguous");
+  if (!(a.flags() & py::array::c_style)) {
+    std::vector<std::int64_t> strides(a.strides(), a.strides() + a.ndim());
+    require(false, fn,
+            std::string(name) + " must be C-contiguous, got strides " + shape_str(strides) +
+                " (bytes) for shape " +
+                shape_str(std::vector<std::int64_t>(a.shape(), a.shape() + a.ndim())));
+  }
   View v;
   v.ptr = const_cast<void*>(a.data());
   for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
@@ -101,7 +114,9 @@ inline View device_view(const std::string& fn, const char* name, const py::handl
     py::tuple strides = cai["strides"].cast<py::tuple>();
     for (int i = v.ndim() - 1; i >= 0; --i) {
       require(v.shape[i] <= 1 || strides[i].cast<std::int64_t>() == expect, fn,
-              std::string(name) + " must be C-contiguous");
+              std::string(name) + " must be C-contiguous, got strides " +
+                  py::str(strides).cast<std::string>() + " (bytes) for shape " +
+                  shape_str(v.shape));
       expect *= v.shape[i];
     }
   }
@@ -133,13 +148,6 @@ template <class Backend>
 bool factors_f32(const std::string& fn, const py::list& factors) {
   require(!factors.empty(), fn, "factors must hold at least one array, got an empty list");
   return is_f32<Backend>(fn, "factors", factors[0]);
-}
-
-// "(2, 3, 4)": a shape as NumPy prints it.
-inline std::string shape_str(const std::vector<std::int64_t>& shape) {
-  std::string out = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + (shape.size() == 1 ? ",)" : ")");
 }
 
 // ValueError "fn: name must be <expected>, got shape (...)" unless ok.

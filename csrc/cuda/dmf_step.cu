@@ -460,8 +460,7 @@ template <class T, bool Tiled>
 __global__ void dmf_step_block(const StepArgs<T> a, const BlockLayout l, T* global_ws) {
   __shared__ T red[32];
   __shared__ double red64[32];
-  const OptimizerState<T>& o = a.opt;
-  const bool fused = o.kind == kGd;  // else the backward pass leaves the gradient in Wn
+  const bool fused = a.opt.kind == kGd;  // else the backward pass leaves the gradient in Wn
   T* ws = block_workspace(l, global_ws);
   const int n = a.dims[0];
   for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
