@@ -36,7 +36,7 @@ from pathlib import Path
 
 import implicitreg as ir
 from implicitreg.experiments import EXPERIMENTS, get
-from implicitreg.experiments.matrix import loss_grid
+from implicitreg.experiments.paper import loss_grid
 from implicitreg.sweep import load_sweep, sweep
 
 sys.path.insert(0, str(Path(__file__).parent))

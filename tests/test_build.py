@@ -6,6 +6,7 @@ import ast
 import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,78 @@ def test_only_the_numpy_route_imports_the_oracle():
                        if "implicitreg.reference" in _imports(p))
     assert importers == ["ops.py"]
     assert "implicitreg._codes" in _imports(_PACKAGE / "reference.py")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Which modules of the package each one imports, anywhere in it (a function's import
+    too). `from pkg import sub` is an edge to pkg.sub alone; the edge to a package's
+    __init__ that every import of its submodules implies is not drawn."""
+    modules = {}
+    for p in _PACKAGE.rglob("*.py"):
+        parts = ["implicitreg", *p.relative_to(_PACKAGE).with_suffix("").parts]
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    # the compiled modules, known by their stubs, import nothing of the package
+    graph: dict[str, set[str]] = {f"implicitreg.{p.stem}": set() for p in _PACKAGE.glob("*.pyi")}
+    for name, path in modules.items():
+        here = ["implicitreg", *path.relative_to(_PACKAGE).parent.parts]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in modules or a.name in graph}
+            elif isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                subs = {f"{module}.{a.name}" for a in node.names} & (set(modules) | set(graph))
+                deps |= subs
+                if module in modules and len(subs) < len(node.names):
+                    deps.add(module)  # a name defined in the module itself
+        graph[name] = deps - {name}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the graph as a path that ends where it starts, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (found := visit(d, path + [d])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _module_graph()
+    assert {"implicitreg.models.dmf", "implicitreg.sweep.plan",
+            "implicitreg.experiments.paper"} <= set(graph)  # the walk sees the subpackages
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    """Two modules that import each other, one inside a function, make a cycle; a package
+    that imports its submodules does not."""
+    pkg = tmp_path / "implicitreg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from . import a\n")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    monkeypatch.setattr(sys.modules[__name__], "_PACKAGE", pkg)
+    graph = _module_graph()
+    assert graph == {"implicitreg": {"implicitreg.a"}, "implicitreg.a": {"implicitreg.b"},
+                     "implicitreg.b": {"implicitreg.a"}}
+    assert _find_cycle(graph) == ["implicitreg.a", "implicitreg.b", "implicitreg.a"]
+    (pkg / "b.py").write_text("def f():\n    return 1\n")
+    assert _find_cycle(_module_graph()) is None
 
 
 def test_stubs_match_the_compiled_modules():

@@ -52,7 +52,7 @@ def _interrupt_after(seconds: float) -> threading.Timer:
 @pytest.fixture
 def short_calls(monkeypatch):
     """Calls of a few hundred steps each, so that an interrupt lands between and inside many."""
-    monkeypatch.setattr(models, "_WORK_PER_CALL", {"cpu": 10**7, "numpy": 10**7, "cuda": 10**7})
+    monkeypatch.setattr(models.base, "WORK_PER_CALL", {"cpu": 10**7, "numpy": 10**7, "cuda": 10**7})
 
 
 @pytest.mark.parametrize("kind", list(MAKE))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import implicitreg as ir
 from conftest import ANCHOR_TC, CONVERGED, DIVERGED, RUNNING, TOL, max_rel_diff
 from implicitreg import _codes, _core, reference
-from implicitreg.models import memorizer
+from implicitreg.baselines import memorizer
 from implicitreg.problems import observe_first, random_cp_tensor
 
 HYP = settings(max_examples=30, deadline=None,

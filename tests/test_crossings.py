@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import implicitreg as ir
-import implicitreg.models as models_mod
+import implicitreg.models.base as models_base
 import implicitreg.ops as ops_mod
 from conftest import BACKENDS, CONVERGED, DIVERGED, RUNNING, TRAJ_RUNNING
 
@@ -270,7 +270,7 @@ def test_crossings_continue_across_step_calls(backend, chunked, monkeypatch):
     cf, cg = f.crossings(THR), g.crossings(THR)
     g.step(LR, 1000, crossings=cg)
     if chunked:  # one kernel call per step inside a single step() call
-        monkeypatch.setitem(models_mod._WORK_PER_CALL, backend, 1)
+        monkeypatch.setitem(models_base.WORK_PER_CALL, backend, 1)
         f.step(LR, 1000, crossings=cf)
     else:
         for _ in range(10):

@@ -22,6 +22,7 @@ import implicitreg as ir
 from conftest import max_rel_diff
 from implicitreg import _backend, _core
 from implicitreg.cli import main
+from implicitreg.sweep import DEFAULTS
 
 
 class DeviceArray(np.ndarray):
@@ -580,12 +581,12 @@ def test_cp_device_cases_are_well_posed(case, dtype):
 
 # ---- batches sized to the device's memory ---------------------------------------------------
 
-SWEEP = importlib.import_module("implicitreg.sweep")
+PLAN = importlib.import_module("implicitreg.sweep.plan")
 
 
 def _device_need(base: dict) -> int:
     """The device bytes sweep plans for one problem of base."""
-    return SWEEP._dry_run({**SWEEP.DEFAULTS, **base}, "cuda")[1]
+    return PLAN.dry_run({**DEFAULTS, **base}, "cuda")[1]
 
 
 def test_sweep_cuts_batches_to_the_free_device_memory(dev, monkeypatch, tmp_path):

@@ -562,7 +562,7 @@ def test_step_cut_into_bounded_calls_is_bit_identical(monkeypatch):
     whole = ir.DeepFactorization.init(p, depth=3, scale=0.3, seed=4)
     cut = ir.DeepFactorization(p, whole.factors)
     whole.step(lr, 700, tol=1e-3)
-    monkeypatch.setitem(models._WORK_PER_CALL, "cpu", 1)  # one step per kernel call
+    monkeypatch.setitem(models.base.WORK_PER_CALL, "cpu", 1)  # one step per kernel call
     cut.step(lr, 700, tol=1e-3)
     assert (whole.status == cut.status).all() and (whole.frozen_at == cut.frozen_at).all()
     assert "converged" in whole.status and "running" in whole.status

@@ -10,7 +10,7 @@ import pytest
 
 import implicitreg.ops
 from implicitreg.experiments import EXPERIMENTS, get, replot, reproduce
-from implicitreg.experiments.matrix import (
+from implicitreg.experiments.paper import (
     NORMS,
     PAPER_CONFIGS,
     det_bound,

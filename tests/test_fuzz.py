@@ -71,7 +71,7 @@ def _scarce_memory():
     import sys
 
     # sys.modules: the package's attribute "sweep" is the function, not the module
-    mods = [sys.modules["implicitreg._checks"], sys.modules["implicitreg.sweep"]]
+    mods = [sys.modules["implicitreg._checks"], sys.modules["implicitreg.sweep.plan"]]
     with pytest.MonkeyPatch.context() as mp:
         for mod in mods:
             mp.setattr(mod, "available_memory", lambda: 512 * 2**20)

@@ -702,7 +702,7 @@ def test_cp_sweep_equals_direct_fits():
             np.testing.assert_array_equal(res.columns["status"][rows], t.status)
             np.testing.assert_array_equal(res.columns["tensor_rank"][rows],
                                           ir.tensor_rank(c.tensor()))
-            mem = ir.models.memorizer(q).reshape(3, -1)
+            mem = ir.baselines.memorizer(q).reshape(3, -1)
             np.testing.assert_allclose(res.columns["memorizer_error"][rows],
                                        np.linalg.norm(mem - T.reshape(3, -1), axis=1), rtol=1e-12)
 

@@ -10,7 +10,7 @@ import pytest
 
 import implicitreg as ir
 from implicitreg import _core, reference
-from implicitreg.models import memorizer
+from implicitreg.baselines import memorizer
 from implicitreg.problems import observe_first, random_cp_tensor
 
 

@@ -8,12 +8,13 @@ Not Be Explainable by Norms" (NeurIPS 2020).
 
 from __future__ import annotations
 
-from . import metrics, problems
+from . import baselines, metrics, problems
 from ._backend import backends, build_info
 from .metrics import svdvals, tensor_rank
-from .models import CPFactorization, DeepFactorization, Trajectory, every, geometric, load
+from .models import CPFactorization, DeepFactorization
 from .problems import completion, sensing, tensor_completion
 from .sweep import SweepResult, load_sweep, sweep
+from .trajectory import Trajectory, every, geometric, load
 
 __version__: str = build_info()["version"]  # type: ignore[assignment]
 
@@ -24,6 +25,7 @@ __all__ = [
     "Trajectory",
     "__version__",
     "backends",
+    "baselines",
     "build_info",
     "completion",
     "every",

@@ -6,8 +6,11 @@ from __future__ import annotations
 import numbers
 import operator
 import os
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -50,12 +53,13 @@ def integer(x, name: str, minimum: int | None = None) -> int:
 def positive(x, name: str) -> float:
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(x).__name__} {x!r}")
-    if not (np.isfinite(x) and x > 0):
+    v = float(x)
+    if not (np.isfinite(v) and v > 0):
         raise ValueError(f"{name}: expected a finite number > 0, got {x}")
-    return float(x)
+    return v
 
 
-def choice(x, name: str, options: tuple) -> object:
+def choice(x: T, name: str, options: tuple) -> T:
     if x not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {x!r}")
     return x
@@ -82,9 +86,9 @@ def batch_size(sizes: dict[str, int], batch: int | None) -> int:
         target = others[0] if others else 1
     for name, s in sizes.items():
         if s not in (1, target):
-            others = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+            got = ", ".join(f"{k}: {v}" for k, v in sizes.items())
             raise ValueError(f"{name}: batch size {s} does not match the batch of {target} "
-                             f"(expected 1 or {target}; got {others})")
+                             f"(expected 1 or {target}; got {got})")
     return target
 
 

@@ -16,7 +16,9 @@ def save_npz(path, fmt: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         raise FileNotFoundError(f"path: the folder {folder} of {path} does not exist")
     tmp = f"{path}.tmp-{os.getpid()}.npz"
     try:
-        np.savez(tmp, meta=np.array(json.dumps({"format": fmt, **meta})), **arrays)
+        # numpy's stub lets a **dict reach savez's allow_pickle flag; these are all arrays
+        np.savez(tmp, meta=np.array(json.dumps({"format": fmt, **meta})),
+                 **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from .sweep import _label
+from .sweep import threshold_label
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3, 1e-4)
 
@@ -63,7 +63,7 @@ def _run(args) -> int:
         for lr in args.lrs:
             for scale in args.scales:
                 idx = res.rows(depth=depth, lr=lr, scale=scale)
-                cells = " ".join(_summary(c[f"entry:0,0@{_label(t)}"][idx])
+                cells = " ".join(_summary(c[f"entry:0,0@{threshold_label(t)}"][idx])
                                  for t in THRESHOLDS)
                 print(f"{depth:5d} {lr:8.2g} {scale:8.2g} {cells}")
     for tm in res.meta["timings"]:

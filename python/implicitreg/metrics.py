@@ -244,11 +244,11 @@ def parse(name: str, shape: tuple[int, int], dtype) -> tuple[int, float, float, 
     if not isinstance(name, str):
         raise TypeError(f"metrics: expected metric names, got {name!r}")
     m, n = shape
-    base, arg = name, None
+    base, arg = name, ""
     hit = _PARAM.match(name)
     if hit:
         base, arg = hit.groups()
-    if base not in KINDS or (arg is not None) != (base in ("entry", "schatten", "dist_rank")):
+    if base not in KINDS or bool(hit) != (base in ("entry", "schatten", "dist_rank")):
         raise ValueError(f"metrics: unknown metric {name!r}; known: {', '.join(NAMES)}")
     kind, param, rtol = KINDS[base], 0.0, 0.0
     try:

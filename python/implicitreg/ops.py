@@ -1,6 +1,6 @@
 """One thin function per kernel: routes backend="cpu" to the compiled core (_core),
 backend="cuda" to the CUDA module (_cuda, same signatures, device arrays) and
-backend="numpy" to reference.py. Arguments are validated by the callers (models.py).
+backend="numpy" to reference.py. Arguments are validated by the callers (the models, models/).
 
 On the cuda backend the model's state (factors, lr, status, crossings) is already on the
 device; problem data is copied there once per problem and dtype (problem.arrays(device=True)).

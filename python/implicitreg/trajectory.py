@@ -111,9 +111,9 @@ class Trajectory:
         `crossings`); otherwise it is the first logged row below.
         """
         if metric == "loss" and self.crossings is not None:
-            hit = np.nonzero(self.crossings["thresholds"] == threshold)[0]
-            if hit.size:
-                return {k: v[hit[0]] for k, v in self.crossings.items() if k != "thresholds"}
+            at = np.nonzero(self.crossings["thresholds"] == threshold)[0]
+            if at.size:
+                return {k: v[at[0]] for k, v in self.crossings.items() if k != "thresholds"}
         x = self[metric]
         if x.ndim != 2:
             raise ValueError(f"metric: expected a scalar metric, {metric!r} has shape "

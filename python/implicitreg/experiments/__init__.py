@@ -6,58 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..sweep import SweepResult, load_sweep, sweep
+from . import matrix, tensor  # noqa: F401  (they register the experiments)
+from .registry import EXPERIMENTS, Experiment, get, stats
 
-__all__ = ["EXPERIMENTS", "Experiment", "get", "reproduce", "report_text"]
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """A named sweep: base config and grid (see implicitreg.sweep), default seeds, a quick
-    variant (fewer seeds or steps, for CI and a first look), the report of medians against
-    the paper's values, and the figures."""
-
-    name: str
-    title: str
-    doc: str
-    base: dict
-    grid: list
-    report: Callable[[SweepResult], list[dict]]
-    figures: Callable[[SweepResult, str], list[str]]
-    seeds: int = 32
-    quick: dict = field(default_factory=dict)  # {"seeds": n, "base": {...}, "grid": [...]}
-
-    def spec(self, quick: bool = False, seeds: int | None = None,
-             dtype: str | None = None) -> tuple[dict, list, int]:
-        """(base, grid, seeds) of the full or quick variant."""
-        base, grid, n = dict(self.base), self.grid, self.seeds
-        if quick:
-            base.update(self.quick.get("base", {}))
-            grid = self.quick.get("grid", grid)
-            n = self.quick.get("seeds", n)
-        if dtype is not None:
-            base["dtype"] = dtype
-        return base, grid, seeds if seeds is not None else n
-
-
-EXPERIMENTS: dict[str, Experiment] = {}
-
-
-def register(exp: Experiment) -> Experiment:
-    EXPERIMENTS[exp.name] = exp
-    return exp
-
-
-def get(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ValueError(f"experiment: unknown name {name!r}; choose one of "
-                         f"{', '.join(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
+__all__ = ["EXPERIMENTS", "Experiment", "get", "replot", "report_text", "reproduce", "stats"]
 
 
 def reproduce(name: str, seeds: int | None = None, backend: str = "cpu",
@@ -105,17 +61,6 @@ def write_report(out, exp: Experiment, res: SweepResult, rows: list[dict]) -> No
         with open(tmp, "w") as fh:
             fh.write(body)
         os.replace(tmp, os.path.join(out, fname))
-
-
-def stats(values) -> dict:
-    """median, IQR and counts of the finite values."""
-    v = np.asarray(values, dtype=np.float64)
-    f = v[np.isfinite(v)]
-    if f.size == 0:
-        return {"median": np.nan, "q1": np.nan, "q3": np.nan, "n": 0, "of": int(v.size)}
-    q1, med, q3 = np.percentile(f, [25, 50, 75])
-    return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(f.size),
-            "of": int(v.size)}
 
 
 def _num(x) -> str:
@@ -175,5 +120,3 @@ def _notes(exp: Experiment) -> list[str]:
             bullet = False
     return notes
 
-
-from . import matrix, tensor  # noqa: E402,F401  (registers the experiments)

@@ -10,7 +10,19 @@ import os
 
 import numpy as np
 
-from ..sweep import _label
+from ..sweep import threshold_label
+from .paper import (
+    EPSILONS,
+    FAMILY_D,
+    MARKERS,
+    NORMS,
+    PAPER_CONFIGS,
+    PERTURBED_DEPTHS,
+    det_bound,
+    erank_bound,
+    legend_2x2,
+    rank1_path,
+)
 
 _CMAP_RUNS = "copper"  # individual runs coloured by iteration, as in the paper's panels
 
@@ -47,7 +59,7 @@ def crossing_curve(res, idx, metric: str, transform=np.abs):
     thr = _thresholds(res)
     med, q1, q3 = (np.full(thr.size, np.nan) for _ in range(3))
     for k, t in enumerate(thr):
-        v = transform(res.columns[f"{metric}@{_label(t)}"][idx])
+        v = transform(res.columns[f"{metric}@{threshold_label(t)}"][idx])
         v = v[np.isfinite(v)]
         if v.size * 2 >= len(idx) and v.size:
             q1[k], med[k], q3[k] = np.percentile(v, [25, 50, 75])
@@ -94,7 +106,6 @@ def _iterations_norm(res, idx):
 
 
 def figure_paper_2x2(res, figdir: str) -> list[str]:
-    from .matrix import MARKERS, PAPER_CONFIGS, det_bound, legend_2x2, rank1_path
 
     plt = _plt()
     depths = sorted({d for d, _, _ in PAPER_CONFIGS if res.rows(depth=d).size})
@@ -139,7 +150,6 @@ def figure_paper_2x2(res, figdir: str) -> list[str]:
 
 
 def figure_perturbed(res, figdir: str) -> list[str]:
-    from .matrix import EPSILONS, PERTURBED_DEPTHS
 
     plt = _plt()
     depths = [d for d, _, _ in PERTURBED_DEPTHS if res.rows(depth=d).size]
@@ -181,7 +191,6 @@ def figure_perturbed(res, figdir: str) -> list[str]:
 
 
 def figure_family(res, figdir: str) -> list[str]:
-    from .matrix import FAMILY_D, rank1_path
 
     plt = _plt()
     ds = [d for d in FAMILY_D if res.rows(d=d).size]
@@ -208,7 +217,6 @@ def figure_family(res, figdir: str) -> list[str]:
 
 
 def figure_norms_vs_rank(res, figdir: str) -> list[str]:
-    from .matrix import NORMS, det_bound, erank_bound
 
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), layout="constrained")

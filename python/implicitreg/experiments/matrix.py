@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..sweep import _label
-from . import Experiment, register, stats
+from ..sweep import threshold_label
 from .figures import (
     figure_family,
     figure_norms_vs_rank,
@@ -15,46 +14,24 @@ from .figures import (
     figure_perturbed,
     figure_random_completion,
 )
-
-# Loss thresholds read by the reports: the defaults and the paper's figure markers
-# 1.3 * 10^-j; the figures use a grid of 10 per decade on top.
-REPORTED = (1e-1, 1e-2, 1e-3, 1e-4)
-MARKERS = (1.3e-1, 1.3e-2, 1.3e-3, 1.3e-4)
-
-
-def loss_grid(lowest: float = 1e-4, per_decade: int = 10) -> tuple[float, ...]:
-    """Strictly decreasing thresholds: 10^(-k/per_decade) down to `lowest`, and the markers."""
-    k = int(round(-np.log10(lowest) * per_decade))
-    grid = {round(10.0 ** (-i / per_decade), 12) for i in range(k + 1)}
-    grid |= {t for t in MARKERS if t >= lowest}
-    return tuple(sorted(grid, reverse=True))
-
-
-def rank1_path(loss):
-    """|w11| on the rank-1 path [[x, 1], [1, 1/x]] of the canonical problem: 1/sqrt(2 loss)."""
-    return 1.0 / np.sqrt(2.0 * np.asarray(loss, dtype=np.float64))
-
-
-def det_bound(loss, b12: float = 1.0, b21: float = 1.0, eps: float = 0.0):
-    """With det(W) of the solutions' sign, |w11| > (|b12|-s)(|b21|-s)/(eps+s)
-    at loss l, s = sqrt(2 l) (for s < min(|b12|, |b21|))."""
-    s = np.sqrt(2.0 * np.asarray(loss, dtype=np.float64))
-    return (abs(b12) - s) * (abs(b21) - s) / (abs(eps) + s)
-
-
-def erank_bound(loss):
-    """The bound erank < exp(h(s^2/(1-s)^2)) with det > 0, h the binary entropy; the
-    bound saturates at 2 once s^2/(1-s)^2 >= 1/2 (h peaks there); NaN for s >= 1."""
-    s = np.sqrt(2.0 * np.asarray(loss, dtype=np.float64))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.minimum(s ** 2 / (1 - s) ** 2, 0.5)
-        h = -p * np.log(p) - (1 - p) * np.log1p(-p)
-    return np.where(s < 1, np.exp(h), np.nan)
-
-
-def _row(entry, quantity, values, paper=None, theory=None) -> dict:
-    return {"entry": entry, "quantity": quantity, "ours": stats(values), "paper": paper,
-            "theory": theory}
+from .paper import (
+    EPSILONS,
+    FAMILY_D,
+    MARKERS,
+    NORM_MINIMA,
+    NORMS,
+    PAPER_CONFIGS,
+    PAPER_VALUES,
+    PERTURBED_DEPTHS,
+    PERTURBED_REFERENCE,
+    REPORTED,
+    det_bound,
+    erank_bound,
+    legend_2x2,
+    loss_grid,
+    rank1_path,
+)
+from .registry import Experiment, register, row
 
 
 def _share(entry, quantity, flags) -> dict:
@@ -67,30 +44,6 @@ def _share(entry, quantity, flags) -> dict:
 
 
 # ------------------------------------------------------------------------------ paper-2x2
-
-# (depth, lr, init) of the paper's figure, each with and without balanced init.
-PAPER_CONFIGS = ((2, 6e-3, 1e-5), (2, 3e-3, 1e-6), (3, 6e-3, 1e-5), (3, 3e-3, 1e-6),
-                 (4, 3e-3, 1e-3), (4, 1.5e-3, 1e-4))
-# |w11| read off the paper's panels (camera-ready, float32, one run each) at
-# the markers 1.3e-1 ... 1.3e-4 and at the first loss below 1e-4; None where not readable.
-PAPER_VALUES = {
-    (2, 6e-3, 1e-5, False): (0.6, 0.7, 0.72, 0.73, 0.73),
-    (2, 6e-3, 1e-5, True): (1.5, 6.0, 6.9, 6.95, 6.95),
-    (2, 3e-3, 1e-6, False): (0.95, 1.2, 1.2, 1.2, 1.2),
-    (2, 3e-3, 1e-6, True): (1.55, 6.05, 7.15, 7.2, 7.2),
-    (3, 6e-3, 1e-5, False): (1.7, 6.0, 19.5, None, 43),
-    (3, 6e-3, 1e-5, True): (1.7, 6.0, 19.5, 62, 70.5),
-    (3, 3e-3, 1e-6, False): (1.7, 6.0, 19.5, 62, 70),
-    (3, 3e-3, 1e-6, True): (1.7, 6.0, 19.5, 62, 70.5),
-    (4, 3e-3, 1e-3, False): (1.7, 6.1, 19.6, None, 57),
-    (4, 3e-3, 1e-3, True): (1.7, 6.1, 19.6, 62, 70),
-    (4, 1.5e-3, 1e-4, False): (1.7, 6.1, 19.6, 62, 70),
-    (4, 1.5e-3, 1e-4, True): (1.7, 6.1, 19.6, 62, 70),
-}
-
-
-def legend_2x2(depth, lr, scale, balanced) -> str:
-    return f"depth {depth}, lr {lr:g}, init {scale:g}" + (" (b)" if balanced else "")
 
 
 def report_paper_2x2(res) -> list[dict]:
@@ -105,8 +58,8 @@ def report_paper_2x2(res) -> list[dict]:
             entry = legend_2x2(depth, lr, scale, balanced)
             paper = PAPER_VALUES[(depth, lr, scale, balanced)]
             for t, p in zip(MARKERS + (1e-4,), paper, strict=True):
-                lab = _label(t)
-                rows.append(_row(entry, f"|w11| at loss<{lab}",
+                lab = threshold_label(t)
+                rows.append(row(entry, f"|w11| at loss<{lab}",
                                  np.abs(c[f"entry:0,0@{lab}"][idx]), p,
                                  f"> {det_bound(t):.4g} if det>0"))
             det = c["det@1e-4"][idx]
@@ -139,13 +92,6 @@ register(Experiment(
 
 # -------------------------------------------------------------------------- perturbed-2x2
 
-EPSILONS = (0.0, 0.01, 0.05, 0.1, 0.5)
-# A float32 measurement of that spec (depth 3, lr 6e-3, init 1e-5, balanced,
-# one shared start): w11 at the first loss < 1e-4, and after 1.69e6 iterations.
-PERTURBED_REFERENCE = {0.5: (-1.921, -1.99992), 0.1: (-8.73, -9.967), 0.05: (-15.56, -19.66),
-                       0.01: (-41.39, -55.1), 0.0: (-70.68, -70.68)}
-PERTURBED_DEPTHS = ((2, 6e-3, 1e-5), (3, 6e-3, 1e-5), (4, 3e-3, 1e-3))
-
 
 def report_perturbed(res) -> list[dict]:
     rows, c = [], res.columns
@@ -156,10 +102,10 @@ def report_perturbed(res) -> list[dict]:
                 continue
             entry = f"depth {depth}, eps {eps:g}"
             ref = PERTURBED_REFERENCE[eps] if depth == 3 else (None, None)
-            rows.append(_row(entry, "w11 at loss<1e-4", c["entry:0,0@1e-4"][idx], ref[0],
+            rows.append(row(entry, "w11 at loss<1e-4", c["entry:0,0@1e-4"][idx], ref[0],
                              f"< -{det_bound(1e-4, 2.0, 0.5, eps):.4g} if det<0"))
             end = int(res.configs[0]["max_steps"])
-            rows.append(_row(entry, f"w11 after {end:.3g} steps", c["entry:0,0"][idx], ref[1],
+            rows.append(row(entry, f"w11 after {end:.3g} steps", c["entry:0,0"][idx], ref[1],
                              "-1/eps = " + (f"{-1 / eps:.4g}" if eps else "-inf")
                              + " (limit)"))
     return rows
@@ -189,8 +135,6 @@ register(Experiment(
 
 # ------------------------------------------------------------------------------ family-dxd
 
-FAMILY_D = (3, 4, 5)
-
 
 def report_family(res) -> list[dict]:
     rows, c = [], res.columns
@@ -201,8 +145,8 @@ def report_family(res) -> list[dict]:
                 continue
             entry = f"d {d}, depth 3, {init}"
             for t in REPORTED:
-                lab = _label(t)
-                rows.append(_row(entry, f"|w11| at loss<{lab}",
+                lab = threshold_label(t)
+                rows.append(row(entry, f"|w11| at loss<{lab}",
                                  np.abs(c[f"entry:0,0@{lab}"][idx]), None,
                                  f"rank-1 path {rank1_path(t):.4g}"))
     return rows
@@ -229,11 +173,6 @@ register(Experiment(
 
 # ---------------------------------------------------------------------------- norms-vs-rank
 
-NORMS = ("fro", "nuc", "spectral", "schatten:0.5", "schatten:0.25")
-# Their minima over the solution set: sqrt 2, 2, 1, 2^(1/p).
-NORM_MINIMA = {"fro": np.sqrt(2.0), "nuc": 2.0, "spectral": 1.0, "schatten:0.5": 4.0,
-               "schatten:0.25": 16.0}
-
 
 def report_norms(res) -> list[dict]:
     rows, c = [], res.columns
@@ -243,14 +182,14 @@ def report_norms(res) -> list[dict]:
             continue
         entry = f"depth 3, {init}"
         for t in REPORTED:
-            lab = _label(t)
+            lab = threshold_label(t)
             for name in NORMS:
-                rows.append(_row(entry, f"{name} at loss<{lab}", c[f"{name}@{lab}"][idx],
+                rows.append(row(entry, f"{name} at loss<{lab}", c[f"{name}@{lab}"][idx],
                                  f"min {NORM_MINIMA[name]:.4g}",
                                  f"> {det_bound(t):.4g} if det>0"))
-            rows.append(_row(entry, f"erank at loss<{lab}", c[f"erank@{lab}"][idx],
+            rows.append(row(entry, f"erank at loss<{lab}", c[f"erank@{lab}"][idx],
                              "min 1 (inf)", f"< {erank_bound(t):.6g} if det>0"))
-            rows.append(_row(entry, f"dist_rank:1 at loss<{lab}",
+            rows.append(row(entry, f"dist_rank:1 at loss<{lab}",
                              c[f"dist_rank:1@{lab}"][idx], "inf 0",
                              f"< {np.sqrt(2 * t):.4g} if det>0"))
     return rows
@@ -285,8 +224,8 @@ def report_random(res) -> list[dict]:
         for depth in sorted(set(c["depth"].tolist())):
             idx = res.rows(depth=depth, n_obs=n_obs)
             entry = f"{n_obs} observed, depth {depth}"
-            rows.append(_row(entry, "reconstruction error", c["recon_error"][idx]))
-            rows.append(_row(entry, "effective rank", c["erank"][idx], None,
+            rows.append(row(entry, "reconstruction error", c["recon_error"][idx]))
+            rows.append(row(entry, "effective rank", c["erank"][idx], None,
                              f"rank {int(c['target_rank'][idx[0]])} target"))
     return rows
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Experiment, register, stats
 from .figures import figure_tensor_completion
+from .registry import Experiment, register, row
 
 ORDER3_N = (50, 100, 150, 200, 250, 300, 350, 400, 450, 511)
 ORDER4_N = (100, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4095)
@@ -34,10 +34,6 @@ PAPER_ORDER4 = {
 }
 
 
-def _row(entry, quantity, values, paper=None, theory=None) -> dict:
-    return {"entry": entry, "quantity": quantity, "ours": stats(values), "paper": paper,
-            "theory": theory}
-
 
 def report_tensor(res) -> list[dict]:
     rows, c = [], res.columns
@@ -57,17 +53,17 @@ def report_tensor(res) -> list[dict]:
                     if sel.size == 0:
                         continue
                     key = f"tf {init:.0e}".replace("e-0", "e-")  # "tf 1e-2"
-                    rows.append(_row(head, f"tf init {init:g}: error", c["recon_error"][sel],
+                    rows.append(row(head, f"tf init {init:g}: error", c["recon_error"][sel],
                                      ref(key)))
                     if "tensor_rank" in c:
-                        rows.append(_row(head, f"tf init {init:g}: rank", c["tensor_rank"][sel],
+                        rows.append(row(head, f"tf init {init:g}: rank", c["tensor_rank"][sel],
                                          ref(f"{key} rank"), f"truth {rank}"))
                 if "memorizer_error" in c:
                     first = idx[np.isclose(c["scale"][idx], c["scale"][idx[0]], rtol=1e-12)]
-                    rows.append(_row(head, "linear: error", c["memorizer_error"][first],
+                    rows.append(row(head, "linear: error", c["memorizer_error"][first],
                                      ref("linear")))
                     if "memorizer_rank" in c:
-                        rows.append(_row(head, "linear: rank", c["memorizer_rank"][first],
+                        rows.append(row(head, "linear: rank", c["memorizer_rank"][first],
                                          ref("linear rank")))
     return rows
 
