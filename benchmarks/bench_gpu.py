@@ -30,7 +30,9 @@ same under jit + lax.scan of 10 steps per call).
 Each side gets its own step count, sized so that one timed call takes about --target-s seconds
 (0.3; 0.1 with --quick), and every timed call starts from the same start (the model's whole
 state reset outside the clock), so each repeat does the same work. Rate = B * steps / median
-seconds (problem-steps/s), after warm-up calls that absorb compilation. Before timing, every
+seconds (problem-steps/s), after warm-up calls that absorb compilation. Seconds are read from
+CUDA events on the GPU (--device cpu: the wall clock); the sizing, timing and loading of
+peers.py are those of `implicitreg bench` (implicitreg.bench.harness). Before timing, every
 side runs 20 steps (jax: whole scans, 50 for DMF) from the same start at a larger learning
 rate, and its change of the factors must match implicitreg's over as many steps to 1e-10
 (float64) or 1e-4 (float32) relative, max norm. A side that does not is flagged "!" (MISMATCH
@@ -71,7 +73,7 @@ from pathlib import Path
 import numpy as np
 
 import implicitreg as ir
-from implicitreg.bench import harness
+from implicitreg.bench import cp_flops, dmf_flops, harness  # flops as `implicitreg bench`
 from implicitreg.bench.harness import (  # the timing and checks of `implicitreg bench`
     CudaEvents,
     Side,
@@ -124,11 +126,6 @@ SVD_CASES = {"cuda": [(2, 2**20), (8, 2**16), (32, 2**14)],
              "cpu": [(2, 1024), (8, 1024), (32, 1024)]}
 DTYPES = ("float32", "float64")
 SECTIONS = ("dmf", "cp", "svdvals")
-
-
-def flops_per_step(d: int, depth: int = DEPTH) -> int:
-    """DMF step of d x d factors: forward (N-1) 2d^3, backward 2 (N-1) 2d^3, updates, residual."""
-    return 6 * (depth - 1) * d**3 + (2 * depth + 3) * d**2
 
 
 def host(x) -> np.ndarray:
@@ -378,7 +375,7 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     start = [(std * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(DEPTH)]
     row = {"case": f"{shape} depth {DEPTH} B={B} {dtype}", "shape": shape, "batch": B,
            "depth": DEPTH, "dtype": dtype, "lr": lr, "check_lr": lr_check,
-           "check_steps": CHECK_STEPS, "flops_per_step": flops_per_step(d), "sides": {}}
+           "check_steps": CHECK_STEPS, "flops_per_step": dmf_flops(d, DEPTH), "sides": {}}
     ir_side = ImplicitregSide(dev, ir.DeepFactorization(problem, start, backend=dev.backend,
                                                         dtype=dtype))
     peer_sides = []
@@ -399,8 +396,8 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
                 torch=peers.torch)))
     peer_sides.append(("jax", peers.jax_reason if peers.jax is None else
                        lambda: peers.module.JaxDMF(targets, masks, start, dtype,
-                                              device=peers.jax_device,
-                                              scan_steps=JAX_SCAN_STEPS, jax=peers.jax)))
+                                                   device=peers.jax_device,
+                                                   scan_steps=JAX_SCAN_STEPS, jax=peers.jax)))
     measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
                   max_steps)
     # compiled in its check run: its whole time counts against the compile cap
@@ -409,12 +406,6 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
 
 
 # ----------------------------------------------------------------------------- CP cases
-
-
-def cp_flops_per_step(order: int, dim: int, R: int, n: int) -> int:
-    """Per observed entry and component the value and every factor's gradient row, 6(N-1)
-    flops; the group_rmsprop update, 4 per factor entry (README.md, flop counts)."""
-    return n * 6 * (order - 1) * R + 4 * R * order * dim
 
 
 def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
@@ -432,7 +423,7 @@ def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     row = {"case": f"order {order} d={dim} R={R} B={B} {dtype}", "order": order, "dim": dim,
            "R": R, "n_observed": n, "batch": B, "dtype": dtype, "optimizer": CP_OPTIMIZER,
            "lr": CP_LR, "check_lr": CP_LR_CHECK, "check_steps": CHECK_STEPS,
-           "flops_per_step": cp_flops_per_step(order, dim, R, n), "sides": {}}
+           "flops_per_step": cp_flops(order, R, n, dims, CP_OPTIMIZER), "sides": {}}
     ir_side = ImplicitregSide(dev, ir.CPFactorization(problem, start, backend=dev.backend,
                                                       dtype=dtype),
                               optimizer=CP_OPTIMIZER, beta=CP_BETA, eps=CP_EPS)
@@ -440,10 +431,10 @@ def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     peer_sides = [
         ("torch", peers.torch_reason if peers.torch is None else
          lambda: peers.module.TorchCP(targets, masks, start, *opt, device=dev.torch_device,
-                                 torch=peers.torch)),
+                                      torch=peers.torch)),
         ("jax", peers.jax_reason if peers.jax is None else
          lambda: peers.module.JaxCP(targets, masks, start, *opt, device=peers.jax_device,
-                               jax=peers.jax)),
+                                    jax=peers.jax)),
     ]
     measure_sides(row, peers, clock, ir_side, peer_sides, start, CP_LR, target_s, repeats,
                   max_steps)
