@@ -37,8 +37,6 @@ PAUSE_S = 0.01
 class WallClock:
     """Host wall time of fn()."""
 
-    name = "wall clock"
-
     def time(self, fn: Callable[[], object]) -> float:
         t0 = time.perf_counter()
         fn()
@@ -51,8 +49,6 @@ class CudaEvents:
     what the side timed before left running is not counted (events recorded on other streams
     may take in unrelated work, as cudaEventElapsedTime's documentation warns). fn() waits
     for its own work, on whatever streams torch or XLA use, so the end event follows it."""
-
-    name = "CUDA events"
 
     def __init__(self, cupy=None):
         if cupy is None:
