@@ -39,10 +39,9 @@ from pathlib import Path
 import numpy as np
 
 import implicitreg as ir
+from implicitreg.bench.harness import Peers, machine, ratio_text, write_json
 
-sys.path.insert(0, str(Path(__file__).parent))
-import peers  # noqa: E402
-from _timing import machine, ratio_text, write_json  # noqa: E402
+PEERS = Peers(Path(__file__).parent)  # peers.py beside this script
 
 LR, SCALE, BETA, EPS = 1e-3, 1e-2, 0.99, 1e-6
 CHECK_STEPS, CHECK_RTOL = 10, 1e-8  # a whole number of jax's scans (peers.JaxCP.granule)
@@ -131,7 +130,8 @@ def run_case(case, repeats, sample_s, torch, jax) -> dict:
         variants[backend] = (make, step, size_steps(make, step, sample_s, probe))
     a = problem.arrays(np.float64)
     targets, masks = (a[k].reshape((-1,) + problem.dims) for k in ("target", "mask"))
-    for name_x, lib, cls in (("torch", torch, peers.TorchCP), ("jax", jax, peers.JaxCP)):
+    for name_x, lib, cls in (("torch", torch, PEERS.module.TorchCP),
+                             ("jax", jax, PEERS.module.JaxCP)):
         row[f"{name_x}_problem_steps_per_s"] = None
         if lib is None or dtype != "float64":
             continue
@@ -175,7 +175,7 @@ def main() -> int:
     args = ap.parse_args()
     repeats = max(1, args.repeats or (3 if args.quick else 5))
     sample_s = 0.5 if args.quick else 1.0
-    torch, jax = peers.load_torch()[0], peers.load_jax()[0]
+    torch, jax = PEERS.lib("torch"), PEERS.lib("jax")
     versions = {"numpy": np.__version__, "torch": torch and torch.__version__,
                 "jax": jax and jax.__version__}
     info = ir.build_info()

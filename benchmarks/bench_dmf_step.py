@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import implicitreg as ir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine, median_time, write_json  # noqa: E402
+from implicitreg.bench.harness import machine, median_time, write_json
 
 CASES = [  # (name, problem builder, depth, batch, dtype, steps cpu, steps numpy, target ratio)
     ("2x2 depth 3 B=4096 float64", lambda B: ir.problems.paper_2x2(batch=B), 3, 4096, "float64",

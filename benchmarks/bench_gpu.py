@@ -30,7 +30,9 @@ same under jit + lax.scan of 10 steps per call).
 Each side gets its own step count, sized so that one timed call takes about --target-s seconds
 (0.3; 0.1 with --quick), and every timed call starts from the same start (the model's whole
 state reset outside the clock), so each repeat does the same work. Rate = B * steps / median
-seconds (problem-steps/s), after warm-up calls that absorb compilation. Before timing, every
+seconds (problem-steps/s), after warm-up calls that absorb compilation. Seconds are read from
+CUDA events on the GPU (--device cpu: the wall clock); the sizing, timing and loading of
+peers.py are those of `implicitreg bench` (implicitreg.bench.harness). Before timing, every
 side runs 20 steps (jax: whole scans, 50 for DMF) from the same start at a larger learning
 rate, and its change of the factors must match implicitreg's over as many steps to 1e-10
 (float64) or 1e-4 (float32) relative, max norm. A side that does not is flagged "!" (MISMATCH
@@ -60,9 +62,9 @@ raised or problems froze while timed, 2 when the device is not usable.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -71,11 +73,20 @@ from pathlib import Path
 import numpy as np
 
 import implicitreg as ir
-from implicitreg.bench import rel_change_diff  # the same check as `implicitreg bench`
-
-sys.path.insert(0, str(Path(__file__).parent))
-import peers as peerlib  # noqa: E402
-from _timing import machine, ratio_text, write_json  # noqa: E402
+from implicitreg.bench import cp_flops, dmf_flops, harness  # flops as `implicitreg bench`
+from implicitreg.bench.harness import (  # the timing and checks of `implicitreg bench`
+    CudaEvents,
+    Side,
+    WallClock,
+    machine,
+    note_lines,
+    ratio_text,
+    rel_change_diff,
+    repeat,
+    time_alone,
+    whole,
+    write_json,
+)
 
 DEPTH = 3
 CHECK_STEPS = 20
@@ -83,6 +94,7 @@ RTOL = {"float64": 1e-10, "float32": 1e-4}
 SVD_REF_BATCH = 2048  # matrices checked against LAPACK
 SVD_PROBE_BATCH = 4096  # a side is first timed on this many, to foresee a full call's time
 SVD_MAX_CALL_S = 2.0  # a side slower than this per full batch is timed on fewer (marked *)
+MAX_CALLS = 10_000  # svdvals calls per sample
 DMF_TARGET_RATE, DMF_TARGET_RATIO, SVD_TARGET_RATIO = 1e11, 20.0, 5.0
 DMF16_TARGET_RATIO = 10.0  # DMF 16x16 depth 3 float32 against the best peer
 CP_TARGET_RATIO = 10.0  # cp_step against the batched PyTorch step on the same device
@@ -116,11 +128,6 @@ DTYPES = ("float32", "float64")
 SECTIONS = ("dmf", "cp", "svdvals")
 
 
-def flops_per_step(d: int, depth: int = DEPTH) -> int:
-    """DMF step of d x d factors: forward (N-1) 2d^3, backward 2 (N-1) 2d^3, updates, residual."""
-    return 6 * (depth - 1) * d**3 + (2 * depth + 3) * d**2
-
-
 def host(x) -> np.ndarray:
     """A host copy (never a view of live state) of a NumPy, CuPy, torch or jax array."""
     if hasattr(x, "detach"):  # torch, on any device
@@ -130,9 +137,8 @@ def host(x) -> np.ndarray:
     return np.array(x)
 
 
-def first_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return text[:160]
+# longer than the table cells of `implicitreg bench`: here errors are read in notes and logs
+first_line = functools.partial(harness.first_line, limit=160)
 
 
 # ----------------------------------------------------------------------------- the device
@@ -140,11 +146,12 @@ def first_line(exc: BaseException) -> str:
 
 class Device:
     """Where every side runs: implicitreg's backend and array module (and how to wait for
-    it), the torch device and the jax platform of the peers."""
+    it), the torch device and the jax platform of the peers, and the timer of every side."""
 
-    def __init__(self, kind, backend, xp, sync, torch_device, jax_platform, name):
+    def __init__(self, kind, backend, xp, sync, torch_device, jax_platform, name, timer):
         self.kind, self.backend, self.xp, self.sync = kind, backend, xp, sync
         self.torch_device, self.jax_platform, self.name = torch_device, jax_platform, name
+        self.timer = timer
 
     def put(self, a: np.ndarray):
         return self.xp.asarray(a)
@@ -159,27 +166,31 @@ def cuda_device() -> Device:
     except Exception as exc:  # only a label
         name = f"cuda device ({first_line(exc)})"
     return Device("cuda", "cuda", cupy, lambda: cupy.cuda.get_current_stream().synchronize(),
-                  "cuda", "gpu", name)
+                  "cuda", "gpu", name, CudaEvents(cupy))
 
 
 def cpu_device() -> Device:
     return Device("cpu", "cpu", np, lambda: None, "cpu", "cpu",
-                  f"cpu ({os.cpu_count()} logical cores)")
+                  f"cpu ({os.cpu_count()} logical cores)", WallClock())
 
 
 class Peers:
-    """torch and jax, loaded once through peers.py; each is None with the reason it cannot
-    run here."""
+    """peers.py beside this script (`module`), and torch and jax loaded once through it;
+    each is None with the reason it cannot run on `dev`."""
 
     def __init__(self, dev: Device, compile_torch: bool):
+        loaded = harness.Peers(Path(__file__).parent)
+        if loaded.module is None:
+            raise RuntimeError(loaded.missing)
+        self.module = loaded.module
         self.compile = compile_torch
         self.compile_spent = 0.0
-        self.torch, reason = peerlib.load_torch()
+        self.torch, reason = loaded.load("torch")
         self.torch_reason = reason and f"torch {reason}"
         if self.torch is not None and dev.torch_device == "cuda" \
                 and not self.torch.cuda.is_available():
             self.torch, self.torch_reason = None, "torch sees no CUDA device"
-        self.jax, reason = peerlib.load_jax()
+        self.jax, reason = loaded.load("jax")
         self.jax_reason, self.jax_device = reason and f"jax {reason}", None
         if self.jax is not None:
             try:
@@ -242,57 +253,20 @@ class ImplicitregSide:
 # ----------------------------------------------------------------------------- timing
 
 
-def _clock(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def time_steps(side, batch, lr, timer, target_s, repeats, max_steps) -> dict:
+    """A step side timed on its own at lr (`harness.time_alone`); its units are steps."""
+    r = time_alone(Side(run=lambda n: side.run(n, lr), reset=side.reset, granule=side.granule),
+                   batch, repeats, target_s, timer, max_steps)
+    return {("steps" if k == "units" else k): v for k, v in r.items()}
 
 
-def time_steps(side, batch, lr, target_s, repeats, max_steps) -> dict:
-    """Steps per call sized to about target_s, then the median of `repeats` calls, each from
-    the start. The first two calls (compilation, first launches, thread start) are not
-    counted; each size is tried twice (the faster counts), so one hiccup does not shrink the
-    calls; calls that still come out under target_s / 4 are sized and timed again."""
-    g = side.granule
-
-    def once(steps) -> float:
-        side.reset()
-        return _clock(lambda: side.run(steps, lr))
-
-    warm = once(g)
-    once(g)
-    steps = g
-    while True:
-        t = min(once(steps), once(steps))
-        if t >= target_s / 4 or steps >= max_steps:
-            break
-        grow = min(100.0, max(2.0, target_s / 2 / max(t, 1e-6)))
-        steps = min(max_steps, g * max(1, math.ceil(steps * grow / g)))
-    for _ in range(2):
-        steps = min(max_steps, g * max(1, round(steps * target_s / max(t, 1e-9) / g)))
-        times = [once(steps) for _ in range(repeats)]
-        med = statistics.median(times)
-        if med >= target_s / 4 or steps >= max_steps:
-            break
-        t = med
-    return {"steps": steps, "median_s": med, "times_s": times, "warmup_s": warm,
-            "rate": batch * steps / med}
-
-
-def time_calls(fn, sync, target_s, repeats) -> dict:
-    """Median seconds of one fn() call: samples of enough calls for about target_s, each
-    synchronized at its end, after a first call that is not counted."""
-    def calls(n):
-        for _ in range(n):
-            fn()
-        sync()
-
-    warm = _clock(lambda: calls(1))
-    once = min(_clock(lambda: calls(1)), _clock(lambda: calls(1)))
-    n = max(1, min(10_000, round(target_s / max(once, 1e-9))))
-    times = [_clock(lambda: calls(n)) / n for _ in range(repeats)]
-    return {"calls": n, "median_s": statistics.median(times), "times_s": times,
-            "warmup_s": warm}
+def time_calls(fn, sync, timer, target_s, repeats) -> dict:
+    """Median seconds of one fn() call, from samples of calls synchronized at their end."""
+    r = time_alone(Side(run=lambda n: (repeat(fn, n), sync())), 1, repeats, target_s, timer,
+                   MAX_CALLS)
+    n = r["units"]
+    return {"calls": n, "median_s": r["median_s"] / n, "times_s": [t / n for t in r["times_s"]],
+            "warmup_s": r["warmup_s"]}
 
 
 class Clock:
@@ -342,7 +316,8 @@ def measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, r
     reference(CHECK_STEPS)
     if not ir_side.all_running():
         raise RuntimeError(f"{row['case']}: problems froze in the {CHECK_STEPS}-step check")
-    r = time_steps(ir_side, B, lr, target_s, repeats, max_steps)
+    timer = ir_side.dev.timer
+    r = time_steps(ir_side, B, lr, timer, target_s, repeats, max_steps)
     r["all_running"] = ir_side.all_running()
     r["check_rel_diff"], r["match"] = 0.0, True
     row["sides"]["implicitreg"] = r
@@ -357,11 +332,11 @@ def measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, r
         t0 = time.perf_counter()
         try:
             side = make()
-            check_steps = side.granule * math.ceil(CHECK_STEPS / side.granule)
+            check_steps = whole(CHECK_STEPS, side.granule)
             side.reset()
             side.run(check_steps, lr_check)
             got, ref = side.factors(), reference(check_steps)
-            r = time_steps(side, B, lr, target_s, repeats, max_steps)
+            r = time_steps(side, B, lr, timer, target_s, repeats, max_steps)
         except Exception as exc:  # a peer that cannot run here is reported, not fatal
             row["sides"][name] = {"skipped": f"error: {first_line(exc)}",
                                   "spent_s": time.perf_counter() - t0}
@@ -400,7 +375,7 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     start = [(std * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(DEPTH)]
     row = {"case": f"{shape} depth {DEPTH} B={B} {dtype}", "shape": shape, "batch": B,
            "depth": DEPTH, "dtype": dtype, "lr": lr, "check_lr": lr_check,
-           "check_steps": CHECK_STEPS, "flops_per_step": flops_per_step(d), "sides": {}}
+           "check_steps": CHECK_STEPS, "flops_per_step": dmf_flops(d, DEPTH), "sides": {}}
     ir_side = ImplicitregSide(dev, ir.DeepFactorization(problem, start, backend=dev.backend,
                                                         dtype=dtype))
     peer_sides = []
@@ -416,13 +391,13 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
             peer_sides.append((name, f"torch.compile took over {COMPILE_CAP_S:.0f} s in "
                                      "earlier cases"))
         else:
-            peer_sides.append((name, lambda mode=mode: peerlib.TorchDMF(
+            peer_sides.append((name, lambda mode=mode: peers.module.TorchDMF(
                 targets, masks, start, dtype, mode, device=dev.torch_device,
                 torch=peers.torch)))
     peer_sides.append(("jax", peers.jax_reason if peers.jax is None else
-                       lambda: peerlib.JaxDMF(targets, masks, start, dtype,
-                                              device=peers.jax_device,
-                                              scan_steps=JAX_SCAN_STEPS, jax=peers.jax)))
+                       lambda: peers.module.JaxDMF(targets, masks, start, dtype,
+                                                   device=peers.jax_device,
+                                                   scan_steps=JAX_SCAN_STEPS, jax=peers.jax)))
     measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
                   max_steps)
     # compiled in its check run: its whole time counts against the compile cap
@@ -431,12 +406,6 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
 
 
 # ----------------------------------------------------------------------------- CP cases
-
-
-def cp_flops_per_step(order: int, dim: int, R: int, n: int) -> int:
-    """Per observed entry and component the value and every factor's gradient row, 6(N-1)
-    flops; the group_rmsprop update, 4 per factor entry (README.md, flop counts)."""
-    return n * 6 * (order - 1) * R + 4 * R * order * dim
 
 
 def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
@@ -454,18 +423,18 @@ def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     row = {"case": f"order {order} d={dim} R={R} B={B} {dtype}", "order": order, "dim": dim,
            "R": R, "n_observed": n, "batch": B, "dtype": dtype, "optimizer": CP_OPTIMIZER,
            "lr": CP_LR, "check_lr": CP_LR_CHECK, "check_steps": CHECK_STEPS,
-           "flops_per_step": cp_flops_per_step(order, dim, R, n), "sides": {}}
+           "flops_per_step": cp_flops(order, R, n, dims, CP_OPTIMIZER), "sides": {}}
     ir_side = ImplicitregSide(dev, ir.CPFactorization(problem, start, backend=dev.backend,
                                                       dtype=dtype),
                               optimizer=CP_OPTIMIZER, beta=CP_BETA, eps=CP_EPS)
     opt = (CP_OPTIMIZER, CP_BETA, CP_EPS, dtype)
     peer_sides = [
         ("torch", peers.torch_reason if peers.torch is None else
-         lambda: peerlib.TorchCP(targets, masks, start, *opt, device=dev.torch_device,
-                                 torch=peers.torch)),
+         lambda: peers.module.TorchCP(targets, masks, start, *opt, device=dev.torch_device,
+                                      torch=peers.torch)),
         ("jax", peers.jax_reason if peers.jax is None else
-         lambda: peerlib.JaxCP(targets, masks, start, *opt, device=peers.jax_device,
-                               jax=peers.jax)),
+         lambda: peers.module.JaxCP(targets, masks, start, *opt, device=peers.jax_device,
+                                    jax=peers.jax)),
     ]
     measure_sides(row, peers, clock, ir_side, peer_sides, start, CP_LR, target_s, repeats,
                   max_steps)
@@ -498,15 +467,15 @@ def svd_case(dev, peers, clock, n, B, dtype, target_s, repeats) -> dict:
         try:
             b = min(B, SVD_PROBE_BATCH)
             fn = on(b)
-            _clock(lambda: (fn(), sync()))  # first call: handles, workspaces, compilation
-            t = min(_clock(lambda: (fn(), sync())) for _ in range(2))
+            dev.timer.time(lambda: (fn(), sync()))  # first: handles, workspaces, compiling
+            t = min(dev.timer.time(lambda: (fn(), sync())) for _ in range(2))
             if t * B / b > SVD_MAX_CALL_S:
                 b = min(B, b * 2 ** max(0, math.floor(math.log2(SVD_MAX_CALL_S / max(t, 1e-9)))))
             else:
                 b = B
             fn = on(b)
             err = check(fn())
-            r = time_calls(fn, sync, target_s, repeats)
+            r = time_calls(fn, sync, dev.timer, target_s, repeats)
         except Exception as exc:
             if not is_peer:
                 raise
@@ -526,8 +495,8 @@ def svd_case(dev, peers, clock, n, B, dtype, target_s, repeats) -> dict:
     if peers.torch is None:
         row["sides"]["torch"] = {"skipped": peers.torch_reason}
     else:  # the function waits for its result: nothing left to synchronize
-        add("torch", lambda b: peerlib.torch_svdvals(X[:b], dev.torch_device, peers.torch),
-            lambda: None)
+        add("torch", lambda b: peers.module.torch_svdvals(X[:b], dev.torch_device,
+                                                          peers.torch), lambda: None)
         peers.release()
     return row
 
@@ -600,9 +569,8 @@ def print_table(title, rows, cols, extra=None) -> None:
                 err = side.get("check_rel_diff", side.get("check_rel_err"))
                 notes.setdefault(f"{name}: MISMATCH ({err:.1e} relative)", []).append(
                     row["case"])
-    for text, cases in notes.items():
-        where = "every case" if len(cases) == len(rows) else ", ".join(cases)
-        print(f"  note: {text} [{where}]")
+    for line in note_lines(notes, len(rows)):
+        print(f"  note: {line}")
 
 
 def targets(dmf_rows, cp_rows, svd_rows) -> list[dict]:

@@ -32,15 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import implicitreg as ir
+from implicitreg.bench.harness import machine, median_time, write_json
 from implicitreg.experiments import EXPERIMENTS, get
 from implicitreg.experiments.paper import loss_grid
 from implicitreg.sweep import load_sweep, sweep
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine, median_time, write_json  # noqa: E402
 
 TARGETS = {("paper-2x2", True): 180.0, ("paper-2x2", False): 1800.0}
 GPU_TARGET_S = 300.0  # reproduce paper-2x2 --backend cuda --seeds 4096

@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 
 import implicitreg as ir
+from implicitreg.bench.harness import Peers, machine, median_time, ratio_text, write_json
 
-sys.path.insert(0, str(Path(__file__).parent))
-import peers  # noqa: E402
-from _timing import machine, median_time, ratio_text, write_json  # noqa: E402
+PEERS = Peers(Path(__file__).parent)  # peers.py beside this script
 
 CASES = [  # (n, batch, float64 target ratio); every case also runs in float32, untargeted
     (2, 65536, 30.0),
@@ -81,9 +80,10 @@ def svdvals_case(n, B, dtype, repeats, sample_s, torch, jax) -> dict:
            "numpy_s": per_call(lambda: np.linalg.svd(X, compute_uv=False), repeats, sample_s),
            "torch_s": None, "jax_s": None}
     if torch is not None:
-        row["torch_s"] = per_call(peers.torch_svdvals(X, "cpu", torch=torch), repeats, sample_s)
+        row["torch_s"] = per_call(PEERS.module.torch_svdvals(X, "cpu", torch=torch), repeats,
+                                  sample_s)
     if jax is not None:
-        row["jax_s"] = per_call(peers.jax_svdvals(X, "cpu", jax=jax), repeats, sample_s)
+        row["jax_s"] = per_call(PEERS.module.jax_svdvals(X, "cpu", jax=jax), repeats, sample_s)
     for k in ("cpu", "numpy"):
         row[f"{k}_matrices_per_s"] = B / row[f"{k}_s"]
     for k in ("numpy", "torch", "jax"):
@@ -129,7 +129,7 @@ def main() -> int:
     repeats = max(1, args.repeats or (3 if args.quick else 5))
     sample_s = 0.02 if args.quick else 0.05
     steps = 5000 if args.quick else 20000
-    torch, jax = peers.load_torch()[0], peers.load_jax()[0]
+    torch, jax = PEERS.lib("torch"), PEERS.lib("jax")
     versions = {"numpy": np.__version__, "torch": torch and torch.__version__,
                 "jax": jax and jax.__version__}
     info = ir.build_info()

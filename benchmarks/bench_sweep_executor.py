@@ -25,14 +25,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import implicitreg as ir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine, median_time, write_json  # noqa: E402
+from implicitreg.bench.harness import machine, median_time, write_json
 
 TARGET = 1.20
 

@@ -32,14 +32,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 import implicitreg as ir
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _timing import machine, median_time, write_json  # noqa: E402
+from implicitreg.bench.harness import machine, median_time, write_json
 
 DIMS = (8, 8, 8)
 TOL, MAX_ITER = 1e-6, 1000

@@ -1,4 +1,4 @@
-"""`implicitreg bench` (implicitreg/bench.py) and the pytest-benchmark suite in benchmarks/.
+"""`implicitreg bench` (implicitreg/bench/) and the pytest-benchmark suite in benchmarks/.
 
 The runs here are tiny (one case, samples of 10 ms, one repeat): they test the table, the
 JSON and the judging of targets, not the machine."""
