@@ -257,8 +257,20 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
 def test_stubs_match_the_compiled_modules():
     pytest.importorskip("mypy", reason="mypy is not installed (test extra): no stubtest")
     import subprocess
-    import sys
 
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", *_COMPILED],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_package_type_checks():
+    """mypy, at pyproject.toml's settings, finds nothing in the package (installed or not)."""
+    pytest.importorskip("mypy", reason="mypy is not installed (test extra)")
+    import subprocess
+
+    config = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config),
+                        "--cache-dir", os.devnull, str(_PACKAGE)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Success: no issues found" in r.stdout

@@ -149,13 +149,18 @@ def _truth(truth, dtype):
     return None if truth is None else np.ascontiguousarray(truth, dtype=dtype)
 
 
+def _batched(a: np.ndarray, ndim: int) -> np.ndarray:
+    """a with leading axes of size 1 up to `ndim` axes: a shared array as a batch of one."""
+    return a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+
 def _check_truth(truth, batch: int, shape: tuple[int, int]):
     """truth as (B|1, m, n) float64, or None."""
     if truth is None:
         return None
     t = real_array(truth, "truth").astype(np.float64)
     ndim_in(t, "truth", (2, 3), "(m, n) or (B, m, n)")
-    t = t.reshape((1,) * (3 - t.ndim) + t.shape)
+    t = _batched(t, 3)
     if t.shape[1:] != shape or t.shape[0] not in (1, batch):
         raise ValueError(f"truth: expected shape ({batch}, {shape[0]}, {shape[1]}) or "
                          f"{shape}, got {t.shape}")
@@ -194,8 +199,8 @@ def completion(targets, masks, batch: int | None = None, truth=None) -> Completi
     if mk.dtype != np.bool_:
         raise TypeError(f"masks: expected a boolean array, got dtype {mk.dtype}")
     ndim_in(mk, "masks", (2, 3), "(m, n) or (B, m, n)")
-    t = t.reshape((1,) * (3 - t.ndim) + t.shape)
-    mk = mk.reshape((1,) * (3 - mk.ndim) + mk.shape)
+    t = _batched(t, 3)
+    mk = _batched(mk, 3)
     if t.shape[1:] != mk.shape[1:]:
         raise ValueError(f"masks: expected matrices of shape {t.shape[1:]} like targets, "
                          f"got {mk.shape[1:]}")
@@ -215,8 +220,8 @@ def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
     ndim_in(a, "A", (3, 4), "(K, m, n) or (B, K, m, n)")
     yy = real_array(y, "y")
     ndim_in(yy, "y", (1, 2), "(K,) or (B, K)")
-    a = a.reshape((1,) * (4 - a.ndim) + a.shape)
-    yy = yy.reshape((1,) * (2 - yy.ndim) + yy.shape)
+    a = _batched(a, 4)
+    yy = _batched(yy, 2)
     if a.shape[1] != yy.shape[1]:
         raise ValueError(f"y: expected {a.shape[1]} measurements (one per A_k), got {yy.shape[1]}")
     if a.shape[1] < 1 or min(a.shape[2:]) < 1:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +71,8 @@ def run(args, timer=WALL_CLOCK) -> int:
     print(f"implicitreg {info['version']} bench: {info['cpu_flags']}, {info['threads']} "
           f"threads; median of {repeats} samples of about {sample_s:g} s, after a warm-up")
     print(peak["formula"])
-    print("peers: " + (str(peers.path) if peers.path else peers.missing), flush=True)
-    report = {"benchmark": "implicitreg bench", "machine": {**machine(),
+    print(f"peers: {peers.path if peers.path else peers.missing}", flush=True)
+    report: dict[str, Any] = {"benchmark": "implicitreg bench", "machine": {**machine(),
                                                             "platform": sys.platform},
               "build": info, "quick": quick, "repeats": repeats, "sample_s": sample_s,
               "peak": peak, "peers": str(peers.path) if peers.path else peers.missing,

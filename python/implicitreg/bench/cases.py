@@ -4,6 +4,8 @@ give % of peak (benchmarks/README.md)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..metrics import svdvals, tensor_rank
@@ -96,7 +98,7 @@ def _step_sides(impls: dict, start, lr, check_lr, rtol) -> dict:
             ref_cache[steps] = cpu.factors()
         return ref_cache[steps]
 
-    sides = {}
+    sides: dict[str, Side | str] = {}
     for name, impl in impls.items():
         if isinstance(impl, str):
             sides[name] = impl
@@ -112,7 +114,7 @@ def _step_sides(impls: dict, start, lr, check_lr, rtol) -> dict:
                 raise
             sides[name] = f"error: {first_line(exc)}"
             continue
-        sides[name] = Side(run=lambda n, impl=impl: impl.run(n, lr), reset=impl.reset,
+        sides[name] = Side(run=functools.partial(impl.run, lr=lr), reset=impl.reset,
                            granule=impl.granule, check=diff, match=bool(diff <= rtol),
                            variant=getattr(impl, "name", name))
     return sides
@@ -122,7 +124,7 @@ def _call_sides(fns: dict, compare, tol) -> dict:
     """Sides of a kernel called once per unit: fns name -> fn() (or a reason string), each
     result compared with the cpu backend's by compare(got, want) <= tol."""
     want = fns["cpu"]()
-    sides = {}
+    sides: dict[str, Side | str] = {}
     for name, fn in fns.items():
         if isinstance(fn, str):
             sides[name] = fn
@@ -134,7 +136,7 @@ def _call_sides(fns: dict, compare, tol) -> dict:
                 raise
             sides[name] = f"error: {first_line(exc)}"
             continue
-        sides[name] = Side(run=lambda n, fn=fn: repeat(fn, n), check=diff,
+        sides[name] = Side(run=functools.partial(repeat, fn), check=diff,
                            match=bool(diff <= tol), variant=name)
     return sides
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class Case:
     peers: tuple = PEERS
 
 
-def whole(n: int, granule: int) -> int:
+def whole(n: float, granule: int) -> int:
     """n rounded up to a whole multiple of granule (a side's run takes no other counts)."""
     return granule * -(-int(n) // granule)
 
@@ -153,7 +154,9 @@ class Peers:
     use. Where one cannot run, `load(name)` and `reason(name)` say why, for the table."""
 
     def __init__(self, directory: str | os.PathLike | None):
-        self.module, self.path, self.missing = None, None, None
+        self.module: Any = None
+        self.path: Path | None = None
+        self.missing: str | None = None  # why peers.py is not loaded
         if directory is not None:
             candidates = [Path(directory)]
         else:
@@ -169,6 +172,7 @@ class Peers:
         else:
             name = "_implicitreg_bench_peers"
             spec = importlib.util.spec_from_file_location(name, self.path)
+            assert spec is not None and spec.loader is not None  # a .py file always has both
             module = importlib.util.module_from_spec(spec)
             # registered under its name, as `import` would: pickle and dataclasses look a
             # class's module up in sys.modules
@@ -199,7 +203,7 @@ class Peers:
 
     def reason(self, name: str) -> str:
         why = self.load(name)[1]
-        return self.missing if self.module is None else f"{name}: {why}"
+        return f"{name}: {why}" if self.module is not None else str(self.missing)
 
     def versions(self) -> dict:
         return {k: getattr(lib, "__version__", None) for k, (lib, _) in self._libs.items()
@@ -253,7 +257,7 @@ def time_sides(sides: dict, batch: int, repeats: int, sample_s: float,
     """{name: timing} of every Side: sized one by one, then `repeats` rounds in which they
     take turns, each sample from the start, so that all see the same machine load."""
     sized = {name: size(s, sample_s, timer) for name, s in sides.items()}
-    times = {name: [] for name in sides}
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, s in sides.items():
             times[name].append(_sample(s, sized[name][0], timer, PAUSE_S))
