@@ -302,3 +302,96 @@ def test_every_rows_counts_its_points(k, max_steps):
 def test_geometric_rows_bounds_its_points(n, max_steps):
     log = ir.geometric(n)
     assert log.points(max_steps).size <= log.rows(max_steps)
+
+
+# ---------------------------------------------------------------------- what a sweep asks
+
+
+@pytest.mark.parametrize("bad,error", [
+    ({"lr": -1.0}, "^lr: "),
+    ({"max_steps": -1}, "^max_steps: "),
+    ({"optimizer": "sgd"}, "^optimizer: "),
+    ({"metrics": ("loss", "bogus")}, "^metrics: unknown metric 'bogus'"),
+    ({"thresholds": (1e-3, 1e-2)}, "^thresholds: "),
+    ({"log": "often"}, "log"),
+])
+def test_check_fit_refuses_what_fit_refuses_and_does_no_work(bad, error):
+    model = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=3), scale=0.3)
+    start = [W.copy() for W in model.factors]
+    args = {"lr": 1e-2, "max_steps": 10, **bad}
+    with pytest.raises((ValueError, TypeError), match=error) as by_check:
+        model.check_fit(**args)
+    with pytest.raises(type(by_check.value), match=error) as by_fit:
+        model.fit(progress=False, **args)
+    assert str(by_fit.value) == str(by_check.value)
+    assert model.steps_done == 0
+    for W, W0 in zip(model.factors, start, strict=True):
+        np.testing.assert_array_equal(W, W0)
+    model.check_fit(1e-2, 10, thresholds=(1e-1, 1e-2), optimizer="adam")  # a good call passes
+
+
+def test_cp_check_fit_refuses_what_fit_refuses():
+    p = ir.tensor_completion(np.ones((2, 2, 2)), np.ones((2, 2, 2), bool), batch=2)
+    model = ir.CPFactorization.init(p, rank=2)
+    for bad, error in [({"patience": 2}, "^patience: needs a tol"),
+                       ({"metrics": ("svals",)}, "^metrics: unknown metric"),
+                       ({"check_every": 0, "patience": 1, "tol": 1e-6}, "^check_every: ")]:
+        for call in (model.check_fit, lambda **a: model.fit(progress=False, **a)):
+            with pytest.raises(ValueError, match=error):
+                call(lr=1e-2, max_steps=10, **bad)
+    assert model.steps_done == 0
+
+
+def test_bytes_per_problem_counts_the_models_arrays():
+    """paper_2x2, depth 3, float64: targets (32 B) and masks (4 B); three 2x2 factors (96 B)
+    and the per-problem state (status, frozen_at, the optimizers' mean and count: 25 B)."""
+    model = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=5), depth=3)
+    got = model.bytes_per_problem(metrics=("loss",), log=ir.every(10), max_steps=100)
+    # the log: 11 rows of one metric; measure(): product 4, svals 2, loss 1, the row 1 (x 8 B)
+    assert got == {"problem": 36, "host": 36 + 96 + 25 + 8 * 11,
+                   "device": 36 + 96 + 25 + (4 + 2 + 1) * 8 + 8}
+    two = model.bytes_per_problem(metrics=("loss", "erank"), thresholds=(1e-2, 1e-3),
+                                  log=ir.every(10), max_steps=100, optimizer="adam")
+    moments = 2 * 96
+    # each threshold: a snapshot of the factors and the metrics measured there
+    assert two["host"] == 36 + 96 + 25 + moments + 2 * (96 + 8 * 3) + 8 * 2 * 11
+    assert two["device"] == 36 + 96 + 25 + moments + 2 * (96 + 8) + 7 * 8 + 8 * 2
+    f32 = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=5), dtype="float32")
+    assert f32.bytes_per_problem()["device"] - f32.bytes_per_problem()["problem"] < got[
+        "device"] - got["problem"]
+
+
+def test_cp_bytes_per_problem_counts_the_models_arrays():
+    p = ir.tensor_completion(np.ones((2, 2, 3, 4)), np.ones((2, 2, 3, 4), bool))  # B = 2
+    model = ir.CPFactorization.init(p, rank=5)
+    gd = model.bytes_per_problem(metrics=("loss",), optimizer="gd")
+    adam = model.bytes_per_problem(metrics=("loss",), optimizer="adam")
+    size = (2 + 3 + 4) * 5 * 8  # the factors
+    assert adam["host"] - gd["host"] == adam["device"] - gd["device"] == 2 * size
+    assert gd["problem"] == 24 * (8 + 1 + 8)
+    norms = model.bytes_per_problem(metrics=("loss", "component_norms"))
+    assert norms["host"] - model.bytes_per_problem(metrics=("loss",))["host"] == 8 * 5
+
+
+def test_the_sweep_reaches_into_no_private_member_of_the_models():
+    """sweep/ asks the models through check_fit and bytes_per_problem: none of the models'
+    private names (their methods and module functions) is read there."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ir.__file__).parent
+    private = set()
+    for path in (root / "models").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith("_") \
+                    and not node.name.startswith("__"):
+                private.add(node.name)
+    assert {"_lr", "_tol", "_optimizer_settings", "_metric_specs"} <= private
+    used = set()
+    for path in (root / "sweep").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, ast.ImportFrom):
+                used |= {a.name for a in node.names}
+    assert not used & private, sorted(used & private)
