@@ -23,7 +23,7 @@ cmake -S "$root" -B "$dir/build" -G Ninja \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSKBUILD_PROJECT_NAME=implicitreg -DSKBUILD_PROJECT_VERSION="$version" \
   -DSKBUILD_PROJECT_VERSION_FULL="$version" \
-  -DIMPLICITREG_CUDA=OFF -DIMPLICITREG_NATIVE=OFF \
+  -DIMPLICITREG_CUDA=OFF -DIMPLICITREG_NATIVE=OFF -DIMPLICITREG_CUDA_EMULATION=ON \
   -DPython_EXECUTABLE="$py" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" \
   -DCMAKE_CXX_FLAGS="-fsanitize=thread -g1" >"$dir.configure.log"
@@ -43,7 +43,9 @@ args=("$@")
 log="$dir/tsan"
 rm -f "$log".*
 status=0
-PYTHONPATH="$dir/stage" TSAN_OPTIONS="log_path=$log report_signal_unsafe=0" \
+# The staged module must be there: without it every emulated test would skip and the check pass.
+IMPLICITREG_EXPECT_CUDA_EMULATION=1 PYTHONPATH="$dir/stage" \
+  TSAN_OPTIONS="log_path=$log report_signal_unsafe=0" \
   LD_PRELOAD="$("${CXX:-g++}" -print-file-name=libtsan.so)" \
   "$py" -m pytest "${args[@]}" || status=$?
 if compgen -G "$log.*" >/dev/null; then

@@ -68,8 +68,9 @@ assert c.__file__.startswith(sys.argv[1]), c.__file__
 print("sanitized core:", c.__file__)' "$dir/stage"
 
 # Ray's own processes (raylet, GCS) must not run under the preloaded ASan, so its tests are
-# left to the ordinary run; the _cuda module is not built here, so no test may expect it.
-unset IMPLICITREG_EXPECT_CUDA_COMPILED
+# left to the ordinary run; neither _cuda nor _cuda_emulated is built here, so no test may
+# expect them.
+unset IMPLICITREG_EXPECT_CUDA_COMPILED IMPLICITREG_EXPECT_CUDA_EMULATION
 if [ $# -eq 0 ]; then set -- -q -m "not ray"; fi
 status=0
 "$py" -m pytest -p no:cacheprovider "$@" || status=$?

@@ -47,6 +47,15 @@ def test_cuda_module_was_built_when_expected():
     assert ir.build_info()["cuda_compiled"] is True
 
 
+@pytest.mark.skipif(os.environ.get("IMPLICITREG_EXPECT_CUDA_EMULATION", "") in ("", "0"),
+                    reason="set IMPLICITREG_EXPECT_CUDA_EMULATION=1 where the build turned on "
+                           "IMPLICITREG_CUDA_EMULATION")
+def test_cuda_emulation_module_was_built_when_expected():
+    """Catches a test build whose emulation module went missing (it is off by default), which
+    would otherwise only skip the emulated CUDA tests."""
+    importlib.import_module("implicitreg._cuda_emulated")
+
+
 def test_backends_report():
     b = ir.backends()
     assert set(b) == {"numpy", "cpu", "cuda"}

@@ -13,6 +13,7 @@ backend to 1e-10 relative in float64 over 1000 steps (1e-4 in float32).
 from __future__ import annotations
 
 import importlib
+import os
 import types
 
 import numpy as np
@@ -79,6 +80,18 @@ class Device:
 RTOL = {"float64": 1e-10, "float32": 1e-4}
 
 
+def _emulated_module():
+    """_cuda_emulated, or a skip that says how to build it. Where the environment expects it
+    (IMPLICITREG_EXPECT_CUDA_EMULATION=1, as CI sets), its absence fails instead: a build that
+    silently lost it must not pass by skipping every emulated test."""
+    if os.environ.get("IMPLICITREG_EXPECT_CUDA_EMULATION", "") in ("", "0"):
+        return pytest.importorskip(
+            "implicitreg._cuda_emulated",
+            reason="no CUDA emulation module: build with IMPLICITREG_CUDA_EMULATION=ON "
+                   "(off by default) to run the CUDA kernels on the CPU")
+    return importlib.import_module("implicitreg._cuda_emulated")
+
+
 @pytest.fixture(params=["simulated", "emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
 def dev(request, monkeypatch) -> Device:
     if request.param == "cuda":
@@ -89,10 +102,7 @@ def dev(request, monkeypatch) -> Device:
 
         return Device("cuda", cupy, RTOL)
     if request.param == "emulated":
-        emulated = pytest.importorskip(
-            "implicitreg._cuda_emulated",
-            reason="built without IMPLICITREG_CUDA_EMULATION: no CUDA emulation module")
-        monkeypatch.setattr(_backend, "_cuda", emulated)
+        monkeypatch.setattr(_backend, "_cuda", _emulated_module())
     else:
         monkeypatch.setattr(_backend, "_cuda", SIMULATED_CUDA)
     monkeypatch.setattr(_backend, "cuda_reason", lambda: None)
