@@ -74,6 +74,7 @@ def size_steps(make, run, sample_s: float, probe: int, granule: int = 1) -> int:
     """Steps (a multiple of granule) for a sample of about sample_s seconds: estimated from
     the second of two `probe`-step calls (the first pays for thread start, page faults,
     compilation), then corrected by up to two trial samples."""
+
     def sample(steps):
         state = make()
         t0 = time.perf_counter()
@@ -109,10 +110,21 @@ def run_case(case, repeats, sample_s, torch, jax) -> dict:
     order, dim, R, B, n, dtype, optimizer, target = case
     name = f"order {order} d={dim} R={R} B={B} n={n} {dtype} {optimizer}"
     problem = build(order, dim, B, n)
-    start = [U.copy() for U in ir.CPFactorization.init(problem, rank=R, scale=SCALE, seed=0,
-                                                       dtype=dtype).factors]
-    row = {"case": name, "order": order, "dim": dim, "R": R, "batch": B, "n": n,
-           "dtype": dtype, "optimizer": optimizer, "target": target}
+    start = [
+        U.copy()
+        for U in ir.CPFactorization.init(problem, rank=R, scale=SCALE, seed=0, dtype=dtype).factors
+    ]
+    row = {
+        "case": name,
+        "order": order,
+        "dim": dim,
+        "R": R,
+        "batch": B,
+        "n": n,
+        "dtype": dtype,
+        "optimizer": optimizer,
+        "target": target,
+    }
 
     def step(f, steps):
         f.step(LR, steps, optimizer=optimizer, beta=BETA, eps=EPS)
@@ -123,20 +135,25 @@ def run_case(case, repeats, sample_s, torch, jax) -> dict:
     row["checks"] = {}
     variants = {}
     for backend, probe in (("cpu", 10), ("numpy", 2)):
+
         def make(backend=backend):
             return ir.CPFactorization(problem, start, backend=backend)
+
         if backend == "numpy":
             row["checks"]["numpy"] = rel_diff(step(make(), CHECK_STEPS).loss(), ref_loss)
         variants[backend] = (make, step, size_steps(make, step, sample_s, probe))
     a = problem.arrays(np.float64)
     targets, masks = (a[k].reshape((-1,) + problem.dims) for k in ("target", "mask"))
-    for name_x, lib, cls in (("torch", torch, PEERS.module.TorchCP),
-                             ("jax", jax, PEERS.module.JaxCP)):
+    for name_x, lib, cls in (
+        ("torch", torch, PEERS.module.TorchCP),
+        ("jax", jax, PEERS.module.JaxCP),
+    ):
         row[f"{name_x}_problem_steps_per_s"] = None
         if lib is None or dtype != "float64":
             continue
-        impl = cls(targets, masks, start, optimizer, BETA, EPS, dtype, device="cpu",
-                   **{name_x: lib})
+        impl = cls(
+            targets, masks, start, optimizer, BETA, EPS, dtype, device="cpu", **{name_x: lib}
+        )
 
         def make(impl=impl):
             impl.reset()
@@ -176,36 +193,53 @@ def main() -> int:
     repeats = max(1, args.repeats or (3 if args.quick else 5))
     sample_s = 0.5 if args.quick else 1.0
     torch, jax = PEERS.lib("torch"), PEERS.lib("jax")
-    versions = {"numpy": np.__version__, "torch": torch and torch.__version__,
-                "jax": jax and jax.__version__}
+    versions = {
+        "numpy": np.__version__,
+        "torch": torch and torch.__version__,
+        "jax": jax and jax.__version__,
+    }
     info = ir.build_info()
-    print(f"implicitreg {ir.__version__}, {info['cpu_flags']}, {info['threads']} threads; "
-          f"median of {repeats}, samples of about {sample_s} s; lr {LR}, init std {SCALE}, "
-          f"tol None; " + ", ".join(f"{k} {v or '-'}" for k, v in versions.items()))
+    print(
+        f"implicitreg {ir.__version__}, {info['cpu_flags']}, {info['threads']} threads; "
+        f"median of {repeats}, samples of about {sample_s} s; lr {LR}, init std {SCALE}, "
+        f"tol None; " + ", ".join(f"{k} {v or '-'}" for k, v in versions.items())
+    )
     if torch is None or jax is None:
-        print("(" + " and ".join(k for k, v in (("torch", torch), ("jax", jax)) if v is None)
-              + " not importable: those columns are '-')")
-    print(f"\n{'case (problem-steps/s)':52s} {'cpu':>10s} {'numpy':>10s} {'ratio':>7s} "
-          f"{'target':>6s} {'torch':>10s} {'cpu/torch':>9s} {'jax':>10s} {'cpu/jax':>8s}")
+        print(
+            "("
+            + " and ".join(k for k, v in (("torch", torch), ("jax", jax)) if v is None)
+            + " not importable: those columns are '-')"
+        )
+    print(
+        f"\n{'case (problem-steps/s)':52s} {'cpu':>10s} {'numpy':>10s} {'ratio':>7s} "
+        f"{'target':>6s} {'torch':>10s} {'cpu/torch':>9s} {'jax':>10s} {'cpu/jax':>8s}"
+    )
     rows = []
     for case in CASES:
         row = run_case(case, repeats, sample_s, torch, jax)
         rows.append(row)
         t = row["target"]
         frozen = row["cpu_frozen"] + row["numpy_frozen"]
-        print(f"{row['case']:52s} {_r(row['cpu_problem_steps_per_s']):>10s} "
-              f"{_r(row['numpy_problem_steps_per_s']):>10s} {ratio_text(row['numpy_ratio']):>7s} "
-              f"{(f'{t:.0f}x' if t else '-'):>6s} {_r(row['torch_problem_steps_per_s']):>10s} "
-              f"{ratio_text(row['torch_ratio']):>9s} {_r(row['jax_problem_steps_per_s']):>10s} "
-              f"{ratio_text(row['jax_ratio']):>8s}{'' if row['met'] else '  MISSED'}"
-              f"{f'  ({frozen} problems froze)' if frozen else ''}")
+        print(
+            f"{row['case']:52s} {_r(row['cpu_problem_steps_per_s']):>10s} "
+            f"{_r(row['numpy_problem_steps_per_s']):>10s} {ratio_text(row['numpy_ratio']):>7s} "
+            f"{(f'{t:.0f}x' if t else '-'):>6s} {_r(row['torch_problem_steps_per_s']):>10s} "
+            f"{ratio_text(row['torch_ratio']):>9s} {_r(row['jax_problem_steps_per_s']):>10s} "
+            f"{ratio_text(row['jax_ratio']):>8s}{'' if row['met'] else '  MISSED'}"
+            f"{f'  ({frozen} problems froze)' if frozen else ''}"
+        )
 
-    print(f"\nsteps per sample and median sample seconds; loss after {CHECK_STEPS} steps against "
-          f"the cpu backend's (max relative difference over problems, must be <= {CHECK_RTOL:g} "
-          "for torch/jax)")
+    print(
+        f"\nsteps per sample and median sample seconds; loss after {CHECK_STEPS} steps against "
+        f"the cpu backend's (max relative difference over problems, must be <= {CHECK_RTOL:g} "
+        "for torch/jax)"
+    )
     for row in rows:
-        parts = [f"{k} {row[f'{k}_steps']} steps {row[f'{k}_s']:.2f} s"
-                 for k in ("cpu", "numpy", "torch", "jax") if f"{k}_steps" in row]
+        parts = [
+            f"{k} {row[f'{k}_steps']} steps {row[f'{k}_s']:.2f} s"
+            for k in ("cpu", "numpy", "torch", "jax")
+            if f"{k}_steps" in row
+        ]
         checks = []
         for k, d in row["checks"].items():
             if k == "numpy":  # the reference backend: shown, not judged (float32 rows too)
@@ -215,10 +249,22 @@ def main() -> int:
             checks.append(f"{k} {d:.1e} {'ok' if d <= CHECK_RTOL else 'MISMATCH'}")
         print(f"  {row['case']:52s} " + "; ".join(parts) + " | check: " + ", ".join(checks))
 
-    write_json(args.json, {"benchmark": "cp_step", "machine": machine(), "build": info,
-                           "versions": versions, "repeats": repeats, "quick": args.quick,
-                           "lr": LR, "init_std": SCALE, "beta": BETA, "eps": EPS,
-                           "results": rows})
+    write_json(
+        args.json,
+        {
+            "benchmark": "cp_step",
+            "machine": machine(),
+            "build": info,
+            "versions": versions,
+            "repeats": repeats,
+            "quick": args.quick,
+            "lr": LR,
+            "init_std": SCALE,
+            "beta": BETA,
+            "eps": EPS,
+            "results": rows,
+        },
+    )
     return 0
 
 

@@ -109,10 +109,14 @@ DMF_SHARE, CP_SHARE = 0.5, 0.8
 # (tol is None, so nothing freezes either way); the check lr moves the factors enough for the
 # change to be compared in float32. max steps bounds lr * steps for stability.
 DMF_CASES = {
-    "cuda": [("2x2", 2, 2**20, 0.3, 1e-3, 1e-2, 200_000),
-             ("16x16", 16, 2**14, 0.5 / 4, 1e-4, 1e-3, 1_000_000)],
-    "cpu": [("2x2", 2, 4096, 0.3, 1e-3, 1e-2, 200_000),
-            ("16x16", 16, 256, 0.5 / 4, 1e-4, 1e-3, 1_000_000)],
+    "cuda": [
+        ("2x2", 2, 2**20, 0.3, 1e-3, 1e-2, 200_000),
+        ("16x16", 16, 2**14, 0.5 / 4, 1e-4, 1e-3, 1_000_000),
+    ],
+    "cpu": [
+        ("2x2", 2, 4096, 0.3, 1e-3, 1e-2, 200_000),
+        ("16x16", 16, 256, 0.5 / 4, 1e-4, 1e-3, 1_000_000),
+    ],
 }
 # CP step, group_rmsprop (the paper's optimizer) with its beta and eps, init
 # std and lr of bench_cp_step.py (nothing converges or diverges: every step is real work),
@@ -120,10 +124,14 @@ DMF_CASES = {
 # (order, dim, R, batch, n observed, max steps per call).
 CP_OPTIMIZER, CP_BETA, CP_EPS = "group_rmsprop", 0.99, 1e-6
 CP_STD, CP_LR, CP_LR_CHECK = 1e-2, 1e-3, 1e-2
-CP_CASES = {"cuda": [(3, 8, 64, 4096, 200, 100_000), (4, 8, 512, 4096, 2000, 100_000)],
-            "cpu": [(3, 8, 64, 64, 200, 100_000), (4, 8, 512, 4, 2000, 100_000)]}
-SVD_CASES = {"cuda": [(2, 2**20), (8, 2**16), (32, 2**14)],
-             "cpu": [(2, 1024), (8, 1024), (32, 1024)]}
+CP_CASES = {
+    "cuda": [(3, 8, 64, 4096, 200, 100_000), (4, 8, 512, 4096, 2000, 100_000)],
+    "cpu": [(3, 8, 64, 64, 200, 100_000), (4, 8, 512, 4, 2000, 100_000)],
+}
+SVD_CASES = {
+    "cuda": [(2, 2**20), (8, 2**16), (32, 2**14)],
+    "cpu": [(2, 1024), (8, 1024), (32, 1024)],
+}
 DTYPES = ("float32", "float64")
 SECTIONS = ("dmf", "cp", "svdvals")
 
@@ -165,13 +173,29 @@ def cuda_device() -> Device:
         name = name.decode() if isinstance(name, bytes) else str(name)
     except Exception as exc:  # only a label
         name = f"cuda device ({first_line(exc)})"
-    return Device("cuda", "cuda", cupy, lambda: cupy.cuda.get_current_stream().synchronize(),
-                  "cuda", "gpu", name, CudaEvents(cupy))
+    return Device(
+        "cuda",
+        "cuda",
+        cupy,
+        lambda: cupy.cuda.get_current_stream().synchronize(),
+        "cuda",
+        "gpu",
+        name,
+        CudaEvents(cupy),
+    )
 
 
 def cpu_device() -> Device:
-    return Device("cpu", "cpu", np, lambda: None, "cpu", "cpu",
-                  f"cpu ({os.cpu_count()} logical cores)", WallClock())
+    return Device(
+        "cpu",
+        "cpu",
+        np,
+        lambda: None,
+        "cpu",
+        "cpu",
+        f"cpu ({os.cpu_count()} logical cores)",
+        WallClock(),
+    )
 
 
 class Peers:
@@ -187,8 +211,11 @@ class Peers:
         self.compile_spent = 0.0
         self.torch, reason = loaded.load("torch")
         self.torch_reason = reason and f"torch {reason}"
-        if self.torch is not None and dev.torch_device == "cuda" \
-                and not self.torch.cuda.is_available():
+        if (
+            self.torch is not None
+            and dev.torch_device == "cuda"
+            and not self.torch.cuda.is_available()
+        ):
             self.torch, self.torch_reason = None, "torch sees no CUDA device"
         self.jax, reason = loaded.load("jax")
         self.jax_reason, self.jax_device = reason and f"jax {reason}", None
@@ -203,10 +230,12 @@ class Peers:
             import cupy
         except ImportError:
             cupy = None
-        self.versions = {"numpy": np.__version__,
-                         "torch": self.torch and self.torch.__version__,
-                         "jax": self.jax and self.jax.__version__,
-                         "cupy": cupy and cupy.__version__}
+        self.versions = {
+            "numpy": np.__version__,
+            "torch": self.torch and self.torch.__version__,
+            "jax": self.jax and self.jax.__version__,
+            "cupy": cupy and cupy.__version__,
+        }
 
     def release(self) -> None:
         """Hand the memory torch caches back to the device, so that the next side (jax,
@@ -255,18 +284,29 @@ class ImplicitregSide:
 
 def time_steps(side, batch, lr, timer, target_s, repeats, max_steps) -> dict:
     """A step side timed on its own at lr (`harness.time_alone`); its units are steps."""
-    r = time_alone(Side(run=lambda n: side.run(n, lr), reset=side.reset, granule=side.granule),
-                   batch, repeats, target_s, timer, max_steps)
+    r = time_alone(
+        Side(run=lambda n: side.run(n, lr), reset=side.reset, granule=side.granule),
+        batch,
+        repeats,
+        target_s,
+        timer,
+        max_steps,
+    )
     return {("steps" if k == "units" else k): v for k, v in r.items()}
 
 
 def time_calls(fn, sync, timer, target_s, repeats) -> dict:
     """Median seconds of one fn() call, from samples of calls synchronized at their end."""
-    r = time_alone(Side(run=lambda n: (repeat(fn, n), sync())), 1, repeats, target_s, timer,
-                   MAX_CALLS)
+    r = time_alone(
+        Side(run=lambda n: (repeat(fn, n), sync())), 1, repeats, target_s, timer, MAX_CALLS
+    )
     n = r["units"]
-    return {"calls": n, "median_s": r["median_s"] / n, "times_s": [t / n for t in r["times_s"]],
-            "warmup_s": r["warmup_s"]}
+    return {
+        "calls": n,
+        "median_s": r["median_s"] / n,
+        "times_s": [t / n for t in r["times_s"]],
+        "warmup_s": r["warmup_s"],
+    }
 
 
 class Clock:
@@ -286,15 +326,18 @@ class Clock:
         return self.elapsed() > self.share * self.budget_s
 
     def skipped(self) -> dict:
-        return {"skipped": f"time budget ({self.share * self.budget_s:.0f} s of "
-                           f"{self.budget_s:.0f} s) spent"}
+        return {
+            "skipped": f"time budget ({self.share * self.budget_s:.0f} s of "
+            f"{self.budget_s:.0f} s) spent"
+        }
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
-                  max_steps) -> None:
+def measure_sides(
+    row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats, max_steps
+) -> None:
     """Check and time implicitreg's side and then each peer into row["sides"]. implicitreg
     first runs CHECK_STEPS at row["check_lr"] from the start (no problem may freeze); each
     peer runs as many steps, rounded up to its granule, and its change of the factors is
@@ -338,16 +381,22 @@ def measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, r
             got, ref = side.factors(), reference(check_steps)
             r = time_steps(side, B, lr, timer, target_s, repeats, max_steps)
         except Exception as exc:  # a peer that cannot run here is reported, not fatal
-            row["sides"][name] = {"skipped": f"error: {first_line(exc)}",
-                                  "spent_s": time.perf_counter() - t0}
+            row["sides"][name] = {
+                "skipped": f"error: {first_line(exc)}",
+                "spent_s": time.perf_counter() - t0,
+            }
             continue
         finally:
             side = None  # before release(): its tensors go back to torch's cache first
             peers.release()
         r["check_rel_diff"] = rel_change_diff(got, ref, start64)  # of the change
         r["check_factor_rel_diff"] = max(  # of the factors themselves
-            float(np.abs(np.asarray(g, np.float64) - w).max(initial=0.0)
-                  / max(np.abs(w).max(initial=0.0), 1e-300)) for g, w in zip(got, ref, strict=True))
+            float(
+                np.abs(np.asarray(g, np.float64) - w).max(initial=0.0)
+                / max(np.abs(w).max(initial=0.0), 1e-300)
+            )
+            for g, w in zip(got, ref, strict=True)
+        )
         r["check_steps"] = check_steps
         r["match"] = bool(r["check_rel_diff"] <= RTOL[dtype])
         r["spent_s"] = time.perf_counter() - t0
@@ -373,11 +422,21 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     rng = np.random.default_rng(0)
     # one generator for the whole batch (ir's per-problem streams take seconds at B = 2**20)
     start = [(std * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(DEPTH)]
-    row = {"case": f"{shape} depth {DEPTH} B={B} {dtype}", "shape": shape, "batch": B,
-           "depth": DEPTH, "dtype": dtype, "lr": lr, "check_lr": lr_check,
-           "check_steps": CHECK_STEPS, "flops_per_step": dmf_flops(d, DEPTH), "sides": {}}
-    ir_side = ImplicitregSide(dev, ir.DeepFactorization(problem, start, backend=dev.backend,
-                                                        dtype=dtype))
+    row = {
+        "case": f"{shape} depth {DEPTH} B={B} {dtype}",
+        "shape": shape,
+        "batch": B,
+        "depth": DEPTH,
+        "dtype": dtype,
+        "lr": lr,
+        "check_lr": lr_check,
+        "check_steps": CHECK_STEPS,
+        "flops_per_step": dmf_flops(d, DEPTH),
+        "sides": {},
+    }
+    ir_side = ImplicitregSide(
+        dev, ir.DeepFactorization(problem, start, backend=dev.backend, dtype=dtype)
+    )
     peer_sides = []
     for mode in ("autograd", "closed", "compiled"):
         name = "torch-compile" if mode == "compiled" else f"torch-{mode}"
@@ -388,18 +447,41 @@ def dmf_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
         elif mode == "compiled" and dtype != "float32":
             peer_sides.append((name, "torch.compile on float32 rows only (compile time)"))
         elif mode == "compiled" and peers.compile_spent > COMPILE_CAP_S:
-            peer_sides.append((name, f"torch.compile took over {COMPILE_CAP_S:.0f} s in "
-                                     "earlier cases"))
+            peer_sides.append(
+                (name, f"torch.compile took over {COMPILE_CAP_S:.0f} s in earlier cases")
+            )
         else:
-            peer_sides.append((name, lambda mode=mode: peers.module.TorchDMF(
-                targets, masks, start, dtype, mode, device=dev.torch_device,
-                torch=peers.torch)))
-    peer_sides.append(("jax", peers.jax_reason if peers.jax is None else
-                       lambda: peers.module.JaxDMF(targets, masks, start, dtype,
-                                                   device=peers.jax_device,
-                                                   scan_steps=JAX_SCAN_STEPS, jax=peers.jax)))
-    measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats,
-                  max_steps)
+            peer_sides.append(
+                (
+                    name,
+                    lambda mode=mode: peers.module.TorchDMF(
+                        targets,
+                        masks,
+                        start,
+                        dtype,
+                        mode,
+                        device=dev.torch_device,
+                        torch=peers.torch,
+                    ),
+                )
+            )
+    peer_sides.append(
+        (
+            "jax",
+            peers.jax_reason
+            if peers.jax is None
+            else lambda: peers.module.JaxDMF(
+                targets,
+                masks,
+                start,
+                dtype,
+                device=peers.jax_device,
+                scan_steps=JAX_SCAN_STEPS,
+                jax=peers.jax,
+            ),
+        )
+    )
+    measure_sides(row, peers, clock, ir_side, peer_sides, start, lr, target_s, repeats, max_steps)
     # compiled in its check run: its whole time counts against the compile cap
     peers.compile_spent += row["sides"]["torch-compile"].get("spent_s", 0.0)
     return row
@@ -420,24 +502,50 @@ def cp_case(dev, peers, clock, case, dtype, target_s, repeats) -> dict:
     rng = np.random.default_rng(0)
     # one generator for the whole batch (CPFactorization.init's per-problem streams are slow)
     start = [(CP_STD * rng.standard_normal((B, dim, R))).astype(dtype) for _ in dims]
-    row = {"case": f"order {order} d={dim} R={R} B={B} {dtype}", "order": order, "dim": dim,
-           "R": R, "n_observed": n, "batch": B, "dtype": dtype, "optimizer": CP_OPTIMIZER,
-           "lr": CP_LR, "check_lr": CP_LR_CHECK, "check_steps": CHECK_STEPS,
-           "flops_per_step": cp_flops(order, R, n, dims, CP_OPTIMIZER), "sides": {}}
-    ir_side = ImplicitregSide(dev, ir.CPFactorization(problem, start, backend=dev.backend,
-                                                      dtype=dtype),
-                              optimizer=CP_OPTIMIZER, beta=CP_BETA, eps=CP_EPS)
+    row = {
+        "case": f"order {order} d={dim} R={R} B={B} {dtype}",
+        "order": order,
+        "dim": dim,
+        "R": R,
+        "n_observed": n,
+        "batch": B,
+        "dtype": dtype,
+        "optimizer": CP_OPTIMIZER,
+        "lr": CP_LR,
+        "check_lr": CP_LR_CHECK,
+        "check_steps": CHECK_STEPS,
+        "flops_per_step": cp_flops(order, R, n, dims, CP_OPTIMIZER),
+        "sides": {},
+    }
+    ir_side = ImplicitregSide(
+        dev,
+        ir.CPFactorization(problem, start, backend=dev.backend, dtype=dtype),
+        optimizer=CP_OPTIMIZER,
+        beta=CP_BETA,
+        eps=CP_EPS,
+    )
     opt = (CP_OPTIMIZER, CP_BETA, CP_EPS, dtype)
     peer_sides = [
-        ("torch", peers.torch_reason if peers.torch is None else
-         lambda: peers.module.TorchCP(targets, masks, start, *opt, device=dev.torch_device,
-                                      torch=peers.torch)),
-        ("jax", peers.jax_reason if peers.jax is None else
-         lambda: peers.module.JaxCP(targets, masks, start, *opt, device=peers.jax_device,
-                                    jax=peers.jax)),
+        (
+            "torch",
+            peers.torch_reason
+            if peers.torch is None
+            else lambda: peers.module.TorchCP(
+                targets, masks, start, *opt, device=dev.torch_device, torch=peers.torch
+            ),
+        ),
+        (
+            "jax",
+            peers.jax_reason
+            if peers.jax is None
+            else lambda: peers.module.JaxCP(
+                targets, masks, start, *opt, device=peers.jax_device, jax=peers.jax
+            ),
+        ),
     ]
-    measure_sides(row, peers, clock, ir_side, peer_sides, start, CP_LR, target_s, repeats,
-                  max_steps)
+    measure_sides(
+        row, peers, clock, ir_side, peer_sides, start, CP_LR, target_s, repeats, max_steps
+    )
     return row
 
 
@@ -449,8 +557,14 @@ def svd_case(dev, peers, clock, n, B, dtype, target_s, repeats) -> dict:
     k = min(B, SVD_REF_BATCH)
     ref = np.linalg.svd(X[:k].astype(np.float64), compute_uv=False)
     tol = RTOL["float64"] if dtype == "float64" else 100 * n * float(np.finfo(np.float32).eps)
-    row = {"case": f"{n}x{n} B={B} {dtype}", "n": n, "batch": B, "dtype": dtype,
-           "check_tol": tol, "sides": {}}
+    row = {
+        "case": f"{n}x{n} B={B} {dtype}",
+        "n": n,
+        "batch": B,
+        "dtype": dtype,
+        "check_tol": tol,
+        "sides": {},
+    }
     Xd = dev.put(X)
 
     def check(s) -> float:
@@ -495,8 +609,11 @@ def svd_case(dev, peers, clock, n, B, dtype, target_s, repeats) -> dict:
     if peers.torch is None:
         row["sides"]["torch"] = {"skipped": peers.torch_reason}
     else:  # the function waits for its result: nothing left to synchronize
-        add("torch", lambda b: peers.module.torch_svdvals(X[:b], dev.torch_device,
-                                                          peers.torch), lambda: None)
+        add(
+            "torch",
+            lambda b: peers.module.torch_svdvals(X[:b], dev.torch_device, peers.torch),
+            lambda: None,
+        )
         peers.release()
     return row
 
@@ -517,8 +634,11 @@ def reference_side(row) -> str:
 
 
 def best_peer(row) -> tuple[str | None, float | None]:
-    rates = {k: v["rate"] for k, v in row["sides"].items()
-             if k != "implicitreg" and "rate" in v and v.get("match", False)}
+    rates = {
+        k: v["rate"]
+        for k, v in row["sides"].items()
+        if k != "implicitreg" and "rate" in v and v.get("match", False)
+    }
     if not rates:
         return None, None
     name = max(rates, key=rates.get)
@@ -548,8 +668,9 @@ def print_table(title, rows, cols, extra=None) -> None:
         head += f"{extra:>12s}"
     print("\n" + head)
     for row in rows:
-        line = f"{row['case']:30s}" + "".join(cell(row["sides"].get(c, {}), w, row["batch"])
-                                          for c in cols)
+        line = f"{row['case']:30s}" + "".join(
+            cell(row["sides"].get(c, {}), w, row["batch"]) for c in cols
+        )
         line += f"{row['best_peer'] or '-':>16s}{ratio_text(row['ratio']):>9s}"
         if extra:
             own = row["sides"].get("implicitreg", {})
@@ -562,13 +683,14 @@ def print_table(title, rows, cols, extra=None) -> None:
             if "skipped" in side:
                 notes.setdefault(f"{name}: {side['skipped']}", []).append(row["case"])
             elif side.get("batch", row["batch"]) < row["batch"]:
-                notes.setdefault(f"{name}: * timed on B={side['batch']} (a call of the whole "
-                                 f"batch would take over {SVD_MAX_CALL_S:g} s)", []).append(
-                    row["case"])
+                notes.setdefault(
+                    f"{name}: * timed on B={side['batch']} (a call of the whole "
+                    f"batch would take over {SVD_MAX_CALL_S:g} s)",
+                    [],
+                ).append(row["case"])
             if "rate" in side and not side.get("match", True):
                 err = side.get("check_rel_diff", side.get("check_rel_err"))
-                notes.setdefault(f"{name}: MISMATCH ({err:.1e} relative)", []).append(
-                    row["case"])
+                notes.setdefault(f"{name}: MISMATCH ({err:.1e} relative)", []).append(row["case"])
     for line in note_lines(notes, len(rows)):
         print(f"  note: {line}")
 
@@ -579,32 +701,60 @@ def targets(dmf_rows, cp_rows, svd_rows) -> list[dict]:
     out = []
 
     def add(name, text, value, threshold, **extra):
-        out.append({"name": name, "target": text, "value": value, "threshold": threshold,
-                    "met": None if value is None else bool(value >= threshold), **extra})
+        out.append(
+            {
+                "name": name,
+                "target": text,
+                "value": value,
+                "threshold": threshold,
+                "met": None if value is None else bool(value >= threshold),
+                **extra,
+            }
+        )
 
     for row in dmf_rows:
         if row["shape"] == "2x2" and row["dtype"] == "float32":
             short = f"DMF {row['shape']} {row['dtype']}"
-            add(f"{short} rate", f"DMF {row['case']}: >= {DMF_TARGET_RATE:.0e} "
-                "problem-steps/s", row["sides"].get("implicitreg", {}).get("rate"),
-                DMF_TARGET_RATE)
-            add(f"{short} vs peers", f"DMF {row['case']}: >= {DMF_TARGET_RATIO:.0f}x the best "
-                "of PyTorch and JAX", row["ratio"], DMF_TARGET_RATIO, best_peer=row["best_peer"])
+            add(
+                f"{short} rate",
+                f"DMF {row['case']}: >= {DMF_TARGET_RATE:.0e} problem-steps/s",
+                row["sides"].get("implicitreg", {}).get("rate"),
+                DMF_TARGET_RATE,
+            )
+            add(
+                f"{short} vs peers",
+                f"DMF {row['case']}: >= {DMF_TARGET_RATIO:.0f}x the best of PyTorch and JAX",
+                row["ratio"],
+                DMF_TARGET_RATIO,
+                best_peer=row["best_peer"],
+            )
         elif row["shape"] == "16x16" and row["dtype"] == "float32":
-            add(f"DMF {row['shape']} {row['dtype']} vs peers", f"DMF {row['case']}: >= "
-                f"{DMF16_TARGET_RATIO:.0f}x the best of PyTorch and JAX", row["ratio"],
-                DMF16_TARGET_RATIO, best_peer=row["best_peer"])
+            add(
+                f"DMF {row['shape']} {row['dtype']} vs peers",
+                f"DMF {row['case']}: >= {DMF16_TARGET_RATIO:.0f}x the best of PyTorch and JAX",
+                row["ratio"],
+                DMF16_TARGET_RATIO,
+                best_peer=row["best_peer"],
+            )
     for row in cp_rows:
         own, torch = (row["sides"].get(k, {}) for k in ("implicitreg", "torch"))
         ok = "rate" in own and "rate" in torch and torch["match"]
-        add(f"cp_step order {row['order']} {row['dtype']} vs torch", f"cp_step {row['case']}: "
-            f">= {CP_TARGET_RATIO:.0f}x PyTorch batched", own["rate"] / torch["rate"] if ok
-            else None, CP_TARGET_RATIO, peer="torch")
+        add(
+            f"cp_step order {row['order']} {row['dtype']} vs torch",
+            f"cp_step {row['case']}: >= {CP_TARGET_RATIO:.0f}x PyTorch batched",
+            own["rate"] / torch["rate"] if ok else None,
+            CP_TARGET_RATIO,
+            peer="torch",
+        )
     for row in svd_rows:
         if row["n"] <= 32:
-            add(f"svdvals {row['n']}x{row['n']} {row['dtype']}", f"svdvals {row['case']}: >= "
-                f"{SVD_TARGET_RATIO:.0f}x the best of CuPy and PyTorch", row["ratio"],
-                SVD_TARGET_RATIO, best_peer=row["best_peer"])
+            add(
+                f"svdvals {row['n']}x{row['n']} {row['dtype']}",
+                f"svdvals {row['case']}: >= {SVD_TARGET_RATIO:.0f}x the best of CuPy and PyTorch",
+                row["ratio"],
+                SVD_TARGET_RATIO,
+                best_peer=row["best_peer"],
+            )
     return out
 
 
@@ -612,9 +762,11 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     """Every case on `dev`; (report, every check passed)."""
     clock = Clock(args.budget)
     repeats, target_s = args.repeats, args.target_s
-    print(f"implicitreg {ir.__version__} on {dev.name} (backend {dev.backend}); median of "
-          f"{repeats}, calls of about {target_s} s; "
-          + ", ".join(f"{k} {v or '-'}" for k, v in peers.versions.items()))
+    print(
+        f"implicitreg {ir.__version__} on {dev.name} (backend {dev.backend}); median of "
+        f"{repeats}, calls of about {target_s} s; "
+        + ", ".join(f"{k} {v or '-'}" for k, v in peers.versions.items())
+    )
     ok = True
     errors = []
     done = {"dmf": [], "cp": [], "svdvals": []}
@@ -635,8 +787,17 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
                 finish_row(row)
                 rows.append(row)
                 print(f"  done {row['case']} ({clock.elapsed():.0f} s)", flush=True)
-                write_json(args.json, {"benchmark": "gpu", "device": dev.kind, "partial": True,
-                                       "errors": errors, **done}, quiet=True)
+                write_json(
+                    args.json,
+                    {
+                        "benchmark": "gpu",
+                        "device": dev.kind,
+                        "partial": True,
+                        "errors": errors,
+                        **done,
+                    },
+                    quiet=True,
+                )
         return rows
 
     def cases(section, table):
@@ -646,23 +807,35 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     dmf_rows = run_cases(
         cases("dmf", DMF_CASES),
         lambda case, dtype: dmf_case(dev, peers, clock, case, dtype, target_s, repeats),
-        lambda case: f"DMF {case[0]}", "dmf")
-    print_table("DMF step (problem-steps/s)", dmf_rows,
-                ["implicitreg", "torch-autograd", "torch-closed", "torch-compile", "jax"],
-                extra="ir Gflop/s")
+        lambda case: f"DMF {case[0]}",
+        "dmf",
+    )
+    print_table(
+        "DMF step (problem-steps/s)",
+        dmf_rows,
+        ["implicitreg", "torch-autograd", "torch-closed", "torch-compile", "jax"],
+        extra="ir Gflop/s",
+    )
     clock.share = CP_SHARE
     cp_rows = run_cases(
         cases("cp", CP_CASES),
         lambda case, dtype: cp_case(dev, peers, clock, case, dtype, target_s, repeats),
-        lambda case: f"CP order {case[0]}", "cp")
-    print_table(f"CP step, {CP_OPTIMIZER} (problem-steps/s)", cp_rows,
-                ["implicitreg", "torch", "jax"], extra="ir Gflop/s")
+        lambda case: f"CP order {case[0]}",
+        "cp",
+    )
+    print_table(
+        f"CP step, {CP_OPTIMIZER} (problem-steps/s)",
+        cp_rows,
+        ["implicitreg", "torch", "jax"],
+        extra="ir Gflop/s",
+    )
     clock.share = 1.0
     svd_rows = run_cases(
         cases("svdvals", SVD_CASES),
-        lambda case, dtype: svd_case(dev, peers, clock, case[0], case[1], dtype, target_s,
-                                     repeats),
-        lambda case: f"svdvals {case[0]}x{case[0]}", "svdvals")
+        lambda case, dtype: svd_case(dev, peers, clock, case[0], case[1], dtype, target_s, repeats),
+        lambda case: f"svdvals {case[0]}x{case[0]}",
+        "svdvals",
+    )
     ok = ok and not errors
     peer = "cupy" if dev.kind == "cuda" else "numpy"
     print_table("svdvals (matrices/s)", svd_rows, ["implicitreg", peer, "torch"])
@@ -670,8 +843,9 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     for row in dmf_rows + cp_rows:
         own = row["sides"]["implicitreg"]
         if not own.get("all_running", True):
-            errors.append(f"{'CP' if 'order' in row else 'DMF'} {row['case']}: problems froze "
-                          "while timed")
+            errors.append(
+                f"{'CP' if 'order' in row else 'DMF'} {row['case']}: problems froze while timed"
+            )
             ok = False
     warnings = []
     for row in dmf_rows + cp_rows + svd_rows:
@@ -679,16 +853,26 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
         for name, side in row["sides"].items():
             if "rate" in side and not side["match"]:
                 if name == ref:
-                    errors.append(f"{row['case']}: implicitreg and {name} disagree "
-                                  f"({side.get('check_rel_diff', side.get('check_rel_err')):.1e}"
-                                  " relative)")
+                    errors.append(
+                        f"{row['case']}: implicitreg and {name} disagree "
+                        f"({side.get('check_rel_diff', side.get('check_rel_err')):.1e}"
+                        " relative)"
+                    )
                     ok = False
                 else:
-                    warnings.append(f"{row['case']}: {name} disagrees with implicitreg and "
-                                    "the reference; left out of best peer")
+                    warnings.append(
+                        f"{row['case']}: {name} disagrees with implicitreg and "
+                        "the reference; left out of best peer"
+                    )
     tg = targets(dmf_rows, cp_rows, svd_rows)
-    print("\nTargets" + ("" if dev.kind == "cuda" else
-                         " (set for --device cuda; on the cpu they only test this script)"))
+    print(
+        "\nTargets"
+        + (
+            ""
+            if dev.kind == "cuda"
+            else " (set for --device cuda; on the cpu they only test this script)"
+        )
+    )
     for t in tg:
         status = {True: "met", False: "missed", None: "no peer"}[t["met"]]
         v = t["value"]
@@ -699,12 +883,26 @@ def run_all(dev: Device, peers: Peers, args) -> tuple[dict, bool]:
     for e in errors:
         print(f"ERROR: {e}")
     print(f"total {clock.elapsed():.0f} s")
-    report = {"benchmark": "gpu", "device": dev.kind, "device_name": dev.name,
-              "machine": machine(), "build": ir.build_info(), "versions": peers.versions,
-              "quick": args.quick, "repeats": repeats, "target_s": target_s,
-              "budget_s": args.budget, "dmf": dmf_rows, "cp": cp_rows, "svdvals": svd_rows,
-              "targets": tg, "errors": errors, "warnings": warnings, "checks_passed": ok,
-              "elapsed_s": clock.elapsed()}
+    report = {
+        "benchmark": "gpu",
+        "device": dev.kind,
+        "device_name": dev.name,
+        "machine": machine(),
+        "build": ir.build_info(),
+        "versions": peers.versions,
+        "quick": args.quick,
+        "repeats": repeats,
+        "target_s": target_s,
+        "budget_s": args.budget,
+        "dmf": dmf_rows,
+        "cp": cp_rows,
+        "svdvals": svd_rows,
+        "targets": tg,
+        "errors": errors,
+        "warnings": warnings,
+        "checks_passed": ok,
+        "elapsed_s": clock.elapsed(),
+    }
     return report, ok
 
 
@@ -714,11 +912,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter calls")
     ap.add_argument("--repeats", type=int, help="timed calls per median (default 5; 3 quick)")
     ap.add_argument("--target-s", type=float, help="seconds per timed call (0.3; 0.1 quick)")
-    ap.add_argument("--budget", type=float,
-                    help="seconds after which peers are skipped (140; 60 quick)")
+    ap.add_argument(
+        "--budget", type=float, help="seconds after which peers are skipped (140; 60 quick)"
+    )
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile side")
-    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
-                    help="these sections only (default: all)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="these sections only (default: all)",
+    )
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args(argv)
     args.repeats = max(1, args.repeats or (3 if args.quick else 5))
@@ -727,11 +931,21 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         cuda = ir.backends()["cuda"]
         if not cuda["available"]:
-            print(f"bench_gpu: implicitreg's cuda backend is not usable here: {cuda['reason']}\n"
-                  "  (run on a machine with an NVIDIA GPU and implicitreg built with CUDA, or "
-                  "use --device cpu to test this script)", file=sys.stderr)
-            write_json(args.json, {"benchmark": "gpu", "device": "cuda", "machine": machine(),
-                                   "error": f"cuda backend not usable: {cuda['reason']}"})
+            print(
+                f"bench_gpu: implicitreg's cuda backend is not usable here: {cuda['reason']}\n"
+                "  (run on a machine with an NVIDIA GPU and implicitreg built with CUDA, or "
+                "use --device cpu to test this script)",
+                file=sys.stderr,
+            )
+            write_json(
+                args.json,
+                {
+                    "benchmark": "gpu",
+                    "device": "cuda",
+                    "machine": machine(),
+                    "error": f"cuda backend not usable: {cuda['reason']}",
+                },
+            )
             return 2
         dev = cuda_device()
     else:

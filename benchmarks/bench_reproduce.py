@@ -43,14 +43,27 @@ TARGETS = {("paper-2x2", True): 180.0, ("paper-2x2", False): 1800.0}
 GPU_TARGET_S = 300.0  # reproduce paper-2x2 --backend cuda --seeds 4096
 
 
-def run_cli(name: str, quick: bool, *extra: str, timeout: float | None = None
-            ) -> tuple[float, float]:
+def run_cli(
+    name: str, quick: bool, *extra: str, timeout: float | None = None
+) -> tuple[float, float]:
     """(wall seconds of `implicitreg reproduce NAME [--quick] EXTRA...`, problem-steps/s of
     its training); subprocess.TimeoutExpired after `timeout` seconds, CalledProcessError
     (with its output) when it fails."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "implicitreg", "reproduce", name, "--quiet",
-               "--out", f"{tmp}/out"] + (["--quick"] if quick else []) + list(extra)
+        cmd = (
+            [
+                sys.executable,
+                "-m",
+                "implicitreg",
+                "reproduce",
+                name,
+                "--quiet",
+                "--out",
+                f"{tmp}/out",
+            ]
+            + (["--quick"] if quick else [])
+            + list(extra)
+        )
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
         wall = time.perf_counter() - t0
@@ -61,8 +74,10 @@ def run_cli(name: str, quick: bool, *extra: str, timeout: float | None = None
 
 def part1(args, report):
     print("Part 1: `implicitreg reproduce NAME` wall time (figures included)")
-    print(f"{'experiment':20s} {'variant':8s} {'median s':>9s} {'problem-steps/s':>16s} "
-          f"{'target s':>9s} {'target/time':>12s}")
+    print(
+        f"{'experiment':20s} {'variant':8s} {'median s':>9s} {'problem-steps/s':>16s} "
+        f"{'target s':>9s} {'target/time':>12s}"
+    )
     for name in EXPERIMENTS:
         for quick in (True, False) if not args.quick else (True,):
             walls, rate = [], 0.0
@@ -71,12 +86,24 @@ def part1(args, report):
                 walls.append(w)
             wall = sorted(walls)[len(walls) // 2]
             target = TARGETS.get((name, quick))
-            mark = ("" if target is None else
-                    f"{target / wall:11.0f}x" + ("" if wall < target else " MISSED"))
-            print(f"{name:20s} {'quick' if quick else 'full':8s} {wall:9.1f} {rate:16.3g} "
-                  f"{target if target else '-':>9} {mark:>12s}")
-            report["reproduce"].append({"experiment": name, "quick": quick, "seconds": wall,
-                                        "problem_steps_per_s": rate, "target_s": target})
+            mark = (
+                ""
+                if target is None
+                else f"{target / wall:11.0f}x" + ("" if wall < target else " MISSED")
+            )
+            print(
+                f"{name:20s} {'quick' if quick else 'full':8s} {wall:9.1f} {rate:16.3g} "
+                f"{target if target else '-':>9} {mark:>12s}"
+            )
+            report["reproduce"].append(
+                {
+                    "experiment": name,
+                    "quick": quick,
+                    "seconds": wall,
+                    "problem_steps_per_s": rate,
+                    "target_s": target,
+                }
+            )
 
 
 def part2(args, report):
@@ -86,11 +113,15 @@ def part2(args, report):
     base = {**base, "max_steps": 20_000}
     times = {}
     for backend in ("numpy", "cpu"):
-        times[backend] = median_time(lambda b=backend: sweep(base, grid, seeds, backend=b,
-                                                             progress=False),
-                                     repeats=args.repeats, warmup=0)
-    print(f"  numpy {times['numpy']:.2f} s, cpu {times['cpu']:.3f} s: "
-          f"{times['numpy'] / times['cpu']:.0f}x")
+        times[backend] = median_time(
+            lambda b=backend: sweep(base, grid, seeds, backend=b, progress=False),
+            repeats=args.repeats,
+            warmup=0,
+        )
+    print(
+        f"  numpy {times['numpy']:.2f} s, cpu {times['cpu']:.3f} s: "
+        f"{times['numpy'] / times['cpu']:.0f}x"
+    )
     report["sweep_numpy_vs_cpu"] = times
 
     print("\n  2x2 depth 3, B = 4096, 200,000 steps: fit without and with 45 thresholds")
@@ -98,15 +129,18 @@ def part2(args, report):
     thr = loss_grid(1e-4)
 
     def fit(thresholds):
-        f = ir.DeepFactorization.init(p, depth=3, scale=1e-6, scale_by="product",
-                                      det="positive", seed=0)
+        f = ir.DeepFactorization.init(
+            p, depth=3, scale=1e-6, scale_by="product", det="positive", seed=0
+        )
         f.fit(3e-3, 200_000, log=ir.geometric(100), thresholds=thresholds, progress=False)
 
     plain = median_time(lambda: fit(()), repeats=args.repeats)
     tracked = median_time(lambda: fit(thr), repeats=args.repeats)
     over = tracked / plain - 1
-    print(f"  without {plain:.3f} s, with {tracked:.3f} s: overhead {100 * over:.1f}%"
-          + ("" if over < 0.05 else " MISSED (target under 5%)"))
+    print(
+        f"  without {plain:.3f} s, with {tracked:.3f} s: overhead {100 * over:.1f}%"
+        + ("" if over < 0.05 else " MISSED (target under 5%)")
+    )
     report["crossings_overhead"] = {"plain_s": plain, "tracked_s": tracked}
 
 
@@ -115,57 +149,75 @@ def gpu(args) -> int:
     if args.gpu_backend == "cuda":
         cuda = ir.backends()["cuda"]
         if not cuda["available"]:
-            print(f"bench_reproduce: --gpu needs implicitreg's cuda backend, which is not "
-                  f"usable here: {cuda['reason']}", file=sys.stderr)
-            write_json(args.json, {"machine": machine(), "error": "cuda backend not usable: "
-                                   f"{cuda['reason']}"})
+            print(
+                f"bench_reproduce: --gpu needs implicitreg's cuda backend, which is not "
+                f"usable here: {cuda['reason']}",
+                file=sys.stderr,
+            )
+            write_json(
+                args.json,
+                {"machine": machine(), "error": f"cuda backend not usable: {cuda['reason']}"},
+            )
             return 2
     print("implicitreg reproduce paper-2x2 (full, figures included), one run each")
     print(f"{'side':5s} {'backend':8s} {'seeds':>6s} {'wall s':>9s} {'problem-steps/s':>16s}")
     runs, failed = {}, False
-    for side, backend, seeds, timeout in (("cpu", "cpu", args.cpu_seeds, None),
-                                          ("gpu", args.gpu_backend, args.gpu_seeds,
-                                           args.gpu_timeout)):
+    for side, backend, seeds, timeout in (
+        ("cpu", "cpu", args.cpu_seeds, None),
+        ("gpu", args.gpu_backend, args.gpu_seeds, args.gpu_timeout),
+    ):
         run = runs[side] = {"backend": backend, "seeds": seeds}
         try:
             run["seconds"], run["problem_steps_per_s"] = run_cli(
-                "paper-2x2", False, "--backend", backend, "--seeds", str(seeds),
-                timeout=timeout)
+                "paper-2x2", False, "--backend", backend, "--seeds", str(seeds), timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             run["timed_out_after_s"] = timeout
-            print(f"{side:5s} {backend:8s} {seeds:6d} {f'> {timeout:.0f}':>9s} {'-':>16s}  "
-                  "(stopped)")
+            print(
+                f"{side:5s} {backend:8s} {seeds:6d} {f'> {timeout:.0f}':>9s} {'-':>16s}  (stopped)"
+            )
             continue
         except subprocess.CalledProcessError as exc:
             run["error"] = f"exit {exc.returncode}: {(exc.stderr or '').strip()[-2000:]}"
             print(f"{side:5s} {backend:8s} {seeds:6d} FAILED ({run['error']})")
             failed = True
             continue
-        print(f"{side:5s} {backend:8s} {seeds:6d} {run['seconds']:9.1f} "
-              f"{run['problem_steps_per_s']:16.3g}")
+        print(
+            f"{side:5s} {backend:8s} {seeds:6d} {run['seconds']:9.1f} "
+            f"{run['problem_steps_per_s']:16.3g}"
+        )
     g, c = runs["gpu"], runs["cpu"]
     both = "seconds" in g and "seconds" in c
-    out = {"experiment": "paper-2x2", "runs": runs, "target_s": GPU_TARGET_S,
-           "rate_ratio": g["problem_steps_per_s"] / c["problem_steps_per_s"] if both else None,
-           "wall_ratio": g["seconds"] / c["seconds"] if both else None}
+    out = {
+        "experiment": "paper-2x2",
+        "runs": runs,
+        "target_s": GPU_TARGET_S,
+        "rate_ratio": g["problem_steps_per_s"] / c["problem_steps_per_s"] if both else None,
+        "wall_ratio": g["seconds"] / c["seconds"] if both else None,
+    }
     if both:
-        print(f"gpu / cpu: {out['rate_ratio']:.3g}x the problem-steps/s, "
-              f"{out['wall_ratio']:.3g}x the wall time for {g['seeds'] / c['seeds']:.3g}x the "
-              "seeds")
+        print(
+            f"gpu / cpu: {out['rate_ratio']:.3g}x the problem-steps/s, "
+            f"{out['wall_ratio']:.3g}x the wall time for {g['seeds'] / c['seeds']:.3g}x the "
+            "seeds"
+        )
     # a run stopped at the target or later has missed it; stopped earlier, nothing is known
     stopped = g.get("timed_out_after_s")
     if "seconds" in g:
         out["met"], got = g["seconds"] < GPU_TARGET_S, f"{g['seconds']:.1f} s"
     elif stopped is not None:
-        out["met"], got = (False if stopped >= GPU_TARGET_S else None), \
-            f"stopped after {stopped:.0f} s"
+        out["met"], got = (
+            (False if stopped >= GPU_TARGET_S else None),
+            f"stopped after {stopped:.0f} s",
+        )
     else:
         out["met"], got = None, "failed"
     status = {True: "met", False: "MISSED", None: "not judged"}[out["met"]]
-    print(f"target: --backend {g['backend']} --seeds {g['seeds']} under {GPU_TARGET_S:.0f} s: "
-          f"{status} ({got})")
-    write_json(args.json, {"machine": machine(), "build": ir.build_info(),
-                           "gpu_reproduce": out})
+    print(
+        f"target: --backend {g['backend']} --seeds {g['seeds']} under {GPU_TARGET_S:.0f} s: "
+        f"{status} ({got})"
+    )
+    write_json(args.json, {"machine": machine(), "build": ir.build_info(), "gpu_reproduce": out})
     return 1 if failed else 0
 
 
@@ -173,16 +225,23 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="quick variants only")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--gpu", action="store_true",
-                    help="only paper-2x2 on the cuda backend against the cpu backend")
+    ap.add_argument(
+        "--gpu",
+        action="store_true",
+        help="only paper-2x2 on the cuda backend against the cpu backend",
+    )
     ap.add_argument("--gpu-seeds", type=int, default=4096, help="seeds of the --gpu device run")
     ap.add_argument("--cpu-seeds", type=int, default=32, help="seeds of the --gpu cpu run")
-    ap.add_argument("--gpu-timeout", type=float, default=GPU_TARGET_S,
-                    help="seconds after which the --gpu device run is stopped (default: the "
-                    "target, 300)")
+    ap.add_argument(
+        "--gpu-timeout",
+        type=float,
+        default=GPU_TARGET_S,
+        help="seconds after which the --gpu device run is stopped (default: the target, 300)",
+    )
     # the --gpu device run's backend: "cpu" tests the --gpu path on a machine without a GPU
-    ap.add_argument("--gpu-backend", choices=("cuda", "cpu"), default="cuda",
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--gpu-backend", choices=("cuda", "cpu"), default="cuda", help=argparse.SUPPRESS
+    )
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args(argv)
     if args.gpu:

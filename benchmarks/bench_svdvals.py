@@ -42,8 +42,20 @@ CASES = [  # (n, batch, float64 target ratio); every case also runs in float32, 
     (16, 2048, None),
     (32, 1024, 3.0),
 ]
-ALL_METRICS = ("loss", "entry:0,0", "det", "svals", "fro", "nuc", "spectral", "schatten:0.5",
-               "erank", "rank", "dist_rank:1", "balancedness")
+ALL_METRICS = (
+    "loss",
+    "entry:0,0",
+    "det",
+    "svals",
+    "fro",
+    "nuc",
+    "spectral",
+    "schatten:0.5",
+    "erank",
+    "rank",
+    "dist_rank:1",
+    "balancedness",
+)
 FIT_BATCH, FIT_DEPTH, FIT_LR, FIT_EVERY = 4096, 3, 1e-4, 100
 FIT_TARGET_PCT = 20.0
 
@@ -75,13 +87,20 @@ def svdvals_case(n, B, dtype, repeats, sample_s, torch, jax) -> dict:
     s_cpu = ir.svdvals(X)
     s_ref = np.linalg.svd(X, compute_uv=False)
     err = float(np.max(np.abs(s_cpu - s_ref).max(axis=1) / s_ref[:, 0]))
-    row = {"n": n, "batch": B, "dtype": dtype, "max_rel_err": err,
-           "cpu_s": per_call(lambda: ir.svdvals(X), repeats, sample_s),
-           "numpy_s": per_call(lambda: np.linalg.svd(X, compute_uv=False), repeats, sample_s),
-           "torch_s": None, "jax_s": None}
+    row = {
+        "n": n,
+        "batch": B,
+        "dtype": dtype,
+        "max_rel_err": err,
+        "cpu_s": per_call(lambda: ir.svdvals(X), repeats, sample_s),
+        "numpy_s": per_call(lambda: np.linalg.svd(X, compute_uv=False), repeats, sample_s),
+        "torch_s": None,
+        "jax_s": None,
+    }
     if torch is not None:
-        row["torch_s"] = per_call(PEERS.module.torch_svdvals(X, "cpu", torch=torch), repeats,
-                                  sample_s)
+        row["torch_s"] = per_call(
+            PEERS.module.torch_svdvals(X, "cpu", torch=torch), repeats, sample_s
+        )
     if jax is not None:
         row["jax_s"] = per_call(PEERS.module.jax_svdvals(X, "cpu", jax=jax), repeats, sample_s)
     for k in ("cpu", "numpy"):
@@ -95,8 +114,9 @@ def fit_overhead(steps: int, repeats: int) -> dict:
     """Median fit() seconds with the loss alone and with every metric, alternating the two
     so that both see the same machine state; each run starts from a fresh copy of one init."""
     problem = ir.problems.paper_2x2(batch=FIT_BATCH)
-    start = ir.DeepFactorization.init(problem, depth=FIT_DEPTH, init="normal", scale=1e-2,
-                                      seed=0, dtype="float64")
+    start = ir.DeepFactorization.init(
+        problem, depth=FIT_DEPTH, init="normal", scale=1e-2, seed=0, dtype="float64"
+    )
     factors = [W.copy() for W in start.factors]
     variants = {"loss_only": ("loss",), "all_metrics": ALL_METRICS}
     times = {k: [] for k in variants}
@@ -104,20 +124,29 @@ def fit_overhead(steps: int, repeats: int) -> dict:
         for name, metrics in variants.items():
             f = ir.DeepFactorization(problem, factors)
             t0 = time.perf_counter()
-            f.fit(FIT_LR, max_steps=steps, log=ir.every(FIT_EVERY), metrics=metrics,
-                  progress=False)
+            f.fit(FIT_LR, max_steps=steps, log=ir.every(FIT_EVERY), metrics=metrics, progress=False)
             if r:
                 times[name].append(time.perf_counter() - t0)
     loss_s, all_s = (float(np.median(times[k])) for k in variants)
     measure_s = per_call(lambda: start.measure(ALL_METRICS), max(repeats, 5), 0.02)
     log_rows = steps // FIT_EVERY
-    return {"batch": FIT_BATCH, "depth": FIT_DEPTH, "lr": FIT_LR, "steps": steps,
-            "log_every": FIT_EVERY, "log_rows": log_rows, "metrics": list(ALL_METRICS),
-            "loss_only_s": loss_s, "all_metrics_s": all_s,
-            "loss_only_runs_s": times["loss_only"], "all_metrics_runs_s": times["all_metrics"],
-            "extra_pct": 100.0 * (all_s - loss_s) / loss_s,
-            "extra_per_log_row_us": 1e6 * (all_s - loss_s) / max(1, log_rows),
-            "measure_all_us": 1e6 * measure_s, "target_pct": FIT_TARGET_PCT}
+    return {
+        "batch": FIT_BATCH,
+        "depth": FIT_DEPTH,
+        "lr": FIT_LR,
+        "steps": steps,
+        "log_every": FIT_EVERY,
+        "log_rows": log_rows,
+        "metrics": list(ALL_METRICS),
+        "loss_only_s": loss_s,
+        "all_metrics_s": all_s,
+        "loss_only_runs_s": times["loss_only"],
+        "all_metrics_runs_s": times["all_metrics"],
+        "extra_pct": 100.0 * (all_s - loss_s) / loss_s,
+        "extra_per_log_row_us": 1e6 * (all_s - loss_s) / max(1, log_rows),
+        "measure_all_us": 1e6 * measure_s,
+        "target_pct": FIT_TARGET_PCT,
+    }
 
 
 def main() -> int:
@@ -130,14 +159,21 @@ def main() -> int:
     sample_s = 0.02 if args.quick else 0.05
     steps = 5000 if args.quick else 20000
     torch, jax = PEERS.lib("torch"), PEERS.lib("jax")
-    versions = {"numpy": np.__version__, "torch": torch and torch.__version__,
-                "jax": jax and jax.__version__}
+    versions = {
+        "numpy": np.__version__,
+        "torch": torch and torch.__version__,
+        "jax": jax and jax.__version__,
+    }
     info = ir.build_info()
-    print(f"implicitreg {ir.__version__}, {info['cpu_flags']}, {info['threads']} threads; "
-          f"median of {repeats}; " + ", ".join(f"{k} {v or '-'}" for k, v in versions.items()))
+    print(
+        f"implicitreg {ir.__version__}, {info['cpu_flags']}, {info['threads']} threads; "
+        f"median of {repeats}; " + ", ".join(f"{k} {v or '-'}" for k, v in versions.items())
+    )
 
-    print(f"\n{'svdvals':22s} {'cpu s':>10s} {'cpu mat/s':>10s} {'numpy s':>10s} "
-          f"{'numpy mat/s':>11s} {'ratio':>8s} {'target':>7s} {'torch':>8s} {'jax':>8s}")
+    print(
+        f"\n{'svdvals':22s} {'cpu s':>10s} {'cpu mat/s':>10s} {'numpy s':>10s} "
+        f"{'numpy mat/s':>11s} {'ratio':>8s} {'target':>7s} {'torch':>8s} {'jax':>8s}"
+    )
     rows = []
     for dtype in ("float64", "float32"):
         for n, B, target in CASES:
@@ -148,28 +184,47 @@ def main() -> int:
             row["met"] = target is None or row["numpy_ratio"] >= target
             tol = 100 * n * float(np.finfo(dtype).eps)  # a few ulps * sigma_1, with room
             marks = ("" if row["met"] else "  MISSED") + (
-                "" if row["max_rel_err"] <= tol else f"  MISMATCH {row['max_rel_err']:.1e}")
-            print(f"{row['case']:22s} {row['cpu_s']:10.3e} {row['cpu_matrices_per_s']:10.3e} "
-                  f"{row['numpy_s']:10.3e} {row['numpy_matrices_per_s']:11.3e} "
-                  f"{ratio_text(row['numpy_ratio']):>8s} {ratio_text(target):>7s} "
-                  f"{ratio_text(row['torch_ratio']):>8s} {ratio_text(row['jax_ratio']):>8s}{marks}")
+                "" if row["max_rel_err"] <= tol else f"  MISMATCH {row['max_rel_err']:.1e}"
+            )
+            print(
+                f"{row['case']:22s} {row['cpu_s']:10.3e} {row['cpu_matrices_per_s']:10.3e} "
+                f"{row['numpy_s']:10.3e} {row['numpy_matrices_per_s']:11.3e} "
+                f"{ratio_text(row['numpy_ratio']):>8s} {ratio_text(target):>7s} "
+                f"{ratio_text(row['torch_ratio']):>8s} {ratio_text(row['jax_ratio']):>8s}{marks}"
+            )
             rows.append(row)
 
     fit = fit_overhead(steps, repeats)
     fit["met"] = fit["extra_pct"] < FIT_TARGET_PCT
-    print(f"\nfit() paper_2x2 B={FIT_BATCH} depth {FIT_DEPTH} float64, {steps} steps, "
-          f"log every {FIT_EVERY} ({fit['log_rows']} rows)")
+    print(
+        f"\nfit() paper_2x2 B={FIT_BATCH} depth {FIT_DEPTH} float64, {steps} steps, "
+        f"log every {FIT_EVERY} ({fit['log_rows']} rows)"
+    )
     print(f"{'metrics':22s} {'median s':>10s} {'extra':>8s} {'target':>7s}")
     print(f"{'loss':22s} {fit['loss_only_s']:10.4f}")
-    print(f"{f'all {len(ALL_METRICS)}':22s} {fit['all_metrics_s']:10.4f} "
-          f"{fit['extra_pct']:7.1f}% {f'<{FIT_TARGET_PCT:.0f}%':>7s}"
-          f"{'' if fit['met'] else '  MISSED'}")
-    print(f"extra per log row: {fit['extra_per_log_row_us']:.0f} us; one measure() of all "
-          f"{len(ALL_METRICS)} metrics at B={FIT_BATCH}: {fit['measure_all_us']:.0f} us")
+    print(
+        f"{f'all {len(ALL_METRICS)}':22s} {fit['all_metrics_s']:10.4f} "
+        f"{fit['extra_pct']:7.1f}% {f'<{FIT_TARGET_PCT:.0f}%':>7s}"
+        f"{'' if fit['met'] else '  MISSED'}"
+    )
+    print(
+        f"extra per log row: {fit['extra_per_log_row_us']:.0f} us; one measure() of all "
+        f"{len(ALL_METRICS)} metrics at B={FIT_BATCH}: {fit['measure_all_us']:.0f} us"
+    )
 
-    write_json(args.json, {"benchmark": "svdvals", "machine": machine(), "build": info,
-                           "versions": versions, "repeats": repeats, "quick": args.quick,
-                           "svdvals": rows, "fit": fit})
+    write_json(
+        args.json,
+        {
+            "benchmark": "svdvals",
+            "machine": machine(),
+            "build": info,
+            "versions": versions,
+            "repeats": repeats,
+            "quick": args.quick,
+            "svdvals": rows,
+            "fit": fit,
+        },
+    )
     return 0
 
 

@@ -36,9 +36,16 @@ TARGET = 1.20
 
 def spec(quick: bool):
     batches, seeds = (16, 64) if quick else (64, 256)
-    base = {"problem": "paper_2x2", "depth": 3, "scale": 1e-2, "scale_by": "factor",
-            "lr": 1e-3, "log": 20, "metrics": ("loss", "entry:0,0"),
-            "thresholds": (1e-1, 1e-2)}
+    base = {
+        "problem": "paper_2x2",
+        "depth": 3,
+        "scale": 1e-2,
+        "scale_by": "factor",
+        "lr": 1e-3,
+        "log": 20,
+        "metrics": ("loss", "entry:0,0"),
+        "thresholds": (1e-1, 1e-2),
+    }
     grid = {"max_steps": [20_000 + i for i in range(batches)]}
     return base, grid, seeds
 
@@ -70,27 +77,43 @@ def main() -> int:
         return ir.sweep(base, grid, seeds=seeds, progress=False, executor=executor)
 
     results = {e: run(e) for e in ("local", "ray")}  # the warm-up, kept for the check
-    same = all(_equal(results["local"].columns[k], results["ray"].columns[k])
-               for k in results["local"].columns)
-    times = {e: median_time(lambda e=e: run(e), repeats=args.repeats, warmup=0)
-             for e in ("local", "ray")}
+    same = all(
+        _equal(results["local"].columns[k], results["ray"].columns[k])
+        for k in results["local"].columns
+    )
+    times = {
+        e: median_time(lambda e=e: run(e), repeats=args.repeats, warmup=0) for e in ("local", "ray")
+    }
     ray.shutdown()
 
     n_batches = len(grid["max_steps"])
     work = int(np.sum(results["local"].columns["steps"]))
     ratio = times["ray"] / times["local"]
     verdict = "" if ratio <= TARGET else "  MISSED"
-    print(f"sweep: {n_batches} batches x {seeds} seeds (paper_2x2, depth 3, ~20000 steps), "
-          f"{work:.3g} problem-steps; {cpus} CPUs; median of {args.repeats}")
+    print(
+        f"sweep: {n_batches} batches x {seeds} seeds (paper_2x2, depth 3, ~20000 steps), "
+        f"{work:.3g} problem-steps; {cpus} CPUs; median of {args.repeats}"
+    )
     print(f"{'executor':>9s} {'median s':>9s} {'problem-steps/s':>16s}")
     for e in ("local", "ray"):
         print(f"{e:>9s} {times[e]:9.3f} {work / times[e]:16.3g}")
     print(f"ratio ray / local: {ratio:.3f} (target <= {TARGET:.2f}){verdict}")
     print(f"results equal bit for bit: {same}")
     print(f"Ray start-up (once per cluster, not in the medians): {ray_start:.1f} s")
-    write_json(args.json, {"machine": machine(), "batches": n_batches, "seeds": seeds,
-                           "problem_steps": work, "median_s": times, "ratio": ratio,
-                           "target": TARGET, "equal": same, "ray_start_s": ray_start})
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "batches": n_batches,
+            "seeds": seeds,
+            "problem_steps": work,
+            "median_s": times,
+            "ratio": ratio,
+            "target": TARGET,
+            "equal": same,
+            "ray_start_s": ray_start,
+        },
+    )
     return 0
 
 

@@ -122,56 +122,87 @@ def numpy_loop(T) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="16 tensors instead of 64")
-    ap.add_argument("--repeats", type=int,
-                    help="repeats of the compiled call (default 5, 3 with --quick); the NumPy "
-                         "loop runs once")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        help="repeats of the compiled call (default 5, 3 with --quick); the NumPy loop runs once",
+    )
     ap.add_argument("--json", help="write the results to this JSON file")
     args = ap.parse_args()
     repeats = max(1, args.repeats or (3 if args.quick else 5))
     count = 16 if args.quick else 64
     T, labels = tensors(count)
     info = ir.build_info()
-    print(f"implicitreg {ir.__version__}, {info['cpu_flags']}, {info['threads']} threads; "
-          f"numpy {np.__version__}")
-    print(f"{count} tensors 8x8x8: {count // 2} random CP (ranks {RANKS} in turn, Frobenius 1), "
-          f"{count - count // 2} memorizers (rank-1 tensor, first n in {MEMORIZER_N} entries "
-          f"kept); tol {TOL:g}, max_iter {MAX_ITER}")
+    print(
+        f"implicitreg {ir.__version__}, {info['cpu_flags']}, {info['threads']} threads; "
+        f"numpy {np.__version__}"
+    )
+    print(
+        f"{count} tensors 8x8x8: {count // 2} random CP (ranks {RANKS} in turn, Frobenius 1), "
+        f"{count - count // 2} memorizers (rank-1 tensor, first n in {MEMORIZER_N} entries "
+        f"kept); tol {TOL:g}, max_iter {MAX_ITER}"
+    )
 
     # the warm-up call; deterministic, so its ranks are the ones
     compiled = ir.tensor_rank(T, **PAPER_RULE)
     cpu_s = median_time(lambda: ir.tensor_rank(T, **PAPER_RULE), repeats=repeats, warmup=0)
-    print(f"compiled ir.tensor_rank: median of {repeats} (after 1 warm-up): {cpu_s:.3f} s "
-          f"({count / cpu_s:.1f} tensors/s)", flush=True)
+    print(
+        f"compiled ir.tensor_rank: median of {repeats} (after 1 warm-up): {cpu_s:.3f} s "
+        f"({count / cpu_s:.1f} tensors/s)",
+        flush=True,
+    )
     t0 = time.perf_counter()
     ref = numpy_loop(T)
     np_s = time.perf_counter() - t0
-    print(f"NumPy find_cp_rank loop (pinv CP-ALS, default_rng(index) per tensor): timed once "
-          f"(repeats=1, no warm-up): {np_s:.3f} s ({count / np_s:.2f} tensors/s)")
+    print(
+        f"NumPy find_cp_rank loop (pinv CP-ALS, default_rng(index) per tensor): timed once "
+        f"(repeats=1, no warm-up): {np_s:.3f} s ({count / np_s:.2f} tensors/s)"
+    )
     ratio = np_s / cpu_s
     met = ratio >= TARGET
-    print(f"ratio numpy / compiled: {ratio:.1f}x (target {TARGET:.0f}x)"
-          f"{'' if met else '  MISSED'}")
+    print(f"ratio numpy / compiled: {ratio:.1f}x (target {TARGET:.0f}x){'' if met else '  MISSED'}")
 
     agree = compiled == ref
-    print(f"\nestimated ranks agree on {int(agree.sum())} of {count} tensors "
-          f"(different random starts: disagreement is reported, not judged)")
+    print(
+        f"\nestimated ranks agree on {int(agree.sum())} of {count} tensors "
+        f"(different random starts: disagreement is reported, not judged)"
+    )
     print(f"{'group':22s} {'count':>5s} {'agree':>5s}  compiled ranks / numpy ranks")
     groups = {}
     for i, lab in enumerate(labels):
         groups.setdefault(lab, []).append(i)
     for lab, idx in groups.items():
-        print(f"{lab:22s} {len(idx):5d} {int(agree[idx].sum()):5d}  "
-              f"{' '.join(map(str, compiled[idx]))} / {' '.join(map(str, ref[idx]))}")
+        print(
+            f"{lab:22s} {len(idx):5d} {int(agree[idx].sum()):5d}  "
+            f"{' '.join(map(str, compiled[idx]))} / {' '.join(map(str, ref[idx]))}"
+        )
     diff = compiled - ref
-    print(f"compiled - numpy over all tensors: min {diff.min()}, max {diff.max()}, "
-          f"mean |diff| {np.abs(diff).mean():.2f}")
+    print(
+        f"compiled - numpy over all tensors: min {diff.min()}, max {diff.max()}, "
+        f"mean |diff| {np.abs(diff).mean():.2f}"
+    )
 
-    write_json(args.json, {
-        "benchmark": "tensor_rank", "machine": machine(), "build": info, "quick": args.quick,
-        "tensors": count, "labels": labels, "repeats_compiled": repeats, "repeats_numpy": 1,
-        "compiled_s": cpu_s, "numpy_s": np_s, "ratio": ratio, "target": TARGET, "met": met,
-        "compiled_ranks": compiled.tolist(), "numpy_ranks": ref.tolist(),
-        "agree": int(agree.sum())})
+    write_json(
+        args.json,
+        {
+            "benchmark": "tensor_rank",
+            "machine": machine(),
+            "build": info,
+            "quick": args.quick,
+            "tensors": count,
+            "labels": labels,
+            "repeats_compiled": repeats,
+            "repeats_numpy": 1,
+            "compiled_s": cpu_s,
+            "numpy_s": np_s,
+            "ratio": ratio,
+            "target": TARGET,
+            "met": met,
+            "compiled_ranks": compiled.tolist(),
+            "numpy_ranks": ref.tolist(),
+            "agree": int(agree.sum()),
+        },
+    )
     return 0
 
 

@@ -23,8 +23,12 @@ for shape in [(2, 2), (8, 8), (13, 13), (40, 33)]:
     ir.svdvals(cp.asarray(rng.standard_normal((3,) + shape)))
 # (dims, R, dtype, observed entries): 16*3 * 1024 float64 is 384 KiB of gradient, over any
 # device's shared memory per block
-for dims, R, dtype, n in [((3, 4, 5), 6, "float64", 20), ((4, 3, 2, 3), 5, "float32", 30),
-                          ((8, 8, 8), 300, "float32", 50), ((16, 16, 16), 1024, "float64", 10)]:
+for dims, R, dtype, n in [
+    ((3, 4, 5), 6, "float64", 20),
+    ((4, 3, 2, 3), 5, "float32", 30),
+    ((8, 8, 8), 300, "float32", 50),
+    ((16, 16, 16), 1024, "float64", 10),
+]:
     targets, orders = ir.problems.random_cp_tensor(dims, 1, batch=3, seed=0)
     p = ir.tensor_completion(targets, ir.problems.observe_first(orders, n, dims))
     c = ir.CPFactorization.init(p, rank=R, scale=0.1, dtype=dtype, backend="cuda")

@@ -67,8 +67,10 @@ def _jax_device(jax, device):
 
 def _whole(steps: int, granule: int) -> int:
     if steps < 0 or steps % granule:
-        raise ValueError(f"steps: expected a non-negative multiple of {granule} (the steps of "
-                         f"one compiled scan), got {steps}")
+        raise ValueError(
+            f"steps: expected a non-negative multiple of {granule} (the steps of "
+            f"one compiled scan), got {steps}"
+        )
     return steps // granule
 
 
@@ -115,8 +117,9 @@ class TorchDMF:
 
     granule = 1
 
-    def __init__(self, targets, masks, start, dtype="float64", mode="closed", device="cpu",
-                 torch=None):
+    def __init__(
+        self, targets, masks, start, dtype="float64", mode="closed", device="cpu", torch=None
+    ):
         if mode not in ("closed", "autograd", "compiled"):
             raise ValueError(f"mode: expected 'closed', 'autograd' or 'compiled', got {mode!r}")
         torch = self.torch = torch or load_torch()[0]
@@ -125,8 +128,7 @@ class TorchDMF:
         tdt = getattr(torch, str(np.dtype(dtype)))
         self.T = torch.as_tensor(np.asarray(targets, dtype=dtype), device=self.device)
         self.M = torch.as_tensor(np.asarray(masks).astype(dtype), device=self.device)
-        self.start = [torch.as_tensor(np.asarray(W), dtype=tdt, device=self.device)
-                      for W in start]
+        self.start = [torch.as_tensor(np.asarray(W), dtype=tdt, device=self.device) for W in start]
         self.W = [S.clone().requires_grad_(mode == "autograd") for S in self.start]
         if mode == "compiled":
             self.fn = torch.compile(_closed_form_step(torch), dynamic=False)
@@ -164,8 +166,9 @@ class TorchDMF:
             # lr as a 0-d tensor: a new value does not recompile
             lr_t = self.lr_tensors.get(lr)
             if lr_t is None:
-                lr_t = self.lr_tensors[lr] = torch.tensor(lr, dtype=self.start[0].dtype,
-                                                          device=self.device)
+                lr_t = self.lr_tensors[lr] = torch.tensor(
+                    lr, dtype=self.start[0].dtype, device=self.device
+                )
             Ws = list(self.W)
             with torch.no_grad():
                 for _ in range(steps):
@@ -184,8 +187,9 @@ class JaxDMF:
 
     name = "jax"
 
-    def __init__(self, targets, masks, start, dtype="float64", device=None, scan_steps=50,
-                 jax=None):
+    def __init__(
+        self, targets, masks, start, dtype="float64", device=None, scan_steps=50, jax=None
+    ):
         jax = self.jax = jax or load_jax()[0]
         jnp = jax.numpy
         dev = _jax_device(jax, device)
@@ -208,8 +212,9 @@ class JaxDMF:
             g = jax.grad(loss)(Ws, T, M)
             return tuple(W - lr * gW for W, gW in zip(Ws, g, strict=True))
 
-        vstep = jax.vmap(step, in_axes=(0, None if shared[0] else 0,
-                                        None if shared[1] else 0, None))
+        vstep = jax.vmap(
+            step, in_axes=(0, None if shared[0] else 0, None if shared[1] else 0, None)
+        )
         length = self.granule
 
         def scan(Ws, T, M, lr):
@@ -272,8 +277,10 @@ def _cp_inputs(targets, masks, start, dtype):
     targets, masks = np.asarray(targets, dtype=dtype), np.asarray(masks).astype(dtype)
     order = len(start)
     if targets.ndim != order + 1 or masks.ndim != order + 1:
-        raise ValueError(f"targets, masks: expected (B|1, d_1, ..., d_{order}) tensors for "
-                         f"{order} factors, got shapes {targets.shape} and {masks.shape}")
+        raise ValueError(
+            f"targets, masks: expected (B|1, d_1, ..., d_{order}) tensors for "
+            f"{order} factors, got shapes {targets.shape} and {masks.shape}"
+        )
     return targets, masks, order
 
 
@@ -285,8 +292,18 @@ class TorchCP:
     granule = 1
     name = "torch"
 
-    def __init__(self, targets, masks, start, optimizer="gd", beta=0.99, eps=1e-6,
-                 dtype="float64", device="cpu", torch=None):
+    def __init__(
+        self,
+        targets,
+        masks,
+        start,
+        optimizer="gd",
+        beta=0.99,
+        eps=1e-6,
+        dtype="float64",
+        device="cpu",
+        torch=None,
+    ):
         torch = self.torch = torch or load_torch()[0]
         targets, masks, order = _cp_inputs(targets, masks, start, dtype)
         self.device = torch.device(device)
@@ -297,8 +314,7 @@ class TorchCP:
         self.n_obs = self.mask.sum(dim=self.axes).clamp_min(1.0)
         self.spec = _einsum_spec(order)
         tdt = getattr(torch, str(np.dtype(dtype)))
-        self.start = [torch.as_tensor(np.asarray(U), dtype=tdt, device=self.device)
-                      for U in start]
+        self.start = [torch.as_tensor(np.asarray(U), dtype=tdt, device=self.device) for U in start]
         self.reset()
 
     def sync(self):
@@ -307,8 +323,9 @@ class TorchCP:
 
     def reset(self):
         self.U = [S.clone().requires_grad_(True) for S in self.start]
-        self.v = self.torch.zeros(self.start[0].shape[0], dtype=self.start[0].dtype,
-                                  device=self.device)
+        self.v = self.torch.zeros(
+            self.start[0].shape[0], dtype=self.start[0].dtype, device=self.device
+        )
         self.t = 0
         self.sync()
 
@@ -330,7 +347,7 @@ class TorchCP:
                     sq = sum((g * g).sum(dim=(1, 2)) for g in grads)
                     v.mul_(self.beta).add_(sq, alpha=1.0 - self.beta)
                     self.t += 1
-                    bias = 1.0 - self.beta ** self.t
+                    bias = 1.0 - self.beta**self.t
                     step = (lr / (torch.sqrt(v / bias) + self.eps))[:, None, None]
                 else:
                     step = lr
@@ -348,8 +365,19 @@ class JaxCP:
 
     name = "jax"
 
-    def __init__(self, targets, masks, start, optimizer="gd", beta=0.99, eps=1e-6,
-                 dtype="float64", device=None, scan_steps=10, jax=None):
+    def __init__(
+        self,
+        targets,
+        masks,
+        start,
+        optimizer="gd",
+        beta=0.99,
+        eps=1e-6,
+        dtype="float64",
+        device=None,
+        scan_steps=10,
+        jax=None,
+    ):
         jax = self.jax = jax or load_jax()[0]
         jnp = jax.numpy
         targets, masks, order = _cp_inputs(targets, masks, start, dtype)
@@ -391,8 +419,11 @@ class JaxCP:
     def reset(self):
         jnp = self.jax.numpy
         # immutable arrays: the start itself; t counts steps for the bias correction
-        self.state = (self.start, self.put(jnp.zeros(self.batch, dtype=self.dtype)),
-                      self.put(jnp.zeros((), dtype=self.dtype)))
+        self.state = (
+            self.start,
+            self.put(jnp.zeros(self.batch, dtype=self.dtype)),
+            self.put(jnp.zeros((), dtype=self.dtype)),
+        )
 
     def run(self, steps, lr):
         calls = _whole(steps, self.granule)

@@ -30,9 +30,11 @@ def _dmf(d: int, batch: int, dtype: str):
     return ir.DeepFactorization.init(p, depth=3, scale=1e-2, seed=0, dtype=dtype)
 
 
-@pytest.mark.parametrize("d, batch, steps, dtype", [
-    (2, 4096, 200, "float64"), (2, 4096, 200, "float32"), (16, 1024, 2, "float64")],
-    ids=["2x2-f64", "2x2-f32", "16x16-f64"])
+@pytest.mark.parametrize(
+    "d, batch, steps, dtype",
+    [(2, 4096, 200, "float64"), (2, 4096, 200, "float32"), (16, 1024, 2, "float64")],
+    ids=["2x2-f64", "2x2-f32", "16x16-f64"],
+)
 def test_dmf_step(benchmark, d, batch, steps, dtype):
     f = _dmf(d, batch, dtype)
     benchmark.group = "dmf_step"
@@ -64,8 +66,9 @@ def test_cp_step(benchmark, optimizer):
 
 def test_tensor_rank_small(benchmark):
     dims = (8, 8, 8)
-    T = np.concatenate([ir.problems.random_cp_tensor(dims, 1 + b % 2, batch=1, seed=b)[0]
-                        for b in range(8)])
+    T = np.concatenate(
+        [ir.problems.random_cp_tensor(dims, 1 + b % 2, batch=1, seed=b)[0] for b in range(8)]
+    )
     benchmark.group = "tensor_rank"
     benchmark.extra_info.update(batch=8)
     ranks = benchmark(ir.tensor_rank, T)

@@ -104,8 +104,12 @@ def explicit_loss(problem, factors) -> np.ndarray:
     if problem.kind == "completion":
         r = np.where(problem.masks, E - problem.targets, 0.0)
         return 0.5 * (r**2).sum(axis=(1, 2))
-    r = np.einsum("bkij,bij->bk", np.broadcast_to(problem.A, (E.shape[0],) + problem.A.shape[1:]),
-                  E) - problem.y
+    r = (
+        np.einsum(
+            "bkij,bij->bk", np.broadcast_to(problem.A, (E.shape[0],) + problem.A.shape[1:]), E
+        )
+        - problem.y
+    )
     return 0.5 * (r**2).sum(axis=1)
 
 
@@ -117,7 +121,9 @@ ANCHOR_TC = Path(__file__).resolve().parents[2] / "shared" / "data" / "anchor_tc
 def anchor():
     """The arrays of anchor_tc.npz; the test skips, with the reason, where it is absent."""
     if not ANCHOR_TC.exists():
-        pytest.skip(f"reference data {ANCHOR_TC} not present (the authors' tensors are kept "
-                    "outside the repository, in the shared data folder)")
+        pytest.skip(
+            f"reference data {ANCHOR_TC} not present (the authors' tensors are kept "
+            "outside the repository, in the shared data folder)"
+        )
     with np.load(ANCHOR_TC) as z:
         return {k: z[k] for k in z.files}

@@ -31,51 +31,117 @@ CASES = [
     # ------------------------------------------------------------------ problems
     ("targets 1-d", lambda: ir.completion(np.ones(4), np.ones(4, bool)), ValueError, "targets"),
     ("targets 4-d", lambda: ir.completion(np.ones((1, 1, 2, 2)), M22), ValueError, "targets"),
-    ("targets empty", lambda: ir.completion(np.ones((0, 3)), np.ones((0, 3), bool)), ValueError,
-     "targets"),
-    ("targets NaN observed", lambda: ir.completion([[0.0, NAN], [1.0, 0.0]], M22), ValueError,
-     r"^targets: NaN at observed entry \(0, 1\) of problem 0"),
-    ("targets NaN observed by one", lambda: ir.completion([[NAN, 1.0], [1.0, 0.0]],
-                                                          np.stack([M22, ~M22])),
-     ValueError, r"^targets: NaN at observed entry \(0, 0\) of problem 1"),
-    ("tensor targets NaN observed", lambda: ir.tensor_completion(
-        np.full((1, 2, 2, 2), NAN), np.ones((1, 2, 2, 2), bool)), ValueError,
-     "^targets: NaN at observed"),
-    ("targets beyond float32", lambda: ir.DeepFactorization.init(
-        ir.completion([[1e300, 1.0], [1.0, 0.0]], M22), 2, dtype="float32"), ValueError,
-     r"^targets: 1e\+300 is not representable in float32"),
-    ("A beyond float32", lambda: ir.DeepFactorization.init(
-        ir.sensing(np.full((3, 2, 2), -1e300), np.ones(3)), 2, dtype="float32"), ValueError,
-     r"^A: 1e\+300 is not representable in float32"),
-    ("tensor targets beyond float32", lambda: ir.CPFactorization.init(
-        ir.tensor_completion(np.full((1, 2, 2, 2), 1e39), np.ones((1, 2, 2, 2), bool)), rank=2,
-        dtype="float32"), ValueError, "^targets: 1e\\+39 is not representable in float32"),
-    ("scale underflows in float32", lambda: ir.DeepFactorization.init(
-        _sq(), 2, scale=1e-50, scale_by="factor", dtype="float32"), ValueError,
-     r"^scale: factors\[0\] drawn with scale=1e-50: 8 nonzero entries \(down to .*\) "
-     "underflow to 0 in float32"),
-    ("CP scale underflows in float32", lambda: ir.CPFactorization.init(
-        ir.tensor_completion(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2), bool)), rank=2,
-        scale=1e-50, dtype="float32"), ValueError, r"^scale: factors\[0\] .* underflow to 0"),
-    ("CP factors beyond float32", lambda: ir.CPFactorization(
-        ir.tensor_completion(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2), bool)),
-        [np.full((2, 2), 1e300)] * 3, dtype="float32"), ValueError,
-     r"^factors\[0\]: expected finite"),
+    (
+        "targets empty",
+        lambda: ir.completion(np.ones((0, 3)), np.ones((0, 3), bool)),
+        ValueError,
+        "targets",
+    ),
+    (
+        "targets NaN observed",
+        lambda: ir.completion([[0.0, NAN], [1.0, 0.0]], M22),
+        ValueError,
+        r"^targets: NaN at observed entry \(0, 1\) of problem 0",
+    ),
+    (
+        "targets NaN observed by one",
+        lambda: ir.completion([[NAN, 1.0], [1.0, 0.0]], np.stack([M22, ~M22])),
+        ValueError,
+        r"^targets: NaN at observed entry \(0, 0\) of problem 1",
+    ),
+    (
+        "tensor targets NaN observed",
+        lambda: ir.tensor_completion(np.full((1, 2, 2, 2), NAN), np.ones((1, 2, 2, 2), bool)),
+        ValueError,
+        "^targets: NaN at observed",
+    ),
+    (
+        "targets beyond float32",
+        lambda: ir.DeepFactorization.init(
+            ir.completion([[1e300, 1.0], [1.0, 0.0]], M22), 2, dtype="float32"
+        ),
+        ValueError,
+        r"^targets: 1e\+300 is not representable in float32",
+    ),
+    (
+        "A beyond float32",
+        lambda: ir.DeepFactorization.init(
+            ir.sensing(np.full((3, 2, 2), -1e300), np.ones(3)), 2, dtype="float32"
+        ),
+        ValueError,
+        r"^A: 1e\+300 is not representable in float32",
+    ),
+    (
+        "tensor targets beyond float32",
+        lambda: ir.CPFactorization.init(
+            ir.tensor_completion(np.full((1, 2, 2, 2), 1e39), np.ones((1, 2, 2, 2), bool)),
+            rank=2,
+            dtype="float32",
+        ),
+        ValueError,
+        "^targets: 1e\\+39 is not representable in float32",
+    ),
+    (
+        "scale underflows in float32",
+        lambda: ir.DeepFactorization.init(
+            _sq(), 2, scale=1e-50, scale_by="factor", dtype="float32"
+        ),
+        ValueError,
+        r"^scale: factors\[0\] drawn with scale=1e-50: 8 nonzero entries \(down to .*\) "
+        "underflow to 0 in float32",
+    ),
+    (
+        "CP scale underflows in float32",
+        lambda: ir.CPFactorization.init(
+            ir.tensor_completion(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2), bool)),
+            rank=2,
+            scale=1e-50,
+            dtype="float32",
+        ),
+        ValueError,
+        r"^scale: factors\[0\] .* underflow to 0",
+    ),
+    (
+        "CP factors beyond float32",
+        lambda: ir.CPFactorization(
+            ir.tensor_completion(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 2), bool)),
+            [np.full((2, 2), 1e300)] * 3,
+            dtype="float32",
+        ),
+        ValueError,
+        r"^factors\[0\]: expected finite",
+    ),
     ("targets inf", lambda: ir.completion([[0, np.inf], [1.0, 0.0]], M22), ValueError, "targets"),
     ("targets complex", lambda: ir.completion(np.ones((2, 2)) * 1j, M22), TypeError, "targets"),
     ("targets strings", lambda: ir.completion([["a", "b"], ["c", "d"]], M22), TypeError, "targets"),
     ("targets bool", lambda: ir.completion(M22, M22), TypeError, "targets"),
     ("masks int", lambda: ir.completion(np.ones((2, 2)), M22.astype(int)), TypeError, "masks"),
     ("masks float", lambda: ir.completion(np.ones((2, 2)), M22.astype(float)), TypeError, "masks"),
-    ("masks shape", lambda: ir.completion(np.ones((2, 2)), np.ones((2, 3), bool)), ValueError,
-     "masks"),
+    (
+        "masks shape",
+        lambda: ir.completion(np.ones((2, 2)), np.ones((2, 3), bool)),
+        ValueError,
+        "masks",
+    ),
     ("masks 1-d", lambda: ir.completion(np.ones((2, 2)), np.ones(4, bool)), ValueError, "masks"),
-    ("masks batch", lambda: ir.completion(np.ones((3, 2, 2)), np.ones((2, 2, 2), bool)),
-     ValueError, "masks"),
-    ("targets batch", lambda: ir.completion(np.ones((2, 2, 2)), np.ones((3, 2, 2), bool)),
-     ValueError, "targets"),
-    ("explicit batch", lambda: ir.completion(np.ones((3, 2, 2)), M22, batch=4), ValueError,
-     "targets"),
+    (
+        "masks batch",
+        lambda: ir.completion(np.ones((3, 2, 2)), np.ones((2, 2, 2), bool)),
+        ValueError,
+        "masks",
+    ),
+    (
+        "targets batch",
+        lambda: ir.completion(np.ones((2, 2, 2)), np.ones((3, 2, 2), bool)),
+        ValueError,
+        "targets",
+    ),
+    (
+        "explicit batch",
+        lambda: ir.completion(np.ones((3, 2, 2)), M22, batch=4),
+        ValueError,
+        "targets",
+    ),
     ("batch negative", lambda: ir.completion(np.ones((2, 2)), M22, batch=-1), ValueError, "batch"),
     ("batch float", lambda: ir.completion(np.ones((2, 2)), M22, batch=2.5), TypeError, "batch"),
     ("A 2-d", lambda: ir.sensing(np.ones((2, 2)), np.ones(2)), ValueError, "A"),
@@ -88,8 +154,7 @@ CASES = [
     ("A bool", lambda: ir.sensing(np.ones((3, 2, 2), bool), np.ones(3)), TypeError, "A"),
     ("eps 2-d", lambda: P.perturbed_2x2(eps=np.zeros((2, 2))), ValueError, "eps"),
     ("eps NaN", lambda: P.perturbed_2x2(eps=NAN), ValueError, "eps"),
-    ("b12 batch", lambda: P.perturbed_2x2(b12=[1.0, 2.0], eps=[0.0, 0.1, 0.2]), ValueError,
-     "b12"),
+    ("b12 batch", lambda: P.perturbed_2x2(b12=[1.0, 2.0], eps=[0.0, 0.1, 0.2]), ValueError, "b12"),
     ("family d=1", lambda: P.paper_family(1), ValueError, "d"),
     ("family d float", lambda: P.paper_family(2.5), TypeError, "d"),
     ("rank > min", lambda: P.random_low_rank_completion(3, 4, 4, 5), ValueError, "rank"),
@@ -97,8 +162,12 @@ CASES = [
     ("n_obs > mn", lambda: P.random_low_rank_completion(3, 4, 1, 13), ValueError, "n_obs"),
     ("n_obs 0", lambda: P.random_low_rank_completion(3, 4, 1, 0), ValueError, "n_obs"),
     ("m 0", lambda: P.random_low_rank_completion(0, 4, 1, 1), ValueError, "m"),
-    ("seed negative", lambda: P.random_low_rank_completion(3, 4, 1, 5, seed=-1), ValueError,
-     "seed"),
+    (
+        "seed negative",
+        lambda: P.random_low_rank_completion(3, 4, 1, 5, seed=-1),
+        ValueError,
+        "seed",
+    ),
     ("sensing batch", lambda: P.random_sensing(3, 4, 1, 5, batch=-2), ValueError, "batch"),
     ("n_meas 0", lambda: P.random_sensing(3, 4, 1, 0), ValueError, "n_meas"),
     ("std 0", lambda: P.random_sensing(3, 4, 1, 5, std=0.0), ValueError, "std"),
@@ -106,66 +175,143 @@ CASES = [
     ("std string", lambda: P.random_sensing(3, 4, 1, 5, std="1"), TypeError, "std"),
     # ------------------------------------------------------------------ init
     ("problem", lambda: ir.DeepFactorization.init(np.ones((2, 2)), 2), TypeError, "problem"),
-    ("problem explicit", lambda: ir.DeepFactorization(np.ones((2, 2)), _factors()), TypeError,
-     "problem"),
+    (
+        "problem explicit",
+        lambda: ir.DeepFactorization(np.ones((2, 2)), _factors()),
+        TypeError,
+        "problem",
+    ),
     ("depth 0", lambda: ir.DeepFactorization.init(_sq(), 0), ValueError, "depth"),
     ("depth -1", lambda: ir.DeepFactorization.init(_sq(), -1), ValueError, "depth"),
     ("depth float", lambda: ir.DeepFactorization.init(_sq(), 2.5), TypeError, "depth"),
-    ("init unknown", lambda: ir.DeepFactorization.init(_sq(), 2, init="orthogonal"), ValueError,
-     "init"),
-    ("backend unknown", lambda: ir.DeepFactorization.init(_sq(), 2, backend="gpu"), ValueError,
-     "backend"),
-    ("backend unknown explicit", lambda: ir.DeepFactorization(_sq(), _factors(), backend="tpu"),
-     ValueError, "backend"),
-    ("scale_by unknown", lambda: ir.DeepFactorization.init(_sq(), 2, scale_by="entry"),
-     ValueError, "scale_by"),
+    (
+        "init unknown",
+        lambda: ir.DeepFactorization.init(_sq(), 2, init="orthogonal"),
+        ValueError,
+        "init",
+    ),
+    (
+        "backend unknown",
+        lambda: ir.DeepFactorization.init(_sq(), 2, backend="gpu"),
+        ValueError,
+        "backend",
+    ),
+    (
+        "backend unknown explicit",
+        lambda: ir.DeepFactorization(_sq(), _factors(), backend="tpu"),
+        ValueError,
+        "backend",
+    ),
+    (
+        "scale_by unknown",
+        lambda: ir.DeepFactorization.init(_sq(), 2, scale_by="entry"),
+        ValueError,
+        "scale_by",
+    ),
     ("det unknown", lambda: ir.DeepFactorization.init(_sq(), 2, det="pos"), ValueError, "det"),
     ("det True", lambda: ir.DeepFactorization.init(_sq(), 2, det=True), ValueError, "det"),
     ("scale 0", lambda: ir.DeepFactorization.init(_sq(), 2, scale=0.0), ValueError, "scale"),
-    ("scale negative", lambda: ir.DeepFactorization.init(_sq(), 2, scale=-1e-3), ValueError,
-     "scale"),
+    (
+        "scale negative",
+        lambda: ir.DeepFactorization.init(_sq(), 2, scale=-1e-3),
+        ValueError,
+        "scale",
+    ),
     ("scale inf", lambda: ir.DeepFactorization.init(_sq(), 2, scale=np.inf), ValueError, "scale"),
-    ("widths count", lambda: ir.DeepFactorization.init(_sq(), 3, widths=[2]), ValueError,
-     "widths"),
-    ("widths 0", lambda: ir.DeepFactorization.init(_sq(), 3, widths=[2, 0]), ValueError,
-     "widths"),
-    ("widths float", lambda: ir.DeepFactorization.init(_sq(), 2, widths=[2.5]), TypeError,
-     "widths"),
-    ("dtype float16", lambda: ir.DeepFactorization.init(_sq(), 2, dtype="float16"), TypeError,
-     "dtype"),
-    ("dtype int", lambda: ir.DeepFactorization.init(_sq(), 2, dtype=np.int32), TypeError,
-     "dtype"),
-    ("dtype garbage", lambda: ir.DeepFactorization.init(_sq(), 2, dtype="double-ish"), TypeError,
-     "dtype"),
+    ("widths count", lambda: ir.DeepFactorization.init(_sq(), 3, widths=[2]), ValueError, "widths"),
+    ("widths 0", lambda: ir.DeepFactorization.init(_sq(), 3, widths=[2, 0]), ValueError, "widths"),
+    (
+        "widths float",
+        lambda: ir.DeepFactorization.init(_sq(), 2, widths=[2.5]),
+        TypeError,
+        "widths",
+    ),
+    (
+        "dtype float16",
+        lambda: ir.DeepFactorization.init(_sq(), 2, dtype="float16"),
+        TypeError,
+        "dtype",
+    ),
+    ("dtype int", lambda: ir.DeepFactorization.init(_sq(), 2, dtype=np.int32), TypeError, "dtype"),
+    (
+        "dtype garbage",
+        lambda: ir.DeepFactorization.init(_sq(), 2, dtype="double-ish"),
+        TypeError,
+        "dtype",
+    ),
     ("init seed", lambda: ir.DeepFactorization.init(_sq(), 2, seed=-3), ValueError, "seed"),
     ("init seed float", lambda: ir.DeepFactorization.init(_sq(), 2, seed=1.5), TypeError, "seed"),
     # ------------------------------------------------------------------ explicit factors
-    ("factors array", lambda: ir.DeepFactorization(_sq(), np.ones((2, 2, 2))), TypeError,
-     "factors"),
+    (
+        "factors array",
+        lambda: ir.DeepFactorization(_sq(), np.ones((2, 2, 2))),
+        TypeError,
+        "factors",
+    ),
     ("factors empty", lambda: ir.DeepFactorization(_sq(), []), TypeError, "factors"),
-    ("factors dtype mix", lambda: ir.DeepFactorization(
-        _sq(), [_factors()[0], _factors(dtype=np.float32)[1]]), TypeError, "factors"),
-    ("factors chain", lambda: ir.DeepFactorization(_sq(), _factors(dims=(2, 3, 4, 2))[:1]
-                                                   + _factors(dims=(2, 2, 3))[1:]),
-     ValueError, r"factors\[1\]"),
-    ("factors columns", lambda: ir.DeepFactorization(_sq(), _factors(dims=(3, 2, 2))),
-     ValueError, r"factors\[0\]"),
-    ("factors rows", lambda: ir.DeepFactorization(_sq(), _factors(dims=(2, 2, 3))), ValueError,
-     r"factors\[1\]"),
-    ("factors batch", lambda: ir.DeepFactorization(_sq(3), _factors(B=2)), ValueError,
-     r"factors\[0\]"),
-    ("factors 4-d", lambda: ir.DeepFactorization(_sq(), [np.ones((1, 2, 2, 2))]), ValueError,
-     r"factors\[0\]"),
-    ("factors 1-d", lambda: ir.DeepFactorization(_sq(), [np.ones(4)]), ValueError,
-     r"factors\[0\]"),
-    ("factors NaN", lambda: ir.DeepFactorization(_sq(), [_factors()[0], np.full((2, 2), NAN)]),
-     ValueError, r"factors\[1\]"),
-    ("factors bool", lambda: ir.DeepFactorization(_sq(), [np.ones((2, 2, 2), bool)]), TypeError,
-     r"factors\[0\]"),
-    ("factors int", lambda: ir.DeepFactorization(_sq(), [np.ones((2, 2, 2), int)]), TypeError,
-     "factors"),
-    ("factors dtype arg", lambda: ir.DeepFactorization(_sq(), _factors(), dtype="float16"),
-     TypeError, "dtype"),
+    (
+        "factors dtype mix",
+        lambda: ir.DeepFactorization(_sq(), [_factors()[0], _factors(dtype=np.float32)[1]]),
+        TypeError,
+        "factors",
+    ),
+    (
+        "factors chain",
+        lambda: ir.DeepFactorization(
+            _sq(), _factors(dims=(2, 3, 4, 2))[:1] + _factors(dims=(2, 2, 3))[1:]
+        ),
+        ValueError,
+        r"factors\[1\]",
+    ),
+    (
+        "factors columns",
+        lambda: ir.DeepFactorization(_sq(), _factors(dims=(3, 2, 2))),
+        ValueError,
+        r"factors\[0\]",
+    ),
+    (
+        "factors rows",
+        lambda: ir.DeepFactorization(_sq(), _factors(dims=(2, 2, 3))),
+        ValueError,
+        r"factors\[1\]",
+    ),
+    (
+        "factors batch",
+        lambda: ir.DeepFactorization(_sq(3), _factors(B=2)),
+        ValueError,
+        r"factors\[0\]",
+    ),
+    (
+        "factors 4-d",
+        lambda: ir.DeepFactorization(_sq(), [np.ones((1, 2, 2, 2))]),
+        ValueError,
+        r"factors\[0\]",
+    ),
+    ("factors 1-d", lambda: ir.DeepFactorization(_sq(), [np.ones(4)]), ValueError, r"factors\[0\]"),
+    (
+        "factors NaN",
+        lambda: ir.DeepFactorization(_sq(), [_factors()[0], np.full((2, 2), NAN)]),
+        ValueError,
+        r"factors\[1\]",
+    ),
+    (
+        "factors bool",
+        lambda: ir.DeepFactorization(_sq(), [np.ones((2, 2, 2), bool)]),
+        TypeError,
+        r"factors\[0\]",
+    ),
+    (
+        "factors int",
+        lambda: ir.DeepFactorization(_sq(), [np.ones((2, 2, 2), int)]),
+        TypeError,
+        "factors",
+    ),
+    (
+        "factors dtype arg",
+        lambda: ir.DeepFactorization(_sq(), _factors(), dtype="float16"),
+        TypeError,
+        "dtype",
+    ),
     # ------------------------------------------------------------------ step
     ("lr shape", lambda: _model(2).step(np.full(3, 0.1), 1), ValueError, "lr"),
     ("lr 2-d", lambda: _model(2).step(np.full((2, 1), 0.1), 1), ValueError, "lr"),
@@ -185,41 +331,86 @@ CASES = [
     ("tol negative", lambda: _model().step(0.1, 1, -1e-3), ValueError, "tol"),
     ("tol NaN", lambda: _model().step(0.1, 1, NAN), ValueError, "tol"),
     ("tol string", lambda: _model().step(0.1, 1, "1e-3"), TypeError, "tol"),
-    ("tol array", lambda: _model().step(0.1, 1, np.array([1e-3, 1e-4])), (TypeError, ValueError),
-     "tol"),
+    (
+        "tol array",
+        lambda: _model().step(0.1, 1, np.array([1e-3, 1e-4])),
+        (TypeError, ValueError),
+        "tol",
+    ),
     # ------------------------------------------------------------------ fit and metrics
-    ("max_steps negative", lambda: _model().fit(0.1, -5, progress=False), ValueError,
-     "max_steps"),
+    ("max_steps negative", lambda: _model().fit(0.1, -5, progress=False), ValueError, "max_steps"),
     ("max_steps float", lambda: _model().fit(0.1, 1.5, progress=False), TypeError, "max_steps"),
     ("fit lr", lambda: _model().fit(-0.1, 5, progress=False), ValueError, "lr"),
     ("fit tol", lambda: _model().fit(0.1, 5, tol=-1.0, progress=False), ValueError, "tol"),
-    ("metric unknown", lambda: _model().fit(0.1, 5, metrics=("loss", "ranks"), progress=False),
-     ValueError, "rank"),
-    ("metric entry syntax", lambda: _model().fit(0.1, 5, metrics=("entry:0",), progress=False),
-     ValueError, "entry:0"),
-    ("metric entry negative", lambda: _model().fit(0.1, 5, metrics=("entry:-1,0",),
-                                                   progress=False), ValueError, "entry"),
-    ("metric entry row", lambda: _model().fit(0.1, 5, metrics=("entry:2,0",), progress=False),
-     ValueError, "entry:2,0"),
-    ("metric entry col", lambda: _model(m=2, n=3).fit(0.1, 5, metrics=("entry:1,3",),
-                                                      progress=False), ValueError, "entry:1,3"),
-    ("metric det non-square", lambda: _model(m=2, n=3).fit(0.1, 5, metrics=("det",),
-                                                           progress=False), ValueError, "det"),
-    ("metric not a string", lambda: _model().fit(0.1, 5, metrics=("loss", 3), progress=False),
-     TypeError, "metrics"),
+    (
+        "metric unknown",
+        lambda: _model().fit(0.1, 5, metrics=("loss", "ranks"), progress=False),
+        ValueError,
+        "rank",
+    ),
+    (
+        "metric entry syntax",
+        lambda: _model().fit(0.1, 5, metrics=("entry:0",), progress=False),
+        ValueError,
+        "entry:0",
+    ),
+    (
+        "metric entry negative",
+        lambda: _model().fit(0.1, 5, metrics=("entry:-1,0",), progress=False),
+        ValueError,
+        "entry",
+    ),
+    (
+        "metric entry row",
+        lambda: _model().fit(0.1, 5, metrics=("entry:2,0",), progress=False),
+        ValueError,
+        "entry:2,0",
+    ),
+    (
+        "metric entry col",
+        lambda: _model(m=2, n=3).fit(0.1, 5, metrics=("entry:1,3",), progress=False),
+        ValueError,
+        "entry:1,3",
+    ),
+    (
+        "metric det non-square",
+        lambda: _model(m=2, n=3).fit(0.1, 5, metrics=("det",), progress=False),
+        ValueError,
+        "det",
+    ),
+    (
+        "metric not a string",
+        lambda: _model().fit(0.1, 5, metrics=("loss", 3), progress=False),
+        TypeError,
+        "metrics",
+    ),
     ("log", lambda: _model().fit(0.1, 5, log=10, progress=False), TypeError, "log"),
     ("every 0", lambda: ir.every(0), ValueError, "every"),
     ("every float", lambda: ir.every(1.5), TypeError, "every"),
     ("geometric 0", lambda: ir.geometric(0), ValueError, "geometric"),
     ("det() non-square", lambda: _model(m=2, n=3).det(), ValueError, "det"),
     # ------------------------------------------------------------------ sweeps
-    ("metrics tuple in a grid", lambda: ir.sweep({"problem": "paper_2x2", "max_steps": 5},
-                                                 {"metrics": [("loss", "erank")]}, seeds=1,
-                                                 progress=False),
-     TypeError, r"^metrics: expected metric names \(str\), got \('loss', 'erank'\)"),
-    ("sweep thresholds increasing", lambda: ir.sweep(
-        {"problem": "paper_2x2", "max_steps": 5, "thresholds": (0.1, 0.2)}, seeds=1,
-        progress=False), ValueError, "^thresholds: expected .* got \\[0.1, 0.2\\]"),
+    (
+        "metrics tuple in a grid",
+        lambda: ir.sweep(
+            {"problem": "paper_2x2", "max_steps": 5},
+            {"metrics": [("loss", "erank")]},
+            seeds=1,
+            progress=False,
+        ),
+        TypeError,
+        r"^metrics: expected metric names \(str\), got \('loss', 'erank'\)",
+    ),
+    (
+        "sweep thresholds increasing",
+        lambda: ir.sweep(
+            {"problem": "paper_2x2", "max_steps": 5, "thresholds": (0.1, 0.2)},
+            seeds=1,
+            progress=False,
+        ),
+        ValueError,
+        "^thresholds: expected .* got \\[0.1, 0.2\\]",
+    ),
 ]
 
 
@@ -232,8 +423,11 @@ def test_bad_input_is_refused_naming_the_argument(call, exc, name):
 def test_bad_step_leaves_the_model_untouched():
     f = _model(3)
     before = [W.copy() for W in f.factors]
-    for call in (lambda: f.step([0.1, 0.1], 5), lambda: f.step(0.1, -1),
-                 lambda: f.fit(0.1, 5, metrics=("nope",), progress=False)):
+    for call in (
+        lambda: f.step([0.1, 0.1], 5),
+        lambda: f.step(0.1, -1),
+        lambda: f.fit(0.1, 5, metrics=("nope",), progress=False),
+    ):
         with pytest.raises((ValueError, TypeError)):
             call()
     assert f.steps_done == 0
@@ -340,9 +534,19 @@ def _core_args(dtype=np.float64, B=3):
     p = P.paper_2x2(B)
     a = p.arrays(dtype)
     factors = [np.full((B, 2, 2), 0.1, dtype=dtype) for _ in range(2)]
-    return dict(factors=factors, target=a["target"], mask=a["mask"], A=None, y=None,
-                lr=np.full(1, 0.1, dtype=dtype), steps=3, tol=-np.inf, step0=0,
-                status=np.zeros(B, np.int8), frozen_at=np.full(B, -1, np.int64))
+    return dict(
+        factors=factors,
+        target=a["target"],
+        mask=a["mask"],
+        A=None,
+        y=None,
+        lr=np.full(1, 0.1, dtype=dtype),
+        steps=3,
+        tol=-np.inf,
+        step0=0,
+        status=np.zeros(B, np.int8),
+        frozen_at=np.full(B, -1, np.int64),
+    )
 
 
 def _call_core(**changes):
@@ -354,16 +558,29 @@ def _call_core(**changes):
 
 
 CORE_CASES = [
-    ("factors dtype", lambda: _call_core(factors=[np.full((3, 2, 2), 0.1, np.float32)] * 2),
-     TypeError),
+    (
+        "factors dtype",
+        lambda: _call_core(factors=[np.full((3, 2, 2), 0.1, np.float32)] * 2),
+        TypeError,
+    ),
     ("factors int", lambda: _call_core(factors=[np.ones((3, 2, 2), np.int64)] * 2), TypeError),
-    ("factors non-contiguous", lambda: _call_core(
-        factors=[np.full((3, 2, 4), 0.1)[:, :, ::2], np.full((3, 2, 2), 0.1)]), ValueError),
-    ("factors read-only", lambda: _call_core(
-        factors=[np.broadcast_to(np.full((2, 2), 0.1), (3, 2, 2)), np.full((3, 2, 2), 0.1)]),
-     ValueError),
-    ("factors chain", lambda: _call_core(factors=[np.full((3, 3, 2), 0.1),
-                                                  np.full((3, 2, 2), 0.1)]), ValueError),
+    (
+        "factors non-contiguous",
+        lambda: _call_core(factors=[np.full((3, 2, 4), 0.1)[:, :, ::2], np.full((3, 2, 2), 0.1)]),
+        ValueError,
+    ),
+    (
+        "factors read-only",
+        lambda: _call_core(
+            factors=[np.broadcast_to(np.full((2, 2), 0.1), (3, 2, 2)), np.full((3, 2, 2), 0.1)]
+        ),
+        ValueError,
+    ),
+    (
+        "factors chain",
+        lambda: _call_core(factors=[np.full((3, 3, 2), 0.1), np.full((3, 2, 2), 0.1)]),
+        ValueError,
+    ),
     ("factors 2-d", lambda: _call_core(factors=[np.full((2, 2), 0.1)] * 2), ValueError),
     ("no factors", lambda: _call_core(factors=[]), ValueError),
     ("target shape", lambda: _call_core(target=np.zeros((1, 2, 3))), ValueError),
@@ -438,16 +655,21 @@ def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
 def test_sweep_thresholds_and_metrics_none_are_the_models_defaults():
     from implicitreg.sweep import MODEL_DEFAULTS
 
-    dmf = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": None}, seeds=1,
-                   progress=False)
+    dmf = ir.sweep(
+        {"problem": "paper_2x2", "max_steps": 5, "thresholds": None}, seeds=1, progress=False
+    )
     want = ["step@" + lab for lab in ("1e-1", "1e-2", "1e-3", "1e-4")]
     assert [c for c in dmf.columns if c.startswith("step@")] == want
     assert MODEL_DEFAULTS["dmf"]["thresholds"] == (1e-1, 1e-2, 1e-3, 1e-4)
-    none = ir.sweep({"problem": "paper_2x2", "max_steps": 5, "thresholds": ()}, seeds=1,
-                    progress=False)
+    none = ir.sweep(
+        {"problem": "paper_2x2", "max_steps": 5, "thresholds": ()}, seeds=1, progress=False
+    )
     assert not any("@" in c for c in none.columns)
-    cp = ir.sweep({"model": "cp", "problem": "random_cp_completion", "max_steps": 5, "dim": 3,
-                   "n_obs": 10}, seeds=1, progress=False)  # every other key its default
+    cp = ir.sweep(
+        {"model": "cp", "problem": "random_cp_completion", "max_steps": 5, "dim": 3, "n_obs": 10},
+        seeds=1,
+        progress=False,
+    )  # every other key its default
     assert "recon_error" in cp.columns and not any("@" in c for c in cp.columns)
 
 
@@ -462,9 +684,10 @@ def test_nan_marks_an_unobserved_entry():
         runs.append(f)
     for a, b in zip(runs[0].factors, runs[1].factors, strict=True):
         np.testing.assert_array_equal(a, b)
-    q = ir.tensor_completion(np.where(np.eye(2, dtype=bool)[None, :, :, None], 1.0, NAN)
-                             * np.ones((1, 2, 2, 2)), np.eye(2, dtype=bool)[None, :, :, None]
-                             * np.ones((1, 2, 2, 2), bool))
+    q = ir.tensor_completion(
+        np.where(np.eye(2, dtype=bool)[None, :, :, None], 1.0, NAN) * np.ones((1, 2, 2, 2)),
+        np.eye(2, dtype=bool)[None, :, :, None] * np.ones((1, 2, 2, 2), bool),
+    )
     assert np.isfinite(q.targets).all()
 
 

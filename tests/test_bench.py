@@ -58,8 +58,16 @@ def _bench(tmp_path, capsys, *args):
 
 
 def test_table_json_ratios_peak_and_missing_peers(tmp_path, capsys):
-    printed, rep = _bench(tmp_path, capsys, "--only", "dmf_step-2x2-f64", "--peak-gflops",
-                          "100", "--peers", str(tmp_path / "nowhere"))
+    printed, rep = _bench(
+        tmp_path,
+        capsys,
+        "--only",
+        "dmf_step-2x2-f64",
+        "--peak-gflops",
+        "100",
+        "--peers",
+        str(tmp_path / "nowhere"),
+    )
     assert [c["id"] for c in rep["cases"]] == ["dmf_step-2x2-f64"]
     row = rep["cases"][0]
     cpu, numpy_ = row["sides"]["cpu"], row["sides"]["numpy"]
@@ -82,8 +90,7 @@ def test_table_json_ratios_peak_and_missing_peers(tmp_path, capsys):
 
 def test_uninstalled_and_mismatching_peers_are_flagged(tmp_path, capsys):
     (tmp_path / "peers.py").write_text(STUB_PEERS)
-    printed, rep = _bench(tmp_path, capsys, "--only", "dmf_step-2x2-f64", "--peers",
-                          str(tmp_path))
+    printed, rep = _bench(tmp_path, capsys, "--only", "dmf_step-2x2-f64", "--peers", str(tmp_path))
     row = rep["cases"][0]
     assert row["columns"]["torch"]["skipped"] == "torch: not installed"
     assert "torch: not installed" in printed
@@ -100,9 +107,22 @@ def test_real_peers_match_the_cpu_backend(tmp_path):
             pytest.skip(f"{name} is not installed")
     # in a child process: JAX's threads would make every later fork (Ray's workers) warn
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, "-m", "implicitreg", *TINY, "--only", "svdvals-8x8-f64",
-                    "--peers", str(REPO / "benchmarks"), "--json", str(out)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "implicitreg",
+            *TINY,
+            "--only",
+            "svdvals-8x8-f64",
+            "--peers",
+            str(REPO / "benchmarks"),
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     row = json.loads(out.read_text())["cases"][0]
     for p in ("torch", "jax"):
         col = row["columns"][p]
@@ -128,9 +148,15 @@ def test_fma_peak_states_its_formula():
     assert fma_peak(info, 150.0)["float64"] == 1.5e11
 
 
-@pytest.mark.parametrize("args, name", [
-    (["--repeats", "0"], "--repeats"), (["--sample-s", "-1"], "--sample-s"),
-    (["--peak-gflops", "nan"], "--peak-gflops"), (["--repeats", "two"], "--repeats")])
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["--repeats", "0"], "--repeats"),
+        (["--sample-s", "-1"], "--sample-s"),
+        (["--peak-gflops", "nan"], "--peak-gflops"),
+        (["--repeats", "two"], "--repeats"),
+    ],
+)
 def test_bad_arguments_are_argparse_errors(capsys, args, name):
     with pytest.raises(SystemExit) as e:
         main(["bench"] + args)
@@ -146,20 +172,45 @@ def test_unknown_case_names_the_argument(capsys):
 
 
 def test_unwritable_json_names_the_argument(tmp_path, capsys):
-    assert main(["bench", "--only", "svdvals-2x2-f64", "--json",
-                 str(tmp_path / "no" / "dir" / "b.json")]) == 2
+    assert (
+        main(
+            [
+                "bench",
+                "--only",
+                "svdvals-2x2-f64",
+                "--json",
+                str(tmp_path / "no" / "dir" / "b.json"),
+            ]
+        )
+        == 2
+    )
     assert "--json" in capsys.readouterr().err
 
 
 def test_the_package_imports_neither_torch_nor_jax():
-    code = ("import sys, implicitreg, implicitreg.cli, implicitreg.bench; "
-            "assert not {'torch', 'jax'} & set(sys.modules), sorted(sys.modules)")
+    code = (
+        "import sys, implicitreg, implicitreg.cli, implicitreg.bench; "
+        "assert not {'torch', 'jax'} & set(sys.modules), sorted(sys.modules)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
 def test_pytest_benchmark_suite_runs():
-    r = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/test_suite.py",
-                        "--benchmark-disable", "-q", "-p", "no:cacheprovider"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "benchmarks/test_suite.py",
+            "--benchmark-disable",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "passed" in r.stdout and "skipped" not in r.stdout

@@ -38,6 +38,7 @@ class UnitClock:
         def run(n):
             assert n % granule == 0, (n, granule)
             self.elapsed += cost * n
+
         return Side(run=run, granule=granule)
 
     def time(self, fn) -> float:
@@ -64,8 +65,9 @@ def test_a_timer_object_drives_the_interleaved_timing():
 
 def test_a_timer_object_drives_the_timing_of_one_side_and_median_time():
     clock = UnitClock()
-    r = time_alone(clock.side(2e-3, granule=5), batch=4, repeats=5, sample_s=1.0, timer=clock,
-                   max_units=100)
+    r = time_alone(
+        clock.side(2e-3, granule=5), batch=4, repeats=5, sample_s=1.0, timer=clock, max_units=100
+    )
     assert r["units"] == 100  # capped: 500 units would make the sample
     assert r["median_s"] == pytest.approx(0.2) and r["rate"] == pytest.approx(4 / 2e-3)
     side = clock.side(0.25)
@@ -115,8 +117,11 @@ def test_cuda_events_time_on_the_null_stream_and_convert_to_seconds():
         return 250.0  # milliseconds
 
     null = object()
-    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
-        Event=Event, Stream=types.SimpleNamespace(null=null), get_elapsed_time=get_elapsed_time))
+    cupy = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(
+            Event=Event, Stream=types.SimpleNamespace(null=null), get_elapsed_time=get_elapsed_time
+        )
+    )
     timer = CudaEvents(cupy)
     assert timer.time(lambda: log.append(("fn", None))) == 0.25
     assert [k for k, _ in log] == ["record", "fn", "record", "synchronize"]
@@ -150,14 +155,14 @@ def test_peers_missing_or_broken_say_why(tmp_path):
     (tmp_path / "peers.py").write_text("raise RuntimeError('half written')\n")
     broken = Peers(tmp_path)
     assert broken.module is None and broken.lib("jax") is None
-    assert broken.reason("jax") == (f"peers: {tmp_path / 'peers.py'} failed to load "
-                                    "(RuntimeError: half written)")
+    assert broken.reason("jax") == (
+        f"peers: {tmp_path / 'peers.py'} failed to load (RuntimeError: half written)"
+    )
 
 
 def _bench_gpu():
     """benchmarks/bench_gpu.py as a module: importing it needs no GPU."""
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" /
-                                                  "bench_gpu.py")
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -183,15 +188,35 @@ def test_bench_gpu_times_and_loads_peers_through_the_harness(monkeypatch):
 
 def test_bench_gpu_runs_on_the_cpu_with_its_keys(tmp_path, capsys):
     out = tmp_path / "gpu.json"
-    code = _bench_gpu().main(["--device", "cpu", "--only", "svdvals", "--repeats", "1",
-                              "--target-s", "0.01", "--json", str(out)])
+    code = _bench_gpu().main(
+        [
+            "--device",
+            "cpu",
+            "--only",
+            "svdvals",
+            "--repeats",
+            "1",
+            "--target-s",
+            "0.01",
+            "--json",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "svdvals (matrices/s)" in printed and "best peer" in printed
     rep = json.loads(out.read_text())
     assert [r["case"] for r in rep["svdvals"]][:2] == ["2x2 B=1024 float32", "2x2 B=1024 float64"]
     own = rep["svdvals"][0]["sides"]["implicitreg"]
-    assert set(own) == {"calls", "median_s", "times_s", "warmup_s", "batch", "rate",
-                        "check_rel_err", "match"}
+    assert set(own) == {
+        "calls",
+        "median_s",
+        "times_s",
+        "warmup_s",
+        "batch",
+        "rate",
+        "check_rel_err",
+        "match",
+    }
     assert own["match"] and own["rate"] == pytest.approx(own["batch"] / own["median_s"])
     assert set(rep["machine"]) == {"python", "machine", "processor", "cpus"}

@@ -18,8 +18,17 @@ CUDA_COMPILED = importlib.util.find_spec("implicitreg._cuda") is not None
 
 def test_build_info_keys():
     info = ir.build_info()
-    for key in ("version", "compiler", "cpu_flags", "simd_lanes_f64", "openmp", "threads",
-                "cuda_compiled", "cuda_loaded", "cuda_reason"):
+    for key in (
+        "version",
+        "compiler",
+        "cpu_flags",
+        "simd_lanes_f64",
+        "openmp",
+        "threads",
+        "cuda_compiled",
+        "cuda_loaded",
+        "cuda_reason",
+    ):
         assert key in info, key
     assert info["version"] == ir.__version__
     assert isinstance(ir.__version__, str) and ir.__version__.count(".") >= 2
@@ -40,16 +49,20 @@ def test_version_matches_the_distribution_metadata_and_the_core():
     assert version("implicitreg") == ir.__version__ == _core.__version__
 
 
-@pytest.mark.skipif(os.environ.get("IMPLICITREG_EXPECT_CUDA_COMPILED", "") in ("", "0"),
-                    reason="set IMPLICITREG_EXPECT_CUDA_COMPILED=1 where nvcc built _cuda")
+@pytest.mark.skipif(
+    os.environ.get("IMPLICITREG_EXPECT_CUDA_COMPILED", "") in ("", "0"),
+    reason="set IMPLICITREG_EXPECT_CUDA_COMPILED=1 where nvcc built _cuda",
+)
 def test_cuda_module_was_built_when_expected():
     """Catches a CUDA build that silently fell back to CPU-only (pyproject retries OFF)."""
     assert ir.build_info()["cuda_compiled"] is True
 
 
-@pytest.mark.skipif(os.environ.get("IMPLICITREG_EXPECT_CUDA_EMULATION", "") in ("", "0"),
-                    reason="set IMPLICITREG_EXPECT_CUDA_EMULATION=1 where the build turned on "
-                           "IMPLICITREG_CUDA_EMULATION")
+@pytest.mark.skipif(
+    os.environ.get("IMPLICITREG_EXPECT_CUDA_EMULATION", "") in ("", "0"),
+    reason="set IMPLICITREG_EXPECT_CUDA_EMULATION=1 where the build turned on "
+    "IMPLICITREG_CUDA_EMULATION",
+)
 def test_cuda_emulation_module_was_built_when_expected():
     """Catches a test build whose emulation module went missing (it is off by default), which
     would otherwise only skip the emulated CUDA tests."""
@@ -87,8 +100,15 @@ def test_cuda_module_imports_without_a_device():
         pytest.skip("IMPLICITREG_DISABLE_CUDA is set")
     cuda = importlib.import_module("implicitreg._cuda")
     info = cuda.device_info()
-    for key in ("cuda_archs", "cuda_compiler", "cuda_runtime_version", "cuda_driver_version",
-                "cuda_device_count", "cuda_device_error", "cuda_devices"):
+    for key in (
+        "cuda_archs",
+        "cuda_compiler",
+        "cuda_runtime_version",
+        "cuda_driver_version",
+        "cuda_device_count",
+        "cuda_device_error",
+        "cuda_devices",
+    ):
         assert key in info, key
     assert cuda.device_count() == info["cuda_device_count"] == len(info["cuda_devices"])
     assert info["cuda_archs"]
@@ -126,13 +146,26 @@ def test_gpu_device_is_reported():
 
 # --------------------------------------------------------------------------- codes and stubs
 
-_COMPILED = ["implicitreg._core"] + [m for m in ("implicitreg._cuda", "implicitreg._cuda_emulated")
-                                      if importlib.util.find_spec(m) is not None]
+_COMPILED = ["implicitreg._core"] + [
+    m
+    for m in ("implicitreg._cuda", "implicitreg._cuda_emulated")
+    if importlib.util.find_spec(m) is not None
+]
 _CODES = ("STATUS", "OPTIMIZERS", "METRIC_KINDS", "SVD_INFO", "LIMITS")
 
 
-@pytest.mark.parametrize("module", _COMPILED[1:] or [pytest.param(None, marks=pytest.mark.skip(
-    reason="built without CUDA and without its emulation: one compiled module only"))])
+@pytest.mark.parametrize(
+    "module",
+    _COMPILED[1:]
+    or [
+        pytest.param(
+            None,
+            marks=pytest.mark.skip(
+                reason="built without CUDA and without its emulation: one compiled module only"
+            ),
+        )
+    ],
+)
 def test_compiled_modules_export_the_same_codes(module):
     core, other = importlib.import_module("implicitreg._core"), importlib.import_module(module)
     for name in _CODES:
@@ -157,12 +190,32 @@ def test_range_checks_come_from_the_codes():
     n = len(_codes.METRIC_KINDS)
     X = np.zeros((1, 2, 2))
     with pytest.raises(ValueError, match=rf"kinds\[0\] must be a metric kind 0..{n - 1}, got {n}"):
-        _core.dmf_measure([X], X, np.ones((1, 2, 2), bool), None, None,
-                          np.array([n], np.int32), np.zeros((1, 2)), np.zeros((1, 1)))
+        _core.dmf_measure(
+            [X],
+            X,
+            np.ones((1, 2, 2), bool),
+            None,
+            None,
+            np.array([n], np.int32),
+            np.zeros((1, 2)),
+            np.zeros((1, 1)),
+        )
     k = len(_codes.OPTIMIZERS)
     with pytest.raises(ValueError, match=rf"optimizer kind must be 0..{k - 1}, got {k}"):
-        _core.dmf_step([X], X, np.ones((1, 2, 2), bool), None, None, np.ones(1), 1, 0.0, 0,
-                       np.zeros(1, np.int8), np.full(1, -1), optimizer={"kind": k})
+        _core.dmf_step(
+            [X],
+            X,
+            np.ones((1, 2, 2), bool),
+            None,
+            None,
+            np.ones(1),
+            1,
+            0.0,
+            0,
+            np.zeros(1, np.int8),
+            np.full(1, -1),
+            optimizer={"kind": k},
+        )
 
 
 _PACKAGE = Path(ir.__file__).parent
@@ -176,7 +229,7 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = here[:len(here) - node.level + 1] if node.level else []
+            base = here[: len(here) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             out |= {module} | {f"{module}.{a.name}" for a in node.names}
     return out
@@ -185,8 +238,11 @@ def _imports(path: Path) -> set[str]:
 def test_only_the_numpy_route_imports_the_oracle():
     """reference.py is the oracle: production code reads its codes from _codes and its math
     from the kernels; only ops.py routes backend="numpy" to it."""
-    importers = sorted(str(p.relative_to(_PACKAGE)) for p in _PACKAGE.rglob("*.py")
-                       if "implicitreg.reference" in _imports(p))
+    importers = sorted(
+        str(p.relative_to(_PACKAGE))
+        for p in _PACKAGE.rglob("*.py")
+        if "implicitreg.reference" in _imports(p)
+    )
     assert importers == ["ops.py"]
     assert "implicitreg._codes" in _imports(_PACKAGE / "reference.py")
 
@@ -208,7 +264,7 @@ def _module_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name in modules or a.name in graph}
             elif isinstance(node, ast.ImportFrom):
-                base = here[:len(here) - node.level + 1] if node.level else []
+                base = here[: len(here) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
                 subs = {f"{module}.{a.name}" for a in node.names} & (set(modules) | set(graph))
                 deps |= subs
@@ -226,7 +282,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[m] = 1
         for d in sorted(graph[m]):
             if state.get(d) == 1:
-                return path[path.index(d):] + [d]
+                return path[path.index(d) :] + [d]
             if d not in state and (found := visit(d, path + [d])):
                 return found
         state[m] = 2
@@ -240,8 +296,11 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle():
     graph = _module_graph()
-    assert {"implicitreg.models.dmf", "implicitreg.sweep.plan",
-            "implicitreg.experiments.paper"} <= set(graph)  # the walk sees the subpackages
+    assert {
+        "implicitreg.models.dmf",
+        "implicitreg.sweep.plan",
+        "implicitreg.experiments.paper",
+    } <= set(graph)  # the walk sees the subpackages
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
@@ -256,8 +315,11 @@ def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
     (pkg / "b.py").write_text("def f():\n    from . import a\n")
     monkeypatch.setattr(sys.modules[__name__], "_PACKAGE", pkg)
     graph = _module_graph()
-    assert graph == {"implicitreg": {"implicitreg.a"}, "implicitreg.a": {"implicitreg.b"},
-                     "implicitreg.b": {"implicitreg.a"}}
+    assert graph == {
+        "implicitreg": {"implicitreg.a"},
+        "implicitreg.a": {"implicitreg.b"},
+        "implicitreg.b": {"implicitreg.a"},
+    }
     assert _find_cycle(graph) == ["implicitreg.a", "implicitreg.b", "implicitreg.a"]
     (pkg / "b.py").write_text("def f():\n    return 1\n")
     assert _find_cycle(_module_graph()) is None
@@ -267,8 +329,12 @@ def test_stubs_match_the_compiled_modules():
     pytest.importorskip("mypy", reason="mypy is not installed (test extra): no stubtest")
     import subprocess
 
-    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", *_COMPILED],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", *_COMPILED],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -278,8 +344,30 @@ def test_the_package_type_checks():
     import subprocess
 
     config = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    r = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config),
-                        "--cache-dir", os.devnull, str(_PACKAGE)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            os.devnull,
+            str(_PACKAGE),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Success: no issues found" in r.stdout
+
+
+def test_no_module_is_over_500_lines():
+    """A module that grows past this does several jobs: split it along its seams."""
+    long = {
+        str(p.relative_to(_PACKAGE)): n
+        for p in _PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert not long, long

@@ -23,8 +23,9 @@ def _problems():
 def test_resume_equals_uninterrupted_run(tmp_path, backend, dtype, name):
     p = _problems()[name]
     lr = LR if name != "sensing" else LR / 10
-    f = ir.DeepFactorization.init(p, 3, widths=[3, 4], scale=0.3, seed=1, backend=backend,
-                                  dtype=dtype)
+    f = ir.DeepFactorization.init(
+        p, 3, widths=[3, 4], scale=0.3, seed=1, backend=backend, dtype=dtype
+    )
     g = ir.DeepFactorization(p, f.factors, backend=backend)
     f.step(lr, 2500, tol=1e-5)
     f.step(lr, 500, tol=1e-5)

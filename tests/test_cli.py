@@ -24,14 +24,33 @@ def test_info_json(capsys):
 
 
 def test_module_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "implicitreg", "info"], capture_output=True,
-                       text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "implicitreg", "info"], capture_output=True, text=True, check=True
+    )
     assert "backends:" in r.stdout and "cpu" in r.stdout
 
 
 def test_run_prints_w11_at_each_threshold_and_saves(tmp_path, capsys):
-    code = main(["run", "--depths", "2", "3", "--seeds", "4", "--lrs", "3e-3", "6e-3",
-                 "--scales", "1e-3", "--max-steps", "400000", "--quiet", "--out", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--depths",
+            "2",
+            "3",
+            "--seeds",
+            "4",
+            "--lrs",
+            "3e-3",
+            "6e-3",
+            "--scales",
+            "1e-3",
+            "--max-steps",
+            "400000",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     for thr in ("loss < 0.1", "loss < 0.01", "loss < 0.001", "loss < 0.0001"):
@@ -86,8 +105,17 @@ def test_run_bad_argument_is_a_clear_error(capsys):
 
 def test_a_refused_reproduce_leaves_the_directory_to_the_corrected_one(tmp_path, capsys):
     out = tmp_path / "rep"
-    args = ["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--no-plot", "--quiet",
-            "--out", str(out)]
+    args = [
+        "reproduce",
+        "paper-2x2",
+        "--quick",
+        "--seeds",
+        "2",
+        "--no-plot",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(args + ["--checkpoint-every", "-1"]) == 2
     assert "checkpoint_every: expected seconds >= 0, got -1.0" in capsys.readouterr().err
     assert not out.exists()
@@ -104,8 +132,23 @@ def test_plot_fails_like_a_tool(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "missing")]) == 2
     _one_error_line(capsys, "is not a directory")
     run_dir = tmp_path / "run"
-    assert main(["run", "--depths", "2", "--seeds", "2", "--max-steps", "50", "--quiet",
-                 "--out", str(run_dir)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--depths",
+                "2",
+                "--seeds",
+                "2",
+                "--max-steps",
+                "50",
+                "--quiet",
+                "--out",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["plot", str(run_dir)]) == 2
     _one_error_line(capsys, "`implicitreg run`", "not of a named experiment")
@@ -122,21 +165,28 @@ def test_reproduce_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(experiments, "reproduce", interrupted)
     out = tmp_path / "rep"
-    assert main(["reproduce", "paper-2x2", "--quick", "--quiet", "--no-plot", "--out",
-                 str(out)]) == 130
+    assert (
+        main(["reproduce", "paper-2x2", "--quick", "--quiet", "--no-plot", "--out", str(out)])
+        == 130
+    )
     err = capsys.readouterr().err.strip()
-    assert err == (f"implicitreg: interrupted; finished batches are kept in {out}: rerun with "
-                   "--resume to continue")
+    assert err == (
+        f"implicitreg: interrupted; finished batches are kept in {out}: rerun with "
+        "--resume to continue"
+    )
 
 
-def test_reproduce_without_matplotlib_says_so_first_and_writes_no_figures(tmp_path, capsys,
-                                                                          monkeypatch):
+def test_reproduce_without_matplotlib_says_so_first_and_writes_no_figures(
+    tmp_path, capsys, monkeypatch
+):
     import implicitreg.cli as cli
 
     monkeypatch.setattr(cli, "_has_matplotlib", lambda: False)
     out = tmp_path / "rep"
-    assert main(["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--quiet", "--out",
-                 str(out)]) == 0
+    assert (
+        main(["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--quiet", "--out", str(out)])
+        == 0
+    )
     captured = capsys.readouterr()
     assert "matplotlib is not installed" in captured.err
     assert captured.out.rstrip().endswith(f"results and report in {out} (no figures)")
@@ -145,14 +195,31 @@ def test_reproduce_without_matplotlib_says_so_first_and_writes_no_figures(tmp_pa
 
 def test_no_plot_claims_no_figures(tmp_path, capsys):
     out = tmp_path / "rep"
-    assert main(["reproduce", "paper-2x2", "--quick", "--seeds", "2", "--quiet", "--no-plot",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "paper-2x2",
+                "--quick",
+                "--seeds",
+                "2",
+                "--quiet",
+                "--no-plot",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.rstrip().endswith("(no figures)")
 
 
 def test_list_into_a_closed_pipe_is_quiet():
-    p = subprocess.Popen([sys.executable, "-m", "implicitreg", "list"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "implicitreg", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     p.stdout.close()  # the reader is gone before the first line (as `| head -0` would)
     with p.stderr:
         err = p.stderr.read().decode()
@@ -163,6 +230,12 @@ def test_run_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = capsys.readouterr().out
-    for default in ("(default: 2 3 4)", "(default: 3e-3)", "(default: 16)", "(default: 1e-4)",
-                    "(default: product)", "(default: cpu)"):
+    for default in (
+        "(default: 2 3 4)",
+        "(default: 3e-3)",
+        "(default: 16)",
+        "(default: 1e-4)",
+        "(default: product)",
+        "(default: cpu)",
+    ):
         assert default in text

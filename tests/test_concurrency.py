@@ -27,8 +27,9 @@ def _dmf(batch=64):
 
 def _cp(batch=64):
     rng = np.random.default_rng(0)
-    q = ir.tensor_completion(rng.standard_normal((batch, 3, 4, 3)),
-                             rng.random((batch, 3, 4, 3)) < 0.6)
+    q = ir.tensor_completion(
+        rng.standard_normal((batch, 3, 4, 3)), rng.random((batch, 3, 4, 3)) < 0.6
+    )
     return ir.CPFactorization.init(q, rank=6, scale=0.3, seed=1)
 
 
@@ -182,8 +183,13 @@ def test_two_models_run_in_parallel_without_the_gil(kind):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core: two threads cannot run at once")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", _PARALLEL, kind], capture_output=True, text=True,
-                       env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _PARALLEL, kind],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["overlap"] > 0.5, got  # with the GIL held the calls could not overlap at all

@@ -24,14 +24,27 @@ HYP = settings(max_examples=5, deadline=None)
 
 
 def _model(backend="cpu", dtype="float64", seed=0, batch=5, depth=3):
-    return ir.DeepFactorization.init(ir.problems.paper_2x2(batch), depth, scale=0.3,
-                                     scale_by="factor", seed=seed,
-                                     backend=backend, dtype=dtype)
+    return ir.DeepFactorization.init(
+        ir.problems.paper_2x2(batch),
+        depth,
+        scale=0.3,
+        scale_by="factor",
+        seed=seed,
+        backend=backend,
+        dtype=dtype,
+    )
 
 
 def _fit(f, max_steps=1000, log=None, metrics=METRICS, thresholds=THR, lr=LR, **kw):
-    return f.fit(lr, max_steps, log=ir.every(1) if log is None else log, metrics=metrics,
-                 thresholds=thresholds, progress=False, **kw)
+    return f.fit(
+        lr,
+        max_steps,
+        log=ir.every(1) if log is None else log,
+        metrics=metrics,
+        thresholds=thresholds,
+        progress=False,
+        **kw,
+    )
 
 
 def _assert_dicts_equal(a: dict, b: dict):
@@ -101,8 +114,7 @@ def test_crossings_equal_the_dense_log_bit_for_bit(backend, dtype):
     assert (c["step"][1:][both] >= c["step"][:-1][both]).all()
 
 
-@pytest.mark.parametrize("log", [ir.every(1000), ir.geometric(5), ir.every(333)],
-                         ids=repr)
+@pytest.mark.parametrize("log", [ir.every(1000), ir.geometric(5), ir.every(333)], ids=repr)
 def test_crossings_do_not_depend_on_the_log(backend, log):
     dense = _fit(_model(backend))
     sparse = _fit(_model(backend), log=log)
@@ -141,14 +153,22 @@ CASES = {
     # name: (problem(seed), depth, widths, init scale, stable learning rates)
     "2x2 depth 2": (lambda s: ir.problems.paper_2x2(4), 2, None, 0.3, [0.1, 0.06, 0.03, 0.01]),
     "2x2 depth 3": (lambda s: ir.problems.paper_2x2(4), 3, None, 0.5, [0.05, 0.03, 0.02, 0.01]),
-    "2x2 depth 4": (lambda s: ir.problems.paper_2x2(4), 4, None, 0.6,
-                    [0.03, 0.02, 0.01, 0.005]),
+    "2x2 depth 4": (lambda s: ir.problems.paper_2x2(4), 4, None, 0.6, [0.03, 0.02, 0.01, 0.005]),
     "3x3": (lambda s: ir.problems.paper_family(3, 4), 3, None, 0.5, [0.03, 0.02, 0.01, 0.005]),
-    "sensing": (lambda s: ir.problems.random_sensing(3, 3, 1, 6, batch=4, seed=s, std=0.3), 3,
-                None, 0.5, [0.05, 0.03, 0.02, 0.01]),
-    "completion 3x4": (lambda s: ir.problems.random_low_rank_completion(3, 4, 1, 8, batch=4,
-                                                                        seed=s),
-                       3, [3, 4], 0.5, [0.03, 0.02, 0.01, 0.005]),
+    "sensing": (
+        lambda s: ir.problems.random_sensing(3, 3, 1, 6, batch=4, seed=s, std=0.3),
+        3,
+        None,
+        0.5,
+        [0.05, 0.03, 0.02, 0.01],
+    ),
+    "completion 3x4": (
+        lambda s: ir.problems.random_low_rank_completion(3, 4, 1, 8, batch=4, seed=s),
+        3,
+        [3, 4],
+        0.5,
+        [0.03, 0.02, 0.01, 0.005],
+    ),
 }
 
 
@@ -159,12 +179,12 @@ def test_cpu_and_numpy_cross_at_the_same_steps(case, seed):
     make, depth, widths, scale, lr = CASES[case]
     square = case != "completion 3x4"
     metrics = METRICS if square else ("loss", "entry:0,0", "erank", "svals", "recon_error")
-    a, b = (ir.DeepFactorization.init(make(seed), depth, widths=widths, scale=scale,
-                                      scale_by="factor", seed=seed,
-                                      backend=be).fit(np.array(lr), 500, log=ir.every(250),
-                                                      metrics=metrics, thresholds=THR,
-                                                      progress=False)
-            for be in BACKENDS)
+    a, b = (
+        ir.DeepFactorization.init(
+            make(seed), depth, widths=widths, scale=scale, scale_by="factor", seed=seed, backend=be
+        ).fit(np.array(lr), 500, log=ir.every(250), metrics=metrics, thresholds=THR, progress=False)
+        for be in BACKENDS
+    )
     np.testing.assert_array_equal(a.crossings["step"], b.crossings["step"])
     assert (a.crossings["step"][0] >= 0).any()
     hit = a.crossings["step"] >= 0
@@ -173,16 +193,14 @@ def test_cpu_and_numpy_cross_at_the_same_steps(case, seed):
         np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
         assert np.isnan(x[~hit]).all()
         scale_ = np.abs(y[hit]).max()
-        np.testing.assert_allclose(x[hit], y[hit], rtol=1e-10, atol=1e-10 * scale_,
-                                   err_msg=name)
+        np.testing.assert_allclose(x[hit], y[hit], rtol=1e-10, atol=1e-10 * scale_, err_msg=name)
 
 
 # ------------------------------------------------------------------ never, diverged, same step
 
 
 def test_a_problem_that_never_crosses_has_step_minus_one_and_nan(backend):
-    t = _fit(_model(backend, batch=2), max_steps=50, lr=np.array([0.1, 1e-6]),
-             log=ir.every(25))
+    t = _fit(_model(backend, batch=2), max_steps=50, lr=np.array([0.1, 1e-6]), log=ir.every(25))
     c = t.crossings
     np.testing.assert_array_equal(c["step"][:, 1], -1)
     for name in METRICS:
@@ -196,10 +214,8 @@ def test_a_diverged_problem_records_nothing_and_does_not_disturb_the_others(back
     lr_ok = np.array([0.1, 0.06, 0.03])
     lr_bad = np.array([0.1, 50.0, 0.03])
     metrics = ("loss", "entry:0,0", "erank", "svals", "det")
-    ref = _fit(_model(backend, batch=3), max_steps=600, lr=lr_ok, log=ir.every(50),
-               metrics=metrics)
-    t = _fit(_model(backend, batch=3), max_steps=600, lr=lr_bad, log=ir.every(50),
-             metrics=metrics)
+    ref = _fit(_model(backend, batch=3), max_steps=600, lr=lr_ok, log=ir.every(50), metrics=metrics)
+    t = _fit(_model(backend, batch=3), max_steps=600, lr=lr_bad, log=ir.every(50), metrics=metrics)
     assert t.status[1] == DIVERGED and list(t.status[[0, 2]]) == [TRAJ_RUNNING] * 2
     assert 0 <= t.frozen_at[1] < 10
     assert (ref.crossings["step"][:, 1] >= 0).any()  # it would have crossed with a sane lr
@@ -236,8 +252,14 @@ def test_thresholds_crossed_at_one_step_share_it(backend):
     for steps_before in (0, 7):
         f = ir.DeepFactorization(p, [W1, W2], backend=backend)
         f.step(0.1, steps_before)
-        t = f.fit(np.array([0.1, 0.1, 0.05]), 400, log=ir.every(400), metrics=METRICS,
-                  thresholds=thr, progress=False)
+        t = f.fit(
+            np.array([0.1, 0.1, 0.05]),
+            400,
+            log=ir.every(400),
+            metrics=METRICS,
+            thresholds=thr,
+            progress=False,
+        )
         c = t.crossings
         np.testing.assert_array_equal(c["step"][:, 0], steps_before)  # steps_done at the start
         assert (c["loss"][:, 0] == 0).all()
@@ -245,8 +267,9 @@ def test_thresholds_crossed_at_one_step_share_it(backend):
         assert (c["step"][0, 1:] > steps_before).all()
         for name in METRICS:
             np.testing.assert_array_equal(c[name][0], c[name][1])
-            np.testing.assert_array_equal(c[name][:, 0], np.broadcast_to(c[name][0, 0],
-                                                                         c[name][:, 0].shape))
+            np.testing.assert_array_equal(
+                c[name][:, 0], np.broadcast_to(c[name][0, 0], c[name][:, 0].shape)
+            )
 
 
 def test_thresholds_below_tol_are_never_crossed(backend):
@@ -341,8 +364,9 @@ def test_no_thresholds_and_scalar_thresholds(thresholds, k):
         assert t.crossings is None
     else:
         assert t.crossings["step"].shape == (k, len(LR))
-        np.testing.assert_array_equal(t.crossings["thresholds"],
-                                      np.atleast_1d(np.asarray(thresholds, dtype=float)))
+        np.testing.assert_array_equal(
+            t.crossings["thresholds"], np.atleast_1d(np.asarray(thresholds, dtype=float))
+        )
 
 
 def test_a_threshold_beyond_float32_gives_no_warning():
@@ -393,8 +417,9 @@ def _counting(monkeypatch, name):
 
 
 @pytest.mark.parametrize("interrupt_at", [1, 2, 5, 11, 12])
-def test_an_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
-                                                                backend, interrupt_at):
+def test_an_interrupted_fit_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch, backend, interrupt_at
+):
     path = tmp_path / "fit.ckpt"
     A = _model(backend)
     with monkeypatch.context() as m:
@@ -434,8 +459,7 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_result(tmp_path, monkey
     assert sum(int(args[3]) for args in steps) == 1000 - resumed_from
 
 
-def test_a_finished_checkpoint_returns_the_result_without_stepping(tmp_path, monkeypatch,
-                                                                   backend):
+def test_a_finished_checkpoint_returns_the_result_without_stepping(tmp_path, monkeypatch, backend):
     path = tmp_path / "fit.ckpt"
     A = _model(backend)
     ref = _fit(A, checkpoint=path, keep_checkpoint=True, **CKPT_ARGS)
@@ -462,9 +486,14 @@ def test_a_checkpoint_from_another_fit_is_refused(tmp_path, change):
     f = _model(seed=1 if change == "seed" else 0)
     W0 = [W.copy() for W in f.factors]
     kw = dict(CKPT_ARGS)
-    other = {"lr": {"lr": LR * 0.5}, "seed": {}, "thresholds": {"thresholds": (1e-1, 1e-2)},
-             "metrics": {"metrics": ("loss",)}, "max_steps": {"max_steps": 900},
-             "tol": {"tol": 1e-7}}[change]
+    other = {
+        "lr": {"lr": LR * 0.5},
+        "seed": {},
+        "thresholds": {"thresholds": (1e-1, 1e-2)},
+        "metrics": {"metrics": ("loss",)},
+        "max_steps": {"max_steps": 900},
+        "tol": {"tol": 1e-7},
+    }[change]
     kw.update(other)
     with pytest.raises(ValueError, match="checkpoint"):
         _fit(f, checkpoint=path, **kw)
@@ -514,18 +543,26 @@ def test_checkpoint_must_be_a_path(tmp_path, bad):
 
 def _by_hand(E, truth):
     E, truth = np.asarray(E, dtype=np.float64), np.broadcast_to(truth, E.shape)
-    return np.array([np.linalg.norm(e - w) / np.linalg.norm(w) for e, w in zip(E, truth,
-                                                                               strict=True)])
+    return np.array(
+        [np.linalg.norm(e - w) / np.linalg.norm(w) for e, w in zip(E, truth, strict=True)]
+    )
 
 
-@pytest.mark.parametrize("make", [
-    lambda: ir.problems.random_low_rank_completion(3, 5, 2, 9, batch=4, seed=3),
-    lambda: ir.problems.random_low_rank_completion(4, 4, 1, 7, batch=3, seed=8),
-    lambda: ir.problems.random_sensing(3, 2, 1, 5, batch=3, seed=2, std=0.3),
-    lambda: ir.completion(np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 0.5]),
-                          np.random.default_rng(0).random((3, 3, 3)) < 0.6, batch=3,
-                          truth=np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 0.5])),  # shared truth
-], ids=["completion 3x5", "completion 4x4", "sensing 3x2", "shared truth"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ir.problems.random_low_rank_completion(3, 5, 2, 9, batch=4, seed=3),
+        lambda: ir.problems.random_low_rank_completion(4, 4, 1, 7, batch=3, seed=8),
+        lambda: ir.problems.random_sensing(3, 2, 1, 5, batch=3, seed=2, std=0.3),
+        lambda: ir.completion(
+            np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 0.5]),
+            np.random.default_rng(0).random((3, 3, 3)) < 0.6,
+            batch=3,
+            truth=np.outer([1.0, 2.0, 3.0], [1.0, -1.0, 0.5]),
+        ),  # shared truth
+    ],
+    ids=["completion 3x5", "completion 4x4", "sensing 3x2", "shared truth"],
+)
 def test_recon_error_matches_numpy_and_the_definition(make):
     p = make()
     assert p.truth is not None
@@ -544,18 +581,26 @@ def test_recon_error_matches_numpy_and_the_definition(make):
 def test_recon_error_is_logged_and_taken_at_crossings():
     p = ir.problems.random_low_rank_completion(3, 3, 1, 7, batch=3, seed=5)
     f = ir.DeepFactorization.init(p, 3, scale=0.5, scale_by="factor", seed=1)
-    t = f.fit(np.array([0.05, 0.03, 0.02]), 400, log=ir.every(1),
-              metrics=("loss", "recon_error"), thresholds=(1e-1, 1e-2), progress=False)
+    t = f.fit(
+        np.array([0.05, 0.03, 0.02]),
+        400,
+        log=ir.every(1),
+        metrics=("loss", "recon_error"),
+        thresholds=(1e-1, 1e-2),
+        progress=False,
+    )
     c = t.crossings
     assert (c["step"] >= 0).any()
     for k, thr in enumerate((1e-1, 1e-2)):
         step, row = _dense_first_below(t, thr)
         np.testing.assert_array_equal(c["step"][k], step)
         hit = row >= 0
-        np.testing.assert_array_equal(c["recon_error"][k][hit],
-                                      t["recon_error"][row[hit], np.flatnonzero(hit)])
-    np.testing.assert_allclose(t["recon_error"][-1], _by_hand(f.product(), p.truth),
-                               rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(
+            c["recon_error"][k][hit], t["recon_error"][row[hit], np.flatnonzero(hit)]
+        )
+    np.testing.assert_allclose(
+        t["recon_error"][-1], _by_hand(f.product(), p.truth), rtol=1e-12, atol=0
+    )
     assert np.ptp(t["recon_error"], axis=0).min() > 1e-2  # it moved
 
 
@@ -603,8 +648,7 @@ def test_bad_progress_is_refused_before_a_checkpoint_is_restored(tmp_path):
     _fit(_model(), checkpoint=path, **CKPT_ARGS)
     f = _model()
     with pytest.raises(TypeError, match="progress"):
-        f.fit(LR, checkpoint=path, thresholds=THR, metrics=METRICS, progress="yes",
-              **CKPT_ARGS)
+        f.fit(LR, checkpoint=path, thresholds=THR, metrics=METRICS, progress="yes", **CKPT_ARGS)
     assert f.steps_done == 0
 
 
@@ -625,8 +669,7 @@ def test_fit_with_thresholds_on_an_empty_batch(backend):
 def test_crossings_of_another_model_are_refused_before_any_step(backend, other):
     f = _model(backend, batch=3, depth=2)
     W0 = [W.copy() for W in f.factors]
-    g = _model(batch=3, depth=3) if other == "depth" else _model(batch=3, depth=2,
-                                                                 dtype="float32")
+    g = _model(batch=3, depth=3) if other == "depth" else _model(batch=3, depth=2, dtype="float32")
     c = g.crossings(THR)
     with pytest.raises((ValueError, TypeError)):
         f.step(0.1, 300, crossings=c)

@@ -31,9 +31,13 @@ class DeviceArray(np.ndarray):
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "version": 3,
-                "data": (self.ctypes.data, not self.flags.writeable),
-                "strides": None if self.flags.c_contiguous else self.strides}
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "version": 3,
+            "data": (self.ctypes.data, not self.flags.writeable),
+            "strides": None if self.flags.c_contiguous else self.strides,
+        }
 
     def get(self) -> np.ndarray:
         return np.array(self)  # a plain host copy
@@ -44,20 +48,40 @@ def _on_device(fn):
 
 
 SIMULATED_XP = types.SimpleNamespace(
-    **{name: _on_device(getattr(np, name))
-       for name in ("asarray", "array", "empty", "zeros", "ones", "full", "ascontiguousarray",
-                    "where", "isnan", "isfinite", "broadcast_to", "maximum", "abs", "sqrt",
-                    "mean")},
+    **{
+        name: _on_device(getattr(np, name))
+        for name in (
+            "asarray",
+            "array",
+            "empty",
+            "zeros",
+            "ones",
+            "full",
+            "ascontiguousarray",
+            "where",
+            "isnan",
+            "isfinite",
+            "broadcast_to",
+            "maximum",
+            "abs",
+            "sqrt",
+            "mean",
+        )
+    },
     linalg=types.SimpleNamespace(norm=_on_device(np.linalg.norm)),
-    ndarray=DeviceArray)
+    ndarray=DeviceArray,
+)
 
 
 # _cuda has _core's functions, on device arrays.
 SIMULATED_CUDA = types.SimpleNamespace(
     **{k: getattr(_core, k) for k in dir(_core) if not k.startswith("_")},
-    device_info=lambda: {"cuda_device_count": 1, "cuda_device_error": "",
-                         "cuda_devices": [{"name": "simulated", "compute_capability": 90,
-                                           "total_memory": 2**34}]})
+    device_info=lambda: {
+        "cuda_device_count": 1,
+        "cuda_device_error": "",
+        "cuda_devices": [{"name": "simulated", "compute_capability": 90, "total_memory": 2**34}],
+    },
+)
 
 
 class Device:
@@ -88,7 +112,8 @@ def _emulated_module():
         return pytest.importorskip(
             "implicitreg._cuda_emulated",
             reason="no CUDA emulation module: build with IMPLICITREG_CUDA_EMULATION=ON "
-                   "(off by default) to run the CUDA kernels on the CPU")
+            "(off by default) to run the CUDA kernels on the CPU",
+        )
     return importlib.import_module("implicitreg._cuda_emulated")
 
 
@@ -148,8 +173,15 @@ def _pair(case: dict, dtype: str, scale=0.5, batch=None, backend="cuda"):
     """The same start on cpu and on cuda (or backend)."""
     batch = batch or case.get("batch", 9)
     p = _problem(case, batch)
-    cpu = ir.DeepFactorization.init(p, depth=case["depth"], widths=case.get("widths"),
-                                    scale=scale, scale_by="factor", seed=1, dtype=dtype)
+    cpu = ir.DeepFactorization.init(
+        p,
+        depth=case["depth"],
+        widths=case.get("widths"),
+        scale=scale,
+        scale_by="factor",
+        seed=1,
+        dtype=dtype,
+    )
     return cpu, ir.DeepFactorization(p, cpu.factors, backend=backend, dtype=dtype)
 
 
@@ -172,8 +204,9 @@ def assert_same_freezing(got, want, dtype: str, tol: float = STEP_TOL) -> None:
         return
     loss = _backend.to_host(want.loss()).astype(np.float64)
     for j in apart:
-        assert want_status[j] == "converged" and abs(int(got_at[j]) - int(want_at[j])) == 1, \
+        assert want_status[j] == "converged" and abs(int(got_at[j]) - int(want_at[j])) == 1, (
             f"problem {j}: {got_status[j]} at {got_at[j]}, want {want_status[j]} at {want_at[j]}"
+        )
         assert abs(loss[j] - tol) <= 0.05 * tol, f"problem {j}: loss {loss[j]:.3e} vs tol {tol}"
 
 
@@ -213,8 +246,7 @@ def test_step_optimizers_match_cpu(dev, case, optimizer, dtype):
     steps = OPTIMIZER_STEPS[dev.name] // (4 if case == "48x48-d3" else 1)
     for f in (cpu, gpu):
         f.step(lr, steps, tol=STEP_TOL, optimizer=optimizer)
-    dev.check(gpu.factors + [gpu._v] + _moments(gpu), cpu.factors + [cpu._v] + _moments(cpu),
-              dtype)
+    dev.check(gpu.factors + [gpu._v] + _moments(gpu), cpu.factors + [cpu._v] + _moments(cpu), dtype)
     assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
     assert_same_freezing(gpu, cpu, dtype)
 
@@ -228,8 +260,7 @@ def test_optimizer_divergence_keeps_the_state_like_cpu(dev, optimizer):
             f.step(lr, 20 if dev.name == "emulated" else 100, optimizer=optimizer)
         assert cpu.status.tolist() == gpu.status.tolist() == ["running", "diverged", "running"]
         assert (gpu.frozen_at == cpu.frozen_at).all()
-        dev.check(gpu.factors + [gpu._v] + _moments(gpu),
-                  cpu.factors + [cpu._v] + _moments(cpu))
+        dev.check(gpu.factors + [gpu._v] + _moments(gpu), cpu.factors + [cpu._v] + _moments(cpu))
         assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
 
 
@@ -248,11 +279,28 @@ def test_divergence_and_tolerance_freeze_like_cpu(dev):
 @pytest.mark.parametrize("case", ["2x2-d3", "5x5-d3"])
 def test_fit_logs_metrics_and_crossings_like_cpu(dev, case):
     cpu, gpu = _pair(CASES[case], "float64")
-    metrics = ("loss", "erank", "svals", "fro", "nuc", "schatten:0.5", "rank", "dist_rank:1",
-               "balancedness", "det", "entry:0,1")
+    metrics = (
+        "loss",
+        "erank",
+        "svals",
+        "fro",
+        "nuc",
+        "schatten:0.5",
+        "rank",
+        "dist_rank:1",
+        "balancedness",
+        "det",
+        "entry:0,1",
+    )
     steps = STEPS[dev.name] * 5 if dev.name == "emulated" else 1000
-    kw = dict(lr=1e-2, max_steps=steps, log=ir.every(steps // 10), metrics=metrics,
-              thresholds=(1.0, 0.3, 0.1), progress=False)
+    kw = dict(
+        lr=1e-2,
+        max_steps=steps,
+        log=ir.every(steps // 10),
+        metrics=metrics,
+        thresholds=(1.0, 0.3, 0.1),
+        progress=False,
+    )
     t_cpu, t_gpu = cpu.fit(**kw), gpu.fit(**kw)
     assert t_gpu.steps.tolist() == t_cpu.steps.tolist()
     for name in metrics:
@@ -284,8 +332,14 @@ def test_device_factors_in_and_save_load_round_trip(dev, tmp_path):
 def test_fit_checkpoint_resumes_on_the_device(dev, tmp_path):
     _, whole = _pair(CASES["2x2-d3"], "float64")
     _, cut = _pair(CASES["2x2-d3"], "float64")
-    kw = dict(lr=1e-2, max_steps=600, log=ir.every(100), metrics=("loss", "erank"),
-              thresholds=(0.5, 0.1), progress=False)
+    kw = dict(
+        lr=1e-2,
+        max_steps=600,
+        log=ir.every(100),
+        metrics=("loss", "erank"),
+        thresholds=(0.5, 0.1),
+        progress=False,
+    )
     t_whole = whole.fit(**kw)
     path = tmp_path / "fit.ckpt"
     calls = {"n": 0}
@@ -329,10 +383,15 @@ def test_metrics_on_device_arrays(dev):
     rng = np.random.default_rng(3)
     X = rng.standard_normal((30, 4, 3))
     Xd = dev.put(X)
-    for fn, kw in [(ir.metrics.effective_rank, {}), (ir.metrics.schatten, {"p": 0.5}),
-                   (ir.metrics.nuclear, {}), (ir.metrics.frobenius, {}),
-                   (ir.metrics.spectral, {}), (ir.metrics.rank, {}),
-                   (ir.metrics.dist_to_rank, {"r": 1})]:
+    for fn, kw in [
+        (ir.metrics.effective_rank, {}),
+        (ir.metrics.schatten, {"p": 0.5}),
+        (ir.metrics.nuclear, {}),
+        (ir.metrics.frobenius, {}),
+        (ir.metrics.spectral, {}),
+        (ir.metrics.rank, {}),
+        (ir.metrics.dist_to_rank, {"r": 1}),
+    ]:
         got = fn(Xd, **kw)
         assert isinstance(got, dev.xp.ndarray), fn.__name__
         dev.check([got], [fn(X, **kw)])
@@ -356,16 +415,45 @@ def test_device_array_on_a_host_backend_is_refused(dev):
 
 
 def test_sweep_and_reproduce_on_cuda(dev, tmp_path):
-    base = {"problem": "paper_2x2", "depth": 3, "lr": 5e-2, "scale": 0.3, "max_steps": 2000,
-            "tol": 1e-3, "metrics": ("loss", "erank", "entry:0,0"), "thresholds": (1e-2,)}
+    base = {
+        "problem": "paper_2x2",
+        "depth": 3,
+        "lr": 5e-2,
+        "scale": 0.3,
+        "max_steps": 2000,
+        "tol": 1e-3,
+        "metrics": ("loss", "erank", "entry:0,0"),
+        "thresholds": (1e-2,),
+    }
     grid = {"depth": [2, 3]}
     on_cpu = ir.sweep(base, grid, seeds=4, backend="cpu")
     on_gpu = ir.sweep(base, grid, seeds=4, backend="cuda")
     for name in ("steps", "loss", "erank", "entry:0,0@1e-2"):
         dev.check([on_gpu.columns[name]], [on_cpu.columns[name]])
-    assert main(["run", "--depths", "2", "3", "--seeds", "2", "--lrs", "6e-3", "--scales", "1e-3",
-                 "--max-steps", "100000", "--backend", "cuda", "--quiet",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--depths",
+                "2",
+                "3",
+                "--seeds",
+                "2",
+                "--lrs",
+                "6e-3",
+                "--scales",
+                "1e-3",
+                "--max-steps",
+                "100000",
+                "--backend",
+                "cuda",
+                "--quiet",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert ir.load_sweep(tmp_path / "run").meta["backend"] == "cuda"
 
 
@@ -423,8 +511,9 @@ def test_cp_step_matches_cpu(dev, case, dtype):
         f.step(lr, steps, optimizer=optimizer)
     assert all(isinstance(U, dev.xp.ndarray) for U in gpu.factors)  # the state stays there
     dev.check(gpu.factors, cpu.factors, dtype)
-    dev.check([gpu._step_loss, gpu._v] + _moments(gpu), [cpu._step_loss, cpu._v] + _moments(cpu),
-              dtype)
+    dev.check(
+        [gpu._step_loss, gpu._v] + _moments(gpu), [cpu._step_loss, cpu._v] + _moments(cpu), dtype
+    )
     assert_same_freezing(gpu, cpu, dtype)
     assert _backend.to_host(gpu._t).tolist() == cpu._t.tolist()
 
@@ -470,9 +559,16 @@ def test_cp_divergence_and_tolerance_freeze_like_cpu(dev):
 def test_cp_fit_tensor_measure_and_save_on_the_device(dev, tmp_path):
     cpu, gpu = _cp_pair((3, 4, 3), 6, "float64", 0.5, batch=4)
     steps = 20 if dev.name == "emulated" else 400
-    kw = dict(lr=1e-2, max_steps=steps, tol=1e-6, patience=1, check_every=steps // 4,
-              log=ir.every(steps // 4), metrics=("loss", "recon_error", "norm",
-                                                 "component_norms"), progress=False)
+    kw = dict(
+        lr=1e-2,
+        max_steps=steps,
+        tol=1e-6,
+        patience=1,
+        check_every=steps // 4,
+        log=ir.every(steps // 4),
+        metrics=("loss", "recon_error", "norm", "component_norms"),
+        progress=False,
+    )
     t_cpu, t_gpu = cpu.fit(**kw), gpu.fit(**kw)
     assert t_gpu.steps.tolist() == t_cpu.steps.tolist()
     for name in kw["metrics"]:
@@ -488,8 +584,9 @@ def test_cp_fit_tensor_measure_and_save_on_the_device(dev, tmp_path):
 
 def test_tensor_rank_on_cuda_runs_the_cpu_kernel_with_one_copy_each_way(dev, monkeypatch):
     rng = np.random.default_rng(5)
-    T = np.stack([np.einsum("ir,jr,kr->ijk", *rng.standard_normal((3, 4, r)))
-                  for r in (1, 2, 3, 1, 2)])
+    T = np.stack(
+        [np.einsum("ir,jr,kr->ijk", *rng.standard_normal((3, 4, r))) for r in (1, 2, 3, 1, 2)]
+    )
     want = ir.tensor_rank(T, restarts=2)
     copies = []
     to_host = _backend.to_host
@@ -503,11 +600,23 @@ def test_tensor_rank_on_cuda_runs_the_cpu_kernel_with_one_copy_each_way(dev, mon
 
 
 def test_tensor_completion_sweep_on_cuda_matches_cpu(dev, tmp_path):
-    base = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 3,
-            "target_rank": 1, "n_obs": 12, "components": 4, "lr": 1e-2, "scale": 0.3,
-            "optimizer": "gd",
-            "max_steps": 30 if dev.name == "emulated" else 600, "log": "every:10",
-            "metrics": ("loss", "recon_error"), "rank_restarts": 1, "thresholds": ()}
+    base = {
+        "model": "cp",
+        "problem": "random_cp_completion",
+        "order": 3,
+        "dim": 3,
+        "target_rank": 1,
+        "n_obs": 12,
+        "components": 4,
+        "lr": 1e-2,
+        "scale": 0.3,
+        "optimizer": "gd",
+        "max_steps": 30 if dev.name == "emulated" else 600,
+        "log": "every:10",
+        "metrics": ("loss", "recon_error"),
+        "rank_restarts": 1,
+        "thresholds": (),
+    }
     on_cpu = ir.sweep(base, {"lr": [1e-2, 2e-2]}, seeds=2, backend="cpu", progress=False)
     on_gpu = ir.sweep(base, {"lr": [1e-2, 2e-2]}, seeds=2, backend="cuda", progress=False)
     for name in ("steps", "loss", "recon_error"):
@@ -516,6 +625,7 @@ def test_tensor_completion_sweep_on_cuda_matches_cpu(dev, tmp_path):
 
 
 # ---- failures on the device ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model", ["dmf", "cp"])
 def test_a_fault_at_the_status_readback_leaves_the_step_count(dev, model):
@@ -566,6 +676,7 @@ def test_scratch_refused_for_memory_is_retried_once_after_freeing_cupys_pool(dev
 
 # ---- the device cases are well posed ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_dmf_device_cases_are_well_posed(case, dtype):
     """The numpy oracle against the cpu backend, at the device's step count and tolerances:
@@ -600,8 +711,15 @@ def _device_need(base: dict) -> int:
 
 
 def test_sweep_cuts_batches_to_the_free_device_memory(dev, monkeypatch, tmp_path):
-    base = {"problem": "paper_2x2", "depth": 3, "scale": 0.3, "max_steps": 300, "log": 100,
-            "metrics": ("loss", "erank"), "thresholds": (1e-2,)}
+    base = {
+        "problem": "paper_2x2",
+        "depth": 3,
+        "scale": 0.3,
+        "max_steps": 300,
+        "log": 100,
+        "metrics": ("loss", "erank"),
+        "thresholds": (1e-2,),
+    }
     grid = {"lr": [2e-2, 3e-2, 5e-2]}
     on_cpu = ir.sweep(base, grid, seeds=8, backend="cpu", progress=False)
     per = _device_need(base)
@@ -620,16 +738,29 @@ def test_sweep_cuts_batches_to_the_free_device_memory(dev, monkeypatch, tmp_path
             dev.check([res.columns[name]], [on_cpu.columns[name]])
     # resumed with more memory, the directory keeps the batches it was started with
     monkeypatch.setattr(_backend, "device_memory", lambda: 2**34)
-    again = ir.sweep(base, grid, seeds=8, backend="cuda", progress=False, out=tmp_path / "cut",
-                     resume=True)
+    again = ir.sweep(
+        base, grid, seeds=8, backend="cuda", progress=False, out=tmp_path / "cut", resume=True
+    )
     assert len(again.trajectories) == 6
     np.testing.assert_array_equal(again.columns["loss"], cut.columns["loss"])
 
 
 def test_cp_sweep_cut_by_seeds_matches_one_batch(dev, monkeypatch):
-    base = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 3,
-            "target_rank": 1, "n_obs": 12, "components": 4, "lr": 1e-2, "scale": 0.3,
-            "max_steps": 20, "log": 10, "metrics": ("loss",), "thresholds": ()}
+    base = {
+        "model": "cp",
+        "problem": "random_cp_completion",
+        "order": 3,
+        "dim": 3,
+        "target_rank": 1,
+        "n_obs": 12,
+        "components": 4,
+        "lr": 1e-2,
+        "scale": 0.3,
+        "max_steps": 20,
+        "log": 10,
+        "metrics": ("loss",),
+        "thresholds": (),
+    }
     whole = ir.sweep(base, seeds=5, backend="cuda", progress=False)
     monkeypatch.setattr(_backend, "device_memory", lambda: int(2.5 * _device_need(base) / 0.8))
     cut = ir.sweep(base, seeds=5, backend="cuda", progress=False)
@@ -648,22 +779,44 @@ def test_a_problem_too_large_for_the_device_is_refused_naming_what_fits(dev, mon
     p = ir.problems.paper_2x2(batch=10**6)
     # three 2x2 float64 factors, status, frozen_at and the optimizers' running mean and count
     fits = 2**26 // (3 * 4 * 8 + 9 + 16)
-    with pytest.raises(ValueError, match=r"^factors: .* free on the device; the largest batch "
-                                         f"that fits is {fits} problems"):
+    with pytest.raises(
+        ValueError,
+        match=r"^factors: .* free on the device; the largest batch "
+        f"that fits is {fits} problems",
+    ):
         ir.DeepFactorization(p, [np.eye(2)] * 3, backend="cuda")
 
 
-@pytest.mark.parametrize("name,column", [("paper-2x2", "entry:0,0@1e-2"),
-                                         ("tensor-completion", "recon_error")])
+@pytest.mark.parametrize(
+    "name,column", [("paper-2x2", "entry:0,0@1e-2"), ("tensor-completion", "recon_error")]
+)
 def test_reproduce_on_cuda_matches_cpu(dev, tmp_path, name, column):
     if dev.name == "emulated":
-        pytest.skip("the emulated kernels run this many steps too slowly; the kernels are "
-                    "checked against the cpu backend above")
+        pytest.skip(
+            "the emulated kernels run this many steps too slowly; the kernels are "
+            "checked against the cpu backend above"
+        )
     res = {}
     for backend in ("cuda", "cpu"):
         out = tmp_path / backend
-        assert main(["reproduce", name, "--quick", "--seeds", "2", "--backend", backend,
-                     "--no-plot", "--quiet", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "reproduce",
+                    name,
+                    "--quick",
+                    "--seeds",
+                    "2",
+                    "--backend",
+                    backend,
+                    "--no-plot",
+                    "--quiet",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         res[backend] = ir.load_sweep(out)
     assert res["cuda"].meta["backend"] == "cuda" and len(res["cuda"].columns["seed"]) > 0
     dev.check([res["cuda"].columns[column]], [res["cpu"].columns[column]])
@@ -674,8 +827,21 @@ def test_reproduce_paper_2x2_on_a_gpu(tmp_path):
     reason = ir.backends()["cuda"]["reason"]
     if reason is not None:
         pytest.skip(f"no cuda backend here: {reason}")
-    assert main(["reproduce", "paper-2x2", "--quick", "--backend", "cuda", "--no-plot",
-                 "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "paper-2x2",
+                "--quick",
+                "--backend",
+                "cuda",
+                "--no-plot",
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
     res = ir.load_sweep(tmp_path / "rep")
     # PAPER.md §3.1: balanced depth 3 at loss 1e-4 sits near 1/sqrt(2 * 1e-4) = 70.7
     w = np.abs(res.columns["entry:0,0@1e-4"][res.rows(depth=3, init="balanced")])
@@ -690,8 +856,24 @@ def test_reproduce_tensor_completion_on_a_gpu_agrees_with_the_cpu(tmp_path):
     runs = {}
     for backend in ("cuda", "cpu"):
         out = tmp_path / backend
-        assert main(["reproduce", "tensor-completion", "--quick", "--seeds", "64", "--backend",
-                     backend, "--no-plot", "--quiet", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "reproduce",
+                    "tensor-completion",
+                    "--quick",
+                    "--seeds",
+                    "64",
+                    "--backend",
+                    backend,
+                    "--no-plot",
+                    "--quiet",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         runs[backend] = ir.load_sweep(out)
     gpu, cpu = runs["cuda"], runs["cpu"]
     np.testing.assert_array_equal(gpu.columns["seed"], cpu.columns["seed"])

@@ -23,8 +23,11 @@ from conftest import (
     max_rel_diff,
 )
 
-HYP = settings(max_examples=40, deadline=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+HYP = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 # --------------------------------------------------------------------------- random cases
@@ -56,8 +59,11 @@ def build_case(seed, depth, m, n, widths, batch, kind, share, per_problem_lr):
         problem = ir.sensing(A, y, batch=batch)
         curvature = max(np.linalg.norm(a.reshape(K, -1), 2) ** 2 for a in A)
     dims = [n, *widths, m]
-    factors = [rng.standard_normal((batch, dims[j], dims[j - 1]))
-               / (math.sqrt(dims[j]) + math.sqrt(dims[j - 1])) for j in range(1, depth + 1)]
+    factors = [
+        rng.standard_normal((batch, dims[j], dims[j - 1]))
+        / (math.sqrt(dims[j]) + math.sqrt(dims[j - 1]))
+        for j in range(1, depth + 1)
+    ]
     base = 0.2 / (depth * curvature)
     lr = base * rng.uniform(0.5, 1.0, size=batch) if per_problem_lr else base
     return problem, factors, lr
@@ -75,8 +81,7 @@ def cases(draw, max_steps=200):
     per_problem_lr = draw(st.booleans())
     steps = draw(st.integers(1, max_steps))
     seed = draw(st.integers(0, 2**32 - 1))
-    problem, factors, lr = build_case(seed, depth, m, n, widths, batch, kind, share,
-                                      per_problem_lr)
+    problem, factors, lr = build_case(seed, depth, m, n, widths, batch, kind, share, per_problem_lr)
     return problem, factors, lr, steps
 
 
@@ -100,20 +105,32 @@ def test_cpu_matches_numpy_float32(case):
     assert max_rel_diff(f_cpu.factors, factors) > 1e-5
 
 
-@pytest.mark.parametrize("dims", [
-    [5, 12, 1, 7],        # wider then narrower (rank-1 bottleneck) hidden layers
-    [12, 2, 2, 2, 2, 3],  # depth 5, narrow
-    [1, 9, 1],            # vector problem with a wide hidden layer
-    [7, 7, 7, 7],         # square, all widths equal: the compile-time-size kernel
-    [9, 9, 9],            # square but between the compile-time sizes
-    [16, 16, 16, 16],     # square 16 x 16: compile-time size too
-    [4, 6],               # depth 1, rectangular
-])
+@pytest.mark.parametrize(
+    "dims",
+    [
+        [5, 12, 1, 7],  # wider then narrower (rank-1 bottleneck) hidden layers
+        [12, 2, 2, 2, 2, 3],  # depth 5, narrow
+        [1, 9, 1],  # vector problem with a wide hidden layer
+        [7, 7, 7, 7],  # square, all widths equal: the compile-time-size kernel
+        [9, 9, 9],  # square but between the compile-time sizes
+        [16, 16, 16, 16],  # square 16 x 16: compile-time size too
+        [4, 6],  # depth 1, rectangular
+    ],
+)
 @pytest.mark.parametrize("kind", ["completion", "sensing"])
 @pytest.mark.parametrize("batch", [1, 5, 8, 19])
 def test_cpu_matches_numpy_shapes(dims, kind, batch, tol):
-    problem, factors, lr = build_case(7, len(dims) - 1, dims[-1], dims[0], dims[1:-1], batch,
-                                      kind, (False, batch % 2 == 1), batch != 5)
+    problem, factors, lr = build_case(
+        7,
+        len(dims) - 1,
+        dims[-1],
+        dims[0],
+        dims[1:-1],
+        batch,
+        kind,
+        (False, batch % 2 == 1),
+        batch != 5,
+    )
     for dtype in ("float64", "float32"):
         f, _ = assert_backends_agree(problem, factors, lr, 60, dtype=dtype, rtol=tol[dtype])
         assert max_rel_diff(f.factors, factors) > 100 * tol[dtype]
@@ -129,20 +146,24 @@ def test_large_problems_one_per_pack(kind):
     rng = np.random.default_rng(0)
     m, n = dims[-1], dims[0]
     if kind == "completion":
-        problem = ir.completion(rng.standard_normal((batch, m, n)) / 16,
-                                rng.random((batch, m, n)) < 0.5)
+        problem = ir.completion(
+            rng.standard_normal((batch, m, n)) / 16, rng.random((batch, m, n)) < 0.5
+        )
         lr = 0.05
     else:
         A = rng.standard_normal((250, m, n))
         problem = ir.sensing(A, np.einsum("kij,bij->bk", A, rng.standard_normal((batch, m, n)) / 7))
         lr = 0.05 / np.linalg.norm(A.reshape(250, -1), 2) ** 2
-    factors = [rng.standard_normal((batch, dims[j], dims[j - 1])) / (2 * math.sqrt(dims[j]))
-               for j in range(1, len(dims))]
+    factors = [
+        rng.standard_normal((batch, dims[j], dims[j - 1])) / (2 * math.sqrt(dims[j]))
+        for j in range(1, len(dims))
+    ]
     for dtype in ("float64", "float32"):
         f_cpu, _ = assert_backends_agree(problem, factors, lr, 20, dtype=dtype)
         assert max_rel_diff(f_cpu.factors, factors) > 1e-3
-        alone = ir.DeepFactorization(_subproblem(problem, [1]), [W[1:2] for W in factors],
-                                     dtype=dtype)
+        alone = ir.DeepFactorization(
+            _subproblem(problem, [1]), [W[1:2] for W in factors], dtype=dtype
+        )
         alone.step(lr, 20)
         for a, b in zip(alone.factors, f_cpu.factors, strict=True):
             np.testing.assert_array_equal(a[0], b[1])
@@ -170,8 +191,9 @@ def test_loss_and_product_match_definition(case):
 def test_product_and_loss_are_snapshots(backend, depth):
     """product() / loss() return new arrays: later steps do not change them, and writing
     into them does not change the model."""
-    f = ir.DeepFactorization.init(ir.problems.paper_2x2(2), depth, scale=0.5, seed=1,
-                                  backend=backend)
+    f = ir.DeepFactorization.init(
+        ir.problems.paper_2x2(2), depth, scale=0.5, seed=1, backend=backend
+    )
     E, loss = f.product(), f.loss()
     E0, loss0 = E.copy(), loss.copy()
     assert not any(np.shares_memory(E, W) for W in f.factors)
@@ -183,8 +205,7 @@ def test_product_and_loss_are_snapshots(backend, depth):
     np.testing.assert_array_equal(f.product(), after)
 
 
-@pytest.mark.parametrize("lr", [0.05, [0.05], np.array(0.05), np.full(4, 0.05), [0.05] * 4,
-                                1 / 20])
+@pytest.mark.parametrize("lr", [0.05, [0.05], np.array(0.05), np.full(4, 0.05), [0.05] * 4, 1 / 20])
 def test_lr_forms_are_equivalent(backend, lr):
     p, f, W0, _ = _freeze_setup(backend)
     ref = _run(p, W0, np.full(FREEZE_B, 0.05), 50, None, backend, idx=range(4))
@@ -256,26 +277,30 @@ def _formula_gradient(problem, factors):
         G = np.einsum("bk,bkij->bij", np.einsum("bkij,bij->bk", A, E) - problem.y, A)
     out = []
     for j in range(len(factors)):
-        left = explicit_product(factors[j + 1:]) if j + 1 < len(factors) else None
+        left = explicit_product(factors[j + 1 :]) if j + 1 < len(factors) else None
         right = explicit_product(factors[:j]) if j > 0 else None
         g = G if left is None else np.swapaxes(left, 1, 2) @ G
         out.append(g if right is None else g @ np.swapaxes(right, 1, 2))
     return out
 
 
-@pytest.mark.parametrize("kind,dims", [
-    ("completion", [3, 4]),
-    ("completion", [2, 2, 2]),
-    ("completion", [4, 1, 5, 3]),
-    ("completion", [3, 5, 2, 4, 2]),
-    ("sensing", [3, 2]),
-    ("sensing", [2, 4, 3]),
-    ("sensing", [4, 3, 3, 2, 1, 3]),
-])
+@pytest.mark.parametrize(
+    "kind,dims",
+    [
+        ("completion", [3, 4]),
+        ("completion", [2, 2, 2]),
+        ("completion", [4, 1, 5, 3]),
+        ("completion", [3, 5, 2, 4, 2]),
+        ("sensing", [3, 2]),
+        ("sensing", [2, 4, 3]),
+        ("sensing", [4, 3, 3, 2, 1, 3]),
+    ],
+)
 def test_gradient_matches_finite_differences(kind, dims, backend):
     batch = 3
-    problem, factors, _ = build_case(11, len(dims) - 1, dims[-1], dims[0], dims[1:-1], batch,
-                                     kind, (False, False), False)
+    problem, factors, _ = build_case(
+        11, len(dims) - 1, dims[-1], dims[0], dims[1:-1], batch, kind, (False, False), False
+    )
     factors = [2 * W for W in factors]  # away from the origin: every gradient term matters
     g_step = _step_gradient(problem, factors, 0.1, backend)
     g_fd = _fd_gradient(problem, factors)
@@ -302,8 +327,9 @@ def _freeze_setup(backend, dtype="float64"):
     """11 rank-1 completions, depth 3; by step 1200 at tol 1e-8 some have converged (at
     different steps) and some still run."""
     p = ir.problems.random_low_rank_completion(5, 4, 1, 12, batch=FREEZE_B, seed=3)
-    f = ir.DeepFactorization.init(p, 3, init="normal", scale=0.5, seed=1, backend=backend,
-                                  dtype=dtype)
+    f = ir.DeepFactorization.init(
+        p, 3, init="normal", scale=0.5, seed=1, backend=backend, dtype=dtype
+    )
     lr = np.linspace(0.005, 0.03, FREEZE_B)
     return p, f, [W.copy() for W in f.factors], lr
 
@@ -311,17 +337,22 @@ def _freeze_setup(backend, dtype="float64"):
 def _subproblem(p, idx):
     idx = list(idx)
     if p.kind == "completion":
-        return ir.completion(p.targets[idx] if p.targets.shape[0] > 1 else p.targets,
-                             p.masks[idx] if p.masks.shape[0] > 1 else p.masks, batch=len(idx))
-    return ir.sensing(p.A[idx] if p.A.shape[0] > 1 else p.A,
-                      p.y[idx] if p.y.shape[0] > 1 else p.y, batch=len(idx))
+        return ir.completion(
+            p.targets[idx] if p.targets.shape[0] > 1 else p.targets,
+            p.masks[idx] if p.masks.shape[0] > 1 else p.masks,
+            batch=len(idx),
+        )
+    return ir.sensing(
+        p.A[idx] if p.A.shape[0] > 1 else p.A, p.y[idx] if p.y.shape[0] > 1 else p.y, batch=len(idx)
+    )
 
 
 def _run(p, factors, lr, steps, tol, backend, idx=None, dtype="float64"):
     idx = list(range(factors[0].shape[0])) if idx is None else list(idx)
     lr = np.broadcast_to(lr, (factors[0].shape[0],))[idx]
-    f = ir.DeepFactorization(_subproblem(p, idx), [W[idx] for W in factors], backend=backend,
-                             dtype=dtype)
+    f = ir.DeepFactorization(
+        _subproblem(p, idx), [W[idx] for W in factors], backend=backend, dtype=dtype
+    )
     f.step(lr, steps, tol)
     return f
 
@@ -369,9 +400,13 @@ def test_running_problems_are_bit_identical_to_running_alone(frozen_run):
 @pytest.mark.parametrize("order", ["reversed", "sub3", "sub9", "sub8_shifted", "tiled"])
 def test_results_do_not_depend_on_batch_size_or_position(frozen_run, order):
     backend, p, f, W0, lr = frozen_run
-    idx = {"reversed": range(FREEZE_B - 1, -1, -1), "sub3": [9, 2, 6],
-           "sub9": [1, 3, 5, 7, 9, 10, 0, 2, 4], "sub8_shifted": range(3, 11),
-           "tiled": list(range(FREEZE_B)) * 3}[order]
+    idx = {
+        "reversed": range(FREEZE_B - 1, -1, -1),
+        "sub3": [9, 2, 6],
+        "sub9": [1, 3, 5, 7, 9, 10, 0, 2, 4],
+        "sub8_shifted": range(3, 11),
+        "tiled": list(range(FREEZE_B)) * 3,
+    }[order]
     g = _run(p, W0, lr, FREEZE_STEPS, FREEZE_TOL, backend, idx)
     idx = list(idx)
     np.testing.assert_array_equal(g.status, f.status[idx])
@@ -412,8 +447,15 @@ def test_chunked_calls_equal_one_call(backend):
 
 def test_backends_agree_on_freezing(dtype):
     p, _, W0, lr = _freeze_setup("cpu", dtype)
-    f_cpu, _ = assert_backends_agree(p, W0, lr, FREEZE_STEPS, tol=FREEZE_TOL, dtype=dtype,
-                                     rtol=1e-12 if dtype == "float64" else 1e-4)
+    f_cpu, _ = assert_backends_agree(
+        p,
+        W0,
+        lr,
+        FREEZE_STEPS,
+        tol=FREEZE_TOL,
+        dtype=dtype,
+        rtol=1e-12 if dtype == "float64" else 1e-4,
+    )
     assert (f_cpu.status == CONVERGED).sum() >= 2
 
 

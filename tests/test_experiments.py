@@ -126,8 +126,9 @@ def test_tensor_completion_recovers_rank_one_from_small_init(runs):
         assert (c["memorizer_error"][idx] > 0.5).all() and (c["memorizer_rank"][idx] > 5).all()
     # a smaller init gives a lower error (PAPER.md §4.8)
     for n in (200, 300):
-        assert (np.median(c["recon_error"][res.rows(n_obs=n, scale=1e-3)])
-                < np.median(c["recon_error"][res.rows(n_obs=n, scale=1e-2)]))
+        assert np.median(c["recon_error"][res.rows(n_obs=n, scale=1e-3)]) < np.median(
+            c["recon_error"][res.rows(n_obs=n, scale=1e-2)]
+        )
     _, res4, _ = runs["tensor-completion-order4"]
     assert (res4.columns["tensor_rank"] == 1).all()
     assert (res4.columns["recon_error"] < 1e-3).all()
@@ -171,15 +172,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(runs, tmp_path, monkey
 
     monkeypatch.setattr(implicitreg.ops, "dmf_measure", crash_midway)
     with pytest.raises(KeyboardInterrupt):
-        reproduce("paper-2x2", quick=True, out=tmp_path, progress=False, plot=False,
-                  checkpoint_every=0)
+        reproduce(
+            "paper-2x2", quick=True, out=tmp_path, progress=False, plot=False, checkpoint_every=0
+        )
     assert (tmp_path / "batches" / "000.npz").exists()
     assert (tmp_path / "batches" / "001.ckpt.npz").exists()
     monkeypatch.setattr(implicitreg.ops, "dmf_measure", real)
     with pytest.raises(ValueError, match="resume"):
         reproduce("paper-2x2", quick=True, out=tmp_path, progress=False, plot=False)
-    res, rows = reproduce("paper-2x2", quick=True, out=tmp_path, progress=False, plot=False,
-                          resume=True)
+    res, rows = reproduce(
+        "paper-2x2", quick=True, out=tmp_path, progress=False, plot=False, resume=True
+    )
     assert not list((tmp_path / "batches").glob("*.ckpt.npz"))
     for k, v in ref.columns.items():
         np.testing.assert_array_equal(res.columns[k], v)
@@ -188,7 +191,8 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(runs, tmp_path, monkey
         for k in a.data:
             np.testing.assert_array_equal(a.data[k], b.data[k])
     assert (tmp_path / "report.txt").read_text().split("\n")[:-3] == (
-        ref_dir / "report.txt").read_text().split("\n")[:-3]  # all but the timings
+        ref_dir / "report.txt"
+    ).read_text().split("\n")[:-3]  # all but the timings
 
 
 def test_bad_names_and_values_list_the_choices():

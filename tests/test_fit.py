@@ -16,8 +16,9 @@ LR = np.array([0.1, 0.06, 0.03, 0.01, 0.004])  # the last ones do not converge i
 
 def _model(backend="cpu", dtype="float64", widths=None):
     p = ir.problems.paper_2x2(len(LR))
-    return ir.DeepFactorization.init(p, 2, widths=widths, scale=0.3, seed=0, backend=backend,
-                                     dtype=dtype)
+    return ir.DeepFactorization.init(
+        p, 2, widths=widths, scale=0.3, seed=0, backend=backend, dtype=dtype
+    )
 
 
 def _replay(points, backend="cpu", tol=None, dtype="float64"):
@@ -33,8 +34,9 @@ def _replay(points, backend="cpu", tol=None, dtype="float64"):
 
 @pytest.mark.parametrize("k,max_steps", [(50, 400), (70, 400), (1, 30), (400, 400), (1000, 400)])
 def test_every_logs_at_multiples_and_the_end(backend, k, max_steps):
-    t = _model(backend).fit(LR, max_steps, log=ir.every(k), metrics=("loss", "entry:0,0"),
-                            progress=False)
+    t = _model(backend).fit(
+        LR, max_steps, log=ir.every(k), metrics=("loss", "entry:0,0"), progress=False
+    )
     expected = sorted(set(range(0, max_steps + 1, k)) | {max_steps})
     np.testing.assert_array_equal(t.steps, expected)
     loss, e00, f = _replay(expected, backend)
@@ -132,8 +134,9 @@ def test_trajectory_is_a_snapshot_of_the_end_of_fit():
 
 
 def test_first_below_matches_manual_computation():
-    t = _model().fit(LR, 400, log=ir.every(10), metrics=("loss", "entry:0,0", "det"),
-                     progress=False)
+    t = _model().fit(
+        LR, 400, log=ir.every(10), metrics=("loss", "entry:0,0", "det"), progress=False
+    )
     for thr in (1e-1, 1e-3, 1e-6):
         got = t.first_below("loss", thr)
         assert set(got) == {"step", "loss", "entry:0,0", "det"}
@@ -156,8 +159,9 @@ def test_first_below_matches_manual_computation():
 
 
 def test_metric_names_are_deduplicated_and_a_string_is_one_metric():
-    t = _model().fit(LR, 20, log=ir.every(10), metrics=("loss", "loss", "entry:1,1"),
-                     progress=False)
+    t = _model().fit(
+        LR, 20, log=ir.every(10), metrics=("loss", "loss", "entry:1,1"), progress=False
+    )
     assert t.metrics == ["loss", "entry:1,1"]
     u = _model().fit(LR, 20, log=ir.every(10), metrics="entry:0,1", progress=False)
     assert u.metrics == ["entry:0,1"]
@@ -180,18 +184,25 @@ def test_det_metric_is_float64_product_of_factor_dets(dtype):
 def test_det_metric_with_non_square_factors():
     f = _model(widths=[3])
     t = f.fit(LR, 200, log=ir.every(100), metrics=("det",), progress=False)
-    np.testing.assert_allclose(t["det"][-1], np.linalg.det(explicit_product(f.factors)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(t["det"][-1], np.linalg.det(explicit_product(f.factors)), rtol=1e-12)
 
 
 def test_to_dataframe():
     pd = pytest.importorskip("pandas")
-    t = _model().fit(LR, 100, log=ir.every(50), metrics=("loss", "entry:0,0", "det"),
-                     progress=False)
+    t = _model().fit(
+        LR, 100, log=ir.every(50), metrics=("loss", "entry:0,0", "det"), progress=False
+    )
     df = t.to_dataframe()
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["step", "problem", "loss", "entry:0,0", "det", "status",
-                                "frozen_at"]
+    assert list(df.columns) == [
+        "step",
+        "problem",
+        "loss",
+        "entry:0,0",
+        "det",
+        "status",
+        "frozen_at",
+    ]
     assert (t.frozen_at == -1).all()  # nothing froze: every (step, problem) is a row
     T, B = t.steps.size, t.batch
     assert len(df) == T * B
@@ -225,8 +236,9 @@ def test_to_dataframe_ends_a_frozen_problem_at_its_frozen_state():
 
 def test_a_completed_fit_removes_its_checkpoint_unless_kept(tmp_path):
     path = tmp_path / "fit.ckpt.npz"
-    kw = dict(lr=LR, max_steps=200, log=ir.every(50), progress=False, checkpoint=path,
-              checkpoint_every=0)
+    kw = dict(
+        lr=LR, max_steps=200, log=ir.every(50), progress=False, checkpoint=path, checkpoint_every=0
+    )
     whole = _model().fit(**kw)
     assert not path.exists()
     kept = _model().fit(**kw, keep_checkpoint=True)
@@ -240,8 +252,14 @@ def test_a_completed_fit_removes_its_checkpoint_unless_kept(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".npz", ".out"])
 def test_save_load_roundtrip(tmp_path, suffix):
-    t = _model().fit(LR, 200, tol=1e-6, log=ir.geometric(20),
-                     metrics=("loss", "entry:0,0", "det"), progress=False)
+    t = _model().fit(
+        LR,
+        200,
+        tol=1e-6,
+        log=ir.geometric(20),
+        metrics=("loss", "entry:0,0", "det"),
+        progress=False,
+    )
     path = tmp_path / f"traj{suffix}"
     t.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
@@ -264,9 +282,17 @@ def test_save_load_roundtrip(tmp_path, suffix):
 
 
 def test_fit_numpy_backend_equals_cpu(dtype):
-    ts = [_model(b, dtype).fit(LR, 300, tol=1e-6, log=ir.every(30),
-                               metrics=("loss", "entry:0,0", "det"), progress=False)
-          for b in BACKENDS]
+    ts = [
+        _model(b, dtype).fit(
+            LR,
+            300,
+            tol=1e-6,
+            log=ir.every(30),
+            metrics=("loss", "entry:0,0", "det"),
+            progress=False,
+        )
+        for b in BACKENDS
+    ]
     a, b = ts
     np.testing.assert_array_equal(a.steps, b.steps)
     np.testing.assert_array_equal(a.status, b.status)
@@ -307,14 +333,17 @@ def test_geometric_rows_bounds_its_points(n, max_steps):
 # ---------------------------------------------------------------------- what a sweep asks
 
 
-@pytest.mark.parametrize("bad,error", [
-    ({"lr": -1.0}, "^lr: "),
-    ({"max_steps": -1}, "^max_steps: "),
-    ({"optimizer": "sgd"}, "^optimizer: "),
-    ({"metrics": ("loss", "bogus")}, "^metrics: unknown metric 'bogus'"),
-    ({"thresholds": (1e-3, 1e-2)}, "^thresholds: "),
-    ({"log": "often"}, "log"),
-])
+@pytest.mark.parametrize(
+    "bad,error",
+    [
+        ({"lr": -1.0}, "^lr: "),
+        ({"max_steps": -1}, "^max_steps: "),
+        ({"optimizer": "sgd"}, "^optimizer: "),
+        ({"metrics": ("loss", "bogus")}, "^metrics: unknown metric 'bogus'"),
+        ({"thresholds": (1e-3, 1e-2)}, "^thresholds: "),
+        ({"log": "often"}, "log"),
+    ],
+)
 def test_check_fit_refuses_what_fit_refuses_and_does_no_work(bad, error):
     model = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=3), scale=0.3)
     start = [W.copy() for W in model.factors]
@@ -333,9 +362,11 @@ def test_check_fit_refuses_what_fit_refuses_and_does_no_work(bad, error):
 def test_cp_check_fit_refuses_what_fit_refuses():
     p = ir.tensor_completion(np.ones((2, 2, 2)), np.ones((2, 2, 2), bool), batch=2)
     model = ir.CPFactorization.init(p, rank=2)
-    for bad, error in [({"patience": 2}, "^patience: needs a tol"),
-                       ({"metrics": ("svals",)}, "^metrics: unknown metric"),
-                       ({"check_every": 0, "patience": 1, "tol": 1e-6}, "^check_every: ")]:
+    for bad, error in [
+        ({"patience": 2}, "^patience: needs a tol"),
+        ({"metrics": ("svals",)}, "^metrics: unknown metric"),
+        ({"check_every": 0, "patience": 1, "tol": 1e-6}, "^check_every: "),
+    ]:
         for call in (model.check_fit, lambda **a: model.fit(progress=False, **a)):
             with pytest.raises(ValueError, match=error):
                 call(lr=1e-2, max_steps=10, **bad)
@@ -348,17 +379,27 @@ def test_bytes_per_problem_counts_the_models_arrays():
     model = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=5), depth=3)
     got = model.bytes_per_problem(metrics=("loss",), log=ir.every(10), max_steps=100)
     # the log: 11 rows of one metric; measure(): product 4, svals 2, loss 1, the row 1 (x 8 B)
-    assert got == {"problem": 36, "host": 36 + 96 + 25 + 8 * 11,
-                   "device": 36 + 96 + 25 + (4 + 2 + 1) * 8 + 8}
-    two = model.bytes_per_problem(metrics=("loss", "erank"), thresholds=(1e-2, 1e-3),
-                                  log=ir.every(10), max_steps=100, optimizer="adam")
+    assert got == {
+        "problem": 36,
+        "host": 36 + 96 + 25 + 8 * 11,
+        "device": 36 + 96 + 25 + (4 + 2 + 1) * 8 + 8,
+    }
+    two = model.bytes_per_problem(
+        metrics=("loss", "erank"),
+        thresholds=(1e-2, 1e-3),
+        log=ir.every(10),
+        max_steps=100,
+        optimizer="adam",
+    )
     moments = 2 * 96
     # each threshold: a snapshot of the factors and the metrics measured there
     assert two["host"] == 36 + 96 + 25 + moments + 2 * (96 + 8 * 3) + 8 * 2 * 11
     assert two["device"] == 36 + 96 + 25 + moments + 2 * (96 + 8) + 7 * 8 + 8 * 2
     f32 = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=5), dtype="float32")
-    assert f32.bytes_per_problem()["device"] - f32.bytes_per_problem()["problem"] < got[
-        "device"] - got["problem"]
+    assert (
+        f32.bytes_per_problem()["device"] - f32.bytes_per_problem()["problem"]
+        < got["device"] - got["problem"]
+    )
 
 
 def test_cp_bytes_per_problem_counts_the_models_arrays():
@@ -383,10 +424,13 @@ def test_the_sweep_reaches_into_no_private_member_of_the_models():
     private = set()
     for path in (root / "models").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith("_") \
-                    and not node.name.startswith("__"):
+            if (
+                isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                and node.name.startswith("_")
+                and not node.name.startswith("__")
+            ):
                 private.add(node.name)
-    assert {"_lr", "_tol", "_optimizer_settings", "_metric_specs"} <= private
+    assert {"_lr", "_tol", "_optimizer_settings", "_fit_settings"} <= private
     used = set()
     for path in (root / "sweep").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

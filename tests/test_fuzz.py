@@ -35,13 +35,35 @@ COUNTS: collections.Counter = collections.Counter()
 def fuzz(n: int) -> settings:
     """n examples, no deadline (the first call of a kernel pays for its set-up); the rest
     from the active profile (HYPOTHESIS_PROFILE, tests/conftest.py)."""
-    return settings(max_examples=n, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    return settings(
+        max_examples=n,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
+
 
 # Values that break careless code: signed zeros, subnormals, the extremes of float64 and
 # float32, NaN and the infinities.
-SPECIAL = [0.0, -0.0, 5e-324, 1e-310, 1e-300, 1e-45, 1e-30, 1.0, -1.0, 1e30, 3.4e38, 1e300,
-           -1e300, 1.7e308, -1.7e308, math.nan, math.inf, -math.inf]
+SPECIAL = [
+    0.0,
+    -0.0,
+    5e-324,
+    1e-310,
+    1e-300,
+    1e-45,
+    1e-30,
+    1.0,
+    -1.0,
+    1e30,
+    3.4e38,
+    1e300,
+    -1e300,
+    1.7e308,
+    -1.7e308,
+    math.nan,
+    math.inf,
+    -math.inf,
+]
 REAL_DTYPES = ["float64", "float32", "float16", "int64", "int32", "uint8"]
 BAD_DTYPES = ["bool", "complex128", "U2", "object"]
 
@@ -51,7 +73,8 @@ def _report_counts(request):
     yield
     total = sum(COUNTS.values())
     line = f"fuzzed {total} inputs over {len(COUNTS)} entry points: " + ", ".join(
-        f"{k} {v}" for k, v in sorted(COUNTS.items()))
+        f"{k} {v}" for k, v in sorted(COUNTS.items())
+    )
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
@@ -90,8 +113,13 @@ class FakeDeviceArray:
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (0, False),
-                "version": 3, "strides": None}
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (0, False),
+            "version": 3,
+            "strides": None,
+        }
 
 
 def _names_one_of(msg: str, names) -> bool:
@@ -110,7 +138,8 @@ def attempt(entry: str, fn, names):
         if isinstance(exc, Warning):  # a warning turned error: the call did not refuse
             raise AssertionError(f"{entry}: unexpected warning {exc!r}") from exc
         assert _names_one_of(str(exc), names), (
-            f"{entry}: {type(exc).__name__} names none of {names}: {exc}")
+            f"{entry}: {type(exc).__name__} names none of {names}: {exc}"
+        )
         return False, exc
 
 
@@ -124,8 +153,9 @@ def arrays(draw, shape=None, dtypes=None, max_dims=4, max_side=4, special=True):
     if dtype.kind == "f":
         width = {2: 16, 4: 32, 8: 64}[dtype.itemsize]
         finite = st.floats(-1e3, 1e3, width=width)
-        elements = (st.one_of(finite, st.sampled_from(SPECIAL).map(dtype.type))
-                    if special else finite)
+        elements = (
+            st.one_of(finite, st.sampled_from(SPECIAL).map(dtype.type)) if special else finite
+        )
     elif dtype.kind in "iu":
         info = np.iinfo(dtype)
         elements = st.integers(int(info.min), int(info.max))
@@ -178,15 +208,20 @@ def _good_matrix_problem(kind, B, m, n, seed):
 
 
 @fuzz(200)
-@given(targets=arrays(dtypes=REAL_DTYPES + BAD_DTYPES), data=st.data(),
-       batch=st.one_of(st.none(), st.integers(-2, 5), st.sampled_from([2.0, 2.5, "2", True])))
+@given(
+    targets=arrays(dtypes=REAL_DTYPES + BAD_DTYPES),
+    data=st.data(),
+    batch=st.one_of(st.none(), st.integers(-2, 5), st.sampled_from([2.0, 2.5, "2", True])),
+)
 def test_completion(targets, data, batch):
     same = data.draw(st.booleans())
-    mshape = targets.shape if same else tuple(data.draw(st.lists(st.integers(0, 4),
-                                                                 max_size=4)))
+    mshape = targets.shape if same else tuple(data.draw(st.lists(st.integers(0, 4), max_size=4)))
     masks = data.draw(arrays(shape=mshape, dtypes=["bool", "bool", "bool", "int8", "float64"]))
-    ok, p = attempt("completion", lambda: ir.completion(targets, masks, batch=batch),
-                    ("targets", "masks", "batch"))
+    ok, p = attempt(
+        "completion",
+        lambda: ir.completion(targets, masks, batch=batch),
+        ("targets", "masks", "batch"),
+    )
     if ok:
         t = np.asarray(targets, dtype=np.float64)
         assert p.targets.dtype == np.float64 and _finite(p.targets)
@@ -200,8 +235,11 @@ def test_completion(targets, data, batch):
 
 
 @fuzz(150)
-@given(A=arrays(dtypes=REAL_DTYPES + ["bool", "complex128"], max_dims=5, max_side=3),
-       data=st.data(), batch=st.one_of(st.none(), st.integers(-1, 4)))
+@given(
+    A=arrays(dtypes=REAL_DTYPES + ["bool", "complex128"], max_dims=5, max_side=3),
+    data=st.data(),
+    batch=st.one_of(st.none(), st.integers(-1, 4)),
+)
 def test_sensing(A, data, batch):
     K = A.shape[-3] if A.ndim >= 3 else data.draw(st.integers(0, 3))
     lead = data.draw(st.sampled_from([(), (1,), (A.shape[0],) if A.ndim == 4 else (2,), (3,)]))
@@ -214,14 +252,20 @@ def test_sensing(A, data, batch):
 
 
 @fuzz(150)
-@given(targets=arrays(dtypes=REAL_DTYPES + ["bool"], max_dims=7, max_side=3), data=st.data(),
-       batch=st.one_of(st.none(), st.integers(-1, 4)))
+@given(
+    targets=arrays(dtypes=REAL_DTYPES + ["bool"], max_dims=7, max_side=3),
+    data=st.data(),
+    batch=st.one_of(st.none(), st.integers(-1, 4)),
+)
 def test_tensor_completion(targets, data, batch):
     drop = data.draw(st.sampled_from([0, 0, 1, -1]))
     shape = targets.shape[drop:] if drop >= 0 else (2,) + targets.shape
     masks = data.draw(masks_like(shape))
-    ok, q = attempt("tensor_completion", lambda: ir.tensor_completion(targets, masks, batch),
-                    ("targets", "masks", "batch"))
+    ok, q = attempt(
+        "tensor_completion",
+        lambda: ir.tensor_completion(targets, masks, batch),
+        ("targets", "masks", "batch"),
+    )
     if ok:
         assert 2 <= q.order <= 6 and all(1 <= d <= 16 for d in q.dims)
         assert _finite(q.targets) and q.targets.dtype == np.float64
@@ -229,16 +273,33 @@ def test_tensor_completion(targets, data, batch):
 
 
 @fuzz(60)
-@given(name=st.sampled_from(["paper_2x2", "perturbed_2x2", "paper_family",
-                             "random_low_rank_completion", "random_sensing"]),
-       args=st.lists(st.one_of(st.integers(-2, 6), st.floats(allow_nan=True),
-                               st.sampled_from([None, "3", 10**15, True])), max_size=4),
-       batch=st.one_of(st.integers(-1, 4), st.sampled_from([10**13, 2.0, None])))
+@given(
+    name=st.sampled_from(
+        [
+            "paper_2x2",
+            "perturbed_2x2",
+            "paper_family",
+            "random_low_rank_completion",
+            "random_sensing",
+        ]
+    ),
+    args=st.lists(
+        st.one_of(
+            st.integers(-2, 6),
+            st.floats(allow_nan=True),
+            st.sampled_from([None, "3", 10**15, True]),
+        ),
+        max_size=4,
+    ),
+    batch=st.one_of(st.integers(-1, 4), st.sampled_from([10**13, 2.0, None])),
+)
 def test_problem_builders(name, args, batch):
     fn = getattr(ir.problems, name)
-    ok, p = attempt(f"problems.{name}", lambda: fn(*args, batch=batch),
-                    ("batch", "b12", "b21", "eps", "d", "m", "n", "rank", "n_obs", "n_meas",
-                     "seed", "std"))
+    ok, p = attempt(
+        f"problems.{name}",
+        lambda: fn(*args, batch=batch),
+        ("batch", "b12", "b21", "eps", "d", "m", "n", "rank", "n_obs", "n_meas", "seed", "std"),
+    )
     if ok:
         assert p.batch >= 0
         for a in (p.targets, p.masks) if p.kind == "completion" else (p.A, p.y):
@@ -257,30 +318,46 @@ def matrix_problems(draw, max_batch=4):
     return _good_matrix_problem(kind, B, m, n, draw(st.integers(0, 2**16)))
 
 
-LRS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                st.sampled_from([1e-2, 0.1, 0.0, -1e-2, 1e300, 5e-324, "0.1", None, True]),
-                st.lists(st.floats(1e-4, 1e-1), min_size=0, max_size=5).map(np.array))
+LRS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e-2, 0.1, 0.0, -1e-2, 1e300, 5e-324, "0.1", None, True]),
+    st.lists(st.floats(1e-4, 1e-1), min_size=0, max_size=5).map(np.array),
+)
 TOLS = st.one_of(st.none(), st.floats(allow_nan=True), st.sampled_from([1e-3, 0.0, -1.0, "x"]))
 
 
 @fuzz(120)
-@given(p=matrix_problems(),
-       depth=st.one_of(st.integers(-1, 4), st.sampled_from([2.0, 2.5, "3", None])),
-       widths=st.one_of(st.none(), st.integers(-1, 5), st.lists(st.integers(0, 5),
-                                                                max_size=3)),
-       init=st.sampled_from(["normal", "identity", "balanced", "orthogonal", None]),
-       scale=st.one_of(st.floats(allow_nan=True), st.sampled_from([1e-3, 0.3, 1e300, 5e-324])),
-       scale_by=st.sampled_from(["factor", "product", "both"]),
-       det=st.sampled_from([None, "positive", "negative", "zero"]),
-       seed=st.one_of(st.integers(-1, 2**40), st.sampled_from([1.5, "0"])),
-       dtype=st.sampled_from(["float64", "float32", "float16", "int32", np.float32, "x"]),
-       backend=st.sampled_from(["cpu", "numpy", "cuda", "gpu"]))
-def test_deep_factorization_init(p, depth, widths, init, scale, scale_by, det, seed, dtype,
-                                 backend):
-    ok, f = attempt("DeepFactorization.init", lambda: ir.DeepFactorization.init(
-        p, depth=depth, widths=widths, init=init, scale=scale, scale_by=scale_by, det=det,
-        seed=seed, dtype=dtype, backend=backend),
-        ("depth", "widths", "init", "scale", "scale_by", "det", "seed", "dtype", "backend"))
+@given(
+    p=matrix_problems(),
+    depth=st.one_of(st.integers(-1, 4), st.sampled_from([2.0, 2.5, "3", None])),
+    widths=st.one_of(st.none(), st.integers(-1, 5), st.lists(st.integers(0, 5), max_size=3)),
+    init=st.sampled_from(["normal", "identity", "balanced", "orthogonal", None]),
+    scale=st.one_of(st.floats(allow_nan=True), st.sampled_from([1e-3, 0.3, 1e300, 5e-324])),
+    scale_by=st.sampled_from(["factor", "product", "both"]),
+    det=st.sampled_from([None, "positive", "negative", "zero"]),
+    seed=st.one_of(st.integers(-1, 2**40), st.sampled_from([1.5, "0"])),
+    dtype=st.sampled_from(["float64", "float32", "float16", "int32", np.float32, "x"]),
+    backend=st.sampled_from(["cpu", "numpy", "cuda", "gpu"]),
+)
+def test_deep_factorization_init(
+    p, depth, widths, init, scale, scale_by, det, seed, dtype, backend
+):
+    ok, f = attempt(
+        "DeepFactorization.init",
+        lambda: ir.DeepFactorization.init(
+            p,
+            depth=depth,
+            widths=widths,
+            init=init,
+            scale=scale,
+            scale_by=scale_by,
+            det=det,
+            seed=seed,
+            dtype=dtype,
+            backend=backend,
+        ),
+        ("depth", "widths", "init", "scale", "scale_by", "det", "seed", "dtype", "backend"),
+    )
     if ok:
         assert f.batch == p.batch and f.depth == depth
         assert all(_finite(W) for W in f.factors)
@@ -291,15 +368,26 @@ def test_deep_factorization_init(p, depth, widths, init, scale, scale_by, det, s
 
 
 @fuzz(150)
-@given(p=matrix_problems(), depth=st.integers(1, 3), scale=st.sampled_from([1e-3, 0.3, 3.0]),
-       dtype=st.sampled_from(["float64", "float32"]), lr=LRS,
-       steps=st.one_of(st.integers(-1, 50), st.sampled_from([2.0, 2.5, None])), tol=TOLS)
-def test_deep_factorization_step_agrees_with_the_reference(p, depth, scale, dtype, lr, steps,
-                                                           tol):
-    fs = [ir.DeepFactorization.init(p, depth, scale=scale, dtype=dtype, backend=b)
-          for b in ("cpu", "numpy")]
-    results = [attempt("DeepFactorization.step", lambda f=f: f.step(lr, steps, tol),
-                       ("lr", "steps", "tol")) for f in fs]
+@given(
+    p=matrix_problems(),
+    depth=st.integers(1, 3),
+    scale=st.sampled_from([1e-3, 0.3, 3.0]),
+    dtype=st.sampled_from(["float64", "float32"]),
+    lr=LRS,
+    steps=st.one_of(st.integers(-1, 50), st.sampled_from([2.0, 2.5, None])),
+    tol=TOLS,
+)
+def test_deep_factorization_step_agrees_with_the_reference(p, depth, scale, dtype, lr, steps, tol):
+    fs = [
+        ir.DeepFactorization.init(p, depth, scale=scale, dtype=dtype, backend=b)
+        for b in ("cpu", "numpy")
+    ]
+    results = [
+        attempt(
+            "DeepFactorization.step", lambda f=f: f.step(lr, steps, tol), ("lr", "steps", "tol")
+        )
+        for f in fs
+    ]
     assert results[0][0] == results[1][0]  # both backends accept or refuse the same input
     if not results[0][0]:
         return
@@ -316,17 +404,40 @@ def test_deep_factorization_step_agrees_with_the_reference(p, depth, scale, dtyp
             np.testing.assert_allclose(Wa, Wb, rtol=rtol, atol=rtol * max(big, 1e-30))
 
 
-METRIC_NAMES = st.sampled_from(["loss", "entry:0,0", "entry:1,1", "entry:9,9", "entry:a",
-                                "det", "svals", "fro", "nuc", "spectral", "schatten:0.5",
-                                "schatten:-1", "schatten:nan", "erank", "rank",
-                                "dist_rank:1", "dist_rank:-2", "balancedness", "recon_error",
-                                "bogus", "loss:1", ""])
+METRIC_NAMES = st.sampled_from(
+    [
+        "loss",
+        "entry:0,0",
+        "entry:1,1",
+        "entry:9,9",
+        "entry:a",
+        "det",
+        "svals",
+        "fro",
+        "nuc",
+        "spectral",
+        "schatten:0.5",
+        "schatten:-1",
+        "schatten:nan",
+        "erank",
+        "rank",
+        "dist_rank:1",
+        "dist_rank:-2",
+        "balancedness",
+        "recon_error",
+        "bogus",
+        "loss:1",
+        "",
+    ]
+)
 
 
 @fuzz(100)
-@given(p=matrix_problems(), metrics=st.one_of(st.lists(METRIC_NAMES, max_size=4),
-                                               METRIC_NAMES, st.sampled_from([None, 3])),
-       data=st.data())
+@given(
+    p=matrix_problems(),
+    metrics=st.one_of(st.lists(METRIC_NAMES, max_size=4), METRIC_NAMES, st.sampled_from([None, 3])),
+    data=st.data(),
+)
 def test_deep_factorization_measure_and_fit(p, metrics, data):
     f = ir.DeepFactorization.init(p, 2, scale=0.3)
     ok, got = attempt("DeepFactorization.measure", lambda: f.measure(metrics), ("metrics",))
@@ -338,20 +449,31 @@ def test_deep_factorization_measure_and_fit(p, metrics, data):
         if "loss" in got:
             np.testing.assert_allclose(got["loss"], f.loss(), rtol=1e-12)
         if "svals" in got and p.batch:
-            np.testing.assert_allclose(got["svals"], np.linalg.svd(f.product(),
-                                                                   compute_uv=False),
-                                       rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(
+                got["svals"], np.linalg.svd(f.product(), compute_uv=False), rtol=1e-10, atol=1e-12
+            )
     max_steps = data.draw(st.one_of(st.integers(-1, 300), st.sampled_from([None, 1.5])))
-    log = data.draw(st.one_of(st.none(), st.tuples(st.sampled_from([ir.every, ir.geometric]),
-                                                   st.integers(0, 5)),
-                              st.sampled_from([5, "every:3", ir.every])))
-    thresholds = data.draw(st.one_of(st.just(()), st.lists(st.floats(allow_nan=True),
-                                                           max_size=3)))
+    log = data.draw(
+        st.one_of(
+            st.none(),
+            st.tuples(st.sampled_from([ir.every, ir.geometric]), st.integers(0, 5)),
+            st.sampled_from([5, "every:3", ir.every]),
+        )
+    )
+    thresholds = data.draw(st.one_of(st.just(()), st.lists(st.floats(allow_nan=True), max_size=3)))
     g = ir.DeepFactorization.init(p, 2, scale=0.3)
-    ok, t = attempt("DeepFactorization.fit", lambda: g.fit(
-        0.05, max_steps, log=log[0](log[1]) if isinstance(log, tuple) else log,
-        metrics=metrics, thresholds=thresholds, progress=False),
-        ("max_steps", "log", "metrics", "thresholds", "every", "geometric", "n", "k"))
+    ok, t = attempt(
+        "DeepFactorization.fit",
+        lambda: g.fit(
+            0.05,
+            max_steps,
+            log=log[0](log[1]) if isinstance(log, tuple) else log,
+            metrics=metrics,
+            thresholds=thresholds,
+            progress=False,
+        ),
+        ("max_steps", "log", "metrics", "thresholds", "every", "geometric", "n", "k"),
+    )
     if ok:
         assert t.batch == p.batch and t.steps.size >= 1
         assert t.steps[-1] <= max_steps and (np.diff(t.steps) > 0).all()
@@ -371,18 +493,22 @@ def test_deep_factorization_explicit_factors(p, data):
         shape = lead + (dims[j], dims[j - 1])
         if data.draw(st.integers(0, 9)) == 0:  # now and then a shape that does not chain
             shape = lead + (dims[j], dims[j - 1] + 1)
-        factors.append(data.draw(arrays(shape=shape,
-                                        dtypes=["float64", "float32", "int64", "bool"])))
+        factors.append(
+            data.draw(arrays(shape=shape, dtypes=["float64", "float32", "int64", "bool"]))
+        )
     if data.draw(st.integers(0, 9)) == 0:
         factors[data.draw(st.integers(0, depth - 1))] = FakeDeviceArray()
     dtype = data.draw(st.sampled_from([None, "float64", "float32"]))
-    ok, f = attempt("DeepFactorization(factors=)", lambda: ir.DeepFactorization(
-        p, factors, dtype=dtype), ("factors", "dtype") + tuple(
-        f"factors[{j}]" for j in range(depth)) + ("backend",))
+    ok, f = attempt(
+        "DeepFactorization(factors=)",
+        lambda: ir.DeepFactorization(p, factors, dtype=dtype),
+        ("factors", "dtype") + tuple(f"factors[{j}]" for j in range(depth)) + ("backend",),
+    )
     if ok:
         for W, src in zip(f.factors, factors, strict=True):
             np.testing.assert_array_equal(
-                W, np.broadcast_to(np.asarray(src, dtype=W.dtype), W.shape))
+                W, np.broadcast_to(np.asarray(src, dtype=W.dtype), W.shape)
+            )
             assert W.flags.c_contiguous and W.flags.writeable
 
 
@@ -395,33 +521,45 @@ def tensor_problems(draw):
     dims = tuple(draw(st.integers(1, 4)) for _ in range(order))
     B = draw(st.integers(0, 3))
     g = np.random.default_rng(draw(st.integers(0, 2**16)))
-    return ir.tensor_completion(g.standard_normal((B,) + dims),
-                                g.random((B,) + dims) < 0.5, batch=B)
+    return ir.tensor_completion(
+        g.standard_normal((B,) + dims), g.random((B,) + dims) < 0.5, batch=B
+    )
 
 
 @fuzz(100)
-@given(q=tensor_problems(), rank=st.one_of(st.none(), st.integers(-1, 6),
-                                           st.sampled_from([2000, 2.5, "2"])),
-       scale=st.one_of(st.floats(allow_nan=True), st.sampled_from([1e-3, 0.5])),
-       seed=st.one_of(st.integers(-1, 10), st.just(None)),
-       dtype=st.sampled_from(["float64", "float32", "int8"]), lr=LRS,
-       steps=st.one_of(st.integers(-1, 40), st.just(1.5)), tol=TOLS,
-       optimizer=st.sampled_from(["gd", "group_rmsprop", "adam"]),
-       beta=st.one_of(st.floats(allow_nan=True), st.just(0.99)),
-       eps=st.one_of(st.floats(allow_nan=True), st.just(1e-6)))
+@given(
+    q=tensor_problems(),
+    rank=st.one_of(st.none(), st.integers(-1, 6), st.sampled_from([2000, 2.5, "2"])),
+    scale=st.one_of(st.floats(allow_nan=True), st.sampled_from([1e-3, 0.5])),
+    seed=st.one_of(st.integers(-1, 10), st.just(None)),
+    dtype=st.sampled_from(["float64", "float32", "int8"]),
+    lr=LRS,
+    steps=st.one_of(st.integers(-1, 40), st.just(1.5)),
+    tol=TOLS,
+    optimizer=st.sampled_from(["gd", "group_rmsprop", "adam"]),
+    beta=st.one_of(st.floats(allow_nan=True), st.just(0.99)),
+    eps=st.one_of(st.floats(allow_nan=True), st.just(1e-6)),
+)
 def test_cp_factorization(q, rank, scale, seed, dtype, lr, steps, tol, optimizer, beta, eps):
-    ok, c = attempt("CPFactorization.init", lambda: ir.CPFactorization.init(
-        q, rank=rank, scale=scale, seed=seed, dtype=dtype), ("rank", "scale", "seed", "dtype"))
+    ok, c = attempt(
+        "CPFactorization.init",
+        lambda: ir.CPFactorization.init(q, rank=rank, scale=scale, seed=seed, dtype=dtype),
+        ("rank", "scale", "seed", "dtype"),
+    )
     if not ok:
         return
     assert c.batch == q.batch and all(_finite(U) for U in c.factors)
     ref = ir.CPFactorization(q, [U.copy() for U in c.factors], backend="numpy")
-    ok, _ = attempt("CPFactorization.step", lambda: c.step(lr, steps, tol, optimizer, beta,
-                                                           eps),
-                    ("lr", "steps", "tol", "optimizer", "beta", "eps"))
-    ok_ref, _ = attempt("CPFactorization.step", lambda: ref.step(lr, steps, tol, optimizer,
-                                                                 beta, eps),
-                        ("lr", "steps", "tol", "optimizer", "beta", "eps"))
+    ok, _ = attempt(
+        "CPFactorization.step",
+        lambda: c.step(lr, steps, tol, optimizer, beta, eps),
+        ("lr", "steps", "tol", "optimizer", "beta", "eps"),
+    )
+    ok_ref, _ = attempt(
+        "CPFactorization.step",
+        lambda: ref.step(lr, steps, tol, optimizer, beta, eps),
+        ("lr", "steps", "tol", "optimizer", "beta", "eps"),
+    )
     assert ok == ok_ref
     if not ok:
         return
@@ -432,10 +570,18 @@ def test_cp_factorization(q, rank, scale, seed, dtype, lr, steps, tol, optimizer
         rtol = 1e-9 if dtype == "float64" else 1e-3
         for Ua, Ub in zip(c.factors, ref.factors, strict=True):
             np.testing.assert_allclose(Ua, Ub, rtol=rtol, atol=rtol * max(big, 1e-30))
-    ok, t = attempt("CPFactorization.fit", lambda: c.fit(
-        0.01, 20, log=ir.every(5), metrics=("loss", "recon_error", "component_norms"),
-        optimizer=optimizer if optimizer != "adam" else "gd", progress=False),
-        ("lr", "optimizer"))
+    ok, t = attempt(
+        "CPFactorization.fit",
+        lambda: c.fit(
+            0.01,
+            20,
+            log=ir.every(5),
+            metrics=("loss", "recon_error", "component_norms"),
+            optimizer=optimizer if optimizer != "adam" else "gd",
+            progress=False,
+        ),
+        ("lr", "optimizer"),
+    )
     if ok:
         assert np.isfinite(t["component_norms"]).all()
 
@@ -444,13 +590,17 @@ def test_cp_factorization(q, rank, scale, seed, dtype, lr, steps, tol, optimizer
 
 
 @fuzz(200)
-@given(X=arrays(dtypes=REAL_DTYPES + ["bool", "complex128"], max_dims=4, max_side=5),
-       backend=st.sampled_from([None, "cpu", "numpy", "cuda", "x"]),
-       max_sweeps=st.one_of(st.just(40), st.integers(-1, 3), st.just(2.5)))
+@given(
+    X=arrays(dtypes=REAL_DTYPES + ["bool", "complex128"], max_dims=4, max_side=5),
+    backend=st.sampled_from([None, "cpu", "numpy", "cuda", "x"]),
+    max_sweeps=st.one_of(st.just(40), st.integers(-1, 3), st.just(2.5)),
+)
 def test_svdvals_agrees_with_lapack(X, backend, max_sweeps):
-    ok, got = attempt("svdvals", lambda: ir.svdvals(X, backend=backend, return_info=True,
-                                                    max_sweeps=max_sweeps),
-                      ("X", "backend", "max_sweeps"))
+    ok, got = attempt(
+        "svdvals",
+        lambda: ir.svdvals(X, backend=backend, return_info=True, max_sweeps=max_sweeps),
+        ("X", "backend", "max_sweeps"),
+    )
     if not ok:
         return
     s, info = got
@@ -477,12 +627,15 @@ def test_svdvals_agrees_with_lapack(X, backend, max_sweeps):
 
 
 @fuzz(200)
-@given(X=arrays(dtypes=REAL_DTYPES + ["bool"], max_dims=4, max_side=4),
-       metric=st.sampled_from(["frobenius", "nuclear", "spectral", "schatten",
-                               "effective_rank", "rank", "dist_to_rank"]),
-       as_svals=st.booleans(),
-       param=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-1, 3)),
-       backend=st.sampled_from([None, "cpu", "numpy", "cuda"]))
+@given(
+    X=arrays(dtypes=REAL_DTYPES + ["bool"], max_dims=4, max_side=4),
+    metric=st.sampled_from(
+        ["frobenius", "nuclear", "spectral", "schatten", "effective_rank", "rank", "dist_to_rank"]
+    ),
+    as_svals=st.booleans(),
+    param=st.one_of(st.none(), st.floats(allow_nan=True), st.integers(-1, 3)),
+    backend=st.sampled_from([None, "cpu", "numpy", "cuda"]),
+)
 def test_metrics_agree_with_their_definitions(X, metric, as_svals, param, backend):
     fn = getattr(M, metric)
     kwargs = {"backend": backend}
@@ -499,8 +652,9 @@ def test_metrics_agree_with_their_definitions(X, metric, as_svals, param, backen
         arg = {"svals": a}
     else:
         arg = {"X": X}
-    ok, v = attempt(f"metrics.{metric}", lambda: fn(**arg, **kwargs),
-                    ("X", "svals", "p", "tol", "r", "backend"))
+    ok, v = attempt(
+        f"metrics.{metric}", lambda: fn(**arg, **kwargs), ("X", "svals", "p", "tol", "r", "backend")
+    )
     if not ok or as_svals:
         return
     a = np.asarray(X, dtype=np.float64)
@@ -508,11 +662,13 @@ def test_metrics_agree_with_their_definitions(X, metric, as_svals, param, backen
         return
     s = np.linalg.svd(a, compute_uv=False)
     with np.errstate(all="ignore"):
-        want = {"frobenius": lambda: np.sqrt((s**2).sum(-1)),
-                "nuclear": lambda: s.sum(-1),
-                "spectral": lambda: s[..., 0] if s.shape[-1] else np.zeros(s.shape[:-1]),
-                "schatten": lambda: (s**param).sum(-1) ** (1 / param),
-                "dist_to_rank": lambda: np.sqrt((s[..., int(param):] ** 2).sum(-1))}.get(metric)
+        want = {
+            "frobenius": lambda: np.sqrt((s**2).sum(-1)),
+            "nuclear": lambda: s.sum(-1),
+            "spectral": lambda: s[..., 0] if s.shape[-1] else np.zeros(s.shape[:-1]),
+            "schatten": lambda: (s**param).sum(-1) ** (1 / param),
+            "dist_to_rank": lambda: np.sqrt((s[..., int(param) :] ** 2).sum(-1)),
+        }.get(metric)
     if want is None:
         assert np.asarray(v).shape == a.shape[:-2]
         return
@@ -522,21 +678,25 @@ def test_metrics_agree_with_their_definitions(X, metric, as_svals, param, backen
         return
     scale = max(float(s.max(initial=0)), 1e-300)
     tol = 1e-6 if np.asarray(X).dtype in (np.float32, np.float16) else 1e-9
-    np.testing.assert_allclose(np.asarray(v, dtype=np.float64), w, rtol=tol,
-                               atol=tol * scale * max(1, s.shape[-1]))
+    np.testing.assert_allclose(
+        np.asarray(v, dtype=np.float64), w, rtol=tol, atol=tol * scale * max(1, s.shape[-1])
+    )
 
 
 @fuzz(60)
-@given(T=arrays(dtypes=["float64", "float32", "int64", "bool"], max_dims=5, max_side=3),
-       tol=st.one_of(st.floats(allow_nan=True), st.just(1e-6)),
-       restarts=st.one_of(st.integers(-1, 2), st.just(1.5)),
-       max_iter=st.one_of(st.integers(-1, 30), st.just(None)),
-       max_rank=st.one_of(st.none(), st.integers(-1, 4)))
+@given(
+    T=arrays(dtypes=["float64", "float32", "int64", "bool"], max_dims=5, max_side=3),
+    tol=st.one_of(st.floats(allow_nan=True), st.just(1e-6)),
+    restarts=st.one_of(st.integers(-1, 2), st.just(1.5)),
+    max_iter=st.one_of(st.integers(-1, 30), st.just(None)),
+    max_rank=st.one_of(st.none(), st.integers(-1, 4)),
+)
 def test_tensor_rank(T, tol, restarts, max_iter, max_rank):
-    ok, r = attempt("tensor_rank", lambda: ir.tensor_rank(T, tol=tol, restarts=restarts,
-                                                          max_iter=max_iter,
-                                                          max_rank=max_rank),
-                    ("T", "tol", "restarts", "max_iter", "max_rank"))
+    ok, r = attempt(
+        "tensor_rank",
+        lambda: ir.tensor_rank(T, tol=tol, restarts=restarts, max_iter=max_iter, max_rank=max_rank),
+        ("T", "tol", "restarts", "max_iter", "max_rank"),
+    )
     if ok:
         a = np.asarray(T, dtype=np.float64)
         assert r.shape == (a.shape[0],) and r.dtype == np.int64
@@ -551,26 +711,45 @@ def test_tensor_rank(T, tol, restarts, max_iter, max_rank):
 
 
 @pytest.mark.skipif(CUDA, reason="where the cuda backend works, device arrays are accepted")
-@pytest.mark.parametrize("entry,call,names", [
-    ("completion", lambda d: ir.completion(d, np.ones((2, 2), bool)), ("targets",)),
-    ("completion", lambda d: ir.completion(np.ones((2, 2)), d), ("masks",)),
-    ("sensing", lambda d: ir.sensing(d, np.ones(2)), ("A",)),
-    ("tensor_completion", lambda d: ir.tensor_completion(d, np.ones((2, 2), bool)),
-     ("targets",)),
-    ("svdvals", lambda d: ir.svdvals(d), ("X", "backend")),
-    ("metrics.nuclear", lambda d: M.nuclear(d), ("X", "backend")),
-    ("metrics.rank", lambda d: M.rank(svals=d), ("svals", "backend")),
-    ("metrics.balancedness", lambda d: M.balancedness([d, d]), ("factors", "factors[0]",
-                                                                 "backend")),
-    ("tensor_rank", lambda d: ir.tensor_rank(d), ("T", "backend")),
-    ("DeepFactorization", lambda d: ir.DeepFactorization(ir.problems.paper_2x2(2), [d]),
-     ("factors", "factors[0]", "backend")),
-    ("CPFactorization", lambda d: ir.CPFactorization(
-        ir.tensor_completion(np.ones((2, 2, 2)), np.ones((2, 2, 2), bool)), [d, d]),
-     ("factors", "factors[0]", "backend")),
-    ("DeepFactorization.step", lambda d: ir.DeepFactorization.init(
-        ir.problems.paper_2x2(2), 2).step(d), ("lr", "backend")),
-])
+@pytest.mark.parametrize(
+    "entry,call,names",
+    [
+        ("completion", lambda d: ir.completion(d, np.ones((2, 2), bool)), ("targets",)),
+        ("completion", lambda d: ir.completion(np.ones((2, 2)), d), ("masks",)),
+        ("sensing", lambda d: ir.sensing(d, np.ones(2)), ("A",)),
+        (
+            "tensor_completion",
+            lambda d: ir.tensor_completion(d, np.ones((2, 2), bool)),
+            ("targets",),
+        ),
+        ("svdvals", lambda d: ir.svdvals(d), ("X", "backend")),
+        ("metrics.nuclear", lambda d: M.nuclear(d), ("X", "backend")),
+        ("metrics.rank", lambda d: M.rank(svals=d), ("svals", "backend")),
+        (
+            "metrics.balancedness",
+            lambda d: M.balancedness([d, d]),
+            ("factors", "factors[0]", "backend"),
+        ),
+        ("tensor_rank", lambda d: ir.tensor_rank(d), ("T", "backend")),
+        (
+            "DeepFactorization",
+            lambda d: ir.DeepFactorization(ir.problems.paper_2x2(2), [d]),
+            ("factors", "factors[0]", "backend"),
+        ),
+        (
+            "CPFactorization",
+            lambda d: ir.CPFactorization(
+                ir.tensor_completion(np.ones((2, 2, 2)), np.ones((2, 2, 2), bool)), [d, d]
+            ),
+            ("factors", "factors[0]", "backend"),
+        ),
+        (
+            "DeepFactorization.step",
+            lambda d: ir.DeepFactorization.init(ir.problems.paper_2x2(2), 2).step(d),
+            ("lr", "backend"),
+        ),
+    ],
+)
 def test_device_arrays_without_a_device_are_refused(entry, call, names):
     ok, _ = attempt(f"{entry} (device array)", lambda: call(FakeDeviceArray()), names)
     assert not ok
@@ -580,38 +759,71 @@ def test_device_arrays_without_a_device_are_refused(entry, call, names):
 
 
 CONFIG_VALUES = {
-    "problem": st.sampled_from(["paper_2x2", "perturbed_2x2", "paper_family",
-                                "random_low_rank_completion", "random_sensing", "nope"]),
+    "problem": st.sampled_from(
+        [
+            "paper_2x2",
+            "perturbed_2x2",
+            "paper_family",
+            "random_low_rank_completion",
+            "random_sensing",
+            "nope",
+        ]
+    ),
     "depth": st.one_of(st.integers(-1, 4), st.just("2")),
     "lr": st.one_of(st.floats(allow_nan=True), st.sampled_from([0.05, 1e-3])),
     "scale": st.one_of(st.floats(allow_nan=True), st.sampled_from([0.3, 1e-3])),
     "max_steps": st.one_of(st.integers(-1, 30), st.just(2.5)),
     "log": st.sampled_from([3, 0, "every:5", "every:x", "often", None]),
-    "metrics": st.sampled_from([("loss",), ("loss", "det"), ("svals",), ("bogus",), "fro",
-                                ("lr",)]),
+    "metrics": st.sampled_from(
+        [("loss",), ("loss", "det"), ("svals",), ("bogus",), "fro", ("lr",)]
+    ),
     "thresholds": st.sampled_from([(), (0.5,), (0.1, 0.5), (math.nan,)]),
     "dtype": st.sampled_from(["float64", "float32", "int8"]),
     "init": st.sampled_from(["normal", "identity", "balanced", "bad"]),
     "tol": st.sampled_from([None, 1e-3, -1.0]),
-    "m": st.integers(0, 4), "n": st.integers(0, 4), "target_rank": st.integers(0, 3),
-    "n_obs": st.integers(-1, 10), "d": st.integers(0, 4), "eps": st.floats(allow_nan=True),
+    "m": st.integers(0, 4),
+    "n": st.integers(0, 4),
+    "target_rank": st.integers(0, 3),
+    "n_obs": st.integers(-1, 10),
+    "d": st.integers(0, 4),
+    "eps": st.floats(allow_nan=True),
     "model": st.sampled_from(["dmf", "cp", "mlp"]),
     "bogus_key": st.just(1),
 }
 
 
 @fuzz(60)
-@given(cfg=st.dictionaries(st.sampled_from(sorted(CONFIG_VALUES)), st.none(), max_size=6)
-       .flatmap(lambda d: st.fixed_dictionaries({k: CONFIG_VALUES[k] for k in d})),
-       seeds=st.one_of(st.integers(-1, 3), st.just(1.5)))
+@given(
+    cfg=st.dictionaries(st.sampled_from(sorted(CONFIG_VALUES)), st.none(), max_size=6).flatmap(
+        lambda d: st.fixed_dictionaries({k: CONFIG_VALUES[k] for k in d})
+    ),
+    seeds=st.one_of(st.integers(-1, 3), st.just(1.5)),
+)
 def test_sweep_configs(cfg, seeds, tmp_path_factory):
     base = {"max_steps": 20, "log": 3, "thresholds": (), **cfg}
     out = tmp_path_factory.mktemp("sweep") / "out"
-    names = tuple(DEFAULTS) + ("config", "grid", "base", "seeds", "seed", "batch", "rank",
-                               "widths", "dims", "r", "p", "problem", "model", "factors",
-                               "lr", "tol", "metrics", "thresholds", "dtype")
-    ok, res = attempt("sweep", lambda: ir.sweep(base, seeds=seeds, progress=False, out=out),
-                      names)
+    names = tuple(DEFAULTS) + (
+        "config",
+        "grid",
+        "base",
+        "seeds",
+        "seed",
+        "batch",
+        "rank",
+        "widths",
+        "dims",
+        "r",
+        "p",
+        "problem",
+        "model",
+        "factors",
+        "lr",
+        "tol",
+        "metrics",
+        "thresholds",
+        "dtype",
+    )
+    ok, res = attempt("sweep", lambda: ir.sweep(base, seeds=seeds, progress=False, out=out), names)
     if ok:
         (c,) = expand(base)
         assert len(res.columns["seed"]) == seeds
@@ -625,17 +837,25 @@ def test_sweep_configs(cfg, seeds, tmp_path_factory):
 # ---------------------------------------------------------------------------- memory
 
 
-@pytest.mark.parametrize("call,name", [
-    (lambda: ir.DeepFactorization.init(ir.problems.paper_2x2(10**13), 3), "problem"),
-    (lambda: ir.DeepFactorization(ir.problems.paper_2x2(10**13), [np.ones((2, 2))]),
-     "factors"),
-    (lambda: ir.CPFactorization.init(ir.tensor_completion(
-        np.ones((1, 4, 4, 4)), np.ones((1, 4, 4, 4), bool), batch=10**12)), "problem"),
-    (lambda: ir.problems.random_low_rank_completion(30, 30, 2, 100, batch=10**11), "batch"),
-    (lambda: ir.problems.random_sensing(10, 10, 2, 50, batch=10**11), "batch"),
-    (lambda: ir.problems.random_cp_tensor((8, 8, 8), 2, batch=10**11), "batch"),
-    (lambda: ir.sweep({"max_steps": 1}, seeds=10**12, progress=False), "seeds"),
-])
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda: ir.DeepFactorization.init(ir.problems.paper_2x2(10**13), 3), "problem"),
+        (lambda: ir.DeepFactorization(ir.problems.paper_2x2(10**13), [np.ones((2, 2))]), "factors"),
+        (
+            lambda: ir.CPFactorization.init(
+                ir.tensor_completion(
+                    np.ones((1, 4, 4, 4)), np.ones((1, 4, 4, 4), bool), batch=10**12
+                )
+            ),
+            "problem",
+        ),
+        (lambda: ir.problems.random_low_rank_completion(30, 30, 2, 100, batch=10**11), "batch"),
+        (lambda: ir.problems.random_sensing(10, 10, 2, 50, batch=10**11), "batch"),
+        (lambda: ir.problems.random_cp_tensor((8, 8, 8), 2, batch=10**11), "batch"),
+        (lambda: ir.sweep({"max_steps": 1}, seeds=10**12, progress=False), "seeds"),
+    ],
+)
 def test_a_batch_too_large_for_memory_is_refused_before_allocation(call, name):
     COUNTS["memory refusal"] += 1
     with pytest.raises(ValueError, match=rf"^{name}: .*largest batch that fits is \d+") as e:

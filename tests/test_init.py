@@ -58,7 +58,7 @@ def test_balanced_factors_are_balanced(m, n, depth, widths):
     W = f.factors
     for j in range(depth - 1):
         lhs = np.swapaxes(W[j + 1], 1, 2) @ W[j + 1]  # W_{j+1}^T W_{j+1}
-        rhs = W[j] @ np.swapaxes(W[j], 1, 2)          # W_j W_j^T
+        rhs = W[j] @ np.swapaxes(W[j], 1, 2)  # W_j W_j^T
         np.testing.assert_allclose(lhs, rhs, rtol=0, atol=1e-12 * max(1.0, np.abs(rhs).max()))
         assert np.abs(rhs).max() > 0.1
 
@@ -112,11 +112,13 @@ def test_identity_init(m, n, depth, widths):
     g = _init(p, depth, widths=widths, init="identity", scale=0.4, scale_by="product")
     s = 0.4 ** (1 / depth)
     for W in g.factors:
-        np.testing.assert_allclose(W, np.broadcast_to(s * np.eye(*W.shape[1:]), W.shape),
-                                   rtol=1e-15)
+        np.testing.assert_allclose(
+            W, np.broadcast_to(s * np.eye(*W.shape[1:]), W.shape), rtol=1e-15
+        )
     if min(f.dims) == min(m, n):
-        np.testing.assert_allclose(g.product(), np.broadcast_to(0.4 * np.eye(m, n), (2, m, n)),
-                                   rtol=1e-14)
+        np.testing.assert_allclose(
+            g.product(), np.broadcast_to(0.4 * np.eye(m, n), (2, m, n)), rtol=1e-14
+        )
 
 
 # --------------------------------------------------------------------------- det
@@ -131,10 +133,18 @@ def test_det_sign_is_a_fair_coin_without_enforcement(init, depth):
 
 
 @pytest.mark.parametrize("sign", ["positive", "negative"])
-@pytest.mark.parametrize("init,depth,widths", [
-    ("normal", 2, None), ("normal", 3, None), ("normal", 3, [4, 3]), ("balanced", 2, None),
-    ("balanced", 4, [3, 2, 5]), ("identity", 3, None), ("identity", 2, [4]),
-])
+@pytest.mark.parametrize(
+    "init,depth,widths",
+    [
+        ("normal", 2, None),
+        ("normal", 3, None),
+        ("normal", 3, [4, 3]),
+        ("balanced", 2, None),
+        ("balanced", 4, [3, 2, 5]),
+        ("identity", 3, None),
+        ("identity", 2, [4]),
+    ],
+)
 def test_det_enforcement(init, depth, widths, sign):
     p = ir.problems.paper_2x2(1000)
     f = _init(p, depth, widths=widths, init=init, scale=0.5, det=sign, seed=3)
@@ -145,8 +155,9 @@ def test_det_enforcement(init, depth, widths, sign):
     if init == "balanced":  # redrawn, still balanced
         W = f.factors
         for j in range(depth - 1):
-            np.testing.assert_allclose(np.swapaxes(W[j + 1], 1, 2) @ W[j + 1],
-                                       W[j] @ np.swapaxes(W[j], 1, 2), atol=1e-12)
+            np.testing.assert_allclose(
+                np.swapaxes(W[j + 1], 1, 2) @ W[j + 1], W[j] @ np.swapaxes(W[j], 1, 2), atol=1e-12
+            )
 
 
 @pytest.mark.parametrize("init", ["normal", "balanced"])
@@ -180,14 +191,23 @@ def test_det_enforcement_with_a_rank_deficient_product_is_refused(init):
 # --------------------------------------------------------------------------- seeding
 
 
-@pytest.mark.parametrize("init,det", [("normal", None), ("normal", "positive"),
-                                      ("balanced", "negative"), ("identity", "negative")])
+@pytest.mark.parametrize(
+    "init,det",
+    [("normal", None), ("normal", "positive"), ("balanced", "negative"), ("identity", "negative")],
+)
 def test_start_of_problem_b_does_not_depend_on_batch_size_or_backend(init, det):
     starts = {}
     for batch in (1, 5, 37):
         for backend in ("cpu", "numpy"):
-            f = _init(ir.problems.paper_2x2(batch), 3, init=init, scale=0.3, det=det, seed=12,
-                      backend=backend)
+            f = _init(
+                ir.problems.paper_2x2(batch),
+                3,
+                init=init,
+                scale=0.3,
+                det=det,
+                seed=12,
+                backend=backend,
+            )
             starts[batch, backend] = f.factors
     ref = starts[37, "cpu"]
     for (batch, _), W in starts.items():

@@ -75,11 +75,15 @@ METRICS = [
     ("fro", M.frobenius, lambda X, s: np.linalg.norm(X, "fro", axis=(-2, -1))),
     ("nuc", M.nuclear, lambda X, s: np.linalg.norm(X, "nuc", axis=(-2, -1))),
     ("spectral", M.spectral, lambda X, s: np.linalg.norm(X, 2, axis=(-2, -1))),
-    *[(f"schatten{p}", partial(M.schatten, p=p), lambda X, s, p=p: (s**p).sum(-1) ** (1 / p))
-      for p in (0.25, 0.5, 1, 1.5, 2, 3, 10)],
+    *[
+        (f"schatten{p}", partial(M.schatten, p=p), lambda X, s, p=p: (s**p).sum(-1) ** (1 / p))
+        for p in (0.25, 0.5, 1, 1.5, 2, 3, 10)
+    ],
     ("erank", M.effective_rank, lambda X, s: np_erank(s)),
-    *[(f"dist{r}", partial(M.dist_to_rank, r=r), lambda X, s, r=r: np_dist_to_rank(X, r))
-      for r in (0, 1, 2, 3, 7)],
+    *[
+        (f"dist{r}", partial(M.dist_to_rank, r=r), lambda X, s, r=r: np_dist_to_rank(X, r))
+        for r in (0, 1, 2, 3, 7)
+    ],
 ]
 
 
@@ -90,8 +94,9 @@ def _random(shape, lead=(3, 4), seed=0, dtype=np.float64):
 # ------------------------------------------------------------------ against NumPy
 
 
-@pytest.mark.parametrize("shape", [(2, 2), (4, 4), (5, 3), (3, 6), (1, 5), (9, 9)],
-                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "shape", [(2, 2), (4, 4), (5, 3), (3, 6), (1, 5), (9, 9)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
 @pytest.mark.parametrize("name,metric,ref", METRICS, ids=[c[0] for c in METRICS])
 def test_metric_matches_numpy(name, metric, ref, shape):
     X = _random(shape, seed=shape[0] * 10 + shape[1])
@@ -269,19 +274,21 @@ def test_sums_of_powers_do_not_overflow_or_underflow():
     assert M.schatten(svals=huge, p=3) == pytest.approx(1e200 * 2.001 ** (1 / 3), rel=1e-15)
     assert M.dist_to_rank(svals=huge, r=1) == pytest.approx(1e200 * np.sqrt(1.01), rel=1e-15)
     assert M.schatten(svals=[1e3, 5e2], p=200) == pytest.approx(1e3, rel=1e-15)
-    assert M.frobenius(svals=[1e-200, 1e-201]) == pytest.approx(1e-200 * np.sqrt(1.01),
-                                                                rel=1e-15)
-    assert M.frobenius(np.diag([1e200, 1e200, 1.0])) == pytest.approx(np.sqrt(2) * 1e200,
-                                                                      rel=1e-15)
+    assert M.frobenius(svals=[1e-200, 1e-201]) == pytest.approx(1e-200 * np.sqrt(1.01), rel=1e-15)
+    assert M.frobenius(np.diag([1e200, 1e200, 1.0])) == pytest.approx(np.sqrt(2) * 1e200, rel=1e-15)
 
 
 def test_numpy_backend_sums_of_powers_do_not_overflow_or_underflow():
     huge = np.array([1e200, 1e200, 1e199])
     for metric in (M.frobenius, partial(M.schatten, p=3), partial(M.dist_to_rank, r=1)):
-        np.testing.assert_allclose(metric(svals=huge, backend="numpy"), metric(svals=huge),
-                                   rtol=1e-14)
-    np.testing.assert_allclose(M.frobenius(svals=[1e-200, 1e-201], backend="numpy"),
-                               M.frobenius(svals=[1e-200, 1e-201]), rtol=1e-14)
+        np.testing.assert_allclose(
+            metric(svals=huge, backend="numpy"), metric(svals=huge), rtol=1e-14
+        )
+    np.testing.assert_allclose(
+        M.frobenius(svals=[1e-200, 1e-201], backend="numpy"),
+        M.frobenius(svals=[1e-200, 1e-201]),
+        rtol=1e-14,
+    )
 
 
 # ------------------------------------------------------------------------------------ rank
@@ -330,8 +337,9 @@ def test_rank_explicit_tolerance():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("m,n,r", [(6, 6, 2), (9, 5, 3), (4, 10, 1), (2, 2, 1), (12, 12, 11),
-                                   (5, 5, 0), (3, 3, 3)])
+@pytest.mark.parametrize(
+    "m,n,r", [(6, 6, 2), (9, 5, 3), (4, 10, 1), (2, 2, 1), (12, 12, 11), (5, 5, 0), (3, 3, 3)]
+)
 def test_rank_of_products(m, n, r, dtype):
     rng = np.random.default_rng(m + n + r)
     X = (rng.standard_normal((6, m, r)) @ rng.standard_normal((6, r, n))).astype(dtype)
@@ -357,8 +365,13 @@ def test_zero_matrices():
     Z = np.zeros((3, 4, 5))
     np.testing.assert_array_equal(M.effective_rank(Z), 0.0)
     np.testing.assert_array_equal(M.rank(Z), 0)
-    for metric in (M.frobenius, M.nuclear, M.spectral, partial(M.schatten, p=0.5),
-                   partial(M.dist_to_rank, r=0)):
+    for metric in (
+        M.frobenius,
+        M.nuclear,
+        M.spectral,
+        partial(M.schatten, p=0.5),
+        partial(M.dist_to_rank, r=0),
+    ):
         np.testing.assert_array_equal(metric(Z), 0.0)
         np.testing.assert_array_equal(metric(Z, backend="numpy"), 0.0)
     assert M.effective_rank(svals=[0.0, 0.0]) == 0.0
@@ -404,8 +417,9 @@ def test_dist_to_rank_is_eckart_young(shape):
         d = M.dist_to_rank(X, r)
         s1 = np_svals(X)[:, 0]
         np.testing.assert_allclose(d, np_dist_to_rank(X, r), rtol=1e-12, atol=1e-12 * s1.max())
-        np.testing.assert_allclose(M.dist_to_rank(X, r, backend="numpy"), d, rtol=1e-12,
-                                   atol=1e-12 * s1.max())
+        np.testing.assert_allclose(
+            M.dist_to_rank(X, r, backend="numpy"), d, rtol=1e-12, atol=1e-12 * s1.max()
+        )
         if r == 0:
             np.testing.assert_array_equal(d, fro)
         if r >= k:
@@ -435,28 +449,39 @@ def _squared_norm(factors) -> np.ndarray:
 
 
 @pytest.mark.parametrize("depth", [2, 3, 4])
-@pytest.mark.parametrize("problem,widths", [
-    (ir.problems.paper_2x2(5), None),
-    (ir.problems.random_low_rank_completion(4, 6, 2, 12, batch=3), None),
-    (ir.problems.random_low_rank_completion(4, 6, 2, 12, batch=3), 5),
-    (ir.problems.random_sensing(3, 2, 1, 4, batch=2), 7),
-], ids=["2x2", "4x6", "4x6-wide", "3x2-wide"])
+@pytest.mark.parametrize(
+    "problem,widths",
+    [
+        (ir.problems.paper_2x2(5), None),
+        (ir.problems.random_low_rank_completion(4, 6, 2, 12, batch=3), None),
+        (ir.problems.random_low_rank_completion(4, 6, 2, 12, batch=3), 5),
+        (ir.problems.random_sensing(3, 2, 1, 4, batch=2), 7),
+    ],
+    ids=["2x2", "4x6", "4x6-wide", "3x2-wide"],
+)
 def test_balanced_init_is_balanced(problem, widths, depth):
-    f = ir.DeepFactorization.init(problem, depth, widths=widths, init="balanced", scale=1.0,
-                                  scale_by="product", seed=depth)
+    f = ir.DeepFactorization.init(
+        problem, depth, widths=widths, init="balanced", scale=1.0, scale_by="product", seed=depth
+    )
     b = M.balancedness(f.factors)
     assert b.shape == (problem.batch,) and b.dtype == np.float64
     assert (b <= 1e-12 * _squared_norm(f.factors)).all()
-    np.testing.assert_allclose(M.balancedness(f.factors, backend="numpy"), b, rtol=0,
-                               atol=1e-12 * _squared_norm(f.factors).max())
+    np.testing.assert_allclose(
+        M.balancedness(f.factors, backend="numpy"),
+        b,
+        rtol=0,
+        atol=1e-12 * _squared_norm(f.factors).max(),
+    )
     # the same scale with i.i.d. normal factors is far from balanced
-    g = ir.DeepFactorization.init(problem, depth, widths=widths, init="normal", scale=1.0,
-                                  scale_by="product", seed=depth)
+    g = ir.DeepFactorization.init(
+        problem, depth, widths=widths, init="normal", scale=1.0, scale_by="product", seed=depth
+    )
     assert (M.balancedness(g.factors) > 1e-3 * _squared_norm(g.factors)).all()
 
 
-@pytest.mark.parametrize("dims", [[2, 2], [3, 3, 3], [3, 5, 2, 4], [6, 1, 6], [4, 7, 7, 2, 5],
-                                  [1, 1, 1]])
+@pytest.mark.parametrize(
+    "dims", [[2, 2], [3, 3, 3], [3, 5, 2, 4], [6, 1, 6], [4, 7, 7, 2, 5], [1, 1, 1]]
+)
 def test_balancedness_matches_numpy(dims):
     rng = np.random.default_rng(len(dims) * 10 + sum(dims))
     B = 6
@@ -508,15 +533,28 @@ def test_balancedness_bad_input():
 
 # ------------------------------------------------------------------------- fit integration
 
-ALL = ("loss", "entry:0,0", "det", "svals", "fro", "nuc", "spectral", "schatten:0.5", "erank",
-       "rank", "dist_rank:1", "balancedness")
+ALL = (
+    "loss",
+    "entry:0,0",
+    "det",
+    "svals",
+    "fro",
+    "nuc",
+    "spectral",
+    "schatten:0.5",
+    "erank",
+    "rank",
+    "dist_rank:1",
+    "balancedness",
+)
 
 
 def _fit_both(problem, metrics, depth=3, widths=None, steps=300, lr=0.05, every=50):
     out = []
     for backend in ("cpu", "numpy"):
-        f = ir.DeepFactorization.init(problem, depth, widths=widths, scale=0.3, seed=0,
-                                      backend=backend)
+        f = ir.DeepFactorization.init(
+            problem, depth, widths=widths, scale=0.3, seed=0, backend=backend
+        )
         t = f.fit(lr, steps, log=ir.every(every), metrics=metrics, progress=False)
         out.append((f, t))
     return out
@@ -529,7 +567,7 @@ def _assert_logs_agree(a, b, names):
         x, y = a[name], b[name]
         assert x.shape == y.shape and x.dtype == y.dtype == np.float64
         if name in ("svals", "rank") or name.startswith("dist_rank"):
-            s1 = (a["svals"] if "svals" in names else a["spectral"])
+            s1 = a["svals"] if "svals" in names else a["spectral"]
             s1 = s1[..., 0] if s1.ndim == 3 else s1
             scale = s1[..., None] if x.ndim == 3 else s1
             if name == "rank":
@@ -543,21 +581,22 @@ def _assert_logs_agree(a, b, names):
 def _assert_logs_match_metric_functions(f, t, names):
     """The last logged row equals the metric functions on the final state."""
     E = f.product()
-    funcs = {"svals": lambda: ir.svdvals(E, backend=f.backend),
-             "fro": lambda: M.frobenius(E, backend=f.backend),
-             "nuc": lambda: M.nuclear(E, backend=f.backend),
-             "spectral": lambda: M.spectral(E, backend=f.backend),
-             "schatten:0.5": lambda: M.schatten(E, 0.5, backend=f.backend),
-             "erank": lambda: M.effective_rank(E, backend=f.backend),
-             "rank": lambda: M.rank(E, backend=f.backend),
-             "dist_rank:1": lambda: M.dist_to_rank(E, 1, backend=f.backend),
-             "balancedness": lambda: M.balancedness(f.factors, backend=f.backend),
-             "loss": f.loss,
-             "entry:0,0": lambda: E[:, 0, 0]}
+    funcs = {
+        "svals": lambda: ir.svdvals(E, backend=f.backend),
+        "fro": lambda: M.frobenius(E, backend=f.backend),
+        "nuc": lambda: M.nuclear(E, backend=f.backend),
+        "spectral": lambda: M.spectral(E, backend=f.backend),
+        "schatten:0.5": lambda: M.schatten(E, 0.5, backend=f.backend),
+        "erank": lambda: M.effective_rank(E, backend=f.backend),
+        "rank": lambda: M.rank(E, backend=f.backend),
+        "dist_rank:1": lambda: M.dist_to_rank(E, 1, backend=f.backend),
+        "balancedness": lambda: M.balancedness(f.factors, backend=f.backend),
+        "loss": f.loss,
+        "entry:0,0": lambda: E[:, 0, 0],
+    }
     for name in names:
         if name in funcs:
-            np.testing.assert_allclose(t[name][-1], funcs[name](), rtol=1e-14, atol=0,
-                                       err_msg=name)
+            np.testing.assert_allclose(t[name][-1], funcs[name](), rtol=1e-14, atol=0, err_msg=name)
 
 
 def test_fit_metrics_on_both_backends():
@@ -574,8 +613,9 @@ def test_fit_metrics_on_both_backends():
     # internal consistency of one log
     np.testing.assert_array_equal(tc["spectral"], tc["svals"][..., 0])
     np.testing.assert_array_equal(tc["dist_rank:1"], tc["svals"][..., 1])
-    np.testing.assert_allclose(tc["det"], tc["svals"].prod(axis=-1) * np.sign(tc["det"]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        tc["det"], tc["svals"].prod(axis=-1) * np.sign(tc["det"]), rtol=1e-12
+    )
     np.testing.assert_allclose(tc["nuc"], tc["svals"].sum(axis=-1), rtol=1e-15)
     assert (tc["loss"][-1] < tc["loss"][0]).all()  # it did train
 
@@ -610,8 +650,9 @@ def test_fit_metrics_of_a_narrow_factorization():
     product depend on that noise: (1e-16)^0.5 = 1e-8 relative for p = 0.5, so the backends
     agree on them only to that level.)"""
     p = ir.problems.random_low_rank_completion(3, 5, 1, 10, batch=3, seed=2)
-    (fc, tc), (fn, tn) = _fit_both(p, ("svals", "rank", "schatten:0.5", "fro"), depth=3,
-                                   widths=[4, 2], lr=0.02)
+    (fc, tc), (fn, tn) = _fit_both(
+        p, ("svals", "rank", "schatten:0.5", "fro"), depth=3, widths=[4, 2], lr=0.02
+    )
     assert (tc["rank"] == 2).all() and (tn["rank"] == 2).all()
     assert (tc["svals"][..., 2] <= 1e-14 * tc["svals"][..., 0]).all()
     np.testing.assert_allclose(tc["fro"], tn["fro"], rtol=1e-9)
@@ -640,10 +681,28 @@ def test_measure_shapes():
     np.testing.assert_array_equal(got["rank"], M.rank(f.product()))
 
 
-BAD_NAMES = ["schatten:0", "schatten:x", "schatten:-2", "schatten:inf", "schatten:nan",
-             "schatten:", "schatten", "dist_rank:-1", "dist_rank:x", "dist_rank:1.5",
-             "dist_rank", "svals:1", "erank:1", "fro:2", "rank:3", "balancedness:0",
-             "entry:2,0", "entry:0", "nuclear", ""]
+BAD_NAMES = [
+    "schatten:0",
+    "schatten:x",
+    "schatten:-2",
+    "schatten:inf",
+    "schatten:nan",
+    "schatten:",
+    "schatten",
+    "dist_rank:-1",
+    "dist_rank:x",
+    "dist_rank:1.5",
+    "dist_rank",
+    "svals:1",
+    "erank:1",
+    "fro:2",
+    "rank:3",
+    "balancedness:0",
+    "entry:2,0",
+    "entry:0",
+    "nuclear",
+    "",
+]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -663,8 +722,7 @@ def test_bad_metric_names_are_refused_before_any_step(name):
 def test_good_parameters_are_read():
     p = ir.problems.paper_2x2(2)
     f = ir.DeepFactorization.init(p, 2, scale=0.5, seed=0)
-    got = f.measure(("schatten:0.5", "schatten:1e0", "dist_rank:0", "dist_rank:2", "nuc",
-                     "fro"))
+    got = f.measure(("schatten:0.5", "schatten:1e0", "dist_rank:0", "dist_rank:2", "nuc", "fro"))
     np.testing.assert_allclose(got["schatten:1e0"], got["nuc"], rtol=1e-14)
     np.testing.assert_array_equal(got["dist_rank:0"], got["fro"])
     np.testing.assert_array_equal(got["dist_rank:2"], 0.0)
@@ -674,11 +732,20 @@ def test_good_parameters_are_read():
 # --------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("svals", [[1.0, 2.0], [[3.0, 1.0], [1.0, 3.0]], [2.0, -1.0],
-                                   [0.0, -0.0, -1e-300], [[1.0, 0.5, 0.7]]])
+@pytest.mark.parametrize(
+    "svals",
+    [[1.0, 2.0], [[3.0, 1.0], [1.0, 3.0]], [2.0, -1.0], [0.0, -0.0, -1e-300], [[1.0, 0.5, 0.7]]],
+)
 def test_svals_not_descending_or_negative(svals):
-    for metric in (M.frobenius, M.nuclear, M.spectral, M.effective_rank, M.rank,
-                   partial(M.schatten, p=1), partial(M.dist_to_rank, r=1)):
+    for metric in (
+        M.frobenius,
+        M.nuclear,
+        M.spectral,
+        M.effective_rank,
+        M.rank,
+        partial(M.schatten, p=1),
+        partial(M.dist_to_rank, r=1),
+    ):
         with pytest.raises(ValueError, match=r"^svals: expected non-negative"):
             metric(svals=svals)
 
@@ -692,9 +759,18 @@ def test_svals_bad_shape_or_dtype():
     assert M.nuclear(svals=[3, 1]) == 4.0
 
 
-@pytest.mark.parametrize("metric", [M.frobenius, M.nuclear, M.spectral, M.effective_rank,
-                                    M.rank, partial(M.schatten, p=2),
-                                    partial(M.dist_to_rank, r=1)])
+@pytest.mark.parametrize(
+    "metric",
+    [
+        M.frobenius,
+        M.nuclear,
+        M.spectral,
+        M.effective_rank,
+        M.rank,
+        partial(M.schatten, p=2),
+        partial(M.dist_to_rank, r=1),
+    ],
+)
 def test_exactly_one_of_x_and_svals(metric):
     with pytest.raises(TypeError, match="exactly one of X"):
         metric(np.eye(2), svals=[1.0, 1.0])
@@ -711,9 +787,19 @@ def test_bad_x():
         M.spectral(np.eye(2), backend="gpu")
 
 
-@pytest.mark.parametrize("p,exc", [(0, ValueError), (-1, ValueError), (-0.5, ValueError),
-                                   (np.inf, ValueError), (np.nan, ValueError),
-                                   (None, TypeError), ("2", TypeError), ([1, 2], ValueError)])
+@pytest.mark.parametrize(
+    "p,exc",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (-0.5, ValueError),
+        (np.inf, ValueError),
+        (np.nan, ValueError),
+        (None, TypeError),
+        ("2", TypeError),
+        ([1, 2], ValueError),
+    ],
+)
 def test_schatten_bad_p(p, exc):
     with pytest.raises(exc, match=r"^p: expected"):
         M.schatten(np.eye(2), p)
@@ -726,8 +812,10 @@ def test_schatten_p_is_required():
         M.schatten(np.eye(2))
 
 
-@pytest.mark.parametrize("r,exc", [(-1, ValueError), (-5, ValueError), (None, TypeError),
-                                   (1.5, TypeError), ("1", TypeError)])
+@pytest.mark.parametrize(
+    "r,exc",
+    [(-1, ValueError), (-5, ValueError), (None, TypeError), (1.5, TypeError), ("1", TypeError)],
+)
 def test_dist_to_rank_bad_r(r, exc):
     with pytest.raises(exc, match=r"^r: expected"):
         M.dist_to_rank(np.eye(2), r)
@@ -760,8 +848,15 @@ def test_rank_bad_tol(tol):
 
 
 def test_empty_batches():
-    for metric in (M.frobenius, M.nuclear, M.spectral, M.effective_rank, M.rank,
-                   partial(M.schatten, p=0.5), partial(M.dist_to_rank, r=1)):
+    for metric in (
+        M.frobenius,
+        M.nuclear,
+        M.spectral,
+        M.effective_rank,
+        M.rank,
+        partial(M.schatten, p=0.5),
+        partial(M.dist_to_rank, r=1),
+    ):
         for backend in ("cpu", "numpy"):
             assert metric(np.zeros((0, 3, 3)), backend=backend).shape == (0,)
             assert metric(np.zeros((2, 0, 4, 4)), backend=backend).shape == (2, 0)

@@ -34,16 +34,21 @@ DMF_CASES = {
 
 def _dmf(case: str, backend="cpu", dtype="float64", batch=11, scale=0.5):
     m, n, depth, widths, sensing = DMF_CASES[case]
-    p = (ir.problems.random_sensing(m, n, 1, 8, batch=batch, seed=3) if sensing
-         else _completion(m, n, batch))
-    return ir.DeepFactorization.init(p, depth=depth, widths=widths, scale=scale, seed=1,
-                                     dtype=dtype, backend=backend)
+    p = (
+        ir.problems.random_sensing(m, n, 1, 8, batch=batch, seed=3)
+        if sensing
+        else _completion(m, n, batch)
+    )
+    return ir.DeepFactorization.init(
+        p, depth=depth, widths=widths, scale=scale, seed=1, dtype=dtype, backend=backend
+    )
 
 
 def _cp(backend="cpu", dtype="float64", batch=5, dims=(3, 4, 2), R=5):
     rng = np.random.default_rng(2)
-    q = ir.tensor_completion(rng.standard_normal((batch,) + dims) / np.sqrt(R),
-                             rng.random((batch,) + dims) < 0.6)
+    q = ir.tensor_completion(
+        rng.standard_normal((batch,) + dims) / np.sqrt(R), rng.random((batch,) + dims) < 0.6
+    )
     return ir.CPFactorization.init(q, rank=R, scale=0.5, seed=1, dtype=dtype, backend=backend)
 
 
@@ -103,9 +108,11 @@ def test_first_updates_closed_forms(backend):
     W = -0.01 / 5.000001 [3, 4]. adam: m = 0.1 g, s = 0.001 g^2, so the first update is
     lr g / (|g| + eps) entry by entry."""
     p = ir.completion(np.array([[-3.0, -4.0]]), np.ones((1, 2), dtype=bool))
-    want = {"gd": -0.01 * np.array([3.0, 4.0]),
-            "group_rmsprop": -0.01 / 5.000001 * np.array([3.0, 4.0]),
-            "adam": -0.01 * np.array([3.0, 4.0]) / (np.array([3.0, 4.0]) + 1e-8)}
+    want = {
+        "gd": -0.01 * np.array([3.0, 4.0]),
+        "group_rmsprop": -0.01 / 5.000001 * np.array([3.0, 4.0]),
+        "adam": -0.01 * np.array([3.0, 4.0]) / (np.array([3.0, 4.0]) + 1e-8),
+    }
     for optimizer, w in want.items():
         f = ir.DeepFactorization(p, [np.zeros((1, 2))], backend=backend)
         f.step(0.01, 1, optimizer=optimizer)
@@ -124,13 +131,17 @@ def test_first_updates_closed_forms(backend):
 
 
 def _torch():
-    return pytest.importorskip("torch", reason="PyTorch is not installed: its optimizers are "
-                                               "the independent check")
+    return pytest.importorskip(
+        "torch", reason="PyTorch is not installed: its optimizers are the independent check"
+    )
 
 
 def _torch_run(torch, params, loss_fn, optimizer, lr, steps):
-    opt = (torch.optim.SGD(params, lr=lr) if optimizer == "gd"
-           else torch.optim.Adam(params, lr=lr, foreach=False))
+    opt = (
+        torch.optim.SGD(params, lr=lr)
+        if optimizer == "gd"
+        else torch.optim.Adam(params, lr=lr, foreach=False)
+    )
     for _ in range(steps):
         opt.zero_grad()
         loss_fn().backward()
@@ -156,6 +167,7 @@ def test_dmf_matches_torch_optimizers(optimizer, case):
         for W in P[1:]:
             E = W @ E
         return 0.5 * torch.where(mask, E - target, 0.0).pow(2).sum()
+
     want = _torch_run(torch, P, loss, optimizer, lr, 1000)
     f.step(lr, 1000, optimizer=optimizer)
     assert (f.status == "running").all()
@@ -178,6 +190,7 @@ def test_cp_matches_torch_optimizers(optimizer):
         W = torch.einsum("bir,bjr,bkr->bijk", *P)
         sq = torch.where(mask, W - target, 0.0).pow(2).reshape(B, -1).sum(axis=1)
         return (sq / n_obs).sum()
+
     want = _torch_run(torch, P, loss, optimizer, lr, 1000)
     c.step(lr, 1000, optimizer=optimizer)
     assert (c.status == "running").all()
@@ -191,8 +204,11 @@ def test_cp_matches_torch_optimizers(optimizer):
 def _alone(model, b, steps, optimizer, backend):
     """Problem b of model's start run alone for `steps` updates."""
     p = model.problem
-    sub = (ir.completion(p.targets[[b]], p.masks[[b]]) if p.kind == "completion"
-           else ir.tensor_completion(p.targets[[b]], p.masks[[b]]))
+    sub = (
+        ir.completion(p.targets[[b]], p.masks[[b]])
+        if p.kind == "completion"
+        else ir.tensor_completion(p.targets[[b]], p.masks[[b]])
+    )
     cls = type(model)
     return cls(sub, [W[[b]] for W in model.factors], backend=backend)
 
@@ -204,8 +220,11 @@ def test_divergence_keeps_last_finite_iterate_and_state(optimizer, backend, mode
     """One problem given a huge lr goes non-finite: it is frozen as diverged at its last
     finite iterate, with that iterate's optimizer state (bit for bit the state of a run of it
     alone for that many updates); the others run on exactly as without it."""
-    make = (lambda: _dmf("2x2-d3", backend, batch=5)) if model == "dmf" else (
-        lambda: _cp(backend, batch=5))
+    make = (
+        (lambda: _dmf("2x2-d3", backend, batch=5))
+        if model == "dmf"
+        else (lambda: _cp(backend, batch=5))
+    )
     f = make()
     start = make()
     lr = np.full(f.batch, LR[optimizer] / 5)
@@ -234,9 +253,11 @@ def test_divergence_keeps_last_finite_iterate_and_state(optimizer, backend, mode
     keep = np.asarray(rest)
     others = type(start)(
         ir.completion(others.problem.targets[keep], others.problem.masks[keep])
-        if model == "dmf" else ir.tensor_completion(others.problem.targets[keep],
-                                                    others.problem.masks[keep]),
-        [W[keep] for W in others.factors], backend=backend)
+        if model == "dmf"
+        else ir.tensor_completion(others.problem.targets[keep], others.problem.masks[keep]),
+        [W[keep] for W in others.factors],
+        backend=backend,
+    )
     others.step(lr[keep], steps, optimizer=optimizer)
     for key, v in _state(others).items():
         if backend == "cpu":
@@ -293,8 +314,14 @@ def test_save_load_resumes_bit_for_bit(optimizer, model, tmp_path):
 @pytest.mark.parametrize("model", ["dmf", "cp"])
 def test_fit_checkpoint_resumes_bit_for_bit(optimizer, model, tmp_path):
     make = (lambda: _dmf("2x2-d3")) if model == "dmf" else _cp
-    kw = dict(lr=LR[optimizer], max_steps=200, log=ir.every(20), optimizer=optimizer,
-              checkpoint=tmp_path / "fit.npz", checkpoint_every=0.0)
+    kw = dict(
+        lr=LR[optimizer],
+        max_steps=200,
+        log=ir.every(20),
+        optimizer=optimizer,
+        checkpoint=tmp_path / "fit.npz",
+        checkpoint_every=0.0,
+    )
     want = make().fit(**{**kw, "checkpoint": None}, progress=False)
     cut = make()
     advanced = []
@@ -303,6 +330,7 @@ def test_fit_checkpoint_resumes_bit_for_bit(optimizer, model, tmp_path):
         advanced.append(n)
         if sum(advanced) >= 100:
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         cut.fit(**kw, progress=stop_after_some)
     got = make().fit(**kw, progress=False)
@@ -329,14 +357,17 @@ def test_one_optimizer_does_not_continue_anothers_state():
         np.testing.assert_array_equal(_state(f)[key], v, err_msg=key)
 
 
-@pytest.mark.parametrize("call, exc, match", [
-    (lambda f: f.step(1e-2, optimizer="sgd"), ValueError, "^optimizer: expected one of 'gd'"),
-    (lambda f: f.step(1e-2, optimizer="adam", betas=(0.9,)), TypeError, "^betas"),
-    (lambda f: f.step(1e-2, optimizer="adam", betas=(0.9, 1.0)), ValueError, "^betas"),
-    (lambda f: f.step(1e-2, optimizer="adam", eps=-1.0), ValueError, "^eps"),
-    (lambda f: f.step(1e-2, optimizer="group_rmsprop", beta=1.0), ValueError, "^beta"),
-    (lambda f: f.fit(1e-2, 10, optimizer="Adam", progress=False), ValueError, "^optimizer"),
-])
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda f: f.step(1e-2, optimizer="sgd"), ValueError, "^optimizer: expected one of 'gd'"),
+        (lambda f: f.step(1e-2, optimizer="adam", betas=(0.9,)), TypeError, "^betas"),
+        (lambda f: f.step(1e-2, optimizer="adam", betas=(0.9, 1.0)), ValueError, "^betas"),
+        (lambda f: f.step(1e-2, optimizer="adam", eps=-1.0), ValueError, "^eps"),
+        (lambda f: f.step(1e-2, optimizer="group_rmsprop", beta=1.0), ValueError, "^beta"),
+        (lambda f: f.fit(1e-2, 10, optimizer="Adam", progress=False), ValueError, "^optimizer"),
+    ],
+)
 def test_bad_optimizer_arguments_are_refused_before_any_work(call, exc, match):
     f = _dmf("2x2-d3")
     before = [W.copy() for W in f.factors]

@@ -20,11 +20,17 @@ NORMS = ("fro", "nuc", "spectral", "schatten:0.5", "schatten:0.25")
 
 
 def _run(problem, det, max_steps):
-    f = ir.DeepFactorization.init(problem, depth=3, init="balanced", scale=1e-3,
-                                  scale_by="product", det=det, seed=0)
-    return f.fit(3e-3, max_steps, tol=TOL, log=ir.every(50),
-                 metrics=("loss", "entry:0,0", "det", *NORMS, "erank", "dist_rank:1"),
-                 progress=False)
+    f = ir.DeepFactorization.init(
+        problem, depth=3, init="balanced", scale=1e-3, scale_by="product", det=det, seed=0
+    )
+    return f.fit(
+        3e-3,
+        max_steps,
+        tol=TOL,
+        log=ir.every(50),
+        metrics=("loss", "entry:0,0", "det", *NORMS, "erank", "dist_rank:1"),
+        progress=False,
+    )
 
 
 def _entropy(p):
@@ -48,7 +54,7 @@ def test_canonical_problem_norms_grow_as_the_loss_falls():
     for name in NORMS:
         assert (t[name][rows] >= w[rows] * (1 - 1e-12)).all(), name
     assert (t["dist_rank:1"][rows] < s[rows]).all()
-    q = s ** 2 / (1 - s) ** 2
+    q = s**2 / (1 - s) ** 2
     small = rows & (q < 0.5)
     assert small.sum() > 100
     assert (t["erank"][small] < np.exp(_entropy(q[small])) + 1e-12).all()
@@ -57,7 +63,8 @@ def test_canonical_problem_norms_grow_as_the_loss_falls():
     firsts = [t.first_below("loss", x) for x in (1e-1, 1e-2, TOL)]
     for name in NORMS:
         assert (firsts[0][name] < firsts[1][name]).all() and (
-            firsts[1][name] < firsts[2][name]).all(), name
+            firsts[1][name] < firsts[2][name]
+        ).all(), name
     assert (firsts[2]["erank"] < np.exp(_entropy(S_TOL**2 / (1 - S_TOL) ** 2))).all()
     # at the first step below the tolerance: above the bound 20.4, on the rank-1 path 22.36
     at = np.abs(t.first_below("loss", TOL)["entry:0,0"])

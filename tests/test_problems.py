@@ -21,8 +21,9 @@ def test_paper_2x2():
     p = P.paper_2x2(batch=4)
     assert p.kind == "completion" and p.batch == 4 and p.shape == (2, 2)
     np.testing.assert_array_equal(_full(p, "masks"), np.broadcast_to(CANON_MASK, (4, 2, 2)))
-    np.testing.assert_array_equal(_full(p, "targets")[:, CANON_MASK],
-                                  np.broadcast_to([1.0, 1.0, 0.0], (4, 3)))
+    np.testing.assert_array_equal(
+        _full(p, "targets")[:, CANON_MASK], np.broadcast_to([1.0, 1.0, 0.0], (4, 3))
+    )
     assert p.targets.shape[0] == 1 and p.masks.shape[0] == 1  # shared, not copied B times
     np.testing.assert_array_equal(p.n_observed, [3, 3, 3, 3])
     assert p.targets.dtype == np.float64 and p.masks.dtype == np.bool_
@@ -31,8 +32,9 @@ def test_paper_2x2():
 def test_perturbed_2x2_scalar():
     p = P.perturbed_2x2(-2.0, 0.5, 0.05, batch=3)
     assert p.batch == 3
-    np.testing.assert_array_equal(_full(p, "targets")[:, CANON_MASK],
-                                  np.broadcast_to([-2.0, 0.5, 0.05], (3, 3)))
+    np.testing.assert_array_equal(
+        _full(p, "targets")[:, CANON_MASK], np.broadcast_to([-2.0, 0.5, 0.05], (3, 3))
+    )
     np.testing.assert_array_equal(_full(p, "masks"), np.broadcast_to(CANON_MASK, (3, 2, 2)))
 
 
@@ -89,8 +91,9 @@ def test_paper_family(d):
         np.testing.assert_array_equal(p.targets[p.masks], q.targets[q.masks])
 
 
-@pytest.mark.parametrize("m,n,rank,n_obs",
-                         [(4, 4, 1, 9), (3, 7, 2, 12), (8, 3, 3, 20), (5, 5, 5, 25)])
+@pytest.mark.parametrize(
+    "m,n,rank,n_obs", [(4, 4, 1, 9), (3, 7, 2, 12), (8, 3, 3, 20), (5, 5, 5, 25)]
+)
 def test_random_low_rank_completion(m, n, rank, n_obs):
     p = P.random_low_rank_completion(m, n, rank, n_obs, batch=6, seed=4)
     assert p.shape == (m, n) and p.batch == 6
@@ -141,8 +144,7 @@ def test_random_sensing(m, n, rank, K):
     p = P.random_sensing(m, n, rank, K, batch=5, seed=1, std=0.5)
     assert p.kind == "sensing" and p.shape == (m, n) and p.batch == 5
     assert p.A.shape == (5, K, m, n) and p.y.shape == (5, K)
-    np.testing.assert_allclose(p.y, np.einsum("bkij,bij->bk", p.A, p.truth), rtol=1e-13,
-                               atol=1e-13)
+    np.testing.assert_allclose(p.y, np.einsum("bkij,bij->bk", p.A, p.truth), rtol=1e-13, atol=1e-13)
     for b in range(5):
         assert np.linalg.matrix_rank(p.truth[b]) == rank
     # the truth solves the problem

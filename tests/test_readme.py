@@ -38,8 +38,10 @@ def test_the_experiment_table_says_what_quick_runs():
     """Each named experiment's row: its default seeds, and --quick's seeds first."""
     from implicitreg.experiments import EXPERIMENTS
 
-    rows = {m.group(1): [c.strip() for c in m.group(2).split(" | ")]
-            for m in re.finditer(r"^\| `([a-z0-9-]+)` \| (.*) \|$", README.read_text(), re.M)}
+    rows = {
+        m.group(1): [c.strip() for c in m.group(2).split(" | ")]
+        for m in re.finditer(r"^\| `([a-z0-9-]+)` \| (.*) \|$", README.read_text(), re.M)
+    }
     for name, exp in EXPERIMENTS.items():
         cells = rows[name]
         _, _, seeds = exp.spec()
@@ -50,7 +52,14 @@ def test_the_experiment_table_says_what_quick_runs():
 def test_a_report_states_the_dtype(tmp_path):
     from implicitreg.experiments import get, report_text, reproduce
 
-    res, rows = reproduce("paper-2x2", seeds=2, quick=True, progress=False, plot=False,
-                          out=tmp_path / "rep", dtype="float32")
+    res, rows = reproduce(
+        "paper-2x2",
+        seeds=2,
+        quick=True,
+        progress=False,
+        plot=False,
+        out=tmp_path / "rep",
+        dtype="float32",
+    )
     head = report_text(get("paper-2x2"), res, rows).splitlines()[1]
     assert head == "2 seeds per config, backend cpu, float32, quick variant"

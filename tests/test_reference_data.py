@@ -30,14 +30,15 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "anchor_dmf_see
 pytestmark = pytest.mark.skipif(
     not DATA.exists(),
     reason=f"reference data {DATA} not present (the authors' numbers are kept outside the "
-           "repository, in the shared data folder)")
+    "repository, in the shared data folder)",
+)
 
 LR = 3e-3
-W11_RTOL = 5e-5       # whole run (observed <= 4.4e-6)
+W11_RTOL = 5e-5  # whole run (observed <= 4.4e-6)
 W11_RTOL_EARLY = 2e-6  # first 10 logged epochs (observed <= 1.6e-7)
-LOSS_RTOL = 1e-4       # where loss > 1e-4 (observed <= 8.9e-6)
-RESID_RTOL = 5e-5      # residual norm sqrt(2 loss), relative (observed <= 4.5e-6)
-RESID_ATOL = 1e-6      # ... absolute: ~10 float32 ulps of the O(1) entries (observed 7e-8)
+LOSS_RTOL = 1e-4  # where loss > 1e-4 (observed <= 8.9e-6)
+RESID_RTOL = 5e-5  # residual norm sqrt(2 loss), relative (observed <= 4.5e-6)
+RESID_ATOL = 1e-6  # ... absolute: ~10 float32 ulps of the O(1) entries (observed 7e-8)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +128,9 @@ def test_loss_agrees(ref, runs, L):
     numbers, so their float32 resolution is absolute (~1e-7), not relative to the loss."""
     out, _ = runs[L]
     loss = ref[f"d{L}_loss"]
-    np.testing.assert_allclose(np.sqrt(2 * out["loss_pre"]), np.sqrt(2 * loss),
-                               rtol=RESID_RTOL, atol=RESID_ATOL)
+    np.testing.assert_allclose(
+        np.sqrt(2 * out["loss_pre"]), np.sqrt(2 * loss), rtol=RESID_RTOL, atol=RESID_ATOL
+    )
     big = loss > 1e-4
     assert _rel(out["loss_pre"][big], loss[big]).max() < LOSS_RTOL
 

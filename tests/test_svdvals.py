@@ -74,8 +74,24 @@ def _svdvals_within(X, seconds=60.0, **kw):
 
 # ------------------------------------------------------------------------------ random matrices
 
-SHAPES = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 3), (3, 7), (8, 8), (16, 16), (32, 32), (1, 9),
-          (9, 1), (1, 40), (40, 1), (13, 6), (6, 13), (64, 64)]
+SHAPES = [
+    (1, 1),
+    (2, 2),
+    (3, 3),
+    (4, 4),
+    (5, 3),
+    (3, 7),
+    (8, 8),
+    (16, 16),
+    (32, 32),
+    (1, 9),
+    (9, 1),
+    (1, 40),
+    (40, 1),
+    (13, 6),
+    (6, 13),
+    (64, 64),
+]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -144,8 +160,9 @@ def test_transpose_and_layout_do_not_change_the_values(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("m,n,r", [(6, 6, 2), (9, 5, 3), (4, 10, 1), (2, 2, 1), (3, 3, 2),
-                                   (16, 16, 5), (7, 3, 0)])
+@pytest.mark.parametrize(
+    "m,n,r", [(6, 6, 2), (9, 5, 3), (4, 10, 1), (2, 2, 1), (3, 3, 2), (16, 16, 5), (7, 3, 0)]
+)
 def test_rank_deficient_products(m, n, r, dtype):
     rng = np.random.default_rng(m * 100 + n * 10 + r)
     X = (rng.standard_normal((5, m, r)) @ rng.standard_normal((5, r, n))).astype(dtype)
@@ -167,8 +184,9 @@ def test_graded_matrices(m, n):
     rng = np.random.default_rng(m + 31 * n)
     k = min(m, n)
     sig = np.logspace(0, -12, k)
-    X = np.stack([_orthogonal(rng, m)[:, :k] @ np.diag(sig) @ _orthogonal(rng, n)[:, :k].T
-                  for _ in range(4)])
+    X = np.stack(
+        [_orthogonal(rng, m)[:, :k] @ np.diag(sig) @ _orthogonal(rng, n)[:, :k].T for _ in range(4)]
+    )
     s = ir.svdvals(X)
     _assert_sorted_nonnegative(s)
     assert _err_ulps(s, _lapack(X), np.float64).max() <= _ulps_bound(m, n)
@@ -322,8 +340,9 @@ def test_2x2_scales_exactly_near_overflow_and_underflow(M, k):
 @pytest.mark.parametrize("scale", [1e300, 1e-300, 1e250, 1e-250, 1.7e308 / 4])
 def test_2x2_entries_near_overflow_and_underflow_exact_reference(scale):
     rng = np.random.default_rng(3)
-    X = np.concatenate([(M_FIXED * scale)[None], (M_ILL * scale)[None],
-                        _ill_conditioned_2x2(rng, 1e6, 4) * scale])
+    X = np.concatenate(
+        [(M_FIXED * scale)[None], (M_ILL * scale)[None], _ill_conditioned_2x2(rng, 1e6, 4) * scale]
+    )
     if scale < 1:  # keep sigma_2 normal
         X = X[[0, 2, 3, 4, 5]]
     s, info = ir.svdvals(X, return_info=True)
@@ -378,13 +397,14 @@ def test_non_finite_matrix_gets_nan_alone(shape, pos, value, dtype):
 
 
 def _info_case(shape, pos, value):
-    return pytest.param(shape, pos, value,
-                        id=f"{shape[0]}x{shape[1]}-at{pos[0]}{pos[1]}-{value}")
+    return pytest.param(shape, pos, value, id=f"{shape[0]}x{shape[1]}-at{pos[0]}{pos[1]}-{value}")
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("shape,pos,value", [_info_case(s, p, v) for s in [(2, 2), (5, 5)]
-                                             for p in POSITIONS for v in BAD_VALUES])
+@pytest.mark.parametrize(
+    "shape,pos,value",
+    [_info_case(s, p, v) for s in [(2, 2), (5, 5)] for p in POSITIONS for v in BAD_VALUES],
+)
 def test_non_finite_matrix_info(shape, pos, value, dtype):
     X = _finite_batch(shape, dtype)
     X[3][pos] = value
@@ -432,8 +452,9 @@ def _mixed_batch(shape, dtype, count=37):
     m, n = shape
     X = rng.standard_normal((count, m, n))
     k = min(m, n)
-    X[5] = _orthogonal(rng, m)[:, :k] @ np.diag(np.logspace(0, -14, k)) @ _orthogonal(rng, n)[
-        :, :k].T
+    X[5] = (
+        _orthogonal(rng, m)[:, :k] @ np.diag(np.logspace(0, -14, k)) @ _orthogonal(rng, n)[:, :k].T
+    )
     X[9] = rng.standard_normal((m, 1)) @ rng.standard_normal((1, n))
     X[12] = 0.0
     X[20] *= 1e-200 if dtype == "float64" else 1e-30
@@ -444,8 +465,11 @@ def _mixed_batch(shape, dtype, count=37):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("shape", [(2, 2), (3, 3), (5, 3), (3, 7), (8, 8), (16, 16), (24, 9)],
-                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 2), (3, 3), (5, 3), (3, 7), (8, 8), (16, 16), (24, 9)],
+    ids=lambda s: f"{s[0]}x{s[1]}",
+)
 def test_values_do_not_depend_on_batch_size_or_position(shape, dtype):
     X = _mixed_batch(shape, dtype)
     s = ir.svdvals(X)
@@ -456,8 +480,9 @@ def test_values_do_not_depend_on_batch_size_or_position(shape, dtype):
     perm = np.random.default_rng(1).permutation(len(X))
     np.testing.assert_array_equal(ir.svdvals(X[perm]), s[perm])
     # leading batch dims are only a reshape
-    np.testing.assert_array_equal(ir.svdvals(X[:36].reshape((4, 9) + shape)),
-                                  s[:36].reshape(4, 9, -1))
+    np.testing.assert_array_equal(
+        ir.svdvals(X[:36].reshape((4, 9) + shape)), s[:36].reshape(4, 9, -1)
+    )
 
 
 # ------------------------------------------------------------- numpy backend and shapes
@@ -476,8 +501,10 @@ def test_numpy_backend_is_lapack(shape, dtype):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-@pytest.mark.parametrize("shape,expected", [((0, 3, 3), (0, 3)), ((0, 2, 2), (0, 2)),
-                                            ((2, 0, 4, 4), (2, 0, 4)), ((0, 5, 2), (0, 2))])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((0, 3, 3), (0, 3)), ((0, 2, 2), (0, 2)), ((2, 0, 4, 4), (2, 0, 4)), ((0, 5, 2), (0, 2))],
+)
 def test_empty_batches(backend, shape, expected):
     s, info = ir.svdvals(np.zeros(shape), backend=backend, return_info=True)
     assert s.shape == expected and s.dtype == np.float64
@@ -486,8 +513,10 @@ def test_empty_batches(backend, shape, expected):
 
 
 @pytest.mark.parametrize("backend", ["cpu", "numpy"])
-@pytest.mark.parametrize("shape,expected", [((4, 0, 3), (4, 0)), ((0, 3), (0,)),
-                                            ((3, 0), (0,)), ((2, 5, 3, 0), (2, 5, 0))])
+@pytest.mark.parametrize(
+    "shape,expected",
+    [((4, 0, 3), (4, 0)), ((0, 3), (0,)), ((3, 0), (0,)), ((2, 5, 3, 0), (2, 5, 0))],
+)
 def test_matrices_with_no_rows_or_columns(backend, shape, expected):
     s, info = ir.svdvals(np.zeros(shape), backend=backend, return_info=True)
     assert s.shape == expected

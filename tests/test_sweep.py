@@ -29,8 +29,16 @@ from implicitreg.sweep import (
 
 # A tiny, fast base: the canonical 2x2 problem, a few steps, every metric logged at a few
 # points. Configs override what they need.
-FAST = {"problem": "paper_2x2", "depth": 2, "scale": 0.3, "scale_by": "factor",
-        "lr": 0.05, "max_steps": 40, "log": "every:10", "thresholds": (0.5, 0.1)}
+FAST = {
+    "problem": "paper_2x2",
+    "depth": 2,
+    "scale": 0.3,
+    "scale_by": "factor",
+    "lr": 0.05,
+    "max_steps": 40,
+    "log": "every:10",
+    "thresholds": (0.5, 0.1),
+}
 
 
 def _sweep(base=None, grid=None, seeds=2, **kw):
@@ -80,10 +88,26 @@ def test_expand_dict_grid_is_the_cartesian_product():
     assert len(configs) == 6
     # itertools.product order: the first key varies slowest
     assert [(c["lr"], c["scale"]) for c in configs] == [
-        (1e-2, 1e-3), (1e-2, 1e-2), (2e-2, 1e-3), (2e-2, 1e-2), (3e-2, 1e-3), (3e-2, 1e-2)]
+        (1e-2, 1e-3),
+        (1e-2, 1e-2),
+        (2e-2, 1e-3),
+        (2e-2, 1e-2),
+        (3e-2, 1e-3),
+        (3e-2, 1e-2),
+    ]
     for c in configs:  # the keys that paper_2x2 and the matrix model read, no others
-        assert set(c) == {"model", "problem", "lr", "max_steps", "tol", "log", "metrics",
-                          "thresholds", "dtype", *MODEL_KEYS["dmf"]}
+        assert set(c) == {
+            "model",
+            "problem",
+            "lr",
+            "max_steps",
+            "tol",
+            "log",
+            "metrics",
+            "thresholds",
+            "dtype",
+            *MODEL_KEYS["dmf"],
+        }
         assert c["depth"] == 4  # from base
         assert c["problem"] == DEFAULTS["problem"]  # from DEFAULTS
     # a plain value in a grid dict is a single choice
@@ -97,13 +121,18 @@ def test_expand_dict_grid_is_the_cartesian_product():
 def test_expand_list_of_dicts_concatenates():
     configs = expand({}, [{"depth": [2, 3]}, {"depth": 4, "lr": [1e-2, 1e-3]}, {}])
     assert [(c["depth"], c["lr"]) for c in configs] == [
-        (2, DEFAULTS["lr"]), (3, DEFAULTS["lr"]), (4, 1e-2), (4, 1e-3),
-        (DEFAULTS["depth"], DEFAULTS["lr"])]
+        (2, DEFAULTS["lr"]),
+        (3, DEFAULTS["lr"]),
+        (4, 1e-2),
+        (4, 1e-3),
+        (DEFAULTS["depth"], DEFAULTS["lr"]),
+    ]
 
 
 def test_expand_metrics_and_thresholds_are_values_not_axes():
-    configs = expand({}, {"metrics": ("loss", "det", "erank"), "thresholds": [1e-1, 1e-3],
-                          "lr": [1e-2, 2e-2]})
+    configs = expand(
+        {}, {"metrics": ("loss", "det", "erank"), "thresholds": [1e-1, 1e-3], "lr": [1e-2, 2e-2]}
+    )
     assert len(configs) == 2
     for c in configs:
         assert c["metrics"] == ("loss", "det", "erank")
@@ -135,14 +164,17 @@ def test_expand_unknown_problem_lists_valid_problems():
         expand({}, {"problem": ["paper_2x2", "paper_3x3"]})
 
 
-@pytest.mark.parametrize("base,grid", [
-    ([("lr", 0.1)], None),
-    ("lr=0.1", None),
-    (None, None),
-    ({}, "lr"),
-    ({}, 3),
-    ({}, [{"lr": [0.1]}, "depth"]),
-])
+@pytest.mark.parametrize(
+    "base,grid",
+    [
+        ([("lr", 0.1)], None),
+        ("lr=0.1", None),
+        (None, None),
+        ({}, "lr"),
+        ({}, 3),
+        ({}, [{"lr": [0.1]}, "depth"]),
+    ],
+)
 def test_expand_bad_types(base, grid):
     with pytest.raises(TypeError):
         expand(base, grid)
@@ -162,9 +194,15 @@ def test_expand_checks_values():
 
 
 def test_per_problem_keys_share_one_batch():
-    grid = {"lr": [0.05, 0.02], "scale": [0.3, 0.2], "init": ["normal", "balanced"],
-            "init_det": [None, "positive"], "init_seed": [0, 3], "eps": [0.0, 0.1], "scale_by":
-            ["factor", "product"]}
+    grid = {
+        "lr": [0.05, 0.02],
+        "scale": [0.3, 0.2],
+        "init": ["normal", "balanced"],
+        "init_det": [None, "positive"],
+        "init_seed": [0, 3],
+        "eps": [0.0, 0.1],
+        "scale_by": ["factor", "product"],
+    }
     res = _sweep({"problem": "perturbed_2x2"}, grid=grid)
     n = 2**7
     assert len(res.configs) == n
@@ -177,26 +215,36 @@ def test_per_problem_keys_share_one_batch():
 
 
 def test_problem_data_keys_share_one_batch():
-    base = {"problem": "random_low_rank_completion", "m": 4, "n": 3, "target_rank": 1,
-            "scale": 0.3, "lr": 0.02}
+    base = {
+        "problem": "random_low_rank_completion",
+        "m": 4,
+        "n": 3,
+        "target_rank": 1,
+        "scale": 0.3,
+        "lr": 0.02,
+    }
     res = _sweep(base, {"n_obs": [6, 8], "problem_seed": [0, 1], "target_rank": [1, 2]}, seeds=2)
     assert len(res.meta["timings"]) == 1
     np.testing.assert_array_equal(res.columns["batch"], 0)
-    res = _sweep({"problem": "perturbed_2x2"}, {"eps": [0.0, 0.5], "b12": [-2.0, 1.0],
-                                                "b21": [0.5, 2.0]})
+    res = _sweep(
+        {"problem": "perturbed_2x2"}, {"eps": [0.0, 0.5], "b12": [-2.0, 1.0], "b21": [0.5, 2.0]}
+    )
     assert len(res.meta["timings"]) == 1
     np.testing.assert_array_equal(res.columns["batch"], 0)
 
 
-@pytest.mark.parametrize("key,values", [
-    ("depth", [2, 3]),
-    ("dtype", ["float64", "float32"]),
-    ("max_steps", [20, 40]),
-    ("tol", [None, 1e-3]),
-    ("log", ["every:10", 5]),
-    ("widths", [(2,), (3,)]),
-    ("metrics", None),
-])
+@pytest.mark.parametrize(
+    "key,values",
+    [
+        ("depth", [2, 3]),
+        ("dtype", ["float64", "float32"]),
+        ("max_steps", [20, 40]),
+        ("tol", [None, 1e-3]),
+        ("log", ["every:10", 5]),
+        ("widths", [(2,), (3,)]),
+        ("metrics", None),
+    ],
+)
 def test_shared_keys_split_batches(key, values):
     if key == "metrics":
         grid = [{"metrics": ("loss",)}, {"metrics": ("loss", "det")}]
@@ -230,8 +278,12 @@ def test_row_blocks_follow_batch_order():
 
 def test_progress_callable_gets_every_step():
     got = []
-    res = sweep({**FAST, "tol": 1e-2, "max_steps": 3000, "lr": 0.1}, {"depth": [2, 3]},
-                seeds=2, progress=got.append)
+    res = sweep(
+        {**FAST, "tol": 1e-2, "max_steps": 3000, "lr": 0.1},
+        {"depth": [2, 3]},
+        seeds=2,
+        progress=got.append,
+    )
     assert (res.columns["status"] == CONVERGED).all()  # early stop: fewer steps were run
     assert res.columns["steps"].max() < 3000
     assert all(n >= 0 for n in got)
@@ -243,9 +295,17 @@ def test_progress_callable_gets_every_step():
 
 def test_sweep_equals_direct_fits_paper_2x2():
     thresholds = (1e-1, 1e-2)
-    base = {"problem": "paper_2x2", "depth": 3, "scale": 1e-3, "scale_by": "product",
-            "init_det": "positive", "max_steps": 3000, "tol": 1e-3, "log": 30,
-            "thresholds": thresholds}
+    base = {
+        "problem": "paper_2x2",
+        "depth": 3,
+        "scale": 1e-3,
+        "scale_by": "product",
+        "init_det": "positive",
+        "max_steps": 3000,
+        "tol": 1e-3,
+        "log": 30,
+        "thresholds": thresholds,
+    }
     lrs = [3e-2, 1e-2]
     res = sweep(base, {"lr": lrs}, seeds=4, progress=False)
     assert len(res.meta["timings"]) == 1
@@ -254,10 +314,23 @@ def test_sweep_equals_direct_fits_paper_2x2():
         rows = res.rows(lr=lr)
         assert rows.size == 4
         np.testing.assert_array_equal(res.columns["seed"][rows], np.arange(4))
-        f = ir.DeepFactorization.init(ir.problems.paper_2x2(batch=4), depth=3, scale=1e-3,
-                                      scale_by="product", det="positive", seed=0)
-        t = f.fit(lr, 3000, tol=1e-3, log=ir.geometric(30), metrics=("loss", "entry:0,0"),
-                  thresholds=thresholds, progress=False)
+        f = ir.DeepFactorization.init(
+            ir.problems.paper_2x2(batch=4),
+            depth=3,
+            scale=1e-3,
+            scale_by="product",
+            det="positive",
+            seed=0,
+        )
+        t = f.fit(
+            lr,
+            3000,
+            tol=1e-3,
+            log=ir.geometric(30),
+            metrics=("loss", "entry:0,0"),
+            thresholds=thresholds,
+            progress=False,
+        )
         c = {k: v[rows] for k, v in res.columns.items()}
         np.testing.assert_array_equal(c["loss"], t["loss"][-1])
         np.testing.assert_array_equal(c["entry:0,0"], t["entry:0,0"][-1])
@@ -283,10 +356,21 @@ def test_sweep_equals_direct_fits_paper_2x2():
 
 def test_sweep_equals_direct_fits_random_completion():
     thresholds = (1.0, 1e-1)
-    base = {"problem": "random_low_rank_completion", "m": 5, "n": 4, "target_rank": 1,
-            "problem_seed": 3, "depth": 2, "scale": 1e-2, "scale_by": "product",
-            "max_steps": 400, "tol": 1e-4, "log": "every:50",
-            "metrics": ("loss", "recon_error", "entry:1,2"), "thresholds": thresholds}
+    base = {
+        "problem": "random_low_rank_completion",
+        "m": 5,
+        "n": 4,
+        "target_rank": 1,
+        "problem_seed": 3,
+        "depth": 2,
+        "scale": 1e-2,
+        "scale_by": "product",
+        "max_steps": 400,
+        "tol": 1e-4,
+        "log": "every:50",
+        "metrics": ("loss", "recon_error", "entry:1,2"),
+        "thresholds": thresholds,
+    }
     grid = {"lr": [0.05, 0.02], "n_obs": [10, 14]}
     res = sweep(base, grid, seeds=4, progress=False)
     assert len(res.meta["timings"]) == 1
@@ -296,8 +380,15 @@ def test_sweep_equals_direct_fits_random_completion():
             assert rows.size == 4
             p = ir.problems.random_low_rank_completion(5, 4, 1, n_obs, batch=4, seed=3)
             f = ir.DeepFactorization.init(p, depth=2, scale=1e-2, scale_by="product", seed=0)
-            t = f.fit(lr, 400, tol=1e-4, log=ir.every(50), metrics=base["metrics"],
-                      thresholds=thresholds, progress=False)
+            t = f.fit(
+                lr,
+                400,
+                tol=1e-4,
+                log=ir.every(50),
+                metrics=base["metrics"],
+                thresholds=thresholds,
+                progress=False,
+            )
             c = {k: v[rows] for k, v in res.columns.items()}
             for name in base["metrics"]:
                 np.testing.assert_array_equal(c[name], t[name][-1], err_msg=name)
@@ -316,33 +407,55 @@ def test_sweep_equals_direct_fits_random_completion():
 
 def test_sweep_equals_direct_fits_perturbed_eps_batch():
     """Per-problem data (eps) inside one batch, with seeds paired across configs."""
-    base = {"problem": "perturbed_2x2", "depth": 2, "scale": 0.1, "lr": 0.02,
-            "max_steps": 200, "log": "every:40", "metrics": ("loss", "det")}
+    base = {
+        "problem": "perturbed_2x2",
+        "depth": 2,
+        "scale": 0.1,
+        "lr": 0.02,
+        "max_steps": 200,
+        "log": "every:40",
+        "metrics": ("loss", "det"),
+    }
     res = sweep(base, {"eps": [0.0, 0.3]}, seeds=3, progress=False)
     assert len(res.meta["timings"]) == 1
     for eps in (0.0, 0.3):
         rows = res.rows(eps=eps)
         p = ir.problems.perturbed_2x2(-2.0, 0.5, eps, batch=3)
         f = ir.DeepFactorization.init(p, depth=2, scale=0.1, scale_by="product", seed=0)
-        t = f.fit(0.02, 200, log=ir.every(40), metrics=("loss", "det"),
-                  thresholds=MODEL_DEFAULTS["dmf"]["thresholds"], progress=False)
+        t = f.fit(
+            0.02,
+            200,
+            log=ir.every(40),
+            metrics=("loss", "det"),
+            thresholds=MODEL_DEFAULTS["dmf"]["thresholds"],
+            progress=False,
+        )
         np.testing.assert_array_equal(res.columns["loss"][rows], t["loss"][-1])
         np.testing.assert_array_equal(res.columns["det"][rows], t["det"][-1])
         np.testing.assert_array_equal(res.columns["step@1e-4"][rows], t.crossings["step"][3])
-    assert not np.array_equal(res.columns["loss"][res.rows(eps=0.0)],
-                              res.columns["loss"][res.rows(eps=0.3)])
+    assert not np.array_equal(
+        res.columns["loss"][res.rows(eps=0.0)], res.columns["loss"][res.rows(eps=0.3)]
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["group_rmsprop", "adam"])
 def test_a_matrix_sweep_trains_with_the_optimizer_it_names(optimizer):
-    base = {"problem": "perturbed_2x2", "eps": 0.3, "depth": 2, "scale": 0.1, "lr": 0.02,
-            "max_steps": 200, "log": "every:40", "metrics": ("loss",), "thresholds": ()}
+    base = {
+        "problem": "perturbed_2x2",
+        "eps": 0.3,
+        "depth": 2,
+        "scale": 0.1,
+        "lr": 0.02,
+        "max_steps": 200,
+        "log": "every:40",
+        "metrics": ("loss",),
+        "thresholds": (),
+    }
     res = sweep({**base, "optimizer": optimizer}, seeds=3, progress=False)
     assert res.configs[0]["optimizer"] == optimizer
     p = ir.problems.perturbed_2x2(-2.0, 0.5, 0.3, batch=3)
     f = ir.DeepFactorization.init(p, depth=2, scale=0.1, scale_by="product", seed=0)
-    t = f.fit(0.02, 200, log=ir.every(40), metrics=("loss",), progress=False,
-              optimizer=optimizer)
+    t = f.fit(0.02, 200, log=ir.every(40), metrics=("loss",), progress=False, optimizer=optimizer)
     np.testing.assert_array_equal(res.columns["loss"], t["loss"][-1])
     # gradient descent, the matrix model's default, is recorded by omission: a config
     # written before there was a choice is the same config
@@ -357,16 +470,32 @@ def test_a_matrix_sweep_trains_with_the_optimizer_it_names(optimizer):
 
 def test_tidy_table():
     thresholds = (1e-1, 1.3e-2)
-    res = _sweep({"thresholds": thresholds, "max_steps": 300, "metrics": ("loss", "svals")},
-                 {"lr": [0.05, 0.1], "depth": [2, 3]}, seeds=3)
+    res = _sweep(
+        {"thresholds": thresholds, "max_steps": 300, "metrics": ("loss", "svals")},
+        {"lr": [0.05, 0.1], "depth": [2, 3]},
+        seeds=3,
+    )
     n = 4 * 3
     cols = res.columns
     assert isinstance(res, SweepResult)
     for k in res.configs[0]:  # every key the config reads
         assert k in cols, k
-    for k in ("seed", "status", "steps", "batch", "index", "loss", "svals:0", "svals:1",
-              "step@1e-1", "loss@1e-1", "svals@1e-1:0", "step@1.3e-2", "loss@1.3e-2",
-              "svals@1.3e-2:1"):
+    for k in (
+        "seed",
+        "status",
+        "steps",
+        "batch",
+        "index",
+        "loss",
+        "svals:0",
+        "svals:1",
+        "step@1e-1",
+        "loss@1e-1",
+        "svals@1e-1:0",
+        "step@1.3e-2",
+        "loss@1.3e-2",
+        "svals@1.3e-2:1",
+    ):
         assert k in cols, k
     for k, v in cols.items():
         assert v.shape == (n,), k
@@ -374,8 +503,7 @@ def test_tidy_table():
     assert set(cols["status"].tolist()) <= {"converged", "diverged", "max_steps"}
     assert cols["step@1e-1"].dtype.kind == "i"
     # one row per (config, seed): every (depth, lr, seed) once
-    keys = set(zip(cols["depth"].tolist(), cols["lr"].tolist(), cols["seed"].tolist(),
-                   strict=True))
+    keys = set(zip(cols["depth"].tolist(), cols["lr"].tolist(), cols["seed"].tolist(), strict=True))
     assert len(keys) == n
     assert repr(res) == f"SweepResult(rows={n}, configs=4, batches=2)"
 
@@ -394,8 +522,9 @@ def test_tidy_table():
         assert traj is res.trajectories[cols["batch"][row]]
         assert col == cols["index"][row]
         assert traj["loss"][-1, col] == cols["loss"][row]
-        np.testing.assert_array_equal(traj["svals"][-1, col], [cols["svals:0"][row],
-                                                              cols["svals:1"][row]])
+        np.testing.assert_array_equal(
+            traj["svals"][-1, col], [cols["svals:0"][row], cols["svals:1"][row]]
+        )
         assert traj.crossings["step"][1, col] == cols["step@1.3e-2"][row]
 
     df = res.table
@@ -510,8 +639,15 @@ def test_out_dir_empty_existing_is_used(tmp_path):
 
 
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch):
-    base = {**FAST, "max_steps": 300, "log": "every:20", "tol": 1e-3, "lr": 0.05,
-            "metrics": ("loss", "entry:0,0", "det"), "thresholds": (0.5, 1e-2)}
+    base = {
+        **FAST,
+        "max_steps": 300,
+        "log": "every:20",
+        "tol": 1e-3,
+        "lr": 0.05,
+        "metrics": ("loss", "entry:0,0", "det"),
+        "thresholds": (0.5, 1e-2),
+    }
     grid = {"depth": [2, 3, 4], "scale": [0.3, 0.1]}
     a = sweep(base, grid, seeds=3, progress=False, out=tmp_path / "A")
     assert len(a.trajectories) == 3
@@ -571,14 +707,20 @@ def test_checkpoint_is_removed_after_each_batch(tmp_path):
     out = tmp_path / "run"
     _sweep(grid={"depth": [2, 3]}, out=out, checkpoint_every=0)
     assert sorted(p.name for p in (out / "batches").iterdir()) == [
-        "000.npz", "000.trajectory.npz", "001.npz", "001.trajectory.npz"]
+        "000.npz",
+        "000.trajectory.npz",
+        "001.npz",
+        "001.trajectory.npz",
+    ]
 
 
 # ------------------------------------------------------------------------- bad arguments
 
 
-@pytest.mark.parametrize("seeds,exc", [(0, ValueError), (-2, ValueError), (2.5, TypeError),
-                                       ("4", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "seeds,exc",
+    [(0, ValueError), (-2, ValueError), (2.5, TypeError), ("4", TypeError), (True, TypeError)],
+)
 def test_bad_seeds(seeds, exc, tmp_path):
     with pytest.raises(exc, match="seeds"):
         sweep(FAST, seeds=seeds, progress=False, out=tmp_path / "x")
@@ -602,8 +744,7 @@ def test_executor_ray_without_ray_says_what_to_install(tmp_path, monkeypatch):
 
 def test_bad_config_is_refused_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
-        sweep(FAST, [{"lr": [0.1]}, {"lrr": [0.1]}], seeds=2, progress=False,
-              out=tmp_path / "x")
+        sweep(FAST, [{"lr": [0.1]}, {"lrr": [0.1]}], seeds=2, progress=False, out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -650,8 +791,17 @@ def test_csv_header_and_cells(tmp_path):
 
 @pytest.mark.parametrize("metric", ["det", "rank"])
 def test_metric_columns_never_hide_config_values(metric):
-    res = _sweep({"problem": "random_low_rank_completion", "m": 4, "n": 4, "n_obs": 10,
-                  "init_det": "positive", "target_rank": 1, "metrics": ("loss", metric)})
+    res = _sweep(
+        {
+            "problem": "random_low_rank_completion",
+            "m": 4,
+            "n": 4,
+            "n_obs": 10,
+            "init_det": "positive",
+            "target_rank": 1,
+            "metrics": ("loss", metric),
+        }
+    )
     np.testing.assert_array_equal(res.columns[metric], res.trajectories[0][metric][-1])
     assert res.rows(init_det="positive").size == len(res.columns["loss"])
     assert res.rows(target_rank=1).size == len(res.columns["loss"])
@@ -662,10 +812,16 @@ def test_empty_grid_is_refused():
         expand({}, [])
 
 
-@pytest.mark.parametrize("bad,match", [({"scale": -1.0}, "scale"), ({"lr": 0.0}, "lr"),
-                                       ({"metrics": ("loss", "entry:5,5")}, "entry"),
-                                       ({"thresholds": (1e-3, 1e-1)}, "thresholds"),
-                                       ({"init": "orthogonal"}, "init")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"scale": -1.0}, "scale"),
+        ({"lr": 0.0}, "lr"),
+        ({"metrics": ("loss", "entry:5,5")}, "entry"),
+        ({"thresholds": (1e-3, 1e-1)}, "thresholds"),
+        ({"init": "orthogonal"}, "init"),
+    ],
+)
 def test_a_bad_value_in_a_late_batch_is_refused_before_anything_runs(tmp_path, bad, match):
     grid = [{"depth": 2}, {"depth": 3, **bad}]  # the bad config is in the second batch
     with pytest.raises((ValueError, TypeError), match=match):
@@ -681,10 +837,24 @@ def test_an_unavailable_backend_is_refused_before_the_directory_is_claimed(tmp_p
 
 # ------------------------------------------------------------------------- model "cp"
 
-CP = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 4,
-      "target_rank": 1, "optimizer": "group_rmsprop", "lr": 1e-2, "tol": 1e-6, "patience": 1,
-      "check_every": 20, "max_steps": 400, "log": 20, "metrics": ("loss", "recon_error"),
-      "thresholds": (), "rank_restarts": 1, "baseline": True}
+CP = {
+    "model": "cp",
+    "problem": "random_cp_completion",
+    "order": 3,
+    "dim": 4,
+    "target_rank": 1,
+    "optimizer": "group_rmsprop",
+    "lr": 1e-2,
+    "tol": 1e-6,
+    "patience": 1,
+    "check_every": 20,
+    "max_steps": 400,
+    "log": 20,
+    "metrics": ("loss", "recon_error"),
+    "thresholds": (),
+    "rank_restarts": 1,
+    "baseline": True,
+}
 
 
 def test_cp_sweep_equals_direct_fits():
@@ -696,15 +866,26 @@ def test_cp_sweep_equals_direct_fits():
             T, orders = ir.problems.random_cp_tensor((4, 4, 4), 1, batch=3, seed=0)
             q = ir.tensor_completion(T, ir.problems.observe_first(orders, n_obs, (4, 4, 4)))
             c = ir.CPFactorization.init(q, scale=scale, seed=0)
-            t = c.fit(1e-2, 400, tol=1e-6, patience=1, check_every=20, log=ir.geometric(20),
-                      progress=False)
+            t = c.fit(
+                1e-2,
+                400,
+                tol=1e-6,
+                patience=1,
+                check_every=20,
+                log=ir.geometric(20),
+                progress=False,
+            )
             np.testing.assert_array_equal(res.columns["recon_error"][rows], t["recon_error"][-1])
             np.testing.assert_array_equal(res.columns["status"][rows], t.status)
-            np.testing.assert_array_equal(res.columns["tensor_rank"][rows],
-                                          ir.tensor_rank(c.tensor()))
+            np.testing.assert_array_equal(
+                res.columns["tensor_rank"][rows], ir.tensor_rank(c.tensor())
+            )
             mem = ir.baselines.memorizer(q).reshape(3, -1)
-            np.testing.assert_allclose(res.columns["memorizer_error"][rows],
-                                       np.linalg.norm(mem - T.reshape(3, -1), axis=1), rtol=1e-12)
+            np.testing.assert_allclose(
+                res.columns["memorizer_error"][rows],
+                np.linalg.norm(mem - T.reshape(3, -1), axis=1),
+                rtol=1e-12,
+            )
 
 
 def test_cp_config_mismatches_are_refused():
@@ -743,9 +924,16 @@ def test_cp_sweep_resumes_after_a_crash_exactly(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------- kill -9 and corrupt files
 
-_KILL_BASE = {"problem": "paper_2x2", "scale": 0.3, "scale_by": "factor", "lr": 1e-4,
-              "max_steps": 300_000, "log": "every:3000", "metrics": ("loss", "entry:0,0"),
-              "thresholds": (0.5,)}
+_KILL_BASE = {
+    "problem": "paper_2x2",
+    "scale": 0.3,
+    "scale_by": "factor",
+    "lr": 1e-4,
+    "max_steps": 300_000,
+    "log": "every:3000",
+    "metrics": ("loss", "entry:0,0"),
+    "thresholds": (0.5,),
+}
 _KILL_GRID = {"depth": [2, 3, 4]}
 _KILL_SCRIPT = """
 import sys
@@ -773,16 +961,20 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
     import time
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, repr(_KILL_BASE),
-                             repr(_KILL_GRID), str(out)], env=_package_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, repr(_KILL_BASE), repr(_KILL_GRID), str(out)],
+        env=_package_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     batches = out / "batches"
     deadline = time.monotonic() + 120
     try:
         # kill once batch 0 is written and batch 1 is part way (has checkpointed)
         while not ((batches / "000.npz").exists() and (batches / "001.ckpt.npz").exists()):
-            assert proc.poll() is None, ("the sweep ended before it could be killed: "
-                                         f"{proc.communicate()}")
+            assert proc.poll() is None, (
+                f"the sweep ended before it could be killed: {proc.communicate()}"
+            )
             assert time.monotonic() < deadline, "the sweep never reached batch 1"
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
@@ -796,8 +988,15 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
 
     ref = sweep(_KILL_BASE, _KILL_GRID, seeds=64, progress=False)
     steps = []
-    res = sweep(_KILL_BASE, _KILL_GRID, seeds=64, progress=steps.append, out=out,
-                resume=True, checkpoint_every=0)
+    res = sweep(
+        _KILL_BASE,
+        _KILL_GRID,
+        seeds=64,
+        progress=steps.append,
+        out=out,
+        resume=True,
+        checkpoint_every=0,
+    )
     # batch 0 was read back, batch 1 went on from its checkpoint, batch 2 ran whole
     assert 0 < ckpt_rows < ref.trajectories[1].steps.size
     _assert_sweeps_equal(res, ref, out)
@@ -845,16 +1044,27 @@ def test_close_thresholds_get_columns_of_their_own_that_read_back():
     """Threshold columns are named by the shortest label that reads back as the threshold:
     0.1 and 0.099999999 do not share (and overwrite) one column."""
     t = (0.1, 0.099999999, 0.01)
-    res = ir.sweep({"problem": "paper_2x2", "max_steps": 20, "thresholds": t,
-                    "metrics": ("loss",)}, seeds=1, progress=False)
+    res = ir.sweep(
+        {"problem": "paper_2x2", "max_steps": 20, "thresholds": t, "metrics": ("loss",)},
+        seeds=1,
+        progress=False,
+    )
     labels = [c.split("@")[1] for c in res.columns if c.startswith("step@")]
     assert labels == ["1e-1", "9.9999999e-2", "1e-2"]
     assert [float(x) for x in labels] == list(t)
 
 
-@pytest.mark.parametrize("bad", [{"progress": "yes"}, {"checkpoint_every": -1},
-                                 {"resume": "yes"}, {"name": 3}, {"seeds": 0},
-                                 {"executor": "threads"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"progress": "yes"},
+        {"checkpoint_every": -1},
+        {"resume": "yes"},
+        {"name": 3},
+        {"seeds": 0},
+        {"executor": "threads"},
+    ],
+)
 def test_bad_arguments_are_refused_before_the_directory_is_claimed(tmp_path, bad):
     base = {"problem": "paper_2x2", "max_steps": 5}
     out = tmp_path / "run"
@@ -866,9 +1076,11 @@ def test_bad_arguments_are_refused_before_the_directory_is_claimed(tmp_path, bad
     assert (out / "manifest.json").exists()
 
 
-_LONG_SWEEP = ("import implicitreg as ir, sys; ir.sweep({'problem': 'paper_2x2', 'max_steps': "
-               "1000000, 'tol': None, 'log': 'every:500000'}, seeds=256, progress=False, "
-               "out=sys.argv[1], checkpoint_every=0)")
+_LONG_SWEEP = (
+    "import implicitreg as ir, sys; ir.sweep({'problem': 'paper_2x2', 'max_steps': "
+    "1000000, 'tol': None, 'log': 'every:500000'}, seeds=256, progress=False, "
+    "out=sys.argv[1], checkpoint_every=0)"
+)
 
 
 def test_a_second_process_on_a_results_directory_is_refused_naming_the_first(tmp_path):
@@ -879,19 +1091,30 @@ def test_a_second_process_on_a_results_directory_is_refused_naming_the_first(tmp
         while not (out / ".lock").exists():
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        with pytest.raises(ValueError, match=f"^out: {out} is being written by process "
-                                             f"{first.pid} on "):
-            ir.sweep({"problem": "paper_2x2", "max_steps": 1000000, "tol": None,
-                      "log": "every:500000"}, seeds=256, progress=False, out=out,
-                     resume=True, checkpoint_every=0)
+        with pytest.raises(
+            ValueError, match=f"^out: {out} is being written by process {first.pid} on "
+        ):
+            ir.sweep(
+                {"problem": "paper_2x2", "max_steps": 1000000, "tol": None, "log": "every:500000"},
+                seeds=256,
+                progress=False,
+                out=out,
+                resume=True,
+                checkpoint_every=0,
+            )
     finally:
         first.kill()
         first.wait()
     # killed: its lock is stale, and the resumed sweep takes it over and finishes
     assert (out / ".lock").exists()
-    res = ir.sweep({"problem": "paper_2x2", "max_steps": 1000000, "tol": None,
-                    "log": "every:500000"}, seeds=256, progress=False, out=out, resume=True,
-                   checkpoint_every=0)
+    res = ir.sweep(
+        {"problem": "paper_2x2", "max_steps": 1000000, "tol": None, "log": "every:500000"},
+        seeds=256,
+        progress=False,
+        out=out,
+        resume=True,
+        checkpoint_every=0,
+    )
     assert len(res.columns["seed"]) == 256 and not (out / ".lock").exists()
 
 
@@ -916,15 +1139,21 @@ def test_one_default_per_setting_in_every_layer():
     assert run.scale_by == DEFAULTS["scale_by"]
 
 
-@pytest.mark.parametrize("config,unused", [
-    ({"problem": "paper_2x2", "b12": 5.0}, "'b12'"),
-    ({"problem": "paper_2x2", "n_obs": 30, "m": 4}, "'m', 'n_obs'"),
-    ({"model": "cp", "problem": "random_cp_completion", "depth": 3}, "'depth'"),
-    ({"problem": "perturbed_2x2", "patience": 2}, "'patience'"),
-])
+@pytest.mark.parametrize(
+    "config,unused",
+    [
+        ({"problem": "paper_2x2", "b12": 5.0}, "'b12'"),
+        ({"problem": "paper_2x2", "n_obs": 30, "m": 4}, "'m', 'n_obs'"),
+        ({"model": "cp", "problem": "random_cp_completion", "depth": 3}, "'depth'"),
+        ({"problem": "perturbed_2x2", "patience": 2}, "'patience'"),
+    ],
+)
 def test_a_key_the_problem_and_model_do_not_read_is_refused_by_name(config, unused):
-    with pytest.raises(ValueError, match=f"^config: {unused} not read by problem "
-                                         f"'{config['problem']}' with model .*, which read: "):
+    with pytest.raises(
+        ValueError,
+        match=f"^config: {unused} not read by problem "
+        f"'{config['problem']}' with model .*, which read: ",
+    ):
         expand(config)
     key = unused.split(", ")[0].strip("'")
     with pytest.raises(ValueError, match=f"^config: .*'{key}'.* not read"):  # a grid axis too
@@ -935,8 +1164,11 @@ def test_results_record_only_the_keys_read():
     dmf = sweep({"problem": "paper_2x2", "max_steps": 5}, seeds=1, progress=False)
     for key in ("b12", "b21", "m", "n", "target_rank", "n_obs", "components", "optimizer"):
         assert key not in dmf.columns
-    cp = sweep({"model": "cp", "problem": "random_cp_completion", "dim": 3, "n_obs": 10,
-                "max_steps": 5}, seeds=1, progress=False)
+    cp = sweep(
+        {"model": "cp", "problem": "random_cp_completion", "dim": 3, "n_obs": 10, "max_steps": 5},
+        seeds=1,
+        progress=False,
+    )
     for key in ("depth", "init", "widths", "scale_by", "init_det", "b12", "m"):
         assert key not in cp.columns
     assert {"order", "dim", "n_obs", "target_rank", "optimizer", "components"} <= set(cp.columns)

@@ -31,13 +31,35 @@ if os.environ.get("IMPLICITREG_EXPECT_RAY", "") in ("", "0"):
 else:
     import ray
 
-FAST = {"problem": "paper_2x2", "depth": 2, "scale": 0.3, "scale_by": "factor",
-        "lr": 0.05, "max_steps": 200, "log": "every:20", "thresholds": (0.5, 0.1),
-        "metrics": ("loss", "entry:0,0", "det")}
-CP = {"model": "cp", "problem": "random_cp_completion", "order": 3, "dim": 4,
-      "target_rank": 1, "optimizer": "group_rmsprop", "lr": 1e-2, "tol": 1e-6, "patience": 1,
-      "check_every": 20, "max_steps": 200, "log": 20, "metrics": ("loss", "recon_error"),
-      "thresholds": (), "rank_restarts": 1, "baseline": True}
+FAST = {
+    "problem": "paper_2x2",
+    "depth": 2,
+    "scale": 0.3,
+    "scale_by": "factor",
+    "lr": 0.05,
+    "max_steps": 200,
+    "log": "every:20",
+    "thresholds": (0.5, 0.1),
+    "metrics": ("loss", "entry:0,0", "det"),
+}
+CP = {
+    "model": "cp",
+    "problem": "random_cp_completion",
+    "order": 3,
+    "dim": 4,
+    "target_rank": 1,
+    "optimizer": "group_rmsprop",
+    "lr": 1e-2,
+    "tol": 1e-6,
+    "patience": 1,
+    "check_every": 20,
+    "max_steps": 200,
+    "log": 20,
+    "metrics": ("loss", "recon_error"),
+    "thresholds": (),
+    "rank_restarts": 1,
+    "baseline": True,
+}
 
 
 def _package_env() -> dict:
@@ -79,32 +101,44 @@ def _assert_same(a, b):
     assert json.loads(json.dumps(a.configs)) == json.loads(json.dumps(b.configs))
 
 
-@pytest.mark.parametrize("base,grid", [
-    (FAST, {"depth": [2, 3, 4], "lr": [0.05, 0.02], "init_det": [None, "positive"]}),
-    ({**FAST, "problem": "random_low_rank_completion", "m": 5, "n": 4, "target_rank": 1,
-      "metrics": ("loss", "recon_error", "svals"), "tol": 1e-3}, {"depth": [1, 2], "n_obs":
-                                                                   [10, 14]}),
-    (CP, {"n_obs": [20, 27], "dim": [3, 4]}),
-], ids=["paper_2x2", "random_completion", "cp"])
+@pytest.mark.parametrize(
+    "base,grid",
+    [
+        (FAST, {"depth": [2, 3, 4], "lr": [0.05, 0.02], "init_det": [None, "positive"]}),
+        (
+            {
+                **FAST,
+                "problem": "random_low_rank_completion",
+                "m": 5,
+                "n": 4,
+                "target_rank": 1,
+                "metrics": ("loss", "recon_error", "svals"),
+                "tol": 1e-3,
+            },
+            {"depth": [1, 2], "n_obs": [10, 14]},
+        ),
+        (CP, {"n_obs": [20, 27], "dim": [3, 4]}),
+    ],
+    ids=["paper_2x2", "random_completion", "cp"],
+)
 def test_ray_equals_local_bit_for_bit(tmp_path, base, grid):
     local = sweep(base, grid, seeds=3, progress=False, out=tmp_path / "local")
     steps = []
-    remote = sweep(base, grid, seeds=3, progress=steps.append, out=tmp_path / "ray",
-                   executor="ray")
+    remote = sweep(base, grid, seeds=3, progress=steps.append, out=tmp_path / "ray", executor="ray")
     assert len(remote.trajectories) >= 2
     _assert_same(remote, local)
     _assert_same(load_sweep(tmp_path / "ray"), local)
     assert remote.meta["executor"] == "ray"
     assert sum(steps) == sum(base["max_steps"] for _ in remote.trajectories)
     assert sorted(os.listdir(tmp_path / "ray" / "batches")) == sorted(
-        os.listdir(tmp_path / "local" / "batches"))
+        os.listdir(tmp_path / "local" / "batches")
+    )
 
 
 def test_batches_are_written_as_they_arrive(tmp_path):
     """A short batch that finishes first is on disk while a long one still runs."""
     out = tmp_path / "run"
-    grid = [{"depth": 2, "max_steps": 2_000_000, "lr": 1e-4, "log": "every:200000"},
-            {"depth": 3}]
+    grid = [{"depth": 2, "max_steps": 2_000_000, "lr": 1e-4, "log": "every:200000"}, {"depth": 3}]
     seen = []
 
     def progress(n):
@@ -150,8 +184,15 @@ def test_a_batch_whose_worker_is_killed_is_rerun(tmp_path):
     killer = threading.Thread(target=_kill_a_running_batch, args=(killed, stop))
     killer.start()
     try:
-        res = sweep(base, grid, seeds=64, progress=False, out=tmp_path / "run",
-                    executor="ray", max_retries=2)
+        res = sweep(
+            base,
+            grid,
+            seeds=64,
+            progress=False,
+            out=tmp_path / "run",
+            executor="ray",
+            max_retries=2,
+        )
     finally:
         stop.set()
         killer.join()
@@ -205,7 +246,8 @@ def test_cli_reproduce_with_ray_equals_local(tmp_path, capsys):
     assert remote.split("\n")[:-4] == local.split("\n")[:-4]  # all but the timings
     _assert_same(load_sweep(tmp_path / "ray"), load_sweep(tmp_path / "local"))
     assert (tmp_path / "ray" / "report.txt").read_text().split("\n")[:-4] == (
-        tmp_path / "local" / "report.txt").read_text().split("\n")[:-4]
+        tmp_path / "local" / "report.txt"
+    ).read_text().split("\n")[:-4]
 
 
 def _free_port() -> int:
@@ -234,17 +276,43 @@ def test_cli_run_on_a_cluster_started_by_ray_start(tmp_path):
     port, env = _free_port(), _package_env()
     # a short path of its own: Ray's sockets live there, and a socket path has ~100 bytes
     temp_dir = tempfile.mkdtemp(prefix="ir-ray-")
-    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
-                            f"--temp-dir={temp_dir}", "--include-dashboard=false",
-                            "--disable-usage-stats"],
-                           env=env, capture_output=True, text=True, timeout=120)
+    start = subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=1",
+            f"--temp-dir={temp_dir}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     args = ["run", "--depths", "2", "3", "--seeds", "4", "--max-steps", "2000", "--quiet"]
     try:
         assert start.returncode == 0, start.stderr
-        r = subprocess.run([sys.executable, "-m", "implicitreg", *args, "--out",
-                            str(tmp_path / "cluster"), "--executor", "ray", "--address",
-                            f"127.0.0.1:{port}"], env=env, capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "implicitreg",
+                *args,
+                "--out",
+                str(tmp_path / "cluster"),
+                "--executor",
+                "ray",
+                "--address",
+                f"127.0.0.1:{port}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
     finally:
         _stop_processes_of(temp_dir)
@@ -257,9 +325,26 @@ def test_cli_run_on_a_cluster_started_by_ray_start(tmp_path):
 def test_cli_unreachable_address_is_a_quick_clear_error():
     """In a process of its own: this one is connected to the module's cluster already."""
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "implicitreg", "run", "--depths", "2", "--seeds",
-                        "2", "--quiet", "--executor", "ray", "--address",
-                        f"127.0.0.1:{_free_port()}"], env=_package_env(), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "implicitreg",
+            "run",
+            "--depths",
+            "2",
+            "--seeds",
+            "2",
+            "--quiet",
+            "--executor",
+            "ray",
+            "--address",
+            f"127.0.0.1:{_free_port()}",
+        ],
+        env=_package_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and time.monotonic() - t0 < 60
     assert "no Ray cluster answers" in r.stderr

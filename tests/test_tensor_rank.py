@@ -52,7 +52,8 @@ def test_zero_and_tiny_tensors_are_rank_0():
     X[4] = np.outer(np.arange(1, 4), np.ones(8)).reshape(3, 4, 2)
     for backend in ("cpu", "numpy"):
         np.testing.assert_array_equal(
-            ir.tensor_rank(X, backend=backend, criterion="absolute"), [0, 0, 0, 1, 1])
+            ir.tensor_rank(X, backend=backend, criterion="absolute"), [0, 0, 0, 1, 1]
+        )
         # relative: scale-free, only the zero tensor is rank 0
         np.testing.assert_array_equal(ir.tensor_rank(X, backend=backend), [0, 1, 1, 2, 1])
 
@@ -147,7 +148,7 @@ def test_cp_als_mse_matches_reference(kind, dims, r, seed, index, restart, max_i
     X = _case_tensor(kind, dims)
     a = _core.cp_als_mse(X, list(dims), r, 1e-30, max_iter, seed, index, restart)
     b = reference.cp_als_mse(X, list(dims), r, 1e-30, max_iter, seed, index, restart)
-    assert b > 1e-6 * (X ** 2).mean()  # a real fit error, not round-off
+    assert b > 1e-6 * (X**2).mean()  # a real fit error, not round-off
     # one sweep from the same start: to rounding (this checks als_start against the core's
     # generator); more sweeps: to 1e-8
     assert abs(a - b) <= (1e-10 if max_iter == 1 else 1e-8) * b
@@ -182,8 +183,6 @@ def test_als_start_is_keyed_standard_normal():
 # --------------------------------------------------------------------------- paper tensors
 
 
-
-
 def test_paper_targets_and_memorizer(anchor):
     """PAPER.md §7.1 item 9: the shipped targets are estimated as rank 1 and 3; the memorizer
     at n = 511 (order 3, rank-1 file; missing entry 0.0748, 0.0748^2 / 512 = 1.1e-5 > tol)
@@ -199,10 +198,11 @@ def test_paper_targets_and_memorizer(anchor):
     M = memorizer(ir.tensor_completion(T[0], observe_first(order[None], 511, T[0].shape)))
     missing = T[0].ravel()[order[511]]
     assert abs(missing) == pytest.approx(0.0748, abs=1e-4)
-    assert missing ** 2 / 512 > 1e-6
+    assert missing**2 / 512 > 1e-6
     assert ir.tensor_rank(M, **paper)[0] == 2
-    np.testing.assert_array_equal(ir.tensor_rank(np.repeat(M, 3, 0), restarts=3, **paper),
-                                  [2, 2, 2])
+    np.testing.assert_array_equal(
+        ir.tensor_rank(np.repeat(M, 3, 0), restarts=3, **paper), [2, 2, 2]
+    )
     order4 = anchor["tensor_rank_1_fro_1_order_4_dim_8_order"]
     M4 = memorizer(ir.tensor_completion(T4, observe_first(order4[None], 4095, T4.shape)))
     assert T4.ravel()[order4[4095]] ** 2 / 4096 < 1e-6
@@ -212,35 +212,43 @@ def test_paper_targets_and_memorizer(anchor):
 # --------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("T,kw,exc,name", [
-    (np.zeros((2, 3)), {}, ValueError, "T"),          # a single matrix: no batch axis
-    (np.zeros(4), {}, ValueError, "T"),
-    (np.zeros((1,) + (2,) * 7), {}, ValueError, "T"),  # order 7
-    (np.zeros((1, 0, 2)), {"order": 2}, ValueError, "T"),
-    ("tensor", {}, TypeError, "T"),
-    (np.zeros((1, 2, 2), dtype=complex), {"order": 2}, TypeError, "T"),
-    (np.zeros((1, 2, 2), dtype=bool), {"order": 2}, TypeError, "T"),
-    (np.ones((1, 2, 2)), {"order": 2, "tol": 0.0}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"order": 2, "tol": -1e-6}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"order": 2, "tol": np.nan}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"order": 2, "tol": np.inf}, ValueError, "tol"),
-    (np.ones((1, 2, 2)), {"order": 2, "tol": "1e-6"}, TypeError, "tol"),
-    (np.ones((1, 2, 2)), {"order": 2, "tol": [1e-6]}, ValueError, "tol"),
-    (np.ones((3, 3, 3)), {}, ValueError, r"T: shape \(3, 3, 3\) is one order-3 tensor or a "
-     "batch of 3 matrices"),
-    (np.ones((2, 2)), {"order": 3}, ValueError, "T"),
-    (np.ones((2, 2)), {"order": 7}, ValueError, "order"),
-    (np.ones((2, 2)), {"criterion": "paper"}, ValueError, "criterion"),
-    (np.ones((1, 2, 2)), {"order": 2, "restarts": 0}, ValueError, "restarts"),
-    (np.ones((1, 2, 2)), {"order": 2, "restarts": "3"}, TypeError, "restarts"),
-    (np.ones((1, 2, 2)), {"order": 2, "restarts": 1.5}, TypeError, "restarts"),
-    (np.ones((1, 2, 2)), {"order": 2, "max_iter": 0}, ValueError, "max_iter"),
-    (np.ones((1, 2, 2)), {"order": 2, "max_iter": "10"}, TypeError, "max_iter"),
-    (np.ones((1, 2, 2)), {"order": 2, "max_rank": 0}, ValueError, "max_rank"),
-    (np.ones((1, 2, 2)), {"order": 2, "seed": -1}, ValueError, "seed"),
-    (np.ones((1, 2, 2)), {"order": 2, "seed": "0"}, TypeError, "seed"),
-    (np.ones((1, 2, 2)), {"order": 2, "backend": "gpu"}, ValueError, "backend"),
-])
+@pytest.mark.parametrize(
+    "T,kw,exc,name",
+    [
+        (np.zeros((2, 3)), {}, ValueError, "T"),  # a single matrix: no batch axis
+        (np.zeros(4), {}, ValueError, "T"),
+        (np.zeros((1,) + (2,) * 7), {}, ValueError, "T"),  # order 7
+        (np.zeros((1, 0, 2)), {"order": 2}, ValueError, "T"),
+        ("tensor", {}, TypeError, "T"),
+        (np.zeros((1, 2, 2), dtype=complex), {"order": 2}, TypeError, "T"),
+        (np.zeros((1, 2, 2), dtype=bool), {"order": 2}, TypeError, "T"),
+        (np.ones((1, 2, 2)), {"order": 2, "tol": 0.0}, ValueError, "tol"),
+        (np.ones((1, 2, 2)), {"order": 2, "tol": -1e-6}, ValueError, "tol"),
+        (np.ones((1, 2, 2)), {"order": 2, "tol": np.nan}, ValueError, "tol"),
+        (np.ones((1, 2, 2)), {"order": 2, "tol": np.inf}, ValueError, "tol"),
+        (np.ones((1, 2, 2)), {"order": 2, "tol": "1e-6"}, TypeError, "tol"),
+        (np.ones((1, 2, 2)), {"order": 2, "tol": [1e-6]}, ValueError, "tol"),
+        (
+            np.ones((3, 3, 3)),
+            {},
+            ValueError,
+            r"T: shape \(3, 3, 3\) is one order-3 tensor or a "
+            "batch of 3 matrices",
+        ),
+        (np.ones((2, 2)), {"order": 3}, ValueError, "T"),
+        (np.ones((2, 2)), {"order": 7}, ValueError, "order"),
+        (np.ones((2, 2)), {"criterion": "paper"}, ValueError, "criterion"),
+        (np.ones((1, 2, 2)), {"order": 2, "restarts": 0}, ValueError, "restarts"),
+        (np.ones((1, 2, 2)), {"order": 2, "restarts": "3"}, TypeError, "restarts"),
+        (np.ones((1, 2, 2)), {"order": 2, "restarts": 1.5}, TypeError, "restarts"),
+        (np.ones((1, 2, 2)), {"order": 2, "max_iter": 0}, ValueError, "max_iter"),
+        (np.ones((1, 2, 2)), {"order": 2, "max_iter": "10"}, TypeError, "max_iter"),
+        (np.ones((1, 2, 2)), {"order": 2, "max_rank": 0}, ValueError, "max_rank"),
+        (np.ones((1, 2, 2)), {"order": 2, "seed": -1}, ValueError, "seed"),
+        (np.ones((1, 2, 2)), {"order": 2, "seed": "0"}, TypeError, "seed"),
+        (np.ones((1, 2, 2)), {"order": 2, "backend": "gpu"}, ValueError, "backend"),
+    ],
+)
 def test_bad_input(T, kw, exc, name):
     with pytest.raises(exc, match=f"^{name}"):
         ir.tensor_rank(T, **kw)
@@ -278,8 +286,9 @@ def test_one_tensor_or_a_batch_by_order():
     batch = ir.tensor_rank(T)
     assert batch.shape == (4,) and batch.tolist() == [2, 2, 2, 2]
     assert ir.tensor_rank(T[0], order=3).shape == () and int(ir.tensor_rank(T[0], order=3)) == 2
-    np.testing.assert_array_equal(ir.tensor_rank(T.reshape(2, 2, 3, 3, 3), order=3),
-                                  batch.reshape(2, 2))
+    np.testing.assert_array_equal(
+        ir.tensor_rank(T.reshape(2, 2, 3, 3, 3), order=3), batch.reshape(2, 2)
+    )
     np.testing.assert_array_equal(ir.tensor_rank(T, order=3), batch)
 
 
@@ -298,7 +307,7 @@ def test_default_finds_exact_ranks_orders_3_and_4():
     wrong_single, total = 0, 0
     for dims, r in (((4, 4, 4), 4), ((3, 4, 5), 3), ((2, 3, 4, 5), 4), ((4, 4, 4, 4), 2)):
         fs = [rng.standard_normal((16, d, r)) for d in dims]
-        spec = ",".join(f"b{c}z" for c in "ijkl"[:len(dims)]) + "->b" + "ijkl"[:len(dims)]
+        spec = ",".join(f"b{c}z" for c in "ijkl"[: len(dims)]) + "->b" + "ijkl"[: len(dims)]
         T = np.einsum(spec, *fs)
         T /= np.sqrt((T**2).sum(axis=tuple(range(1, T.ndim)), keepdims=True))
         np.testing.assert_array_equal(ir.tensor_rank(T), r)

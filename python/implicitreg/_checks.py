@@ -18,9 +18,11 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def real_array(x, name: str) -> np.ndarray:
     """x as a NumPy array of real numbers (bool and complex refused)."""
     if hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(f"{name}: expected a host (NumPy) array, got a device array "
-                        f"({type(x).__name__}); device arrays are taken by the cuda backend's "
-                        "models and metrics, or pass x.get()")
+        raise TypeError(
+            f"{name}: expected a host (NumPy) array, got a device array "
+            f"({type(x).__name__}); device arrays are taken by the cuda backend's "
+            "models and metrics, or pass x.get()"
+        )
     a = np.asarray(x)
     if a.dtype == np.bool_ or a.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
@@ -29,8 +31,10 @@ def real_array(x, name: str) -> np.ndarray:
 
 def finite(a: np.ndarray, name: str) -> None:
     if a.size and not np.isfinite(a).all():
-        raise ValueError(f"{name}: expected finite values, got {int((~np.isfinite(a)).sum())} "
-                         "NaN or infinite entries")
+        raise ValueError(
+            f"{name}: expected finite values, got {int((~np.isfinite(a)).sum())} "
+            "NaN or infinite entries"
+        )
 
 
 def ndim_in(a: np.ndarray, name: str, ndims: tuple[int, ...], what: str) -> None:
@@ -87,8 +91,10 @@ def batch_size(sizes: dict[str, int], batch: int | None) -> int:
     for name, s in sizes.items():
         if s not in (1, target):
             got = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-            raise ValueError(f"{name}: batch size {s} does not match the batch of {target} "
-                             f"(expected 1 or {target}; got {got})")
+            raise ValueError(
+                f"{name}: batch size {s} does not match the batch of {target} "
+                f"(expected 1 or {target}; got {got})"
+            )
     return target
 
 
@@ -113,8 +119,9 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / 2**30:.3g}" if nbytes < 2**1000 else f"2^{nbytes.bit_length() - 30}"
 
 
-def batch_memory(per_problem: int, batch: int, name: str, what: str, fixed: int = 0,
-                 device: bool = False) -> None:
+def batch_memory(
+    per_problem: int, batch: int, name: str, what: str, fixed: int = 0, device: bool = False
+) -> None:
     """Refuse, before anything is allocated, a batch whose arrays (about per_problem bytes per
     problem, plus `fixed`) would not fit in the memory available, and with device=True in the
     device's free memory too, naming the largest batch that would. Overcommitting kernels let
@@ -132,6 +139,8 @@ def batch_memory(per_problem: int, batch: int, name: str, what: str, fixed: int 
         if have is None or need <= have:
             continue
         fits = max(0, (have - fixed) // max(1, per_problem))
-        raise ValueError(f"{name}: {what} of {batch} problems needs about "
-                         f"{_gib(need)} GiB, more than the {_gib(have)} GiB "
-                         f"{where}; the largest batch that fits is {fits} problems")
+        raise ValueError(
+            f"{name}: {what} of {batch} problems needs about "
+            f"{_gib(need)} GiB, more than the {_gib(have)} GiB "
+            f"{where}; the largest batch that fits is {fits} problems"
+        )

@@ -12,6 +12,20 @@ SVD_INFO_NAMES = tuple(sorted(SVD_INFO, key=SVD_INFO.__getitem__))
 SVD_OK, SVD_NON_FINITE = SVD_INFO["ok"], SVD_INFO["non_finite"]
 GD, GROUP_RMSPROP, ADAM = OPTIMIZERS["gd"], OPTIMIZERS["group_rmsprop"], OPTIMIZERS["adam"]
 
-__all__ = ["ADAM", "CONVERGED", "DIVERGED", "GD", "GROUP_RMSPROP", "LIMITS", "METRIC_KINDS",
-           "OPTIMIZERS", "RUNNING", "STATUS", "STATUS_NAMES", "SVD_INFO", "SVD_INFO_NAMES",
-           "SVD_NON_FINITE", "SVD_OK"]
+__all__ = [
+    "ADAM",
+    "CONVERGED",
+    "DIVERGED",
+    "GD",
+    "GROUP_RMSPROP",
+    "LIMITS",
+    "METRIC_KINDS",
+    "OPTIMIZERS",
+    "RUNNING",
+    "STATUS",
+    "STATUS_NAMES",
+    "SVD_INFO",
+    "SVD_INFO_NAMES",
+    "SVD_NON_FINITE",
+    "SVD_OK",
+]

@@ -17,8 +17,7 @@ def save_npz(path, fmt: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
     tmp = f"{path}.tmp-{os.getpid()}.npz"
     try:
         # numpy's stub lets a **dict reach savez's allow_pickle flag; these are all arrays
-        np.savez(tmp, meta=np.array(json.dumps({"format": fmt, **meta})),
-                 **arrays)  # type: ignore[arg-type]
+        np.savez(tmp, meta=np.array(json.dumps({"format": fmt, **meta})), **arrays)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -14,8 +14,10 @@ def memorizer(problem) -> np.ndarray:
     """The "linear" baseline: observed entries copied, all others 0
     (B, d_1, ..., d_N) — what gradient descent on the tensor itself from zero converges to."""
     if not isinstance(problem, TensorCompletion):
-        raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
-                        f"{type(problem).__name__}")
+        raise TypeError(
+            f"problem: expected implicitreg.tensor_completion(...), got {type(problem).__name__}"
+        )
     shape = (problem.batch,) + problem.dims
-    return np.where(np.broadcast_to(problem.masks, shape),
-                    np.broadcast_to(problem.targets, shape), 0.0)
+    return np.where(
+        np.broadcast_to(problem.masks, shape), np.broadcast_to(problem.targets, shape), 0.0
+    )

@@ -48,8 +48,9 @@ def layer_dims(shape: tuple[int, int], depth, widths) -> list[int]:
     else:
         widths = list(widths)
     if len(widths) != depth - 1:
-        raise ValueError(f"widths: expected {depth - 1} hidden widths for depth {depth}, "
-                         f"got {len(widths)}")
+        raise ValueError(
+            f"widths: expected {depth - 1} hidden widths for depth {depth}, got {len(widths)}"
+        )
     widths = [integer(w, "widths", minimum=1) for w in widths]
     return [n, *widths, m]
 
@@ -92,8 +93,17 @@ def _draw(g: np.random.Generator, init: str, s: float, dims: list[int]) -> list[
     return out
 
 
-def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init="normal",
-                 scale=1e-3, scale_by="product", det=None, seed=0) -> list[np.ndarray]:
+def init_factors(
+    shape: tuple[int, int],
+    batch: int,
+    depth=3,
+    widths=None,
+    init="normal",
+    scale=1e-3,
+    scale_by="product",
+    det=None,
+    seed=0,
+) -> list[np.ndarray]:
     """Starting factors [W_1, ..., W_N], each (batch, d_j, d_{j-1}) float64."""
     batch = integer(batch, "batch", minimum=0)
     dims = layer_dims(shape, depth, widths)
@@ -107,11 +117,15 @@ def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init=
     if det is not None and m != n:
         raise ValueError(f"det: a determinant needs a square problem, got shape ({m}, {n})")
     if det is not None and min(dims) < n:
-        raise ValueError(f"widths: det={det!r} needs every hidden width >= {n}, since a "
-                         f"narrower layer makes det(E) = 0; got widths {dims[1:-1]}")
+        raise ValueError(
+            f"widths: det={det!r} needs every hidden width >= {n}, since a "
+            f"narrower layer makes det(E) = 0; got widths {dims[1:-1]}"
+        )
     if init == "balanced" and min(dims[1:-1], default=min(m, n)) < min(m, n):
-        raise ValueError(f"widths: balanced init needs every hidden width >= min(m, n) = "
-                         f"{min(m, n)}, got {dims[1:-1]}")
+        raise ValueError(
+            f"widths: balanced init needs every hidden width >= min(m, n) = "
+            f"{min(m, n)}, got {dims[1:-1]}"
+        )
     s = per_factor_std(init, scale, scale_by, dims)
     factors = [np.empty((batch, dims[j], dims[j - 1])) for j in range(1, N + 1)]
 
@@ -135,5 +149,7 @@ def init_factors(shape: tuple[int, int], batch: int, depth=3, widths=None, init=
         todo = todo[bad]
         if todo.size == 0:
             return factors
-    raise RuntimeError(f"init: could not draw det {det} for {todo.size} problems in "
-                       f"{_MAX_REDRAWS} attempts (is the scale so small that det underflows?)")
+    raise RuntimeError(
+        f"init: could not draw det {det} for {todo.size} problems in "
+        f"{_MAX_REDRAWS} attempts (is the scale so small that det underflows?)"
+    )

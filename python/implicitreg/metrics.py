@@ -25,16 +25,38 @@ from ._backend import array_module, is_device, to_host
 from ._checks import choice, integer, real_array
 from ._codes import LIMITS, METRIC_KINDS, SVD_INFO_NAMES
 
-__all__ = ["balancedness", "dist_to_rank", "effective_rank", "frobenius", "nuclear", "rank",
-           "schatten", "spectral", "svdvals"]
+__all__ = [
+    "balancedness",
+    "dist_to_rank",
+    "effective_rank",
+    "frobenius",
+    "nuclear",
+    "rank",
+    "schatten",
+    "spectral",
+    "svdvals",
+]
 
 MAX_SWEEPS = LIMITS["max_sweeps"]  # Jacobi sweeps before a matrix is reported not_converged
 
 # fit() metric names -> kernel kinds; "entry:i,j", "schatten:p" and "dist_rank:r" take a
 # parameter after the colon.
 KINDS = METRIC_KINDS
-NAMES = ("loss", "entry:i,j", "det", "svals", "fro", "nuc", "spectral", "schatten:p", "erank",
-         "rank", "dist_rank:r", "balancedness", "recon_error")
+NAMES = (
+    "loss",
+    "entry:i,j",
+    "det",
+    "svals",
+    "fro",
+    "nuc",
+    "spectral",
+    "schatten:p",
+    "erank",
+    "rank",
+    "dist_rank:r",
+    "balancedness",
+    "recon_error",
+)
 _PARAM = re.compile(r"^(entry|schatten|dist_rank):(.+)$")
 
 
@@ -62,8 +84,10 @@ def _backend(backend: str | None, x=None) -> str:
         return "cuda" if is_device(x) else "cpu"
     backend = choice(backend, "backend", ("cpu", "numpy", "cuda"))
     if is_device(x) and backend != "cuda":
-        raise TypeError(f"backend: a device array ({type(x).__name__}) runs on backend 'cuda', "
-                        f"got backend={backend!r}; pass the array's .get() for another backend")
+        raise TypeError(
+            f"backend: a device array ({type(x).__name__}) runs on backend 'cuda', "
+            f"got backend={backend!r}; pass the array's .get() for another backend"
+        )
     return backend
 
 
@@ -89,8 +113,7 @@ def _matrices(X, name: str = "X"):
     return a
 
 
-def svdvals(X, backend: str | None = None, return_info: bool = False,
-            max_sweeps: int = MAX_SWEEPS):
+def svdvals(X, backend: str | None = None, return_info: bool = False, max_sweeps: int = MAX_SWEEPS):
     """Singular values of X (..., m, n), shape (..., min(m, n)), descending, in X's float
     dtype (integers become float64).
 
@@ -114,8 +137,12 @@ def svdvals(X, backend: str | None = None, return_info: bool = False,
         return s, np.asarray(SVD_INFO_NAMES, dtype=str)[to_host(info)].reshape(lead)
     bad = int((info == 1).sum())
     if bad:
-        warnings.warn(f"svdvals: {bad} matrices did not converge within {max_sweeps} Jacobi "
-                      "sweeps; their values are the last iterates", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"svdvals: {bad} matrices did not converge within {max_sweeps} Jacobi "
+            "sweeps; their values are the last iterates",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return s
 
 
@@ -132,13 +159,16 @@ def _svals(X, svals, backend: str | None):
         raise ValueError(f"svals: expected shape (..., k), got shape {s.shape}")
     with np.errstate(invalid="ignore"):
         if bool((s < 0).any()) or bool((s[..., 1:] > s[..., :-1]).any()):
-            raise ValueError("svals: expected non-negative singular values in descending order "
-                             "along the last axis")
+            raise ValueError(
+                "svals: expected non-negative singular values in descending order "
+                "along the last axis"
+            )
     return s, None, backend
 
 
-def _compute(s: np.ndarray, name: str, param: float = 0.0, rtol: float = 0.0,
-             backend: str = "cpu") -> np.ndarray:
+def _compute(
+    s: np.ndarray, name: str, param: float = 0.0, rtol: float = 0.0, backend: str = "cpu"
+) -> np.ndarray:
     lead, k = s.shape[:-1], s.shape[-1]
     kinds = np.array([KINDS[name]], dtype=np.int32)
     params = np.array([[param, rtol]], dtype=np.float64)
@@ -221,19 +251,24 @@ def balancedness(factors, backend: str | None = None) -> np.ndarray:
     """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F of factors [W_1, ..., W_N], each
     (B, d_j, d_{j-1}); float64 (B,). Zero for balanced factors (and at depth 1)."""
     if not isinstance(factors, (list, tuple)) or len(factors) == 0:
-        raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
-                        f"got {type(factors).__name__}")
+        raise TypeError(
+            f"factors: expected a non-empty list [W_1, ..., W_N], got {type(factors).__name__}"
+        )
     backend = _backend(backend, factors[0])
     arrays = [_real(W, f"factors[{j}]") for j, W in enumerate(factors)]
     dtype = np.float32 if all(a.dtype == np.float32 for a in arrays) else np.float64
     B = arrays[0].shape[0] if arrays[0].ndim == 3 else None
     for j, a in enumerate(arrays):
         if a.ndim != 3 or a.shape[0] != B:
-            raise ValueError(f"factors[{j}]: expected shape (B, d_{j + 1}, d_{j}) with the "
-                             f"batch of factors[0] ({B}), got {a.shape}")
+            raise ValueError(
+                f"factors[{j}]: expected shape (B, d_{j + 1}, d_{j}) with the "
+                f"batch of factors[0] ({B}), got {a.shape}"
+            )
         if j and a.shape[2] != arrays[j - 1].shape[1]:
-            raise ValueError(f"factors[{j}]: expected {arrays[j - 1].shape[1]} columns to chain "
-                             f"with factors[{j - 1}], got shape {a.shape}")
+            raise ValueError(
+                f"factors[{j}]: expected {arrays[j - 1].shape[1]} columns to chain "
+                f"with factors[{j - 1}], got shape {a.shape}"
+            )
     arrays = [a.astype(dtype, copy=False) for a in arrays]  # C-contiguous already (_real)
     return ops.balancedness(arrays, backend)
 
@@ -268,8 +303,10 @@ def parse(name: str, shape: tuple[int, int], dtype) -> tuple[int, float, float, 
     except ValueError as exc:
         if str(exc).startswith("metrics:"):
             raise
-        raise ValueError(f"metrics: cannot read the parameter of {name!r} "
-                         f"(expected {NAMES[list(KINDS).index(base)]})") from exc
+        raise ValueError(
+            f"metrics: cannot read the parameter of {name!r} "
+            f"(expected {NAMES[list(KINDS).index(base)]})"
+        ) from exc
     if base == "det" and m != n:
         raise ValueError(f"metrics: 'det' needs a square problem, got ({m}, {n})")
     if base == "rank":
@@ -277,13 +314,40 @@ def parse(name: str, shape: tuple[int, int], dtype) -> tuple[int, float, float, 
     return kind, param, rtol, min(m, n) if base == "svals" else 1
 
 
+def specs(metrics, problem, dtype) -> tuple[list[str], np.ndarray, np.ndarray, list[int]]:
+    """fit()'s metrics for `problem`'s end-to-end matrices in `dtype`: (names without
+    repeats, kinds, params, rows per name), checked before any work."""
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    if not isinstance(metrics, (list, tuple)):
+        raise TypeError(f"metrics: expected a list of metric names, got {type(metrics).__name__}")
+    names = list(dict.fromkeys(metrics))
+    parsed = [parse(name, problem.shape, dtype) for name in names]
+    if "recon_error" in names and problem.truth is None:
+        raise ValueError(
+            "metrics: 'recon_error' needs a problem with a known ground truth "
+            "(truth=...), and this one has none"
+        )
+    kinds = np.array([p[0] for p in parsed], dtype=np.int32)
+    params = np.array([p[1:3] for p in parsed], dtype=np.float64).reshape(-1, 2)
+    return names, kinds, params, [p[3] for p in parsed]
+
+
 RANK_CRITERIA = ("relative", "absolute")
 RANK_TOL = {"relative": 1e-5, "absolute": 1e-6}  # tensor_rank's default tol per criterion
 
 
-def tensor_rank(T, tol: float | None = None, restarts: int = 10, seed: int = 0,
-                max_iter: int = 1000, max_rank: int | None = None, backend: str | None = None,
-                order: int | None = None, criterion: str = "relative") -> np.ndarray:
+def tensor_rank(
+    T,
+    tol: float | None = None,
+    restarts: int = 10,
+    seed: int = 0,
+    max_iter: int = 1000,
+    max_rank: int | None = None,
+    backend: str | None = None,
+    order: int | None = None,
+    criterion: str = "relative",
+) -> np.ndarray:
     """Estimated CP ranks (int64) of a batch of tensors.
 
     T: tensors of order N, 2 <= N <= 6. With order=N the last N axes are each tensor and any
@@ -314,19 +378,25 @@ def tensor_rank(T, tol: float | None = None, restarts: int = 10, seed: int = 0,
     choice(criterion, "criterion", RANK_CRITERIA)
     if order is None:
         if a.ndim == 3:
-            raise ValueError(f"T: shape {a.shape} is one order-3 tensor or a batch of "
-                             f"{a.shape[0]} matrices: pass order=3 (one tensor) or order=2 "
-                             "(a batch of matrices)")
+            raise ValueError(
+                f"T: shape {a.shape} is one order-3 tensor or a batch of "
+                f"{a.shape[0]} matrices: pass order=3 (one tensor) or order=2 "
+                "(a batch of matrices)"
+            )
         if a.ndim < 3 or a.ndim > 7:
-            raise ValueError(f"T: expected a batch of tensors (B, d_1, ..., d_N) with 2 <= N "
-                             f"<= 6, got shape {a.shape}")
+            raise ValueError(
+                f"T: expected a batch of tensors (B, d_1, ..., d_N) with 2 <= N "
+                f"<= 6, got shape {a.shape}"
+            )
         order = a.ndim - 1
     else:
         order = _bounded(order, "order", 2, 6)
         if a.ndim < order:
-            raise ValueError(f"T: expected tensors of order {order} (and any batch axes "
-                             f"before them), got shape {a.shape}")
-    lead, dims = a.shape[:a.ndim - order], a.shape[a.ndim - order:]
+            raise ValueError(
+                f"T: expected tensors of order {order} (and any batch axes "
+                f"before them), got shape {a.shape}"
+            )
+    lead, dims = a.shape[: a.ndim - order], a.shape[a.ndim - order :]
     if min(dims) < 1:
         raise ValueError(f"T: expected non-empty tensors, got shape {a.shape}")
     if tol is None:
@@ -341,8 +411,7 @@ def tensor_rank(T, tol: float | None = None, restarts: int = 10, seed: int = 0,
     top = int(np.prod(dims)) // max(dims)
     max_rank = top if max_rank is None else _bounded(max_rank, "max_rank", 1, 2**31 - 1)
     xp = array_module("cuda") if is_device(a) else np
-    X = xp.ascontiguousarray(a.reshape(int(np.prod(lead)), int(np.prod(dims))),
-                             dtype=np.float64)
+    X = xp.ascontiguousarray(a.reshape(int(np.prod(lead)), int(np.prod(dims))), dtype=np.float64)
     if criterion == "relative":  # each tensor scaled to mean square 1: tol is then relative
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             top_abs = xp.abs(X).max(axis=1, keepdims=True)  # first, so squares cannot overflow

@@ -50,16 +50,44 @@ def _empty(backend: str, shape, dtype):
     return _backend.array_module(backend).empty(shape, dtype=dtype)
 
 
-def dmf_step(factors, problem, lr, steps, tol, step0, status, frozen_at, optimizer=None,
-             thresholds=None, crossed_at=None, snapshots=None, backend="cpu"):
+def dmf_step(
+    factors,
+    problem,
+    lr,
+    steps,
+    tol,
+    step0,
+    status,
+    frozen_at,
+    optimizer=None,
+    thresholds=None,
+    crossed_at=None,
+    snapshots=None,
+    backend="cpu",
+):
     """In place: `steps` updates of every running problem by the optimizer (None: gd, fused;
     else the dict of its kind, settings and state), recording first crossings of the loss
     thresholds when given (see _core.dmf_step)."""
     a = _inputs(problem, factors[0].dtype, backend)
-    _call(backend, "dmf_step", factors=list(factors), target=a["target"], mask=a["mask"],
-          A=a["A"], y=a["y"], lr=lr, steps=steps, tol=tol, step0=step0, status=status,
-          frozen_at=frozen_at, optimizer=optimizer, thresholds=thresholds,
-          crossed_at=crossed_at, snapshots=None if snapshots is None else list(snapshots))
+    _call(
+        backend,
+        "dmf_step",
+        factors=list(factors),
+        target=a["target"],
+        mask=a["mask"],
+        A=a["A"],
+        y=a["y"],
+        lr=lr,
+        steps=steps,
+        tol=tol,
+        step0=step0,
+        status=status,
+        frozen_at=frozen_at,
+        optimizer=optimizer,
+        thresholds=thresholds,
+        crossed_at=crossed_at,
+        snapshots=None if snapshots is None else list(snapshots),
+    )
 
 
 def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +98,7 @@ def dmf_loss(factors, problem, backend="cpu") -> tuple[np.ndarray, np.ndarray]:
     B, dtype = factors[0].shape[0], factors[0].dtype
     loss = _empty(backend, B, dtype)
     product = _empty(backend, (B, factors[-1].shape[1], factors[0].shape[2]), dtype)
-    _call(backend, "dmf_loss", list(factors), a["target"], a["mask"], a["A"], a["y"], loss,
-          product)
+    _call(backend, "dmf_loss", list(factors), a["target"], a["mask"], a["A"], a["y"], loss, product)
     return loss, product
 
 
@@ -90,8 +117,9 @@ def svdvals(X: np.ndarray, backend: str, max_sweeps: int) -> tuple[np.ndarray, n
     return (_backend.to_host(s), _backend.to_host(info)) if host else (s, info)
 
 
-def svals_metrics(s: np.ndarray, kinds: np.ndarray, params: np.ndarray,
-                  backend="cpu") -> np.ndarray:
+def svals_metrics(
+    s: np.ndarray, kinds: np.ndarray, params: np.ndarray, backend="cpu"
+) -> np.ndarray:
     """(n, B) float64: metric (kinds[i], params[i] = [param, rtol]) of singular values s, in
     s's array module."""
     if backend == "numpy":
@@ -116,8 +144,9 @@ def balancedness(factors, backend="cpu") -> np.ndarray:
     return _backend.to_host(out) if host else out
 
 
-def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np.ndarray,
-                backend="cpu") -> np.ndarray:
+def dmf_measure(
+    factors, problem, kinds: np.ndarray, params: np.ndarray, out: np.ndarray, backend="cpu"
+) -> np.ndarray:
     """Writes into out (rows, B) float64 every requested metric of the factors, from one
     product and one SVD per problem; returns out (a host array on every backend)."""
     a = _inputs(problem, factors[0].dtype, backend)
@@ -133,14 +162,27 @@ def dmf_measure(factors, problem, kinds: np.ndarray, params: np.ndarray, out: np
     return out
 
 
-def cp_step(factors, problem, lr, steps, tol, step0, status, frozen_at, loss, optimizer=None,
-            backend="cpu"):
+def cp_step(
+    factors, problem, lr, steps, tol, step0, status, frozen_at, loss, optimizer=None, backend="cpu"
+):
     """In place: `steps` updates of every running CP factorization by the optimizer (as for
     dmf_step; see _core.cp_step)."""
     a = _inputs(problem, factors[0].dtype, backend)
-    _call(backend, "cp_step", factors=list(factors), target=a["target"], mask=a["mask"], lr=lr,
-          steps=steps, tol=tol, step0=step0, status=status, frozen_at=frozen_at, loss=loss,
-          optimizer=optimizer)
+    _call(
+        backend,
+        "cp_step",
+        factors=list(factors),
+        target=a["target"],
+        mask=a["mask"],
+        lr=lr,
+        steps=steps,
+        tol=tol,
+        step0=step0,
+        status=status,
+        frozen_at=frozen_at,
+        loss=loss,
+        optimizer=optimizer,
+    )
 
 
 def cp_tensor(factors, backend="cpu") -> np.ndarray:
@@ -153,8 +195,9 @@ def cp_tensor(factors, backend="cpu") -> np.ndarray:
     return out
 
 
-def tensor_rank(tensors, dims, tol, max_rank, max_iter, restarts, seed,
-                backend="cpu") -> np.ndarray:
+def tensor_rank(
+    tensors, dims, tol, max_rank, max_iter, restarts, seed, backend="cpu"
+) -> np.ndarray:
     """(B,) estimated CP ranks of tensors (B, numel) float64 (see _core.tensor_rank).
 
     The cuda backend runs the CPU kernel: CP-ALS bisection is a branchy, per-tensor search
@@ -162,8 +205,7 @@ def tensor_rank(tensors, dims, tol, max_rank, max_iter, restarts, seed,
     serialize. The whole batch crosses to the host once and the ranks come back at once, in
     the tensors' array module."""
     if backend == "numpy":
-        return reference.tensor_rank(tensors, list(dims), tol, max_rank, max_iter, restarts,
-                                     seed)
+        return reference.tensor_rank(tensors, list(dims), tol, max_rank, max_iter, restarts, seed)
     host = _backend.to_host(tensors)
     out = np.empty(host.shape[0], dtype=np.int64)
     _core.tensor_rank(host, list(dims), tol, max_rank, max_iter, restarts, seed, out)

@@ -85,6 +85,7 @@ def _optimize(factors, grads, lr, optimizer):
 
     def per_problem(x):
         return x[:, None, None]
+
     if kind == GD:
         new = [W - per_problem(lr) * g for W, g in zip(factors, grads, strict=True)]
         return new, {}, _finite(new)
@@ -94,8 +95,7 @@ def _optimize(factors, grads, lr, optimizer):
         sq = sum((g.astype(np.float64) ** 2).sum(axis=(1, 2)) for g in grads)
         v_new = beta * optimizer["v"] + (1 - beta) * sq.astype(dtype)
         bias = 1.0 - np.power(float(beta), (t + 1).astype(np.float64))
-        step = (lr / (np.sqrt(v_new.astype(np.float64) / bias).astype(dtype) + eps)).astype(
-            dtype)
+        step = (lr / (np.sqrt(v_new.astype(np.float64) / bias).astype(dtype) + eps)).astype(dtype)
         new = [W - per_problem(step) * g for W, g in zip(factors, grads, strict=True)]
         # an overflowing running mean of ||g||^2 would make the step 0 and stall the problem
         return new, {"v": v_new}, _finite(new) & np.isfinite(step) & np.isfinite(v_new)
@@ -108,8 +108,10 @@ def _optimize(factors, grads, lr, optimizer):
     bias2 = np.sqrt(1.0 - np.power(float(b2), n)).astype(dtype)
     m_new = [m + (1 - b1) * (g - m) for m, g in zip(optimizer["m"], grads, strict=True)]
     s_new = [s * b2 + (1 - b2) * g * g for s, g in zip(optimizer["s"], grads, strict=True)]
-    new = [W - per_problem(step) * (m / (np.sqrt(v) / per_problem(bias2) + eps))
-           for W, m, v in zip(factors, m_new, s_new, strict=True)]
+    new = [
+        W - per_problem(step) * (m / (np.sqrt(v) / per_problem(bias2) + eps))
+        for W, m, v in zip(factors, m_new, s_new, strict=True)
+    ]
     return new, {"m": m_new, "s": s_new}, _finite(new + m_new + s_new)
 
 
@@ -127,8 +129,23 @@ def _commit(factors, new, optimizer, state, keep) -> None:
     optimizer["t"][keep] += 1
 
 
-def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_at,
-             optimizer=None, thresholds=None, crossed_at=None, snapshots=None):
+def dmf_step(
+    factors,
+    target,
+    mask,
+    A,
+    y,
+    lr,
+    steps,
+    tol,
+    step0,
+    status,
+    frozen_at,
+    optimizer=None,
+    thresholds=None,
+    crossed_at=None,
+    snapshots=None,
+):
     """In place, like _core.dmf_step: `steps` simultaneous updates of running problems by
     the optimizer (None: gd); before each update and after the last, loss < tol freezes a
     problem as converged and a non-finite loss or update freezes it as diverged at its last
@@ -140,8 +157,7 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
             G, loss = _residual(P[-1], target, mask, A, y)
             run = status == RUNNING
             if thresholds is not None:
-                _record_crossings(factors, loss, run, step0 + it, thresholds, crossed_at,
-                                  snapshots)
+                _record_crossings(factors, loss, run, step0 + it, thresholds, crossed_at, snapshots)
             run = _freeze(loss, run, tol, step0 + it, status, frozen_at)
             if it == steps or not run.any():
                 return
@@ -157,10 +173,38 @@ def dmf_step(factors, target, mask, A, y, lr, steps, tol, step0, status, frozen_
 
 
 # ---------------------------------------------------------------- singular values and metrics
-(LOSS, ENTRY, DET, SVALS, FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK, BALANCEDNESS,
- RECON_ERROR) = (METRIC_KINDS[k] for k in (
-    "loss", "entry", "det", "svals", "fro", "nuc", "spectral", "schatten", "erank", "rank",
-    "dist_rank", "balancedness", "recon_error"))
+(
+    LOSS,
+    ENTRY,
+    DET,
+    SVALS,
+    FRO,
+    NUC,
+    SPECTRAL,
+    SCHATTEN,
+    ERANK,
+    RANK,
+    DIST_RANK,
+    BALANCEDNESS,
+    RECON_ERROR,
+) = (
+    METRIC_KINDS[k]
+    for k in (
+        "loss",
+        "entry",
+        "det",
+        "svals",
+        "fro",
+        "nuc",
+        "spectral",
+        "schatten",
+        "erank",
+        "rank",
+        "dist_rank",
+        "balancedness",
+        "recon_error",
+    )
+)
 _SVALS_KINDS = {FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK}  # from singular values
 
 
@@ -188,7 +232,7 @@ def _svals_metric(kind: int, param: float, rtol: float, s: np.ndarray) -> np.nda
         if kind == NUC:
             return s.sum(axis=1)
         if kind in (FRO, DIST_RANK):
-            tail = s[:, int(param) if kind == DIST_RANK else 0:]
+            tail = s[:, int(param) if kind == DIST_RANK else 0 :]
             top = tail[:, 0] if tail.shape[1] else np.zeros(s.shape[0])
             safe = np.where(top > 0, top, 1)[:, None]
             return np.where(top > 0, top * np.sqrt(((tail / safe) ** 2).sum(axis=1)), 0.0)
@@ -208,8 +252,9 @@ def _svals_metric(kind: int, param: float, rtol: float, s: np.ndarray) -> np.nda
 def svals_metrics(s, kinds, params):
     """(n, B) float64: metric i of the singular values s (B, k); NaN where s has a NaN."""
     bad = np.isnan(s).any(axis=1)
-    out = np.stack([_svals_metric(int(kd), p, r, s) for kd, (p, r) in zip(kinds, params,
-                                                                          strict=True)])
+    out = np.stack(
+        [_svals_metric(int(kd), p, r, s) for kd, (p, r) in zip(kinds, params, strict=True)]
+    )
     out = out.reshape(len(kinds), s.shape[0])
     out[:, bad] = np.nan
     return out
@@ -221,7 +266,7 @@ def balancedness(factors):
     out = np.zeros(W[0].shape[0])
     for a, b in zip(W[:-1], W[1:], strict=True):
         D = np.swapaxes(b, 1, 2) @ b - a @ np.swapaxes(a, 1, 2)
-        out = np.maximum(out, np.sqrt((D ** 2).sum(axis=(1, 2))))
+        out = np.maximum(out, np.sqrt((D**2).sum(axis=(1, 2))))
     return out
 
 
@@ -300,15 +345,17 @@ def _cp_gradients(factors, G):
         K = None  # (B, prod of the other modes, R), the last mode fastest
         for m, U in enumerate(factors):
             if m != n:
-                K = U if K is None else (K[:, :, None, :] * U[:, None, :, :]).reshape(
-                    B, -1, U.shape[2])
+                K = (
+                    U
+                    if K is None
+                    else (K[:, :, None, :] * U[:, None, :, :]).reshape(B, -1, U.shape[2])
+                )
         Gn = np.moveaxis(Gt, n + 1, 1).reshape(B, dims[n], -1)
         grads.append(Gn @ K)
     return grads
 
 
-def cp_step(factors, target, mask, lr, steps, tol, step0, status, frozen_at, loss,
-            optimizer=None):
+def cp_step(factors, target, mask, lr, steps, tol, step0, status, frozen_at, loss, optimizer=None):
     """In place, like _core.cp_step: `steps` updates of running problems by the optimizer
     (None: gd; as for dmf_step); loss = mean squared error over observed entries (in
     float64, stored in the factors' dtype); freeze and divergence as dmf_step."""
@@ -321,8 +368,7 @@ def cp_step(factors, target, mask, lr, steps, tol, step0, status, frozen_at, los
         for it in range(steps + 1):
             W = cp_tensor(factors)
             res = np.where(mask, W - target, 0).astype(dtype)
-            mse = ((res.astype(np.float64) ** 2).sum(axis=1)
-                   / np.maximum(n_obs, 1)).astype(dtype)
+            mse = ((res.astype(np.float64) ** 2).sum(axis=1) / np.maximum(n_obs, 1)).astype(dtype)
             run = status == RUNNING
             loss[run] = mse[run]  # frozen before the call: left as it is
             run = _freeze(mse, run, tol, step0 + it, status, frozen_at)
@@ -350,16 +396,18 @@ def als_start(dims, r: int, seed: int, index: int, restart: int) -> list[np.ndar
     """The CP-ALS start of the core (tensor_rank.cpp): standard normals of the counter-based
     stream keyed by (seed, index, r, restart), factor after factor, row-major."""
     with np.errstate(over="ignore"):
-        key = _mix(_mix(_mix(np.array([seed], dtype=np.uint64)) ^ np.uint64(index))
-                   ^ np.uint64((r << 20) | restart))[0]
+        key = _mix(
+            _mix(_mix(np.array([seed], dtype=np.uint64)) ^ np.uint64(index))
+            ^ np.uint64((r << 20) | restart)
+        )[0]
         total = sum(dims) * r
         k = np.arange(total, dtype=np.uint64)
-        u1 = ((_mix(key + np.uint64(2) * k) >> np.uint64(11)) + np.uint64(1)) * 2.0 ** -53
-        u2 = (_mix(key + np.uint64(2) * k + np.uint64(1)) >> np.uint64(11)) * 2.0 ** -53
+        u1 = ((_mix(key + np.uint64(2) * k) >> np.uint64(11)) + np.uint64(1)) * 2.0**-53
+        u2 = (_mix(key + np.uint64(2) * k + np.uint64(1)) >> np.uint64(11)) * 2.0**-53
     z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
     out, at = [], 0
     for d in dims:
-        out.append(z[at:at + d * r].reshape(d, r))
+        out.append(z[at : at + d * r].reshape(d, r))
         at += d * r
     return out
 
@@ -425,8 +473,10 @@ def tensor_rank(tensors, dims, tol, max_rank, max_iter, restarts, seed):
             continue
 
         def fits(r, X=X, b=b):
-            return any(cp_als_mse(X, dims, r, tol, max_iter, seed, b, k) < tol
-                       for k in range(restarts))
+            return any(
+                cp_als_mse(X, dims, r, tol, max_iter, seed, b, k) < tol for k in range(restarts)
+            )
+
         first, last, found = 0, max_rank - 1, max_rank
         while first <= last:
             mid = (first + last) // 2

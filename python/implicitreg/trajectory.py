@@ -53,8 +53,10 @@ def schedule(log, max_steps: int):
     if log is None:
         return every(max(1, max_steps // 1000))
     if not isinstance(log, (every, geometric)):
-        raise TypeError(f"log: expected implicitreg.every(k) or implicitreg.geometric(n), "
-                        f"got {type(log).__name__}")
+        raise TypeError(
+            f"log: expected implicitreg.every(k) or implicitreg.geometric(n), "
+            f"got {type(log).__name__}"
+        )
     return log
 
 
@@ -69,15 +71,17 @@ class Trajectory:
     (step -1 and NaN where it never went below).
     """
 
-    def __init__(self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None,
-                 crossings=None):
+    def __init__(
+        self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None, crossings=None
+    ):
         self.steps = np.asarray(steps, dtype=np.int64)
         self.data = {k: np.asarray(v) for k, v in data.items()}
         self.status = np.array(status, dtype=str)  # copies: a snapshot, not the live state
         self.frozen_at = np.array(frozen_at, dtype=np.int64)
         self.meta = dict(meta or {})
-        self.crossings = None if crossings is None else {k: np.asarray(v)
-                                                         for k, v in crossings.items()}
+        self.crossings = (
+            None if crossings is None else {k: np.asarray(v) for k, v in crossings.items()}
+        )
 
     @property
     def batch(self) -> int:
@@ -99,8 +103,10 @@ class Trajectory:
 
     def __repr__(self) -> str:
         counts = {s: int((self.status == s).sum()) for s in TRAJECTORY_STATUS}
-        return (f"Trajectory(rows={self.steps.size}, batch={self.batch}, "
-                f"metrics={self.metrics}, status={counts})")
+        return (
+            f"Trajectory(rows={self.steps.size}, batch={self.batch}, "
+            f"metrics={self.metrics}, status={counts})"
+        )
 
     def first_below(self, metric: str, threshold: float) -> dict[str, np.ndarray]:
         """Every logged metric at each problem's first step where `metric` < threshold.
@@ -116,8 +122,9 @@ class Trajectory:
                 return {k: v[at[0]] for k, v in self.crossings.items() if k != "thresholds"}
         x = self[metric]
         if x.ndim != 2:
-            raise ValueError(f"metric: expected a scalar metric, {metric!r} has shape "
-                             f"{x.shape[2:]}")
+            raise ValueError(
+                f"metric: expected a scalar metric, {metric!r} has shape {x.shape[2:]}"
+            )
         below = x < threshold
         hit = below.any(axis=0)
         row = np.argmax(below, axis=0)
@@ -137,15 +144,18 @@ class Trajectory:
         try:
             import pandas as pd
         except ImportError as exc:
-            raise ImportError("Trajectory.to_dataframe needs pandas: "
-                              "pip install 'implicitreg[pandas]'") from exc
+            raise ImportError(
+                "Trajectory.to_dataframe needs pandas: pip install 'implicitreg[pandas]'"
+            ) from exc
         T, B = self.steps.size, self.batch
         # per problem, the last row to keep: the first logged step >= frozen_at, else the last
-        last = np.where(self.frozen_at >= 0,
-                        np.minimum(np.searchsorted(self.steps, self.frozen_at), T - 1), T - 1)
+        last = np.where(
+            self.frozen_at >= 0,
+            np.minimum(np.searchsorted(self.steps, self.frozen_at), T - 1),
+            T - 1,
+        )
         keep = (np.arange(T)[:, None] <= last[None, :]).reshape(-1)
-        cols = {"step": np.repeat(self.steps, B)[keep],
-                "problem": np.tile(np.arange(B), T)[keep]}
+        cols = {"step": np.repeat(self.steps, B)[keep], "problem": np.tile(np.arange(B), T)[keep]}
         for name, v in self.data.items():
             flat = v.reshape(T * B, -1)[keep]
             if flat.shape[1] == 1:
@@ -162,13 +172,17 @@ class Trajectory:
         arrays = {f"data/{k}": v for k, v in self.data.items()}
         for k, v in (self.crossings or {}).items():
             arrays[f"crossings/{k}"] = v
-        save_npz(path, _FORMAT, self.meta, {"steps": self.steps, "status": self.status,
-                                            "frozen_at": self.frozen_at, **arrays})
+        save_npz(
+            path,
+            _FORMAT,
+            self.meta,
+            {"steps": self.steps, "status": self.status, "frozen_at": self.frozen_at, **arrays},
+        )
 
 
 def load(path) -> Trajectory:
     """Read a Trajectory written by Trajectory.save."""
     meta, z = load_npz(path, _FORMAT, "an implicitreg trajectory file")
-    data = {k[len("data/"):]: v for k, v in z.items() if k.startswith("data/")}
-    cross = {k[len("crossings/"):]: v for k, v in z.items() if k.startswith("crossings/")}
+    data = {k[len("data/") :]: v for k, v in z.items() if k.startswith("data/")}
+    cross = {k[len("crossings/") :]: v for k, v in z.items() if k.startswith("crossings/")}
     return Trajectory(z["steps"], data, z["status"], z["frozen_at"], meta, cross or None)

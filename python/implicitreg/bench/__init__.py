@@ -51,10 +51,33 @@ from .report import FMA_UNITS, fma_peak, notes, print_report, run_case, table
 
 SIDES = ("cpu", "numpy") + PEERS
 
-__all__ = ["ALL_METRICS", "CHECK_STEPS", "FMA_UNITS", "MAX_UNITS", "PAUSE_S", "PEERS", "SIDES",
-           "STEP_RTOL", "Case", "CudaEvents", "Peers", "Side", "WallClock", "cases",
-           "cp_flops", "dmf_flops", "fma_peak", "notes", "rel_change_diff", "rel_diff", "run",
-           "run_case", "select", "table", "time_sides"]
+__all__ = [
+    "ALL_METRICS",
+    "CHECK_STEPS",
+    "FMA_UNITS",
+    "MAX_UNITS",
+    "PAUSE_S",
+    "PEERS",
+    "SIDES",
+    "STEP_RTOL",
+    "Case",
+    "CudaEvents",
+    "Peers",
+    "Side",
+    "WallClock",
+    "cases",
+    "cp_flops",
+    "dmf_flops",
+    "fma_peak",
+    "notes",
+    "rel_change_diff",
+    "rel_diff",
+    "run",
+    "run_case",
+    "select",
+    "table",
+    "time_sides",
+]
 
 
 def run(args, timer=WALL_CLOCK) -> int:
@@ -68,15 +91,24 @@ def run(args, timer=WALL_CLOCK) -> int:
     info = build_info()
     peak = fma_peak(info, args.peak_gflops)
     peers = Peers(args.peers)
-    print(f"implicitreg {info['version']} bench: {info['cpu_flags']}, {info['threads']} "
-          f"threads; median of {repeats} samples of about {sample_s:g} s, after a warm-up")
+    print(
+        f"implicitreg {info['version']} bench: {info['cpu_flags']}, {info['threads']} "
+        f"threads; median of {repeats} samples of about {sample_s:g} s, after a warm-up"
+    )
     print(peak["formula"])
     print(f"peers: {peers.path if peers.path else peers.missing}", flush=True)
-    report: dict[str, Any] = {"benchmark": "implicitreg bench", "machine": {**machine(),
-                                                            "platform": sys.platform},
-              "build": info, "quick": quick, "repeats": repeats, "sample_s": sample_s,
-              "peak": peak, "peers": str(peers.path) if peers.path else peers.missing,
-              "cases": [], "errors": []}
+    report: dict[str, Any] = {
+        "benchmark": "implicitreg bench",
+        "machine": {**machine(), "platform": sys.platform},
+        "build": info,
+        "quick": quick,
+        "repeats": repeats,
+        "sample_s": sample_s,
+        "peak": peak,
+        "peers": str(peers.path) if peers.path else peers.missing,
+        "cases": [],
+        "errors": [],
+    }
     t_all = time.perf_counter()
     for case in chosen:
         t0 = time.perf_counter()
@@ -87,8 +119,11 @@ def run(args, timer=WALL_CLOCK) -> int:
             print(f"  {case.id}: ERROR {first_line(exc)}", flush=True)
             continue
         report["cases"].append(row)
-        print(f"  {case.id}: cpu {row['sides']['cpu']['rate']:.3g} {case.unit} "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(
+            f"  {case.id}: cpu {row['sides']['cpu']['rate']:.3g} {case.unit} "
+            f"({time.perf_counter() - t0:.1f} s)",
+            flush=True,
+        )
     report["versions"] = {"numpy": np.__version__, **peers.versions()}
     report["targets"] = [t for r in report["cases"] for t in r["targets"]]
     report["elapsed_s"] = time.perf_counter() - t_all

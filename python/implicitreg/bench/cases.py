@@ -19,8 +19,20 @@ from ..problems import (
 )
 from .harness import Case, Peers, Side, first_line, rel_change_diff, rel_diff, repeat, whole
 
-ALL_METRICS = ("loss", "entry:0,0", "det", "svals", "fro", "nuc", "spectral", "schatten:0.5",
-               "erank", "rank", "dist_rank:1", "balancedness")
+ALL_METRICS = (
+    "loss",
+    "entry:0,0",
+    "det",
+    "svals",
+    "fro",
+    "nuc",
+    "spectral",
+    "schatten:0.5",
+    "erank",
+    "rank",
+    "dist_rank:1",
+    "balancedness",
+)
 # the change of the factors after the check steps, relative, max norm (float32 rounding of a
 # sum over 16 terms and over the observed entries stays well inside these)
 STEP_RTOL = {"float64": 1e-8, "float32": 1e-3}
@@ -54,8 +66,7 @@ class _IrDMF:
         self.reset()
 
     def reset(self):
-        self.f = DeepFactorization(self.problem, self.start, backend=self.backend,
-                                   dtype=self.dtype)
+        self.f = DeepFactorization(self.problem, self.start, backend=self.backend, dtype=self.dtype)
 
     def run(self, steps, lr):
         self.f.step(lr, steps)
@@ -73,8 +84,7 @@ class _IrCP:
         self.reset()
 
     def reset(self):
-        self.f = CPFactorization(self.problem, self.start, backend=self.backend,
-                                 dtype=self.dtype)
+        self.f = CPFactorization(self.problem, self.start, backend=self.backend, dtype=self.dtype)
 
     def run(self, steps, lr):
         self.f.step(lr, steps, **self.opt)
@@ -107,16 +117,22 @@ def _step_sides(impls: dict, start, lr, check_lr, rtol) -> dict:
             steps = whole(CHECK_STEPS, impl.granule)
             impl.reset()
             impl.run(steps, check_lr)
-            diff = 0.0 if name == "cpu" else rel_change_diff(impl.factors(), reference(steps),
-                                                             start64)
+            diff = (
+                0.0 if name == "cpu" else rel_change_diff(impl.factors(), reference(steps), start64)
+            )
         except Exception as exc:  # a peer that cannot run here is reported, not fatal
             if name in ("cpu", "numpy"):
                 raise
             sides[name] = f"error: {first_line(exc)}"
             continue
-        sides[name] = Side(run=functools.partial(impl.run, lr=lr), reset=impl.reset,
-                           granule=impl.granule, check=diff, match=bool(diff <= rtol),
-                           variant=getattr(impl, "name", name))
+        sides[name] = Side(
+            run=functools.partial(impl.run, lr=lr),
+            reset=impl.reset,
+            granule=impl.granule,
+            check=diff,
+            match=bool(diff <= rtol),
+            variant=getattr(impl, "name", name),
+        )
     return sides
 
 
@@ -136,8 +152,9 @@ def _call_sides(fns: dict, compare, tol) -> dict:
                 raise
             sides[name] = f"error: {first_line(exc)}"
             continue
-        sides[name] = Side(run=functools.partial(repeat, fn), check=diff,
-                           match=bool(diff <= tol), variant=name)
+        sides[name] = Side(
+            run=functools.partial(repeat, fn), check=diff, match=bool(diff <= tol), variant=name
+        )
     return sides
 
 
@@ -167,27 +184,39 @@ def _dmf_case(name, d, B, dtype, std, lr, check_lr, targets=()):
         start = [(std * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(depth)]
         T, M = problem.targets, problem.masks
         m = peers.module
-        impls = {"cpu": _IrDMF(problem, start, dtype, "cpu"),
-                 "numpy": _IrDMF(problem, start, dtype, "numpy")}
+        impls = {
+            "cpu": _IrDMF(problem, start, dtype, "cpu"),
+            "numpy": _IrDMF(problem, start, dtype, "numpy"),
+        }
         for mode in ("closed", "autograd"):
-            impls[f"torch-{mode}"] = _peer(peers, "torch", lambda t, mode=mode: m.TorchDMF(
-                T, M, start, dtype, mode=mode, device="cpu", torch=t))
-        impls["jax"] = _peer(peers, "jax", lambda j: m.JaxDMF(T, M, start, dtype, device="cpu",
-                                                              jax=j))
+            impls[f"torch-{mode}"] = _peer(
+                peers,
+                "torch",
+                lambda t, mode=mode: m.TorchDMF(
+                    T, M, start, dtype, mode=mode, device="cpu", torch=t
+                ),
+            )
+        impls["jax"] = _peer(
+            peers, "jax", lambda j: m.JaxDMF(T, M, start, dtype, device="cpu", jax=j)
+        )
         return _step_sides(impls, start, lr, check_lr, STEP_RTOL[dtype])
 
     title = f"{'paper 2x2' if d == 2 else f'{d}x{d} rank-3 completion'}, depth {depth}, B={B}"
-    return Case(name, "dmf_step", title, "problem-steps/s", B, dtype, dmf_flops(d, depth),
-                build, targets)
+    return Case(
+        name, "dmf_step", title, "problem-steps/s", B, dtype, dmf_flops(d, depth), build, targets
+    )
 
 
 def _svd_case(name, n, B, dtype, targets=()):
     def build(peers):
         X = np.random.default_rng(0).standard_normal((B, n, n)).astype(dtype)
         m = peers.module
-        fns = {"cpu": lambda: svdvals(X), "numpy": lambda: svdvals(X, backend="numpy"),
-               "torch": _peer(peers, "torch", lambda t: m.torch_svdvals(X, "cpu", torch=t)),
-               "jax": _peer(peers, "jax", lambda j: m.jax_svdvals(X, "cpu", jax=j))}
+        fns = {
+            "cpu": lambda: svdvals(X),
+            "numpy": lambda: svdvals(X, backend="numpy"),
+            "torch": _peer(peers, "torch", lambda t: m.torch_svdvals(X, "cpu", torch=t)),
+            "jax": _peer(peers, "jax", lambda j: m.jax_svdvals(X, "cpu", jax=j)),
+        }
         tol = 1e-10 if dtype == "float64" else 100 * n * float(np.finfo(np.float32).eps)
 
         def compare(got, want):  # relative to sigma_1, matrix by matrix
@@ -198,8 +227,17 @@ def _svd_case(name, n, B, dtype, targets=()):
 
     # the 2x2 closed form: 4 + 4 sums and squares, 2 sqrt, 2, the FMA determinant 6, a
     # division, the power-of-two scaling test about 8 (sqrt and division counted as 1 flop)
-    return Case(name, "svdvals", f"{n}x{n} random normal, B={B}", "matrices/s", B, dtype,
-                30 if n == 2 else None, build, targets)
+    return Case(
+        name,
+        "svdvals",
+        f"{n}x{n} random normal, B={B}",
+        "matrices/s",
+        B,
+        dtype,
+        30 if n == 2 else None,
+        build,
+        targets,
+    )
 
 
 def _cp_problem(order, dim, B, n):
@@ -213,33 +251,51 @@ def _cp_case(name, order, dim, R, B, n, dtype, optimizer, targets=()):
 
     def build(peers):
         problem, dims = _cp_problem(order, dim, B, n)
-        start = [U.copy() for U in CPFactorization.init(problem, rank=R, scale=scale, seed=0,
-                                                        dtype=dtype).factors]
+        start = [
+            U.copy()
+            for U in CPFactorization.init(problem, rank=R, scale=scale, seed=0, dtype=dtype).factors
+        ]
         T, M = problem.targets, problem.masks
         m = peers.module
-        impls = {b: _IrCP(problem, start, dtype, b, optimizer, beta, eps)
-                 for b in ("cpu", "numpy")}
-        impls["torch"] = _peer(peers, "torch", lambda t: m.TorchCP(
-            T, M, start, optimizer, beta, eps, dtype, device="cpu", torch=t))
-        impls["jax"] = _peer(peers, "jax", lambda j: m.JaxCP(
-            T, M, start, optimizer, beta, eps, dtype, device="cpu", jax=j))
+        impls = {b: _IrCP(problem, start, dtype, b, optimizer, beta, eps) for b in ("cpu", "numpy")}
+        impls["torch"] = _peer(
+            peers,
+            "torch",
+            lambda t: m.TorchCP(T, M, start, optimizer, beta, eps, dtype, device="cpu", torch=t),
+        )
+        impls["jax"] = _peer(
+            peers,
+            "jax",
+            lambda j: m.JaxCP(T, M, start, optimizer, beta, eps, dtype, device="cpu", jax=j),
+        )
         return _step_sides(impls, start, lr, check_lr, STEP_RTOL[dtype])
 
-    return Case(name, "cp_step", f"order {order} dim {dim} R={R} B={B} n={n} {optimizer}",
-                "problem-steps/s", B, dtype, cp_flops(order, R, n, (dim,) * order, optimizer),
-                build, targets)
+    return Case(
+        name,
+        "cp_step",
+        f"order {order} dim {dim} R={R} B={B} n={n} {optimizer}",
+        "problem-steps/s",
+        B,
+        dtype,
+        cp_flops(order, R, n, (dim,) * order, optimizer),
+        build,
+        targets,
+    )
 
 
 def _dmf_numpy_only(name, kernel, title, B, d, flops, call):
     """A case of a DMF kernel without peers: call(model) on cpu and numpy models."""
+
     def build(_peers):
-        problem = (paper_2x2(batch=B) if d == 2 else
-                   random_low_rank_completion(d, d, 3, d * d // 2, batch=B, seed=0))
+        problem = (
+            paper_2x2(batch=B)
+            if d == 2
+            else random_low_rank_completion(d, d, 3, d * d // 2, batch=B, seed=0)
+        )
         rng = np.random.default_rng(0)
         start = [0.3 * rng.standard_normal((B, d, d)) for _ in range(3)]
         models = {b: DeepFactorization(problem, start, backend=b) for b in ("cpu", "numpy")}
-        return _call_sides({b: lambda f=f: call(f) for b, f in models.items()}, _dict_diff,
-                           1e-8)
+        return _call_sides({b: lambda f=f: call(f) for b, f in models.items()}, _dict_diff, 1e-8)
 
     return Case(name, kernel, title, "problems/s", B, "float64", flops, build, peers=())
 
@@ -258,42 +314,92 @@ def _cp_tensor_case(name, order, dim, R, B):
         return _call_sides({b: f.tensor for b, f in models.items()}, rel_diff, 1e-12)
 
     # every entry: R products of N factors ((N-1) R multiplies) and their sum (R adds)
-    return Case(name, "cp_tensor", f"order {order} dim {dim} R={R} B={B}", "tensors/s", B,
-                "float64", order * R * dim**order, build, peers=())
+    return Case(
+        name,
+        "cp_tensor",
+        f"order {order} dim {dim} R={R} B={B}",
+        "tensors/s",
+        B,
+        "float64",
+        order * R * dim**order,
+        build,
+        peers=(),
+    )
 
 
 def _tensor_rank_case(name, B):
     def build(_peers):
         dims = (8, 8, 8)
-        T = np.concatenate([random_cp_tensor(dims, 1 + b % 2, batch=1, seed=b)[0]
-                            for b in range(B)])
+        T = np.concatenate(
+            [random_cp_tensor(dims, 1 + b % 2, batch=1, seed=b)[0] for b in range(B)]
+        )
         fns = {"cpu": lambda: tensor_rank(T), "numpy": lambda: tensor_rank(T, backend="numpy")}
         return _call_sides(fns, lambda got, want: float(np.mean(got != want)), 0.0)
 
-    return Case(name, "tensor_rank", f"order 3 8x8x8 CP rank 1-2, B={B}", "tensors/s", B,
-                "float64", None, build, peers=())
+    return Case(
+        name,
+        "tensor_rank",
+        f"order 3 8x8x8 CP rank 1-2, B={B}",
+        "tensors/s",
+        B,
+        "float64",
+        None,
+        build,
+        peers=(),
+    )
 
 
 def cases() -> list[Case]:
     """Every case, in table order; the issue's targets on theirs."""
     return [
-        _dmf_case("dmf_step-2x2-f64", 2, 4096, "float64", 0.3, 1e-3, 1e-2,
-                  (("rate", 3e8), ("jax", 10.0))),
+        _dmf_case(
+            "dmf_step-2x2-f64", 2, 4096, "float64", 0.3, 1e-3, 1e-2, (("rate", 3e8), ("jax", 10.0))
+        ),
         _dmf_case("dmf_step-2x2-f32", 2, 4096, "float32", 0.3, 1e-3, 1e-2, (("rate", 6e8),)),
-        _dmf_case("dmf_step-16x16-f64", 16, 1024, "float64", 0.125, 1e-4, 1e-3,
-                  (("torch", 2.0), ("peak", 40.0))),
+        _dmf_case(
+            "dmf_step-16x16-f64",
+            16,
+            1024,
+            "float64",
+            0.125,
+            1e-4,
+            1e-3,
+            (("torch", 2.0), ("peak", 40.0)),
+        ),
         _dmf_case("dmf_step-16x16-f32", 16, 1024, "float32", 0.125, 1e-4, 1e-3),
-        _dmf_numpy_only("dmf_loss-16x16", "dmf_loss", "16x16 rank-3 completion, depth 3, "
-                        "B=1024", 1024, 16, 2 * 2 * 16**3 + 3 * 16**2, lambda f: f.loss()),
-        _dmf_numpy_only("dmf_measure-2x2", "dmf_measure", "paper 2x2, depth 3, B=4096, "
-                        f"all {len(ALL_METRICS)} metrics", 4096, 2, None,
-                        lambda f: f.measure(ALL_METRICS)),
+        _dmf_numpy_only(
+            "dmf_loss-16x16",
+            "dmf_loss",
+            "16x16 rank-3 completion, depth 3, B=1024",
+            1024,
+            16,
+            2 * 2 * 16**3 + 3 * 16**2,
+            lambda f: f.loss(),
+        ),
+        _dmf_numpy_only(
+            "dmf_measure-2x2",
+            "dmf_measure",
+            f"paper 2x2, depth 3, B=4096, all {len(ALL_METRICS)} metrics",
+            4096,
+            2,
+            None,
+            lambda f: f.measure(ALL_METRICS),
+        ),
         _svd_case("svdvals-2x2-f64", 2, 65536, "float64", (("rate", 1e8),)),
         _svd_case("svdvals-2x2-f32", 2, 65536, "float32"),
         _svd_case("svdvals-8x8-f64", 8, 8192, "float64"),
         _svd_case("svdvals-32x32-f64", 32, 1024, "float64"),
-        _cp_case("cp_step-o3-rmsprop-f64", 3, 8, 64, 256, 200, "float64", "group_rmsprop",
-                 (("jax", 5.0),)),
+        _cp_case(
+            "cp_step-o3-rmsprop-f64",
+            3,
+            8,
+            64,
+            256,
+            200,
+            "float64",
+            "group_rmsprop",
+            (("jax", 5.0),),
+        ),
         _cp_case("cp_step-o3-gd-f64", 3, 8, 64, 256, 200, "float64", "gd"),
         _cp_case("cp_step-o3-rmsprop-f32", 3, 8, 64, 256, 200, "float32", "group_rmsprop"),
         _cp_tensor_case("cp_tensor-o3", 3, 8, 64, 256),
@@ -308,6 +414,7 @@ def select(names, all_cases: list[Case]) -> list[Case]:
     known = {c.id for c in all_cases} | {c.kernel for c in all_cases}
     bad = [n for n in names if n not in known]
     if bad:
-        raise ValueError(f"--only: expected case ids or kernel names from "
-                         f"{sorted(known)}, got {bad}")
+        raise ValueError(
+            f"--only: expected case ids or kernel names from {sorted(known)}, got {bad}"
+        )
     return [c for c in all_cases if c.id in names or c.kernel in names]

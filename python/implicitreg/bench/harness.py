@@ -206,8 +206,11 @@ class Peers:
         return f"{name}: {why}" if self.module is not None else str(self.missing)
 
     def versions(self) -> dict:
-        return {k: getattr(lib, "__version__", None) for k, (lib, _) in self._libs.items()
-                if lib is not None}
+        return {
+            k: getattr(lib, "__version__", None)
+            for k, (lib, _) in self._libs.items()
+            if lib is not None
+        }
 
 
 # ----------------------------------------------------------------------------- timing
@@ -226,8 +229,14 @@ def _scaled(n: int, t: float, sample_s: float, granule: int, max_units: int) -> 
     return min(max_units, granule * max(1, round(n * sample_s / max(t, 1e-9) / granule)))
 
 
-def size(side: Side, sample_s: float, timer=WALL_CLOCK, max_units: int = MAX_UNITS,
-         warmups: int = 1, tries: int = 1) -> tuple[int, float]:
+def size(
+    side: Side,
+    sample_s: float,
+    timer=WALL_CLOCK,
+    max_units: int = MAX_UNITS,
+    warmups: int = 1,
+    tries: int = 1,
+) -> tuple[int, float]:
     """(units per sample of about sample_s seconds, seconds of the first warm-up call):
     `warmups` calls of one granule (thread start, page faults, compilation), then samples
     grown until one takes a quarter of sample_s, then scaled to it. Each size is tried
@@ -248,12 +257,16 @@ def size(side: Side, sample_s: float, timer=WALL_CLOCK, max_units: int = MAX_UNI
 
 def _result(batch: int, n: int, times: list, warm: float) -> dict:
     med = statistics.median(times)
-    return {"units": n, "median_s": med, "times_s": times, "warmup_s": warm,
-            "rate": batch * n / med}
+    return {
+        "units": n,
+        "median_s": med,
+        "times_s": times,
+        "warmup_s": warm,
+        "rate": batch * n / med,
+    }
 
 
-def time_sides(sides: dict, batch: int, repeats: int, sample_s: float,
-               timer=WALL_CLOCK) -> dict:
+def time_sides(sides: dict, batch: int, repeats: int, sample_s: float, timer=WALL_CLOCK) -> dict:
     """{name: timing} of every Side: sized one by one, then `repeats` rounds in which they
     take turns, each sample from the start, so that all see the same machine load."""
     sized = {name: size(s, sample_s, timer) for name, s in sides.items()}
@@ -264,8 +277,14 @@ def time_sides(sides: dict, batch: int, repeats: int, sample_s: float,
     return {name: _result(batch, n, times[name], warm) for name, (n, warm) in sized.items()}
 
 
-def time_alone(side: Side, batch: int, repeats: int, sample_s: float, timer=WALL_CLOCK,
-               max_units: int = MAX_UNITS) -> dict:
+def time_alone(
+    side: Side,
+    batch: int,
+    repeats: int,
+    sample_s: float,
+    timer=WALL_CLOCK,
+    max_units: int = MAX_UNITS,
+) -> dict:
     """The timing of one side on its own (a device holds one side's memory at a time): two
     warm-up calls, each trial size tried twice, then `repeats` samples from the start; when
     their median still comes out under a quarter of sample_s they are sized and taken again,
@@ -291,9 +310,11 @@ def median_time(fn, repeats: int = 5, warmup: int = 1, timer=WALL_CLOCK) -> floa
 
 
 def note_lines(notes: dict[str, list[str]], n_rows: int) -> list[str]:
-    """"text [case, case]" per note, or "[every case]" where it holds for all n_rows."""
-    return [f"{text} [{'every case' if len(ids) == n_rows else ', '.join(ids)}]"
-            for text, ids in notes.items()]
+    """ "text [case, case]" per note, or "[every case]" where it holds for all n_rows."""
+    return [
+        f"{text} [{'every case' if len(ids) == n_rows else ', '.join(ids)}]"
+        for text, ids in notes.items()
+    ]
 
 
 def ratio_text(v) -> str:
@@ -302,8 +323,12 @@ def ratio_text(v) -> str:
 
 
 def machine() -> dict[str, object]:
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "processor": platform.processor(), "cpus": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def write_json(path: str | None, report: dict, quiet: bool = False) -> None:

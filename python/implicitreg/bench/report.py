@@ -21,8 +21,11 @@ def _clock_hz() -> tuple[float | None, str]:
     except (OSError, ValueError):
         pass
     try:
-        mhz = [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text()
-               .splitlines() if line.startswith("cpu MHz")]
+        mhz = [
+            float(line.split(":")[1])
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("cpu MHz")
+        ]
         if mhz:
             return max(mhz) * 1e6, "/proc/cpuinfo cpu MHz"
     except (OSError, ValueError, IndexError):
@@ -35,28 +38,43 @@ def fma_peak(info: dict, peak_gflops: float | None = None) -> dict:
     (float32 has twice the float64 lanes), or the user's float64 figure (float32: twice)."""
     if peak_gflops is not None:
         f64 = float(peak_gflops) * 1e9
-        return {"float64": f64, "float32": 2 * f64, "source": "--peak-gflops",
-                "formula": f"float64 peak {peak_gflops:g} Gflop/s (--peak-gflops); "
-                           "float32 twice that"}
+        return {
+            "float64": f64,
+            "float32": 2 * f64,
+            "source": "--peak-gflops",
+            "formula": f"float64 peak {peak_gflops:g} Gflop/s (--peak-gflops); float32 twice that",
+        }
     cores, lanes = int(info["threads"]), int(info["simd_lanes_f64"])
     hz, where = _clock_hz()
     if hz is None:
-        return {"float64": None, "float32": None, "source": "unknown",
-                "formula": "peak unknown (no clock found): pass --peak-gflops"}
+        return {
+            "float64": None,
+            "float32": None,
+            "source": "unknown",
+            "formula": "peak unknown (no clock found): pass --peak-gflops",
+        }
     f64 = cores * lanes * FMA_UNITS * 2 * hz
-    return {"float64": f64, "float32": 2 * f64, "source": where, "cores": cores,
-            "simd_lanes_f64": lanes, "fma_units": FMA_UNITS, "clock_hz": hz,
-            "formula": f"peak = cores x SIMD f64 lanes x FMA units x 2 flops x clock = {cores} x "
-                       f"{lanes} x {FMA_UNITS} x 2 x {hz / 1e9:.2f} GHz ({where}) = "
-                       f"{f64 / 1e9:.0f} Gflop/s float64, {2 * f64 / 1e9:.0f} float32 "
-                       f"({2 * lanes} lanes)"}
+    return {
+        "float64": f64,
+        "float32": 2 * f64,
+        "source": where,
+        "cores": cores,
+        "simd_lanes_f64": lanes,
+        "fma_units": FMA_UNITS,
+        "clock_hz": hz,
+        "formula": f"peak = cores x SIMD f64 lanes x FMA units x 2 flops x clock = {cores} x "
+        f"{lanes} x {FMA_UNITS} x 2 x {hz / 1e9:.2f} GHz ({where}) = "
+        f"{f64 / 1e9:.0f} Gflop/s float64, {2 * f64 / 1e9:.0f} float32 "
+        f"({2 * lanes} lanes)",
+    }
 
 
 # ----------------------------------------------------------------------------- one case
 
 
-def run_case(case: Case, peers: Peers, repeats: int, sample_s: float, peak: dict,
-             timer=WALL_CLOCK) -> dict:
+def run_case(
+    case: Case, peers: Peers, repeats: int, sample_s: float, peak: dict, timer=WALL_CLOCK
+) -> dict:
     """The case's row: every side's rate (or why it has none), ratios, % peak, targets."""
     built = case.build(peers)
     ready = {k: v for k, v in built.items() if isinstance(v, Side)}
@@ -67,9 +85,16 @@ def run_case(case: Case, peers: Peers, repeats: int, sample_s: float, peak: dict
             sides[name] = {**timed[name], "check": v.check, "match": v.match}
         else:
             sides[name] = {"skipped": v}
-    row = {"id": case.id, "kernel": case.kernel, "title": case.title, "unit": case.unit,
-           "batch": case.batch, "dtype": case.dtype, "flops_per_unit": case.flops,
-           "sides": sides}
+    row = {
+        "id": case.id,
+        "kernel": case.kernel,
+        "title": case.title,
+        "unit": case.unit,
+        "batch": case.batch,
+        "dtype": case.dtype,
+        "flops_per_unit": case.flops,
+        "sides": sides,
+    }
     # a peer's column: its fastest variant that matched (else its fastest, flagged)
     columns = {"cpu": sides["cpu"], "numpy": sides["numpy"]}
     for p in case.peers:
@@ -83,8 +108,9 @@ def run_case(case: Case, peers: Peers, repeats: int, sample_s: float, peak: dict
             columns[p] = {"skipped": next(iter(variants.values()))["skipped"]}
     row["columns"] = columns
     cpu_rate = sides["cpu"]["rate"]
-    row["ratios"] = {k: cpu_rate / c["rate"] for k, c in columns.items()
-                     if k != "cpu" and "rate" in c}
+    row["ratios"] = {
+        k: cpu_rate / c["rate"] for k, c in columns.items() if k != "cpu" and "rate" in c
+    }
     pk = peak.get(case.dtype)
     row["pct_peak"] = (100.0 * case.flops * cpu_rate / pk) if case.flops and pk else None
     row["targets"] = [_judge(case, row, kind, thr) for kind, thr in case.targets]
@@ -110,8 +136,15 @@ def _judge(case: Case, row: dict, kind: str, threshold: float) -> dict:
         elif not col["match"]:
             why, value = f"{kind} MISMATCH", None
     met = None if value is None else bool(value >= threshold)
-    return {"case": case.id, "target": text, "kind": kind, "threshold": threshold,
-            "value": value, "met": met, "why": why}
+    return {
+        "case": case.id,
+        "target": text,
+        "kind": kind,
+        "threshold": threshold,
+        "value": value,
+        "met": met,
+        "why": why,
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -147,15 +180,19 @@ def table(report: dict) -> str:
     rows = report["cases"]
     w_id = max([len(r["id"]) for r in rows] + [4])
     w_title = max([len(r["title"]) for r in rows] + [7])
-    head = (f"{'case':{w_id}s}  {'problem':{w_title}s} {'dtype':7s} {'unit':16s}"
-            f"{'cpu':>10s} {'%peak':>6s}")
+    head = (
+        f"{'case':{w_id}s}  {'problem':{w_title}s} {'dtype':7s} {'unit':16s}"
+        f"{'cpu':>10s} {'%peak':>6s}"
+    )
     for k in ("numpy",) + PEERS:
         head += f" {k:>13s} {'cpu/' + k:>9s}"
     lines = [head + "  targets"]
     for r in rows:
         pct = "-" if r["pct_peak"] is None else f"{r['pct_peak']:.1f}"
-        line = (f"{r['id']:{w_id}s}  {r['title']:{w_title}s} {r['dtype']:7s} {r['unit']:16s}"
-                f"{_rate(r['columns']['cpu']):>10s} {pct:>6s}")
+        line = (
+            f"{r['id']:{w_id}s}  {r['title']:{w_title}s} {r['dtype']:7s} {r['unit']:16s}"
+            f"{_rate(r['columns']['cpu']):>10s} {pct:>6s}"
+        )
         for k in ("numpy",) + PEERS:
             col = r["columns"].get(k, {"skipped": "n/a"})
             ratio = r["ratios"].get(k)
@@ -173,8 +210,10 @@ def notes(report: dict) -> list[str]:
             if "skipped" in s:
                 out.setdefault(f"{name}: {s['skipped']}", []).append(r["id"])
             elif not s["match"]:
-                out.setdefault(f"{name}: MISMATCH with the cpu backend (marked !; nothing "
-                               "judged against it)", []).append(r["id"])
+                out.setdefault(
+                    f"{name}: MISMATCH with the cpu backend (marked !; nothing judged against it)",
+                    [],
+                ).append(r["id"])
     return note_lines(out, len(report["cases"]))
 
 
@@ -183,10 +222,12 @@ def print_report(report: dict) -> None:
     the errors and the versions."""
     if report["cases"]:
         print("\n" + table(report))
-    print("\nrate: batch x steps (or calls) / median seconds; cpu/X: cpu rate / X rate; "
-          "%peak: flops per unit (benchmarks/README.md) x rate / peak; torch: the faster of "
-          "torch-closed and torch-autograd for dmf_step; ! = result differs from the cpu "
-          "backend's")
+    print(
+        "\nrate: batch x steps (or calls) / median seconds; cpu/X: cpu rate / X rate; "
+        "%peak: flops per unit (benchmarks/README.md) x rate / peak; torch: the faster of "
+        "torch-closed and torch-autograd for dmf_step; ! = result differs from the cpu "
+        "backend's"
+    )
     for line in notes(report):
         print(f"  note: {line}")
     if report["targets"]:
@@ -195,5 +236,7 @@ def print_report(report: dict) -> None:
             print(f"  {_status(t):8s} {t['case']}: {t['target']} (got {_value(t)})")
     for e in report["errors"]:
         print(f"ERROR: {e}")
-    print(f"total {report['elapsed_s']:.0f} s; versions: " + ", ".join(
-        f"{k} {v}" for k, v in report["versions"].items()))
+    print(
+        f"total {report['elapsed_s']:.0f} s; versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    )

@@ -16,20 +16,40 @@ from .registry import EXPERIMENTS, Experiment, get, stats
 __all__ = ["EXPERIMENTS", "Experiment", "get", "replot", "report_text", "reproduce", "stats"]
 
 
-def reproduce(name: str, seeds: int | None = None, backend: str = "cpu",
-              dtype: str | None = None, out=None, resume: bool = False, quick: bool = False,
-              progress=True, plot: bool = True, checkpoint_every: float = 300.0,
-              executor: str = "local", address: str | None = None
-              ) -> tuple[SweepResult, list[dict]]:
+def reproduce(
+    name: str,
+    seeds: int | None = None,
+    backend: str = "cpu",
+    dtype: str | None = None,
+    out=None,
+    resume: bool = False,
+    quick: bool = False,
+    progress=True,
+    plot: bool = True,
+    checkpoint_every: float = 300.0,
+    executor: str = "local",
+    address: str | None = None,
+) -> tuple[SweepResult, list[dict]]:
     """Run experiment `name` and return (results, report rows). With `out`, the results,
     report (report.txt, report.json) and figures (figures/*.png, *.pdf) are written there,
     and resume=True continues an interrupted run in that directory. executor and address
     are those of implicitreg.sweep (executor="ray": one Ray task per batch)."""
     exp = get(name)
     base, grid, n = exp.spec(quick, seeds, dtype)
-    res = sweep(base, grid, seeds=n, backend=backend, out=out, resume=resume,
-                progress=progress, checkpoint_every=checkpoint_every, name=name,
-                info={"quick": bool(quick)}, executor=executor, address=address)
+    res = sweep(
+        base,
+        grid,
+        seeds=n,
+        backend=backend,
+        out=out,
+        resume=resume,
+        progress=progress,
+        checkpoint_every=checkpoint_every,
+        name=name,
+        info={"quick": bool(quick)},
+        executor=executor,
+        address=address,
+    )
     rows = exp.report(res)
     if out is not None:
         write_report(out, exp, res, rows)
@@ -44,8 +64,10 @@ def replot(out) -> list[str]:
     name = res.meta.get("name", "")
     if name not in EXPERIMENTS:
         made_by = "`implicitreg run`" if name == "run" else f"a sweep named {name!r}"
-        raise ValueError(f"dir: {out} holds the results of {made_by}, not of a named "
-                         "experiment: plot redraws what `implicitreg reproduce NAME` wrote")
+        raise ValueError(
+            f"dir: {out} holds the results of {made_by}, not of a named "
+            "experiment: plot redraws what `implicitreg reproduce NAME` wrote"
+        )
     exp = EXPERIMENTS[name]
     rows = exp.report(res)
     write_report(out, exp, res, rows)
@@ -54,9 +76,15 @@ def replot(out) -> list[str]:
 
 def write_report(out, exp: Experiment, res: SweepResult, rows: list[dict]) -> None:
     text = report_text(exp, res, rows)
-    for fname, body in (("report.txt", text),
-                        ("report.json", json.dumps({"experiment": exp.name, "meta": res.meta,
-                                                    "rows": rows}, indent=1, default=str))):
+    for fname, body in (
+        ("report.txt", text),
+        (
+            "report.json",
+            json.dumps(
+                {"experiment": exp.name, "meta": res.meta, "rows": rows}, indent=1, default=str
+            ),
+        ),
+    ):
         tmp = os.path.join(out, f"{fname}.tmp-{os.getpid()}")
         with open(tmp, "w") as fh:
             fh.write(body)
@@ -77,9 +105,12 @@ def report_text(exp: Experiment, res: SweepResult, rows: list[dict]) -> str:
     """The side-by-side table: our median [IQR] (seeds that got there) next to the paper's
     value and the theory's, for every legend entry and quantity."""
     dtypes = sorted(set(res.columns["dtype"].tolist())) if "dtype" in res.columns else ["?"]
-    head = (f"{exp.title}\n{res.meta.get('seeds')} seeds per config, backend "
-            f"{res.meta.get('backend')}, {'/'.join(dtypes)}"
-            + (", quick variant" if res.meta.get("quick") else "") + "\n")
+    head = (
+        f"{exp.title}\n{res.meta.get('seeds')} seeds per config, backend "
+        f"{res.meta.get('backend')}, {'/'.join(dtypes)}"
+        + (", quick variant" if res.meta.get("quick") else "")
+        + "\n"
+    )
     cols = ("entry", "quantity", "ours: median [IQR]", "seeds", "paper", "theory")
     table = [cols]
     for r in rows:
@@ -90,18 +121,29 @@ def report_text(exp: Experiment, res: SweepResult, rows: list[dict]) -> str:
             ours = f"{100 * s['share']:.0f}% of seeds"
         else:
             ours = f"{_num(s['median'])} [{_num(s['q1'])}, {_num(s['q3'])}]"
-        table.append((r["entry"], r["quantity"], ours, f"{s['n']}/{s['of']}",
-                      _num(r.get("paper")), _num(r.get("theory"))))
+        table.append(
+            (
+                r["entry"],
+                r["quantity"],
+                ours,
+                f"{s['n']}/{s['of']}",
+                _num(r.get("paper")),
+                _num(r.get("theory")),
+            )
+        )
     widths = [max(len(str(row[i])) for row in table) for i in range(len(cols))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  {n}" for n in _notes(exp)]
     timing = res.meta.get("timings", [])
     secs = sum(t["seconds"] for t in timing)
     steps = sum(t["problem_steps"] for t in timing)
-    tail = (f"\n{len(timing)} batches, {steps:.3g} problem-steps in {secs:.1f} s"
-            + (f" ({steps / secs:.3g} problem-steps/s)" if secs > 0 else ""))
+    tail = f"\n{len(timing)} batches, {steps:.3g} problem-steps in {secs:.1f} s" + (
+        f" ({steps / secs:.3g} problem-steps/s)" if secs > 0 else ""
+    )
     body = "\n".join(lines) + ("\nnotes:\n" + "\n".join(notes) if notes else "")
     return head + body + tail + "\n"
 
@@ -119,4 +161,3 @@ def _notes(exp: Experiment) -> list[str]:
         else:
             bullet = False
     return notes
-

@@ -82,12 +82,13 @@ def _runs(ax, res, idx, metric, n_runs, norm, until=None, transform=np.abs):
         if until is not None:
             below = np.nonzero(loss < until)[0]
             if below.size:
-                keep[below[0] + 1:] = False
+                keep[below[0] + 1 :] = False
         pts = np.column_stack([loss[keep], y[keep]])
         if len(pts) < 2:
             continue
-        lc = LineCollection(np.stack([pts[:-1], pts[1:]], axis=1), cmap=_CMAP_RUNS, norm=norm,
-                            lw=0.8, alpha=0.8)
+        lc = LineCollection(
+            np.stack([pts[:-1], pts[1:]], axis=1), cmap=_CMAP_RUNS, norm=norm, lw=0.8, alpha=0.8
+        )
         lc.set_array(np.maximum(steps[keep][1:], 1))
         ax.add_collection(lc)
 
@@ -109,8 +110,9 @@ def figure_paper_2x2(res, figdir: str) -> list[str]:
 
     plt = _plt()
     depths = sorted({d for d, _, _ in PAPER_CONFIGS if res.rows(depth=d).size})
-    fig, axes = plt.subplots(1, len(depths), figsize=(5.2 * len(depths), 4.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(depths), figsize=(5.2 * len(depths), 4.4), squeeze=False, layout="constrained"
+    )
     colors = plt.get_cmap("tab10").colors
     for ax, depth in zip(axes[0], depths, strict=True):
         norm = _iterations_norm(res, res.rows(depth=depth))
@@ -119,33 +121,48 @@ def figure_paper_2x2(res, figdir: str) -> list[str]:
             if d != depth:
                 continue
             for balanced in (False, True):
-                idx = res.rows(depth=d, lr=lr, scale=scale,
-                               init="balanced" if balanced else "normal")
+                idx = res.rows(
+                    depth=d, lr=lr, scale=scale, init="balanced" if balanced else "normal"
+                )
                 if idx.size == 0:
                     continue
                 thr, med, q1, q3 = crossing_curve(res, idx, "entry:0,0")
                 color = colors[ci % len(colors)]
                 ci += 1
                 top = max(top, np.nanmax(q3, initial=0.0))
-                _band(ax, thr, med, q1, q3, color, legend_2x2(d, lr, scale, balanced),
-                      ls="-" if balanced else "--")
+                _band(
+                    ax,
+                    thr,
+                    med,
+                    q1,
+                    q3,
+                    color,
+                    legend_2x2(d, lr, scale, balanced),
+                    ls="-" if balanced else "--",
+                )
                 mk = np.isin(thr, MARKERS)
                 ax.plot(thr[mk], med[mk], "o", color=color, ms=5)
                 _runs(ax, res, idx, "entry:0,0", 2, norm, until=1e-4)
         grid = np.geomspace(0.5, 1e-4, 200)
         ax.plot(grid, rank1_path(grid), "k:", lw=1, label=r"rank-1 path $1/\sqrt{2\ell}$")
         b = det_bound(grid)
-        ax.plot(grid[b > 0], b[b > 0], color="0.5", ls="-.", lw=1,
-                label=r"det$>0$ bound $(1-s)^2/s$")
+        ax.plot(
+            grid[b > 0], b[b > 0], color="0.5", ls="-.", lw=1, label=r"det$>0$ bound $(1-s)^2/s$"
+        )
         _loss_axis(ax, 1e-4)
         ax.set_ylim(0, 1.15 * top if top > 0 else None)  # the runs' range, as in the paper
         ax.set_ylabel("|unobserved entry|  |w11|")
         ax.set_title(f"depth {depth}")
         ax.legend(fontsize=7, loc="upper left")
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=_CMAP_RUNS), ax=ax,
-                     label="iterations (individual runs)")
-    fig.suptitle(f"Canonical 2x2 completion: median and IQR over {res.meta['seeds']} seeds, "
-                 "markers at loss 1.3e-1 ... 1.3e-4")
+        fig.colorbar(
+            plt.cm.ScalarMappable(norm=norm, cmap=_CMAP_RUNS),
+            ax=ax,
+            label="iterations (individual runs)",
+        )
+    fig.suptitle(
+        f"Canonical 2x2 completion: median and IQR over {res.meta['seeds']} seeds, "
+        "markers at loss 1.3e-1 ... 1.3e-4"
+    )
     return _save(fig, figdir, "paper-2x2")
 
 
@@ -153,8 +170,9 @@ def figure_perturbed(res, figdir: str) -> list[str]:
 
     plt = _plt()
     depths = [d for d, _, _ in PERTURBED_DEPTHS if res.rows(depth=d).size]
-    fig, axes = plt.subplots(2, len(depths), figsize=(5 * len(depths), 8), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        2, len(depths), figsize=(5 * len(depths), 8), squeeze=False, layout="constrained"
+    )
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(EPSILONS)))
     lowest = float(_thresholds(res)[-1])
     for j, depth in enumerate(depths):
@@ -185,8 +203,10 @@ def figure_perturbed(res, figdir: str) -> list[str]:
             lo, hi = ax.get_ylim()  # w11 -> -1/eps, or +-inf for eps = 0: clip at +-110
             ax.set_ylim(max(-110, lo), min(110, max(hi, 5)))
             ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Perturbed 2x2 (-2, 0.5, eps), det(W(0)) < 0: median and IQR over "
-                 f"{res.meta['seeds']} seeds")
+    fig.suptitle(
+        f"Perturbed 2x2 (-2, 0.5, eps), det(W(0)) < 0: median and IQR over "
+        f"{res.meta['seeds']} seeds"
+    )
     return _save(fig, figdir, "perturbed-2x2")
 
 
@@ -194,8 +214,9 @@ def figure_family(res, figdir: str) -> list[str]:
 
     plt = _plt()
     ds = [d for d in FAMILY_D if res.rows(d=d).size]
-    fig, axes = plt.subplots(1, len(ds), figsize=(5 * len(ds), 4.2), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(ds), figsize=(5 * len(ds), 4.2), squeeze=False, layout="constrained"
+    )
     for ax, d in zip(axes[0], ds, strict=True):
         norm = _iterations_norm(res, res.rows(d=d))
         for init, color in (("normal", "C0"), ("balanced", "C1")):
@@ -210,8 +231,11 @@ def figure_family(res, figdir: str) -> list[str]:
         ax.set_ylabel("|w11|")
         ax.set_title(f"d = {d}, depth 3")
         ax.legend(fontsize=8, loc="upper left")
-        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=_CMAP_RUNS), ax=ax,
-                     label="iterations (individual runs)")
+        fig.colorbar(
+            plt.cm.ScalarMappable(norm=norm, cmap=_CMAP_RUNS),
+            ax=ax,
+            label="iterations (individual runs)",
+        )
     fig.suptitle(f"d x d family: median and IQR over {res.meta['seeds']} seeds")
     return _save(fig, figdir, "family-dxd")
 
@@ -255,8 +279,10 @@ def figure_norms_vs_rank(res, figdir: str) -> list[str]:
         axes[i, 2].set_yscale("log")
         axes[i, 1].set_ylim(0.95, 2.05)
     axes[0, 0].set_ylim(bottom=0.1)  # the first crossings of losses near 1 are at the tiny init
-    fig.suptitle(f"Canonical 2x2, depth 3: every norm grows while the rank falls "
-                 f"(median and IQR over {res.meta['seeds']} seeds)")
+    fig.suptitle(
+        f"Canonical 2x2, depth 3: every norm grows while the rank falls "
+        f"(median and IQR over {res.meta['seeds']} seeds)"
+    )
     return _save(fig, figdir, "norms-vs-rank")
 
 
@@ -267,11 +293,21 @@ def figure_random_completion(res, figdir: str) -> list[str]:
     depths = sorted(set(c["depth"].tolist()))
     for k, n_obs in enumerate(sorted(set(c["n_obs"].tolist()))):
         for ax, name in zip(axes, ("recon_error", "erank"), strict=True):
-            q = np.array([np.nanpercentile(c[name][res.rows(depth=d, n_obs=n_obs)],
-                                           [25, 50, 75]) for d in depths])
+            q = np.array(
+                [
+                    np.nanpercentile(c[name][res.rows(depth=d, n_obs=n_obs)], [25, 50, 75])
+                    for d in depths
+                ]
+            )
             x = np.asarray(depths) + (k - 1) * 0.06
-            ax.errorbar(x, q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]], marker="o",
-                        capsize=3, label=f"{n_obs} observed")
+            ax.errorbar(
+                x,
+                q[:, 1],
+                yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]],
+                marker="o",
+                capsize=3,
+                label=f"{n_obs} observed",
+            )
     cfg = res.configs[0]
     axes[0].set_yscale("log")
     axes[0].set_ylabel(r"$\|E - W^*\|_F / \|W^*\|_F$")
@@ -284,8 +320,10 @@ def figure_random_completion(res, figdir: str) -> list[str]:
         ax.set_xlabel("depth")
         ax.set_xticks(depths)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Random rank-{cfg['target_rank']} {cfg['m']}x{cfg['n']} completion: median and "
-                 f"IQR over {res.meta['seeds']} seeds")
+    fig.suptitle(
+        f"Random rank-{cfg['target_rank']} {cfg['m']}x{cfg['n']} completion: median and "
+        f"IQR over {res.meta['seeds']} seeds"
+    )
     return _save(fig, figdir, "random-completion")
 
 
@@ -310,8 +348,9 @@ def figure_tensor_completion(res, figdir: str) -> list[str]:
     plt = _plt()
     c = res.columns
     cases = sorted({(int(o), int(r)) for o, r in zip(c["order"], c["target_rank"], strict=True)})
-    fig, axes = plt.subplots(len(cases), 2, figsize=(11, 4.2 * len(cases)), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(cases), 2, figsize=(11, 4.2 * len(cases)), squeeze=False, layout="constrained"
+    )
     styles = {1e-2: ("C1", "v", "-"), 1e-3: ("C2", "^", "-.")}
     for (order, rank), (ax_err, ax_rank) in zip(cases, axes, strict=True):
         ns = sorted(set(c["n_obs"][res.rows(order=order, target_rank=rank)].tolist()))

@@ -29,8 +29,9 @@ class Experiment:
     seeds: int = 32
     quick: dict = field(default_factory=dict)  # {"seeds": n, "base": {...}, "grid": [...]}
 
-    def spec(self, quick: bool = False, seeds: int | None = None,
-             dtype: str | None = None) -> tuple[dict, list, int]:
+    def spec(
+        self, quick: bool = False, seeds: int | None = None, dtype: str | None = None
+    ) -> tuple[dict, list, int]:
         """(base, grid, seeds) of the full or quick variant."""
         base, grid, n = dict(self.base), self.grid, self.seeds
         if quick:
@@ -52,8 +53,9 @@ def register(exp: Experiment) -> Experiment:
 
 def get(name: str) -> Experiment:
     if name not in EXPERIMENTS:
-        raise ValueError(f"experiment: unknown name {name!r}; choose one of "
-                         f"{', '.join(EXPERIMENTS)}")
+        raise ValueError(
+            f"experiment: unknown name {name!r}; choose one of {', '.join(EXPERIMENTS)}"
+        )
     return EXPERIMENTS[name]
 
 
@@ -64,11 +66,21 @@ def stats(values) -> dict:
     if f.size == 0:
         return {"median": np.nan, "q1": np.nan, "q3": np.nan, "n": 0, "of": int(v.size)}
     q1, med, q3 = np.percentile(f, [25, 50, 75])
-    return {"median": float(med), "q1": float(q1), "q3": float(q3), "n": int(f.size),
-            "of": int(v.size)}
+    return {
+        "median": float(med),
+        "q1": float(q1),
+        "q3": float(q3),
+        "n": int(f.size),
+        "of": int(v.size),
+    }
 
 
 def row(entry, quantity, values, paper=None, theory=None) -> dict:
     """One report row: our median [IQR] of `values` beside the paper's and the theory's."""
-    return {"entry": entry, "quantity": quantity, "ours": stats(values), "paper": paper,
-            "theory": theory}
+    return {
+        "entry": entry,
+        "quantity": quantity,
+        "ours": stats(values),
+        "paper": paper,
+        "theory": theory,
+    }

@@ -34,7 +34,6 @@ PAPER_ORDER4 = {
 }
 
 
-
 def report_tensor(res) -> list[dict]:
     rows, c = [], res.columns
     for order in sorted(set(c["order"].tolist())):
@@ -46,6 +45,7 @@ def report_tensor(res) -> list[dict]:
 
                 def ref(key, k=k, paper=paper):
                     return None if paper is None or k is None else paper[key][k]
+
                 head = f"order {order}, rank {rank}, n {n_obs}"
                 idx = res.rows(order=order, target_rank=rank, n_obs=n_obs)
                 for init in INITS:
@@ -53,27 +53,51 @@ def report_tensor(res) -> list[dict]:
                     if sel.size == 0:
                         continue
                     key = f"tf {init:.0e}".replace("e-0", "e-")  # "tf 1e-2"
-                    rows.append(row(head, f"tf init {init:g}: error", c["recon_error"][sel],
-                                     ref(key)))
+                    rows.append(
+                        row(head, f"tf init {init:g}: error", c["recon_error"][sel], ref(key))
+                    )
                     if "tensor_rank" in c:
-                        rows.append(row(head, f"tf init {init:g}: rank", c["tensor_rank"][sel],
-                                         ref(f"{key} rank"), f"truth {rank}"))
+                        rows.append(
+                            row(
+                                head,
+                                f"tf init {init:g}: rank",
+                                c["tensor_rank"][sel],
+                                ref(f"{key} rank"),
+                                f"truth {rank}",
+                            )
+                        )
                 if "memorizer_error" in c:
                     first = idx[np.isclose(c["scale"][idx], c["scale"][idx[0]], rtol=1e-12)]
-                    rows.append(row(head, "linear: error", c["memorizer_error"][first],
-                                     ref("linear")))
+                    rows.append(
+                        row(head, "linear: error", c["memorizer_error"][first], ref("linear"))
+                    )
                     if "memorizer_rank" in c:
-                        rows.append(row(head, "linear: rank", c["memorizer_rank"][first],
-                                         ref("linear rank")))
+                        rows.append(
+                            row(
+                                head, "linear: rank", c["memorizer_rank"][first], ref("linear rank")
+                            )
+                        )
     return rows
 
 
-_BASE = {"model": "cp", "problem": "random_cp_completion", "dim": 8, "optimizer":
-         "group_rmsprop", "lr": 1e-2, "tol": 1e-6, "patience": 2, "check_every": 100,
-         "max_steps": 1_000_000, "log": 60, "metrics": ("loss", "recon_error"),
-         # ranks by the paper's rule, with starts enough to be reliable
-         "thresholds": (), "rank_restarts": 10, "rank_criterion": "absolute",
-         "baseline": True}
+_BASE = {
+    "model": "cp",
+    "problem": "random_cp_completion",
+    "dim": 8,
+    "optimizer": "group_rmsprop",
+    "lr": 1e-2,
+    "tol": 1e-6,
+    "patience": 2,
+    "check_every": 100,
+    "max_steps": 1_000_000,
+    "log": 60,
+    "metrics": ("loss", "recon_error"),
+    # ranks by the paper's rule, with starts enough to be reliable
+    "thresholds": (),
+    "rank_restarts": 10,
+    "rank_criterion": "absolute",
+    "baseline": True,
+}
 
 _DOC = """
     Random CP tensors (Frobenius norm 1, the paper's generator, one per seed) observed at
@@ -86,31 +110,41 @@ _DOC = """
       (errors to about half a decade); ours: median [IQR] over seeds, one random tensor each.
     """
 
-register(Experiment(
-    name="tensor-completion",
-    title="Tensor completion, order 3 (8x8x8), ranks 1 and 3: error and rank vs observations",
-    doc=_DOC,
-    base={**_BASE, "order": 3},
-    grid=[{"target_rank": [1, 3], "n_obs": list(ORDER3_N), "scale": list(INITS)}],
-    report=report_tensor,
-    figures=figure_tensor_completion,
-    seeds=8,
-    quick={"seeds": 4, "grid": [{"target_rank": 1, "n_obs": [100, 200, 300],
-                                 "scale": list(INITS)}]},
-))
+register(
+    Experiment(
+        name="tensor-completion",
+        title="Tensor completion, order 3 (8x8x8), ranks 1 and 3: error and rank vs observations",
+        doc=_DOC,
+        base={**_BASE, "order": 3},
+        grid=[{"target_rank": [1, 3], "n_obs": list(ORDER3_N), "scale": list(INITS)}],
+        report=report_tensor,
+        figures=figure_tensor_completion,
+        seeds=8,
+        quick={
+            "seeds": 4,
+            "grid": [{"target_rank": 1, "n_obs": [100, 200, 300], "scale": list(INITS)}],
+        },
+    )
+)
 
-register(Experiment(
-    name="tensor-completion-order4",
-    title="Tensor completion, order 4 (8x8x8x8), rank 1: error and rank vs observations",
-    doc=_DOC + """
+register(
+    Experiment(
+        name="tensor-completion-order4",
+        title="Tensor completion, order 4 (8x8x8x8), rank 1: error and rank vs observations",
+        doc=_DOC
+        + """
     * order 4 from init 1e-3 spends 2-3e4 steps escaping the origin, and at
       n = 100 it runs to the 1e6-step cap: the full run takes about 20 minutes on 2 cores.
     """,
-    base={**_BASE, "order": 4},
-    grid=[{"target_rank": 1, "n_obs": list(ORDER4_N), "scale": list(INITS)}],
-    report=report_tensor,
-    figures=figure_tensor_completion,
-    seeds=8,
-    quick={"seeds": 2, "base": {"max_steps": 5_000},
-           "grid": [{"target_rank": 1, "n_obs": [2000], "scale": [1e-2]}]},
-))
+        base={**_BASE, "order": 4},
+        grid=[{"target_rank": 1, "n_obs": list(ORDER4_N), "scale": list(INITS)}],
+        report=report_tensor,
+        figures=figure_tensor_completion,
+        seeds=8,
+        quick={
+            "seeds": 2,
+            "base": {"max_steps": 5_000},
+            "grid": [{"target_rank": 1, "n_obs": [2000], "scale": [1e-2]}],
+        },
+    )
+)

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 from ..trajectory import Trajectory, every, geometric, load
 from .cp import CP_METRICS, CPFactorization
+from .crossings import Crossings
 from .dmf import DeepFactorization
-from .fit import Crossings
 
-__all__ = ["CP_METRICS", "CPFactorization", "Crossings", "DeepFactorization", "Trajectory",
-           "every", "geometric", "load"]
+__all__ = [
+    "CP_METRICS",
+    "CPFactorization",
+    "Crossings",
+    "DeepFactorization",
+    "Trajectory",
+    "every",
+    "geometric",
+    "load",
+]

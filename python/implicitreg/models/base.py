@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import ops
 from .._backend import array_module, backends, is_device, to_host
-from .._checks import choice, finite, float_dtype, real_array
+from .._checks import batch_memory, choice, finite, float_dtype, real_array
 from .._codes import OPTIMIZERS, STATUS_NAMES
 from ..problems import Completion, Sensing
 
@@ -37,21 +37,25 @@ def _factor_dtype(arrays: list[np.ndarray], dtype) -> np.dtype:
         return float_dtype(dtype, "dtype")
     kinds = {a.dtype for a in arrays}
     if len(kinds) > 1:
-        raise TypeError(f"factors: expected one dtype for every factor, got "
-                        f"{sorted(str(k) for k in kinds)}; pass dtype= to convert")
+        raise TypeError(
+            f"factors: expected one dtype for every factor, got "
+            f"{sorted(str(k) for k in kinds)}; pass dtype= to convert"
+        )
     return float_dtype(arrays[0].dtype, "factors")
 
 
-def _in_dtype(arrays: list[np.ndarray], dtype: np.dtype, scale: float | None = None
-              ) -> list[np.ndarray]:
+def _in_dtype(
+    arrays: list[np.ndarray], dtype: np.dtype, scale: float | None = None
+) -> list[np.ndarray]:
     """The factors in the model's dtype, refused when a value does not survive the cast: too
     large (a float64 1e300 is inf in float32) or too small (a nonzero entry that becomes 0:
     a factor of zeros never moves). scale: the init's, which drew them; the error names it."""
     with np.errstate(over="ignore", under="ignore"):
         cast = [a.astype(dtype, copy=False) for a in arrays]
     for j, (a, c) in enumerate(zip(arrays, cast, strict=True)):
-        name = (f"factors[{j}]" if scale is None
-                else f"scale: factors[{j}] drawn with scale={scale:g}")
+        name = (
+            f"factors[{j}]" if scale is None else f"scale: factors[{j}] drawn with scale={scale:g}"
+        )
         finite(c, name)
         lost = (a != 0) & (c == 0)
         if lost.any():
@@ -59,35 +63,45 @@ def _in_dtype(arrays: list[np.ndarray], dtype: np.dtype, scale: float | None = N
                 f"{name}: {int(lost.sum())} nonzero entries (down to "
                 f"{np.abs(a[lost]).min():.3g}) underflow to 0 in {dtype}, whose smallest "
                 f"normal number is {np.finfo(dtype).tiny:.3g}; use dtype='float64' or a "
-                "larger scale")
+                "larger scale"
+            )
     return cast
 
 
 def _check_representable(problem, dtype: np.dtype) -> None:
     """The problem's values fit the model's dtype (float32 holds up to 3.4e38)."""
     top = float(np.finfo(dtype).max)
-    values = ({"A": problem.A, "y": problem.y} if isinstance(problem, Sensing)
-              else {"targets": problem.targets})
+    values = (
+        {"A": problem.A, "y": problem.y}
+        if isinstance(problem, Sensing)
+        else {"targets": problem.targets}
+    )
     for name, x in values.items():
         big = float(np.abs(x).max(initial=0.0))
         if big > top:
-            raise ValueError(f"{name}: {big:.3g} is not representable in {dtype}, whose "
-                             f"largest number is {top:.3g}; use dtype='float64'")
+            raise ValueError(
+                f"{name}: {big:.3g} is not representable in {dtype}, whose "
+                f"largest number is {top:.3g}; use dtype='float64'"
+            )
 
 
 def _host(x, name: str):
     """x on the host: a CuPy array is copied once; another device array (PyTorch, Numba)
     has no such copy, and is refused rather than failing inside the copy."""
     if is_device(x) and not hasattr(x, "get"):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got a device array of type "
-                        f"{type(x).__name__}; pass cupy.asarray(x) (or a NumPy copy)")
+        raise TypeError(
+            f"{name}: expected a NumPy or CuPy array, got a device array of type "
+            f"{type(x).__name__}; pass cupy.asarray(x) (or a NumPy copy)"
+        )
     return to_host(x)
 
 
 def _check_problem(problem):
     if not isinstance(problem, (Completion, Sensing)):
-        raise TypeError("problem: expected implicitreg.completion(...) or "
-                        f"implicitreg.sensing(...), got {type(problem).__name__}")
+        raise TypeError(
+            "problem: expected implicitreg.completion(...) or "
+            f"implicitreg.sensing(...), got {type(problem).__name__}"
+        )
     return problem
 
 
@@ -131,6 +145,29 @@ class Trained:
     _m: list[np.ndarray] | None
     _s: list[np.ndarray] | None
 
+    def _own(self, problem, arrays: list[np.ndarray], backend: str, extra_bytes: int = 0) -> None:
+        """Take `problem` and copies of the checked factors (each (B, ...) or shared, in the
+        model's dtype) on `backend`, with a fresh state; refused first where a batch of them
+        (and extra_bytes more per problem) would not fit in memory."""
+        B, dtype = problem.batch, arrays[0].dtype
+        size = sum(a.shape[-2] * a.shape[-1] for a in arrays)
+        batch_memory(
+            size * dtype.itemsize + STATE_BYTES + extra_bytes,
+            B,
+            "factors",
+            "the model's factors",
+            device=backend == "cuda",
+        )
+        self.problem = problem
+        self.backend = backend
+        xp = array_module(backend)
+        self._factors = [
+            xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype, order="C")
+            for a in arrays
+        ]
+        self._init_state(B, dtype)
+        self.steps_done = 0
+
     def _init_state(self, B: int, dtype) -> None:
         """Status, frozen_at and the optimizers' state of a fresh model."""
         xp = array_module(self.backend)
@@ -156,8 +193,11 @@ class Trained:
     def _state(self, whole: bool = False) -> dict[str, np.ndarray]:
         """The live arrays of the model's state (what save() and fit checkpoints keep, or
         whole: every array, kept or not; on the device for the cuda backend)."""
-        state = {"status": self._status, "frozen_at": self._frozen_at,
-                 **{f"factor{j}": W for j, W in enumerate(self._factors)}}
+        state = {
+            "status": self._status,
+            "frozen_at": self._frozen_at,
+            **{f"factor{j}": W for j, W in enumerate(self._factors)},
+        }
         if whole or self._saves_optimizer():
             state.update(v=self._v, t=self._t)
         for j, (m, v) in enumerate(zip(self._m or (), self._s or (), strict=True)):
@@ -220,9 +260,11 @@ class Trained:
             raise ValueError(f"eps: expected a finite number >= 0, got {eps}")
         owner = self._state_owner() if name != "gd" else None
         if owner not in (None, name):
-            raise ValueError(f"optimizer: this model's optimizer state holds {owner} updates, "
-                             f"which {name} cannot continue; call reset_optimizer() first to "
-                             f"start {name} afresh")
+            raise ValueError(
+                f"optimizer: this model's optimizer state holds {owner} updates, "
+                f"which {name} cannot continue; call reset_optimizer() first to "
+                f"start {name} afresh"
+            )
         return {"optimizer": name, "beta": beta, "betas": betas, "eps": eps}
 
     def _optimizer_arg(self, settings: dict) -> dict | None:
@@ -236,8 +278,7 @@ class Trained:
             self._m = self._s = None  # no adam update yet (the count is 0): nothing is lost
             return {**arg, "beta": settings["beta"], "v": self._v}
         m, v = self._moments()
-        return {**arg, "beta1": settings["betas"][0], "beta2": settings["betas"][1], "m": m,
-                "s": v}
+        return {**arg, "beta1": settings["betas"][0], "beta2": settings["betas"][1], "m": m, "s": v}
 
     @staticmethod
     def _optimizer_meta(settings: dict) -> dict:
@@ -258,8 +299,10 @@ class Trained:
         with np.errstate(over="ignore"):  # a value too large for float32 becomes inf: refused
             a = np.ascontiguousarray(a, dtype=self.dtype)
         if not (np.isfinite(a).all() and (a > 0).all()):
-            raise ValueError(f"lr: expected finite learning rates > 0 (in {self.dtype}), "
-                             f"got {a if a.size <= 4 else 'some that are not'}")
+            raise ValueError(
+                f"lr: expected finite learning rates > 0 (in {self.dtype}), "
+                f"got {a if a.size <= 4 else 'some that are not'}"
+            )
         return a
 
     @staticmethod

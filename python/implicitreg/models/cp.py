@@ -43,59 +43,71 @@ class CPFactorization(Trained):
 
     def __init__(self, problem, factors, backend: str = "cpu", dtype=None):
         if not isinstance(problem, TensorCompletion):
-            raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
-                            f"{type(problem).__name__}")
+            raise TypeError(
+                "problem: expected implicitreg.tensor_completion(...), got "
+                f"{type(problem).__name__}"
+            )
         backend = _check_backend(backend)
         if not isinstance(factors, (list, tuple)) or len(factors) != problem.order:
-            raise TypeError(f"factors: expected a list of {problem.order} arrays (B, d_n, R), "
-                            f"got {type(factors).__name__} of length "
-                            f"{len(factors) if hasattr(factors, '__len__') else '?'}")
+            raise TypeError(
+                f"factors: expected a list of {problem.order} arrays (B, d_n, R), "
+                f"got {type(factors).__name__} of length "
+                f"{len(factors) if hasattr(factors, '__len__') else '?'}"
+            )
         # Validated on the host (a device array is copied once), then placed on the backend.
-        arrays = [real_array(_host(U, f"factors[{n}]"), f"factors[{n}]")
-                  for n, U in enumerate(factors)]
+        arrays = [
+            real_array(_host(U, f"factors[{n}]"), f"factors[{n}]") for n, U in enumerate(factors)
+        ]
         dtype = _factor_dtype(arrays, dtype)
         _check_representable(problem, dtype)
         B, R = problem.batch, arrays[0].shape[-1] if arrays[0].ndim in (2, 3) else -1
         for n, (a, d) in enumerate(zip(arrays, problem.dims, strict=True)):
             if a.ndim not in (2, 3) or a.shape[-2:] != (d, R) or (a.ndim == 3 and a.shape[0] != B):
-                raise ValueError(f"factors[{n}]: expected shape ({B}, {d}, R) or ({d}, R) with "
-                                 f"one R for every factor, got {a.shape}")
+                raise ValueError(
+                    f"factors[{n}]: expected shape ({B}, {d}, R) or ({d}, R) with "
+                    f"one R for every factor, got {a.shape}"
+                )
         arrays = _in_dtype(arrays, dtype)
         if not 1 <= R <= LIMITS["max_cp_rank"]:
-            raise ValueError(f"factors: expected 1 to {LIMITS['max_cp_rank']} components R, "
-                             f"got {R}")
-        # the factors, the state and the last losses
-        batch_memory(sum(problem.dims) * R * dtype.itemsize + STATE_BYTES + dtype.itemsize, B,
-                     "factors", "the model's factors", device=backend == "cuda")
-        self.problem = problem
-        self.backend = backend
-        xp = array_module(backend)
-        self._factors = [xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
-                                  order="C") for a in arrays]
-        self._init_state(B, dtype)
-        self._step_loss = xp.empty(B, dtype=dtype)  # the last step() call's final losses
-        self.steps_done = 0
+            raise ValueError(
+                f"factors: expected 1 to {LIMITS['max_cp_rank']} components R, got {R}"
+            )
+        self._own(problem, arrays, backend, extra_bytes=dtype.itemsize)  # and the losses:
+        # the last step() call's final losses
+        self._step_loss = array_module(backend).empty(B, dtype=dtype)
 
     @classmethod
-    def init(cls, problem, rank: int | None = None, scale: float = 1e-3, seed: int = 0,
-             dtype="float64", backend: str = "cpu") -> CPFactorization:
+    def init(
+        cls,
+        problem,
+        rank: int | None = None,
+        scale: float = 1e-3,
+        seed: int = 0,
+        dtype="float64",
+        backend: str = "cpu",
+    ) -> CPFactorization:
         """Factors with i.i.d. N(0, scale^2) entries (the paper's init_std); rank R
         defaults to the largest CP rank prod(d) / max(d) (64 for 8x8x8, 512 for 8x8x8x8), so
         that nothing constrains the rank. Problem b's start depends only on (seed, b)."""
         if not isinstance(problem, TensorCompletion):
-            raise TypeError("problem: expected implicitreg.tensor_completion(...), got "
-                            f"{type(problem).__name__}")
+            raise TypeError(
+                "problem: expected implicitreg.tensor_completion(...), got "
+                f"{type(problem).__name__}"
+            )
         dims = problem.dims
         R = int(np.prod(dims)) // max(dims) if rank is None else integer(rank, "rank", minimum=1)
         if R > LIMITS["max_cp_rank"]:
-            raise ValueError(f"rank: expected at most {LIMITS['max_cp_rank']} components, "
-                             f"got {R}")
+            raise ValueError(f"rank: expected at most {LIMITS['max_cp_rank']} components, got {R}")
         scale = positive(scale, "scale")
         seed = _rng.check_seed(seed)
         dtype = float_dtype(dtype, "dtype")
         _check_backend(backend)
-        batch_memory(sum(dims) * R * (8 + dtype.itemsize) + STATE_BYTES + dtype.itemsize,
-                     problem.batch, "problem", "drawing the starting factors")
+        batch_memory(
+            sum(dims) * R * (8 + dtype.itemsize) + STATE_BYTES + dtype.itemsize,
+            problem.batch,
+            "problem",
+            "drawing the starting factors",
+        )
         factors = [np.empty((problem.batch, d, R)) for d in dims]
         for b in range(problem.batch):
             g = _rng.generator(seed, "init", b)
@@ -134,9 +146,16 @@ class CPFactorization(Trained):
         return self.measure(("loss",))["loss"]
 
     @serialized
-    def step(self, lr, steps: int = 1, tol=None, optimizer: str = "group_rmsprop",
-             beta: float = 0.99, eps: float | None = None, betas=(0.9, 0.999)
-             ) -> CPFactorization:
+    def step(
+        self,
+        lr,
+        steps: int = 1,
+        tol=None,
+        optimizer: str = "group_rmsprop",
+        beta: float = 0.99,
+        eps: float | None = None,
+        betas=(0.9, 0.999),
+    ) -> CPFactorization:
         """`steps` updates in place with no Python between steps, by the optimizer: "gd",
         "group_rmsprop" (the paper's) or "adam", with beta, eps and betas as for
         DeepFactorization.step. Freezing and divergence as for DeepFactorization.step."""
@@ -158,8 +177,19 @@ class CPFactorization(Trained):
         while True:
             n = min(chunk, steps - done)
             with deferred_interrupt():  # the call and its count, or neither
-                ops.cp_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                            self._status, self._frozen_at, loss, opt, backend=self.backend)
+                ops.cp_step(
+                    self._factors,
+                    self.problem,
+                    lr_arr,
+                    n,
+                    tol_v,
+                    self.steps_done,
+                    self._status,
+                    self._frozen_at,
+                    loss,
+                    opt,
+                    backend=self.backend,
+                )
                 # the status readback is where a device fault surfaces: before the count moves
                 all_frozen = bool((self._status != 0).all())
                 self.steps_done += n
@@ -172,12 +202,14 @@ class CPFactorization(Trained):
         if isinstance(metrics, str):
             metrics = (metrics,)
         if not isinstance(metrics, (list, tuple)):
-            raise TypeError(f"metrics: expected a list of metric names, got "
-                            f"{type(metrics).__name__}")
+            raise TypeError(
+                f"metrics: expected a list of metric names, got {type(metrics).__name__}"
+            )
         for name in metrics:
             if name not in CP_METRICS:
-                raise ValueError(f"metrics: unknown metric {name!r}; known: "
-                                 f"{', '.join(CP_METRICS)}")
+                raise ValueError(
+                    f"metrics: unknown metric {name!r}; known: {', '.join(CP_METRICS)}"
+                )
         return list(dict.fromkeys(metrics))
 
     @serialized
@@ -213,11 +245,24 @@ class CPFactorization(Trained):
         return {k: to_host(out[k]) for k in names}
 
     @serialized
-    def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
-            optimizer: str = "group_rmsprop", beta: float = 0.99, eps: float | None = None,
-            patience: int | None = None, check_every: int = 100,
-            progress=True, checkpoint=None, checkpoint_every: float = 300.0,
-            keep_checkpoint: bool = False, betas=(0.9, 0.999)) -> Trajectory:
+    def fit(
+        self,
+        lr,
+        max_steps: int,
+        tol=None,
+        log=None,
+        metrics=("loss", "recon_error"),
+        optimizer: str = "group_rmsprop",
+        beta: float = 0.99,
+        eps: float | None = None,
+        patience: int | None = None,
+        check_every: int = 100,
+        progress=True,
+        checkpoint=None,
+        checkpoint_every: float = 300.0,
+        keep_checkpoint: bool = False,
+        betas=(0.9, 0.999),
+    ) -> Trajectory:
         """Train for up to max_steps more steps (optimizer, beta, eps, betas as in step; the paper
         uses group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
         return the Trajectory. Stops early when every problem is frozen.
@@ -229,22 +274,44 @@ class CPFactorization(Trained):
         checkpoint, checkpoint_every, keep_checkpoint: as for DeepFactorization.fit
         (resumable, bit for bit).
         """
-        s = self._fit_settings(lr, max_steps, tol, log, metrics, optimizer, beta, eps, patience,
-                               check_every, betas)
+        s = self._fit_settings(
+            lr, max_steps, tol, log, metrics, optimizer, beta, eps, patience, check_every, betas
+        )
         lr_arr, max_steps, log, names = s["lr"], s["max_steps"], s["log"], s["metrics"]
         patience, check_every, opt = s["patience"], s["check_every"], s["optimizer"]
         points = log.points(max_steps)
-        checks = (np.arange(0, max_steps + 1, check_every) if patience is not None
-                  else np.zeros(0, dtype=np.int64))
-        meta = {"model": "cp", "lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
-                "max_steps": max_steps, "tol": None if tol is None else s["tol"],
-                "log": repr(log), "metrics": names, **self._optimizer_meta(opt),
-                "patience": patience,
-                "check_every": check_every if patience is not None else None,
-                "backend": self.backend, "dtype": str(self.dtype),
-                "dims": list(self.dims), "rank": self.rank, "problem": repr(self.problem)}
-        loop = FitLoop(self, meta, lr_arr, max_steps, points, checkpoint, checkpoint_every,
-                       keep_checkpoint, progress)
+        checks = (
+            np.arange(0, max_steps + 1, check_every)
+            if patience is not None
+            else np.zeros(0, dtype=np.int64)
+        )
+        meta = {
+            "model": "cp",
+            "lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
+            "max_steps": max_steps,
+            "tol": None if tol is None else s["tol"],
+            "log": repr(log),
+            "metrics": names,
+            **self._optimizer_meta(opt),
+            "patience": patience,
+            "check_every": check_every if patience is not None else None,
+            "backend": self.backend,
+            "dtype": str(self.dtype),
+            "dims": list(self.dims),
+            "rank": self.rank,
+            "problem": repr(self.problem),
+        }
+        loop = FitLoop(
+            self,
+            meta,
+            lr_arr,
+            max_steps,
+            points,
+            checkpoint,
+            checkpoint_every,
+            keep_checkpoint,
+            progress,
+        )
         data: dict[str, list[np.ndarray]] = {n: [] for n in names}
         below = np.zeros(self.batch, dtype=np.int64)  # consecutive checks below tol
         core_tol = None if patience is not None else tol
@@ -268,9 +335,15 @@ class CPFactorization(Trained):
                 data[k].append(v)
 
         def progress_arrays(rows: list[int]) -> dict:
-            return {"below": below, **{f"data/{k}": np.array(v).reshape(
-                (len(rows), self.batch) + (() if k != "component_norms" else (self.rank,)))
-                for k, v in data.items()}}
+            return {
+                "below": below,
+                **{
+                    f"data/{k}": np.array(v).reshape(
+                        (len(rows), self.batch) + (() if k != "component_norms" else (self.rank,))
+                    )
+                    for k, v in data.items()
+                },
+            }
 
         def restore(rows: list[int], saved: dict) -> None:
             for k in names:
@@ -278,17 +351,23 @@ class CPFactorization(Trained):
             below[:] = saved["below"]
 
         rows = loop.run(step, record, progress_arrays, restore, checks, check)
-        t = Trajectory(rows, {k: np.array(v) for k, v in data.items()}, loop.status(),
-                       self.frozen_at, meta)
+        t = Trajectory(
+            rows, {k: np.array(v) for k, v in data.items()}, loop.status(), self.frozen_at, meta
+        )
         loop.close()
         return t
 
-    def _fit_settings(self, lr, max_steps, tol, log, metrics, optimizer, beta, eps, patience,
-                      check_every, betas) -> dict:
+    def _fit_settings(
+        self, lr, max_steps, tol, log, metrics, optimizer, beta, eps, patience, check_every, betas
+    ) -> dict:
         """fit()'s training arguments, checked (and the log's memory) before any work."""
-        s: dict[str, Any] = {"lr": self._lr(lr),
-                             "max_steps": integer(max_steps, "max_steps", minimum=0),
-             "tol": self._tol(tol), "patience": patience, "check_every": check_every}
+        s: dict[str, Any] = {
+            "lr": self._lr(lr),
+            "max_steps": integer(max_steps, "max_steps", minimum=0),
+            "tol": self._tol(tol),
+            "patience": patience,
+            "check_every": check_every,
+        }
         if patience is not None:
             s["patience"] = integer(patience, "patience", minimum=0)
             s["check_every"] = integer(check_every, "check_every", minimum=1)
@@ -300,21 +379,38 @@ class CPFactorization(Trained):
         widths = [self.rank if n == "component_norms" else 1 for n in names]
         check_log_memory(log.rows(s["max_steps"]), self.batch, sum(widths), log)
         if set(names) - {"component_norms"}:  # measure(): the tensors and two temporaries
-            batch_memory(3 * 8 * int(np.prod(self.dims)), self.batch, "metrics",
-                         "measuring the tensors")
+            batch_memory(
+                3 * 8 * int(np.prod(self.dims)), self.batch, "metrics", "measuring the tensors"
+            )
         return s
 
-    def check_fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss", "recon_error"),
-                  optimizer: str = "group_rmsprop", beta: float = 0.99,
-                  eps: float | None = None, patience: int | None = None, check_every: int = 100,
-                  betas=(0.9, 0.999)) -> None:
+    def check_fit(
+        self,
+        lr,
+        max_steps: int,
+        tol=None,
+        log=None,
+        metrics=("loss", "recon_error"),
+        optimizer: str = "group_rmsprop",
+        beta: float = 0.99,
+        eps: float | None = None,
+        patience: int | None = None,
+        check_every: int = 100,
+        betas=(0.9, 0.999),
+    ) -> None:
         """Raise the ValueError or TypeError that fit() would for these arguments, doing no
         work (a sweep checks every config this way before it runs any)."""
-        self._fit_settings(lr, max_steps, tol, log, metrics, optimizer, beta, eps, patience,
-                           check_every, betas)
+        self._fit_settings(
+            lr, max_steps, tol, log, metrics, optimizer, beta, eps, patience, check_every, betas
+        )
 
-    def bytes_per_problem(self, metrics=("loss", "recon_error"), log=None, max_steps: int = 0,
-                          optimizer: str = "group_rmsprop") -> dict[str, int]:
+    def bytes_per_problem(
+        self,
+        metrics=("loss", "recon_error"),
+        log=None,
+        max_steps: int = 0,
+        optimizer: str = "group_rmsprop",
+    ) -> dict[str, int]:
         """About how many bytes one problem of this model takes in a fit with these
         arguments: {"host": its problem data, factors, optimizer state, log rows and the
         tensors measure() builds; "device": on the cuda backend, its problem data, factors,
@@ -331,9 +427,16 @@ class CPFactorization(Trained):
         # problem: targets, masks and the observation order; measure(): the tensor and two
         # temporaries, the component norms
         pb = numel * (8 + 1 + 8)
-        return {"host": pb + state + 3 * 8 * numel + 8 * row * rows,
-                "device": numel * (item + 1) + state + item + numel * (8 + item)
-                + 3 * 8 * numel + 8 * self.rank, "problem": pb}
+        return {
+            "host": pb + state + 3 * 8 * numel + 8 * row * rows,
+            "device": numel * (item + 1)
+            + state
+            + item
+            + numel * (8 + item)
+            + 3 * 8 * numel
+            + 8 * self.rank,
+            "problem": pb,
+        }
 
     @serialized
     def save(self, path) -> None:
@@ -341,22 +444,35 @@ class CPFactorization(Trained):
         .npz file atomically; CPFactorization.load resumes it bit for bit."""
         pb = self.problem
         arrays = {"targets": pb.targets, "masks": pb.masks, **self._host_state()}
-        save_npz(path, _CP_CHECKPOINT, {"batch": pb.batch, "order": self.order,
-                                        "steps_done": self.steps_done,
-                                        "backend": self.backend}, arrays)
+        save_npz(
+            path,
+            _CP_CHECKPOINT,
+            {
+                "batch": pb.batch,
+                "order": self.order,
+                "steps_done": self.steps_done,
+                "backend": self.backend,
+            },
+            arrays,
+        )
 
     @classmethod
     def load(cls, path, backend: str | None = None) -> CPFactorization:
         meta, z = load_npz(path, _CP_CHECKPOINT, "a CPFactorization checkpoint")
         problem = TensorCompletion(z["targets"], z["masks"], meta["batch"])
-        c = cls(problem, [z[f"factor{n}"] for n in range(meta["order"])],
-                backend=backend or meta["backend"])
+        c = cls(
+            problem,
+            [z[f"factor{n}"] for n in range(meta["order"])],
+            backend=backend or meta["backend"],
+        )
         c._restore(z, meta)
         return c
 
     def __repr__(self) -> str:
-        return (f"CPFactorization(batch={self.batch}, dims={self.dims}, rank={self.rank}, "
-                f"dtype={self.dtype}, backend={self.backend!r}, steps_done={self.steps_done})")
+        return (
+            f"CPFactorization(batch={self.batch}, dims={self.dims}, rank={self.rank}, "
+            f"dtype={self.dtype}, backend={self.backend!r}, steps_done={self.steps_done})"
+        )
 
 
 def _cp_tensor(factors, backend: str):

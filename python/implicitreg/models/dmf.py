@@ -30,7 +30,15 @@ from .base import (
     _host,
     _in_dtype,
 )
-from .fit import Crossings, FitLoop, check_log_memory, loss_thresholds
+from .crossings import (
+    Crossings,
+    check_crossings,
+    loss_thresholds,
+    measure_crossings,
+    split_rows,
+    threshold_values,
+)
+from .fit import FitLoop, check_log_memory
 
 __all__ = ["DeepFactorization"]
 
@@ -49,47 +57,55 @@ class DeepFactorization(Trained):
         problem = _check_problem(problem)
         backend = _check_backend(backend)
         if not isinstance(factors, (list, tuple)) or len(factors) == 0:
-            raise TypeError("factors: expected a non-empty list [W_1, ..., W_N], "
-                            f"got {type(factors).__name__}")
+            raise TypeError(
+                f"factors: expected a non-empty list [W_1, ..., W_N], got {type(factors).__name__}"
+            )
         # Validated on the host (a device array is copied once), then placed on the backend.
-        arrays = [real_array(_host(W, f"factors[{j}]"), f"factors[{j}]")
-                  for j, W in enumerate(factors)]
+        arrays = [
+            real_array(_host(W, f"factors[{j}]"), f"factors[{j}]") for j, W in enumerate(factors)
+        ]
         dtype = _factor_dtype(arrays, dtype)
         _check_representable(problem, dtype)
         B, (m, n) = problem.batch, problem.shape
         prev = n
         for j, a in enumerate(arrays):
             if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[0] != B):
-                raise ValueError(f"factors[{j}]: expected shape ({B}, d_{j + 1}, d_{j}) or "
-                                 f"(d_{j + 1}, d_{j}) for a batch of {B}, got {a.shape}")
+                raise ValueError(
+                    f"factors[{j}]: expected shape ({B}, d_{j + 1}, d_{j}) or "
+                    f"(d_{j + 1}, d_{j}) for a batch of {B}, got {a.shape}"
+                )
             if a.shape[-1] != prev:
-                raise ValueError(f"factors[{j}]: expected {prev} columns to chain with "
-                                 f"{'the problem' if j == 0 else f'factors[{j - 1}]'}, "
-                                 f"got shape {a.shape}")
+                raise ValueError(
+                    f"factors[{j}]: expected {prev} columns to chain with "
+                    f"{'the problem' if j == 0 else f'factors[{j - 1}]'}, "
+                    f"got shape {a.shape}"
+                )
             prev = a.shape[-2]
         if prev != m:
-            raise ValueError(f"factors[{len(arrays) - 1}]: expected {m} rows (the problem is "
-                             f"{m} x {n}), got shape {arrays[-1].shape}")
-        arrays = _in_dtype(arrays, dtype)
-        size = sum(a.shape[-1] * a.shape[-2] for a in arrays)
-        batch_memory(size * dtype.itemsize + STATE_BYTES, B, "factors",
-                     "the model's factors", device=backend == "cuda")
-        self.problem = problem
-        self.backend = backend
-        xp = array_module(backend)
-        self._factors = [xp.array(np.broadcast_to(a, (B,) + a.shape[-2:]), dtype=dtype,
-                                  order="C") for a in arrays]
-        self._init_state(B, dtype)
-        self.steps_done = 0
+            raise ValueError(
+                f"factors[{len(arrays) - 1}]: expected {m} rows (the problem is "
+                f"{m} x {n}), got shape {arrays[-1].shape}"
+            )
+        self._own(problem, _in_dtype(arrays, dtype), backend)
 
     def _saves_optimizer(self) -> bool:
         # a model trained by gradient descent alone saves what it always did
         return self._m is not None or bool((self._t != 0).any())
 
     @classmethod
-    def init(cls, problem, depth: int = 3, widths=None, init: str = "normal",
-             scale: float = 1e-3, scale_by: str = "product", det=None, seed: int = 0,
-             dtype="float64", backend: str = "cpu") -> DeepFactorization:
+    def init(
+        cls,
+        problem,
+        depth: int = 3,
+        widths=None,
+        init: str = "normal",
+        scale: float = 1e-3,
+        scale_by: str = "product",
+        det=None,
+        seed: int = 0,
+        dtype="float64",
+        backend: str = "cpu",
+    ) -> DeepFactorization:
         """Draw starting factors (see implicitreg.init); problem b's start depends only on
         (seed, b)."""
         problem = _check_problem(problem)
@@ -98,11 +114,17 @@ class DeepFactorization(Trained):
         dims = layer_dims(problem.shape, depth, widths)
         size = sum(dims[j] * dims[j - 1] for j in range(1, len(dims)))
         # drawn in float64 (one generator per problem), then copied into the model's dtype
-        batch_memory(size * (8 + dtype.itemsize) + STATE_BYTES
-                     + (GENERATOR_BYTES if init != "identity" else 0), problem.batch,
-                     "problem", "drawing the starting factors")
-        factors = init_factors(problem.shape, problem.batch, depth, widths, init, scale,
-                               scale_by, det, seed)
+        batch_memory(
+            size * (8 + dtype.itemsize)
+            + STATE_BYTES
+            + (GENERATOR_BYTES if init != "identity" else 0),
+            problem.batch,
+            "problem",
+            "drawing the starting factors",
+        )
+        factors = init_factors(
+            problem.shape, problem.batch, depth, widths, init, scale, scale_by, det, seed
+        )
         # cast here to name scale in an error; the constructor finds them in its dtype
         factors = _in_dtype(factors, dtype, scale)
         return cls(problem, factors, backend=backend, dtype=dtype)
@@ -144,9 +166,17 @@ class DeepFactorization(Trained):
     # ------------------------------------------------------------------ training
 
     @serialized
-    def step(self, lr, steps: int = 1, tol=None, crossings: Crossings | None = None,
-             optimizer: str = "gd", beta: float = 0.99, eps: float | None = None,
-             betas=(0.9, 0.999)) -> DeepFactorization:
+    def step(
+        self,
+        lr,
+        steps: int = 1,
+        tol=None,
+        crossings: Crossings | None = None,
+        optimizer: str = "gd",
+        beta: float = 0.99,
+        eps: float | None = None,
+        betas=(0.9, 0.999),
+    ) -> DeepFactorization:
         """`steps` simultaneous updates, in place, with no Python between steps. lr: a number
         or (B,). A problem whose loss is below tol, or that goes non-finite, is frozen
         (status converged / diverged, at its last finite iterate); the others go on exactly
@@ -162,25 +192,48 @@ class DeepFactorization(Trained):
         steps = integer(steps, "steps", minimum=0)
         tol_v = self._tol(tol)
         if crossings is not None:
-            self._check_crossings(crossings)
+            check_crossings(self, crossings)
         opt = self._optimizer_arg(self._optimizer_settings(optimizer, beta, betas, eps))
         # Calls of bounded work (about a second), so that Ctrl-C is honoured between them and
         # leaves a consistent state. Cutting changes no result: each call ends with the same
         # tolerance check the next one would start with.
-        chunk = max(1, base.WORK_PER_CALL[self.backend]
-                    // max(1, self.batch * self._flops_per_step()))
+        chunk = max(
+            1, base.WORK_PER_CALL[self.backend] // max(1, self.batch * self._flops_per_step())
+        )
         lr_arr = array_module(self.backend).asarray(lr_arr)
         done = 0
         while True:
             n = min(chunk, steps - done)
             with deferred_interrupt():  # the call and its count, or neither
                 if crossings is None:
-                    ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                                 self._status, self._frozen_at, opt, backend=self.backend)
+                    ops.dmf_step(
+                        self._factors,
+                        self.problem,
+                        lr_arr,
+                        n,
+                        tol_v,
+                        self.steps_done,
+                        self._status,
+                        self._frozen_at,
+                        opt,
+                        backend=self.backend,
+                    )
                 else:
-                    ops.dmf_step(self._factors, self.problem, lr_arr, n, tol_v, self.steps_done,
-                                 self._status, self._frozen_at, opt, crossings.thresholds,
-                                 crossings.step, crossings.factors, backend=self.backend)
+                    ops.dmf_step(
+                        self._factors,
+                        self.problem,
+                        lr_arr,
+                        n,
+                        tol_v,
+                        self.steps_done,
+                        self._status,
+                        self._frozen_at,
+                        opt,
+                        crossings.thresholds,
+                        crossings.step,
+                        crossings.factors,
+                        backend=self.backend,
+                    )
                 # the status readback is where a device fault surfaces: before the count moves
                 all_frozen = bool((self._status != 0).all())
                 self.steps_done += n
@@ -192,69 +245,44 @@ class DeepFactorization(Trained):
     def _flops_per_step(self) -> int:
         """About 6 flops per multiply-add of the forward pass (forward, two backward products)."""
         d = self.dims
-        return 6 * sum(d[j] * d[j - 1] * d[0] for j in range(2, len(d))) + 4 * sum(
-            d[j] * d[j - 1] for j in range(1, len(d))) + 4 * d[0] * d[-1]
-
-    def _metric_specs(self, metrics) -> tuple[list[str], np.ndarray, np.ndarray, list[int]]:
-        """(names, kinds, params, rows per name), checked before any work."""
-        if isinstance(metrics, str):
-            metrics = (metrics,)
-        if not isinstance(metrics, (list, tuple)):
-            raise TypeError(f"metrics: expected a list of metric names, got "
-                            f"{type(metrics).__name__}")
-        names = list(dict.fromkeys(metrics))
-        specs = [metrics_mod.parse(name, self.problem.shape, self.dtype) for name in names]
-        if "recon_error" in names and self.problem.truth is None:
-            raise ValueError("metrics: 'recon_error' needs a problem with a known ground truth "
-                             "(truth=...), and this one has none")
-        kinds = np.array([sp[0] for sp in specs], dtype=np.int32)
-        params = np.array([sp[1:3] for sp in specs], dtype=np.float64).reshape(-1, 2)
-        return names, kinds, params, [sp[3] for sp in specs]
+        return (
+            6 * sum(d[j] * d[j - 1] * d[0] for j in range(2, len(d)))
+            + 4 * sum(d[j] * d[j - 1] for j in range(1, len(d)))
+            + 4 * d[0] * d[-1]
+        )
 
     @serialized
     def measure(self, metrics=("loss",)) -> dict[str, np.ndarray]:
         """The named metrics (see fit) of the current state, float64: (B,) each, (B, k) for
         "svals". All come from one call: one product and one SVD per problem."""
-        names, kinds, params, rows = self._metric_specs(metrics)
+        names, kinds, params, rows = metrics_mod.specs(metrics, self.problem, self.dtype)
         out = np.empty((sum(rows), self.batch))
         ops.dmf_measure(self._factors, self.problem, kinds, params, out, self.backend)
-        return {k: v[0] for k, v in _split_rows(out[None], names, rows).items()}
+        return {k: v[0] for k, v in split_rows(out[None], names, rows).items()}
 
     def crossings(self, thresholds) -> Crossings:
         """Empty records of first crossings of the loss thresholds, for step()."""
-        t = self._thresholds(thresholds)
+        t = threshold_values(self, thresholds)
         return Crossings(t, self.batch, self.dims, self.dtype, array_module(self.backend))
 
-    def _thresholds(self, thresholds) -> np.ndarray:
-        """The loss thresholds, checked, and their crossings' memory."""
-        t = loss_thresholds(thresholds)
-        batch_memory(t.size * (self._size() * self.dtype.itemsize + 8), self.batch, "thresholds",
-                     "recording the crossings")
-        with np.errstate(over="ignore"):
-            if not np.isfinite(t.astype(self.dtype)).all():
-                raise ValueError(f"thresholds: expected values representable in {self.dtype}, "
-                                 f"got {t.tolist()}")
-        return t
-
-    def _check_crossings(self, c) -> None:
-        """A Crossings made for this model (by self.crossings), or TypeError/ValueError."""
-        if not isinstance(c, Crossings):
-            raise TypeError(f"crossings: expected model.crossings(thresholds), got "
-                            f"{type(c).__name__}")
-        k = c.thresholds.size
-        dims = self.dims
-        want = [(self.batch, k, dims[j], dims[j - 1]) for j in range(1, len(dims))]
-        if (c.step.shape != (self.batch, k) or [S.shape for S in c.factors] != want
-                or any(S.dtype != self.dtype for S in c.factors)
-                or c.thresholds.dtype != self.dtype):
-            raise ValueError(f"crossings: made for another model (batch, dims or dtype differ "
-                             f"from {self.batch}, {dims}, {self.dtype}); use model.crossings()")
-
     @serialized
-    def fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",), thresholds=(),
-            progress=True, checkpoint=None, checkpoint_every: float = 300.0,
-            keep_checkpoint: bool = False, optimizer: str = "gd", beta: float = 0.99,
-            eps: float | None = None, betas=(0.9, 0.999)) -> Trajectory:
+    def fit(
+        self,
+        lr,
+        max_steps: int,
+        tol=None,
+        log=None,
+        metrics=("loss",),
+        thresholds=(),
+        progress=True,
+        checkpoint=None,
+        checkpoint_every: float = 300.0,
+        keep_checkpoint: bool = False,
+        optimizer: str = "gd",
+        beta: float = 0.99,
+        eps: float | None = None,
+        betas=(0.9, 0.999),
+    ) -> Trajectory:
         """Train for up to max_steps more steps, in chunks between log points, and return the
         logged Trajectory. Stops early when every problem is frozen.
 
@@ -277,118 +305,142 @@ class DeepFactorization(Trained):
           unless keep_checkpoint (then it is marked done, and the same call returns at once).
         optimizer, beta, eps, betas: as for step().
         """
-        s = self._fit_settings(lr, max_steps, tol, log, metrics, thresholds, optimizer, beta,
-                               eps, betas)
+        s = self._fit_settings(
+            lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps, betas
+        )
         lr_arr, max_steps, log = s["lr"], s["max_steps"], s["log"]
         names, kinds, params, metric_rows = s["metrics"]
         cross = self.crossings(thresholds)
         points = log.points(max_steps)
-        meta = {"lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
-                "max_steps": max_steps, "tol": None if tol is None else s["tol"],
-                "log": repr(log), "metrics": names, "thresholds": cross.thresholds_f64.tolist(),
-                "backend": self.backend, "dtype": str(self.dtype), "dims": self.dims,
-                "problem": repr(self.problem)}
+        meta = {
+            "lr": lr_arr.tolist() if lr_arr.size > 1 else float(lr_arr[0]),
+            "max_steps": max_steps,
+            "tol": None if tol is None else s["tol"],
+            "log": repr(log),
+            "metrics": names,
+            "thresholds": cross.thresholds_f64.tolist(),
+            "backend": self.backend,
+            "dtype": str(self.dtype),
+            "dims": self.dims,
+            "problem": repr(self.problem),
+        }
         if s["optimizer"]["optimizer"] != "gd":  # a gd fit's record (and checkpoint) is as it was
             meta.update(self._optimizer_meta(s["optimizer"]))
-        loop = FitLoop(self, meta, lr_arr, max_steps, points, checkpoint, checkpoint_every,
-                       keep_checkpoint, progress)
+        loop = FitLoop(
+            self,
+            meta,
+            lr_arr,
+            max_steps,
+            points,
+            checkpoint,
+            checkpoint_every,
+            keep_checkpoint,
+            progress,
+        )
         # Every row goes straight from the core into this buffer (pages are touched only as
         # rows are written), so logging costs no copy.
         buf = np.empty((len(points), sum(metric_rows), self.batch))
         opt = s["optimizer"]
 
         def step(n: int) -> None:
-            self.step(lr_arr, n, tol, cross, opt["optimizer"], opt["beta"], opt["eps"],
-                      opt["betas"])
+            self.step(
+                lr_arr, n, tol, cross, opt["optimizer"], opt["beta"], opt["eps"], opt["betas"]
+            )
 
         def record(i: int) -> None:
             ops.dmf_measure(self._factors, self.problem, kinds, params, buf[i], self.backend)
 
         def progress_arrays(rows: list[int]) -> dict:
-            return {"buf": buf[:len(rows)], "crossed_at": cross.step,
-                    **{f"cross{j}": S for j, S in enumerate(cross.factors)}}
+            return {
+                "buf": buf[: len(rows)],
+                "crossed_at": cross.step,
+                **{f"cross{j}": S for j, S in enumerate(cross.factors)},
+            }
 
         def restore(rows: list[int], saved: dict) -> None:
-            buf[:len(rows)] = saved["buf"]
+            buf[: len(rows)] = saved["buf"]
             xp = array_module(self.backend)
             cross.step[...] = xp.asarray(saved["crossed_at"])
             for j, S in enumerate(cross.factors):
                 S[...] = xp.asarray(saved[f"cross{j}"])
 
         rows = loop.run(step, record, progress_arrays, restore)
-        data = _split_rows(buf[:len(rows)], names, metric_rows)
-        t = Trajectory(rows, data, loop.status(), self.frozen_at, meta,
-                       crossings=self._measure_crossings(cross, names, kinds, params,
-                                                         metric_rows))
+        data = split_rows(buf[: len(rows)], names, metric_rows)
+        t = Trajectory(
+            rows,
+            data,
+            loop.status(),
+            self.frozen_at,
+            meta,
+            crossings=measure_crossings(self, cross, names, kinds, params, metric_rows),
+        )
         loop.close()
         return t
 
-    def _fit_settings(self, lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps,
-                      betas) -> dict:
+    def _fit_settings(
+        self, lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps, betas
+    ) -> dict:
         """fit()'s training arguments, checked (and the log's memory) before any work."""
-        s: dict[str, Any] = {"lr": self._lr(lr),
-                             "max_steps": integer(max_steps, "max_steps", minimum=0),
-             "tol": self._tol(tol),
-             "optimizer": self._optimizer_settings(optimizer, beta, betas, eps),
-             "metrics": self._metric_specs(metrics)}
+        s: dict[str, Any] = {
+            "lr": self._lr(lr),
+            "max_steps": integer(max_steps, "max_steps", minimum=0),
+            "tol": self._tol(tol),
+            "optimizer": self._optimizer_settings(optimizer, beta, betas, eps),
+            "metrics": metrics_mod.specs(metrics, self.problem, self.dtype),
+        }
         s["log"] = log = schedule(log, s["max_steps"])
         rows = sum(s["metrics"][3])
-        k = self._thresholds(thresholds).size
+        k = threshold_values(self, thresholds).size
         # crossings: the factors at each threshold, and their metrics measured at the end
         cross_bytes = self.batch * k * (self._size() * self.dtype.itemsize + 8 * (rows + 1))
         check_log_memory(log.rows(s["max_steps"]), self.batch, rows, log, cross_bytes)
         return s
 
-    def check_fit(self, lr, max_steps: int, tol=None, log=None, metrics=("loss",),
-                  thresholds=(), optimizer: str = "gd", beta: float = 0.99,
-                  eps: float | None = None, betas=(0.9, 0.999)) -> None:
+    def check_fit(
+        self,
+        lr,
+        max_steps: int,
+        tol=None,
+        log=None,
+        metrics=("loss",),
+        thresholds=(),
+        optimizer: str = "gd",
+        beta: float = 0.99,
+        eps: float | None = None,
+        betas=(0.9, 0.999),
+    ) -> None:
         """Raise the ValueError or TypeError that fit() would for these arguments, doing no
         work (a sweep checks every config this way before it runs any)."""
-        self._fit_settings(lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps,
-                           betas)
+        self._fit_settings(
+            lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps, betas
+        )
 
-    def bytes_per_problem(self, metrics=("loss",), thresholds=(), log=None,
-                          max_steps: int = 0, optimizer: str = "gd") -> dict[str, int]:
+    def bytes_per_problem(
+        self, metrics=("loss",), thresholds=(), log=None, max_steps: int = 0, optimizer: str = "gd"
+    ) -> dict[str, int]:
         """About how many bytes one problem of this model takes in a fit with these
         arguments: {"host": its problem data, factors, optimizer state, log rows and
         crossings; "device": on the cuda backend, its problem data, factors, optimizer state,
         crossings and the measuring scratch (product, singular values, rows); "problem": its
         problem data alone}."""
-        names, kinds, params, metric_rows = self._metric_specs(metrics)
+        names, kinds, params, metric_rows = metrics_mod.specs(metrics, self.problem, self.dtype)
         row, size, item = sum(metric_rows), self._size(), self.dtype.itemsize
         k = loss_thresholds(thresholds).size
-        pb = sum(a[0].nbytes for a in (self.problem.targets, self.problem.masks,
-                                        self.problem.truth, getattr(self.problem, "A", None),
-                                        getattr(self.problem, "y", None)) if a is not None)
+        pb = self.problem.bytes_per_problem()
         state = size * item + STATE_BYTES
         if choice(optimizer, "optimizer", tuple(OPTIMIZERS)) == "adam":
             state += 2 * size * item  # its moments
         m, n = self.problem.shape
         rows = schedule(log, integer(max_steps, "max_steps", minimum=0)).rows(max_steps)
-        return {"host": pb + state + k * (size * item + 8 * (row + 1)) + 8 * row * rows,
-                "device": pb + state + k * (size * item + 8) + (m * n + min(m, n) + 1) * 8
-                + 8 * row, "problem": pb}
+        return {
+            "host": pb + state + k * (size * item + 8 * (row + 1)) + 8 * row * rows,
+            "device": pb + state + k * (size * item + 8) + (m * n + min(m, n) + 1) * 8 + 8 * row,
+            "problem": pb,
+        }
 
     def _size(self) -> int:
         """Entries of one problem's factors."""
         return sum(W.shape[1] * W.shape[2] for W in self._factors)
-
-    def _measure_crossings(self, cross: Crossings, names, kinds, params, metric_rows):
-        """{"thresholds": (k,), "step": (k, B), name: (k, B, ...)}: every metric at each
-        recorded crossing (NaN where a problem never crossed), or None without thresholds."""
-        k, B = cross.thresholds.size, self.batch
-        if k == 0:
-            return None
-        flat = [S.reshape((B * k,) + S.shape[2:]) for S in cross.factors]
-        out = np.empty((sum(metric_rows), B * k))
-        ops.dmf_measure(flat, self.problem.repeat_each(k), kinds, params, out, self.backend)
-        per = np.moveaxis(out.reshape(sum(metric_rows), B, k), 2, 0)  # (k, rows, B)
-        data = _split_rows(per, names, metric_rows)
-        step = to_host(cross.step)
-        hit = (step >= 0).T  # (k, B)
-        for name, v in data.items():
-            data[name] = np.where(hit.reshape(hit.shape + (1,) * (v.ndim - 2)), v, np.nan)
-        return {"thresholds": cross.thresholds_f64.copy(), "step": step.T.copy(), **data}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -397,14 +449,21 @@ class DeepFactorization(Trained):
         """Write the whole state (problem, factors, status, step count) to an .npz file,
         atomically, so that a long run can be resumed with DeepFactorization.load."""
         pb = self.problem
-        arrays = ({"targets": pb.targets, "masks": pb.masks} if pb.kind == "completion"
-                  else {"A": pb.A, "y": pb.y})
+        arrays = (
+            {"targets": pb.targets, "masks": pb.masks}
+            if pb.kind == "completion"
+            else {"A": pb.A, "y": pb.y}
+        )
         if pb.truth is not None:
             arrays["truth"] = pb.truth
-        meta = {"kind": pb.kind, "batch": pb.batch, "depth": self.depth,
-                "steps_done": self.steps_done, "backend": self.backend}
-        save_npz(path, _CHECKPOINT, meta,
-                 {**self._host_state(), **arrays})
+        meta = {
+            "kind": pb.kind,
+            "batch": pb.batch,
+            "depth": self.depth,
+            "steps_done": self.steps_done,
+            "backend": self.backend,
+        }
+        save_npz(path, _CHECKPOINT, meta, {**self._host_state(), **arrays})
 
     @classmethod
     def load(cls, path, backend: str | None = None) -> DeepFactorization:
@@ -416,20 +475,16 @@ class DeepFactorization(Trained):
             problem = completion(z["targets"], z["masks"], batch=meta["batch"], truth=truth)
         else:
             problem = sensing(z["A"], z["y"], batch=meta["batch"], truth=truth)
-        f = cls(problem, [z[f"factor{j}"] for j in range(meta["depth"])],
-                backend=backend or meta["backend"])
+        f = cls(
+            problem,
+            [z[f"factor{j}"] for j in range(meta["depth"])],
+            backend=backend or meta["backend"],
+        )
         f._restore(z, meta)
         return f
 
     def __repr__(self) -> str:
-        return (f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
-                f"backend={self.backend!r}, steps_done={self.steps_done})")
-
-
-def _split_rows(buf: np.ndarray, names: list[str], rows: list[int]) -> dict:
-    """{name: (T, B) view, or (T, B, k) for svals} of a (T, rows, B) measurement buffer."""
-    out, at = {}, 0
-    for name, r in zip(names, rows, strict=True):
-        out[name] = buf[:, at] if name != "svals" else np.swapaxes(buf[:, at:at + r], 1, 2)
-        at += r
-    return out
+        return (
+            f"DeepFactorization(batch={self.batch}, dims={self.dims}, dtype={self.dtype}, "
+            f"backend={self.backend!r}, steps_done={self.steps_done})"
+        )

@@ -1,6 +1,6 @@
 """What a fit() call does besides stepping and measuring, the same for both models: the log
 points, checkpoints and resuming from one, the progress bar, stopping once every problem is
-frozen, the log's memory check and the loss thresholds' crossings record."""
+frozen, and the log's memory check."""
 
 from __future__ import annotations
 
@@ -16,8 +16,14 @@ from .._backend import to_host
 from .._checks import real_array
 from .._io import load_npz, save_npz
 
-__all__ = ["Crossings", "FitLoop", "check_log_memory", "check_progress", "checkpoint_every",
-           "loss_thresholds", "progress_bar"]
+__all__ = [
+    "FitCheckpoint",
+    "FitLoop",
+    "check_log_memory",
+    "check_progress",
+    "checkpoint_every",
+    "progress_bar",
+]
 
 
 class FitLoop:
@@ -25,8 +31,18 @@ class FitLoop:
     every fit shares are checked when it is made, before any work; run() then drives the
     model's own step and record functions between the points."""
 
-    def __init__(self, model, meta: dict, lr: np.ndarray, max_steps: int, points: np.ndarray,
-                 checkpoint, every: float, keep_checkpoint: bool, progress):
+    def __init__(
+        self,
+        model,
+        meta: dict,
+        lr: np.ndarray,
+        max_steps: int,
+        points: np.ndarray,
+        checkpoint,
+        every: float,
+        keep_checkpoint: bool,
+        progress,
+    ):
         self.every = checkpoint_every(every)
         if not isinstance(keep_checkpoint, bool):
             raise TypeError(f"keep_checkpoint: expected True or False, got {keep_checkpoint!r}")
@@ -35,11 +51,15 @@ class FitLoop:
         self.keep, self.progress = keep_checkpoint, progress
         self.saver = None if checkpoint is None else FitCheckpoint(checkpoint, model, meta, lr)
 
-    def run(self, step: Callable[[int], None], record: Callable[[int], None],
-            progress_arrays: Callable[[list[int]], dict],
-            restore: Callable[[list[int], dict], None],
-            checks: np.ndarray | None = None, check: Callable[[], None] | None = None
-            ) -> list[int]:
+    def run(
+        self,
+        step: Callable[[int], None],
+        record: Callable[[int], None],
+        progress_arrays: Callable[[list[int]], dict],
+        restore: Callable[[list[int], dict], None],
+        checks: np.ndarray | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> list[int]:
         """Step to each log point (and each of `checks`, where check() runs), record a row at
         each log point and where every problem is frozen (record(i) writes row i), and return
         the steps of the rows. A checkpoint written by the same call is resumed from: its
@@ -67,8 +87,11 @@ class FitLoop:
                 if p in logged or frozen:
                     record(len(rows))
                     rows.append(model.steps_done)
-                    if (not frozen and saver is not None
-                            and time.monotonic() - last_save >= self.every):
+                    if (
+                        not frozen
+                        and saver is not None
+                        and time.monotonic() - last_save >= self.every
+                    ):
                         saver.save(model, start, rows, progress_arrays(rows), done=False)
                         last_save = time.monotonic()
                 if frozen:
@@ -100,16 +123,20 @@ def check_log_memory(rows: int, batch: int, n_metrics: int, log, cross_bytes: in
     except (ValueError, OSError, AttributeError):
         return
     if need <= total // 2 < need + cross_bytes:
-        raise ValueError(f"thresholds: recording the crossings of {batch} problems needs "
-                         f"{cross_bytes / 2**30:.1f} GiB beside the log's "
-                         f"{need / 2**30:.1f} GiB, more than half of this machine's "
-                         f"{total / 2**30:.1f} GiB; pass fewer thresholds or a smaller batch")
+        raise ValueError(
+            f"thresholds: recording the crossings of {batch} problems needs "
+            f"{cross_bytes / 2**30:.1f} GiB beside the log's "
+            f"{need / 2**30:.1f} GiB, more than half of this machine's "
+            f"{total / 2**30:.1f} GiB; pass fewer thresholds or a smaller batch"
+        )
     if need > total // 2:
         fit_rows = max(1, (total // 2) // max(1, batch * n_metrics * 8))
-        raise ValueError(f"log: {rows} rows x {batch} problems x {n_metrics} metrics need "
-                         f"{need / 2**30:.1f} GiB, more than half of this machine's "
-                         f"{total / 2**30:.1f} GiB; log at most {fit_rows} rows "
-                         f"(got {log!r})")
+        raise ValueError(
+            f"log: {rows} rows x {batch} problems x {n_metrics} metrics need "
+            f"{need / 2**30:.1f} GiB, more than half of this machine's "
+            f"{total / 2**30:.1f} GiB; log at most {fit_rows} rows "
+            f"(got {log!r})"
+        )
 
 
 def progress_bar(progress, total: int):
@@ -142,32 +169,6 @@ def check_progress(progress) -> None:
         raise TypeError(f"progress: expected True, False or a callable, got {progress!r}")
 
 
-def loss_thresholds(values) -> np.ndarray:
-    """Loss thresholds as a strictly decreasing float64 array of finite values > 0."""
-    t = real_array(values if values is not None else (), "thresholds")
-    t = t.astype(np.float64).reshape(-1) if t.ndim <= 1 else t
-    if t.ndim != 1:
-        raise ValueError(f"thresholds: expected a list of numbers, got shape {t.shape}")
-    if not (np.isfinite(t).all() and (t > 0).all() and (np.diff(t) < 0).all()):
-        raise ValueError(f"thresholds: expected finite values > 0 in strictly decreasing "
-                         f"order (e.g. 1e-1, 1e-2, 1e-3, 1e-4), got {t.tolist()}")
-    return t
-
-
-class Crossings:
-    """First crossings of loss thresholds, filled by the core during step():
-    step (B, k) int64 (-1 until crossed) and factors [(B, k, d_j, d_{j-1})] at that iterate."""
-
-    def __init__(self, thresholds: np.ndarray, batch: int, dims: list[int], dtype, xp=np):
-        k = thresholds.size
-        self.thresholds_f64 = thresholds
-        # compared in the factors' precision; the records live where the factors do (xp)
-        self.thresholds = xp.asarray(thresholds.astype(dtype))
-        self.step = xp.full((batch, k), -1, dtype=np.int64)
-        self.factors = [xp.zeros((batch, k, dims[j], dims[j - 1]), dtype=dtype)
-                        for j in range(1, len(dims))]
-
-
 class FitCheckpoint:
     """The resumable state of one fit() call in one .npz file, tied to that call's arguments
     and to the model's state when it started: the model's state arrays (model._state()) and
@@ -183,24 +184,32 @@ class FitCheckpoint:
         self.key = {"call": call, "start": _state_digest(model)}
 
     def save(self, model, start: int, rows: list[int], progress: dict, done: bool) -> None:
-        arrays = {"rows": np.asarray(rows, dtype=np.int64),
-                  **{f"state/{k}": v for k, v in model._host_state().items()},
-                  **{f"progress/{k}": to_host(v) for k, v in progress.items()}}
-        save_npz(self.path, self.FORMAT, {"key": self.key, "start": start, "done": done,
-                                          "steps_done": model.steps_done}, arrays)
+        arrays = {
+            "rows": np.asarray(rows, dtype=np.int64),
+            **{f"state/{k}": v for k, v in model._host_state().items()},
+            **{f"progress/{k}": to_host(v) for k, v in progress.items()},
+        }
+        save_npz(
+            self.path,
+            self.FORMAT,
+            {"key": self.key, "start": start, "done": done, "steps_done": model.steps_done},
+            arrays,
+        )
 
     def restore(self, model) -> tuple[int, bool, list[int], dict]:
         """(start, done, rows, progress arrays), the model's state restored."""
         meta, z = load_npz(self.path, self.FORMAT, "a fit() checkpoint")
         if json.dumps(meta["key"], sort_keys=True) != json.dumps(self.key, sort_keys=True):
-            raise ValueError(f"checkpoint: {self.path} was written by another fit (other "
-                             "arguments or another starting state); delete it or pass another "
-                             "path")
-        model._restore({k[len("state/"):]: v for k, v in z.items() if k.startswith("state/")},
-                       meta)
-        progress = {k[len("progress/"):]: v for k, v in z.items() if k.startswith("progress/")}
-        return (int(meta["start"]), bool(meta["done"]), [int(r) for r in z["rows"]],
-                progress)
+            raise ValueError(
+                f"checkpoint: {self.path} was written by another fit (other "
+                "arguments or another starting state); delete it or pass another "
+                "path"
+            )
+        model._restore(
+            {k[len("state/") :]: v for k, v in z.items() if k.startswith("state/")}, meta
+        )
+        progress = {k[len("progress/") :]: v for k, v in z.items() if k.startswith("progress/")}
+        return (int(meta["start"]), bool(meta["done"]), [int(r) for r in z["rows"]], progress)
 
 
 def _state_digest(model) -> str:

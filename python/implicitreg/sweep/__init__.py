@@ -45,14 +45,35 @@ from .store import (
     write_batch,
 )
 
-__all__ = ["DEFAULTS", "EXECUTORS", "MODEL_DEFAULTS", "MODEL_KEYS", "PROBLEMS", "SweepResult",
-           "expand", "load_sweep", "sweep", "threshold_label"]
+__all__ = [
+    "DEFAULTS",
+    "EXECUTORS",
+    "MODEL_DEFAULTS",
+    "MODEL_KEYS",
+    "PROBLEMS",
+    "SweepResult",
+    "expand",
+    "load_sweep",
+    "sweep",
+    "threshold_label",
+]
 
 
-def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
-          resume: bool = False, progress=True, executor: str = "local",
-          checkpoint_every: float = 300.0, name: str = "sweep", info: dict | None = None,
-          address: str | None = None, max_retries: int = 3) -> SweepResult:
+def sweep(
+    base: dict,
+    grid=None,
+    seeds: int = 8,
+    backend: str = "cpu",
+    out=None,
+    resume: bool = False,
+    progress=True,
+    executor: str = "local",
+    checkpoint_every: float = 300.0,
+    name: str = "sweep",
+    info: dict | None = None,
+    address: str | None = None,
+    max_retries: int = 3,
+) -> SweepResult:
     """Run every config of expand(base, grid) on `seeds` seeds and return a SweepResult.
 
     Configs that share everything but per-problem values (problem data such as eps or n_obs,
@@ -82,8 +103,10 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
         raise TypeError(f"name: expected a str, got {type(name).__name__}")
     choice(executor, "executor", EXECUTORS)
     if address is not None and executor != "ray":
-        raise ValueError(f"address: only used by executor 'ray', got executor {executor!r} "
-                         f"with address {address!r}")
+        raise ValueError(
+            f"address: only used by executor 'ray', got executor {executor!r} "
+            f"with address {address!r}"
+        )
     max_retries = integer(max_retries, "max_retries", minimum=0)
     configs, spans = group(expand(base, grid))
     need = [dry_run(c, backend) for c in configs]
@@ -92,11 +115,17 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
         for bi, (a, b) in enumerate(spans):
             check_batch_memory(configs[a:b], host_need[a:b], seeds, bi)
     ray = ray_connect(address) if executor == "ray" else None
-    meta = {"name": name, "seeds": seeds, "backend": backend, "executor": executor,
-            "version": build_info()["version"], "machine": machine(), **(info or {})}
+    meta = {
+        "name": name,
+        "seeds": seeds,
+        "backend": backend,
+        "executor": executor,
+        "version": build_info()["version"],
+        "machine": machine(),
+        **(info or {}),
+    }
     spec = {"configs": configs, "seeds": seeds, "backend": backend}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=jsonable).encode()
-                            ).hexdigest()
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=jsonable).encode()).hexdigest()
     plan = plan_batches(spans, [d for _, d in need], seeds, backend)
     # one process writes a results directory at a time (a second one is refused)
     with contextlib.nullcontext() if out is None else locked(out):
@@ -119,14 +148,16 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
                     def step_counter(n, ran=ran):
                         ran[0] += n
                         advance(n)
+
                     ckpt = None if out is None else batch_path(out, bi, "ckpt.npz")
-                    got = run_batch(configs[a:b], (s0, s1), backend, step_counter, ckpt,
-                                    checkpoint_every)
+                    got = run_batch(
+                        configs[a:b], (s0, s1), backend, step_counter, ckpt, checkpoint_every
+                    )
                     done[bi] = got
                     advance(configs[a]["max_steps"] - ran[0])
                     write_batch(out, bi, *got)
             else:
-                work = [(i, configs[plan[i][0]:plan[i][1]], plan[i][2:]) for i in todo]
+                work = [(i, configs[plan[i][0] : plan[i][1]], plan[i][2:]) for i in todo]
                 for bi, got in ray_run(ray, work, backend, out, checkpoint_every, max_retries):
                     done[bi] = got
                     write_batch(out, bi, *got)
@@ -140,13 +171,23 @@ def sweep(base: dict, grid=None, seeds: int = 8, backend: str = "cpu", out=None,
             assert finished is not None  # every batch was read back or run above
             cols, traj, seconds = finished
             n = len(part) * (s1 - s0)
-            cols = {**config_columns(part, s1 - s0),
-                    "seed": np.tile(np.arange(s0, s1), len(part)), **cols,
-                    "batch": np.full(n, bi)}
+            cols = {
+                **config_columns(part, s1 - s0),
+                "seed": np.tile(np.arange(s0, s1), len(part)),
+                **cols,
+                "batch": np.full(n, bi),
+            }
             trajs.append(traj)
             parts.append(cols)
-            timings.append({"batch": bi, "configs": len(part), "problems": n,
-                            "seconds": seconds, "problem_steps": int(np.sum(cols["steps"]))})
+            timings.append(
+                {
+                    "batch": bi,
+                    "configs": len(part),
+                    "problems": n,
+                    "seconds": seconds,
+                    "problem_steps": int(np.sum(cols["steps"])),
+                }
+            )
         meta["timings"] = timings
         result = SweepResult(stack(parts), trajs, configs, meta)
         if out is not None:  # the trajectories were written as their batches finished

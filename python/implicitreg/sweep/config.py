@@ -12,12 +12,24 @@ import numpy as np
 from .. import problems as problems_mod
 from .._checks import choice, integer
 from ..models import CPFactorization
-from ..models.fit import loss_thresholds
+from ..models.crossings import loss_thresholds
 from ..problems import completion, sensing, tensor_completion
 from ..trajectory import every, geometric
 
-__all__ = ["DEFAULTS", "MODEL_DEFAULTS", "MODEL_KEYS", "PROBLEMS", "batch_key", "build_problem",
-           "concat_problems", "cp_model", "expand", "log_of", "optimizer_of", "take_seeds"]
+__all__ = [
+    "DEFAULTS",
+    "MODEL_DEFAULTS",
+    "MODEL_KEYS",
+    "PROBLEMS",
+    "batch_key",
+    "build_problem",
+    "concat_problems",
+    "cp_model",
+    "expand",
+    "log_of",
+    "optimizer_of",
+    "take_seeds",
+]
 
 # Problem builders of implicitreg.problems and the config keys each one reads.
 PROBLEMS: dict[str, tuple[str, ...]] = {
@@ -35,40 +47,86 @@ DEFAULTS: dict[str, Any] = {
     # "dmf": DeepFactorization (matrix problems); "cp": CPFactorization (tensor completion)
     "model": "dmf",
     # what is learned
-    "problem": "paper_2x2", "b12": -2.0, "b21": 0.5, "eps": 0.0, "d": 3, "m": 10, "n": 10,
-    "target_rank": 2, "n_obs": 50, "n_meas": 50, "problem_seed": 0, "std": 1.0, "order": 3,
+    "problem": "paper_2x2",
+    "b12": -2.0,
+    "b21": 0.5,
+    "eps": 0.0,
+    "d": 3,
+    "m": 10,
+    "n": 10,
+    "target_rank": 2,
+    "n_obs": 50,
+    "n_meas": 50,
+    "problem_seed": 0,
+    "std": 1.0,
+    "order": 3,
     "dim": 8,
     # where it starts (implicitreg.init)
-    "depth": 3, "widths": None, "init": "normal", "scale": 1e-3, "scale_by": "product",
-    "init_det": None, "init_seed": 0,
+    "depth": 3,
+    "widths": None,
+    "init": "normal",
+    "scale": 1e-3,
+    "scale_by": "product",
+    "init_det": None,
+    "init_seed": 0,
     # how it is trained and what is recorded (optimizer None: the model's, MODEL_DEFAULTS)
-    "lr": 1e-3, "optimizer": None, "max_steps": 10_000, "tol": None, "log": 200,
+    "lr": 1e-3,
+    "optimizer": None,
+    "max_steps": 10_000,
+    "tol": None,
+    "log": 200,
     # metrics and thresholds None: the model's (MODEL_DEFAULTS); thresholds () records none
-    "metrics": None, "thresholds": None,
+    "metrics": None,
+    "thresholds": None,
     "dtype": "float64",
     # model "cp" only: components R (None: the largest CP rank), the stop rule of
     # CPFactorization.fit, and what is estimated at the end: the tensor rank of the
     # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated) and
     # rank_criterion (implicitreg.tensor_rank's criterion), and with baseline the memorizer's
     # error and rank
-    "components": None, "patience": None, "check_every": 100,
-    "rank_restarts": 0, "rank_criterion": "relative", "baseline": False,
+    "components": None,
+    "patience": None,
+    "check_every": 100,
+    "rank_restarts": 0,
+    "rank_criterion": "relative",
+    "baseline": False,
 }
 # What "metrics", "thresholds" and "optimizer" None mean, per model (a CP fit records no
 # crossings).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dmf": {"metrics": ("loss", "entry:0,0"), "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
-            "optimizer": "gd"},
+    "dmf": {
+        "metrics": ("loss", "entry:0,0"),
+        "thresholds": (1e-1, 1e-2, 1e-3, 1e-4),
+        "optimizer": "gd",
+    },
     "cp": {"metrics": ("loss", "recon_error"), "thresholds": (), "optimizer": "group_rmsprop"},
 }
 # Keys that may differ inside one batch (per-problem data, start or learning rate).
 # The config keys each model reads, besides every config's and its problem's (PROBLEMS).
-_COMMON_KEYS = ("model", "problem", "lr", "optimizer", "max_steps", "tol", "log", "metrics",
-                "thresholds", "dtype")
+_COMMON_KEYS = (
+    "model",
+    "problem",
+    "lr",
+    "optimizer",
+    "max_steps",
+    "tol",
+    "log",
+    "metrics",
+    "thresholds",
+    "dtype",
+)
 MODEL_KEYS = {
     "dmf": ("depth", "widths", "init", "scale", "scale_by", "init_det", "init_seed"),
-    "cp": ("components", "scale", "init_seed", "patience", "check_every", "rank_restarts",
-           "rank_criterion", "baseline"),
+    "cp": (
+        "components",
+        "scale",
+        "init_seed",
+        "patience",
+        "check_every",
+        "rank_restarts",
+        "rank_criterion",
+        "baseline",
+    ),
 }
 
 
@@ -77,8 +135,21 @@ def _takes(cfg: dict) -> set[str]:
     return set(_COMMON_KEYS) | set(MODEL_KEYS[cfg["model"]]) | set(PROBLEMS[cfg["problem"]])
 
 
-_PER_PROBLEM = {"b12", "b21", "eps", "target_rank", "n_obs", "problem_seed", "std", "init",
-                "scale", "scale_by", "init_det", "init_seed", "lr"}
+_PER_PROBLEM = {
+    "b12",
+    "b21",
+    "eps",
+    "target_rank",
+    "n_obs",
+    "problem_seed",
+    "std",
+    "init",
+    "scale",
+    "scale_by",
+    "init_det",
+    "init_seed",
+    "lr",
+}
 
 
 def expand(base: dict, grid=None) -> list[dict]:
@@ -93,13 +164,16 @@ def expand(base: dict, grid=None) -> list[dict]:
     elif isinstance(grid, dict):
         grid = [grid]
     elif not isinstance(grid, (list, tuple)) or not all(isinstance(g, dict) for g in grid):
-        raise TypeError("grid: expected a dict of lists or a list of dicts, got "
-                        f"{type(grid).__name__}")
+        raise TypeError(
+            f"grid: expected a dict of lists or a list of dicts, got {type(grid).__name__}"
+        )
     configs = []
     for g in grid:
         keys = list(g)
-        values = [v if isinstance(v, list) and k not in ("metrics", "thresholds") else [v]
-                  for k, v in g.items()]
+        values = [
+            v if isinstance(v, list) and k not in ("metrics", "thresholds") else [v]
+            for k, v in g.items()
+        ]
         for combo in itertools.product(*values):
             given = {**base, **dict(zip(keys, combo, strict=True))}
             configs.append(_check({**DEFAULTS, **given}, set(given)))
@@ -113,32 +187,41 @@ def _check(cfg: dict, given: set[str]) -> dict:
     caller set, each of which must be read)."""
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"config: unknown key(s) {', '.join(map(repr, unknown))}; "
-                         f"valid keys: {', '.join(DEFAULTS)}")
+        raise ValueError(
+            f"config: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(DEFAULTS)}"
+        )
     choice(cfg["problem"], "problem", tuple(PROBLEMS))
     choice(cfg["model"], "model", ("dmf", "cp"))
     if (cfg["model"] == "cp") != (cfg["problem"] == "random_cp_completion"):
-        raise ValueError(f"model: 'cp' goes with problem 'random_cp_completion' and 'dmf' with "
-                         f"the matrix problems, got model {cfg['model']!r} and problem "
-                         f"{cfg['problem']!r}")
+        raise ValueError(
+            f"model: 'cp' goes with problem 'random_cp_completion' and 'dmf' with "
+            f"the matrix problems, got model {cfg['model']!r} and problem "
+            f"{cfg['problem']!r}"
+        )
     takes = _takes(cfg)
     unused = sorted(given - takes)
     if unused:
-        raise ValueError(f"config: {', '.join(map(repr, unused))} not read by problem "
-                         f"{cfg['problem']!r} with model {cfg['model']!r}, which read: "
-                         f"{', '.join(k for k in DEFAULTS if k in takes)}")
+        raise ValueError(
+            f"config: {', '.join(map(repr, unused))} not read by problem "
+            f"{cfg['problem']!r} with model {cfg['model']!r}, which read: "
+            f"{', '.join(k for k in DEFAULTS if k in takes)}"
+        )
     cfg["depth"] = integer(cfg["depth"], "depth", minimum=1)
     cfg["max_steps"] = integer(cfg["max_steps"], "max_steps", minimum=0)
     for key in ("metrics", "thresholds", "optimizer"):
         if cfg[key] is None:
             cfg[key] = MODEL_DEFAULTS[cfg["model"]][key]
-    cfg["metrics"] = tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (
-        cfg["metrics"],)
+    cfg["metrics"] = (
+        tuple(cfg["metrics"]) if not isinstance(cfg["metrics"], str) else (cfg["metrics"],)
+    )
     for m in cfg["metrics"]:
         if not isinstance(m, str):
-            raise TypeError(f"metrics: expected metric names (str), got {m!r} of type "
-                            f"{type(m).__name__}; the metrics are one choice per sweep, not "
-                            "a grid axis")
+            raise TypeError(
+                f"metrics: expected metric names (str), got {m!r} of type "
+                f"{type(m).__name__}; the metrics are one choice per sweep, not "
+                "a grid axis"
+            )
     if "loss" not in cfg["metrics"]:
         cfg["metrics"] = ("loss",) + cfg["metrics"]
     cfg["thresholds"] = tuple(float(t) for t in loss_thresholds(cfg["thresholds"]))
@@ -163,7 +246,7 @@ def optimizer_of(cfg: dict) -> str:
 def log_of(log):
     """A config's log: n (about n geometric rows) or "every:k"."""
     if isinstance(log, str) and log.startswith("every:"):
-        return every(int(log[len("every:"):]))
+        return every(int(log[len("every:") :]))
     if isinstance(log, (int, np.integer)) and not isinstance(log, bool):
         return geometric(int(log))
     raise ValueError(f"log: expected a number of geometric rows or 'every:k', got {log!r}")
@@ -184,35 +267,47 @@ def build_problem(cfg: dict, seeds: int):
     if name == "perturbed_2x2":
         return problems_mod.perturbed_2x2(**args, batch=seeds)
     if name == "random_cp_completion":
-        dims = (integer(args["dim"], "dim", minimum=1),) * integer(args["order"], "order",
-                                                                   minimum=2)
-        targets, orders = problems_mod.random_cp_tensor(dims, args["rank"], batch=seeds,
-                                                        seed=args["seed"])
+        dims = (integer(args["dim"], "dim", minimum=1),) * integer(
+            args["order"], "order", minimum=2
+        )
+        targets, orders = problems_mod.random_cp_tensor(
+            dims, args["rank"], batch=seeds, seed=args["seed"]
+        )
         return problems_mod.tensor_completion(
-            targets, problems_mod.observe_first(orders, integer(args["n_obs"], "n_obs"), dims))
+            targets, problems_mod.observe_first(orders, integer(args["n_obs"], "n_obs"), dims)
+        )
     return getattr(problems_mod, name)(**args, batch=seeds)
 
 
 def concat_problems(parts):
     """One problem batch from several of one kind and shape (shared arrays broadcast)."""
+
     def cat(arrays):
         if arrays[0] is None:
             return None
-        return np.concatenate([np.broadcast_to(a, (p.batch,) + a.shape[1:])
-                               for a, p in zip(arrays, parts, strict=True)])
+        return np.concatenate(
+            [
+                np.broadcast_to(a, (p.batch,) + a.shape[1:])
+                for a, p in zip(arrays, parts, strict=True)
+            ]
+        )
+
     if parts[0].kind == "tensor_completion":
         return tensor_completion(cat([p.targets for p in parts]), cat([p.masks for p in parts]))
     truth = cat([p.truth for p in parts]) if all(p.truth is not None for p in parts) else None
     if parts[0].kind == "completion":
-        return completion(cat([p.targets for p in parts]), cat([p.masks for p in parts]),
-                          truth=truth)
+        return completion(
+            cat([p.targets for p in parts]), cat([p.masks for p in parts]), truth=truth
+        )
     return sensing(cat([p.A for p in parts]), cat([p.y for p in parts]), truth=truth)
 
 
 def take_seeds(p, s0: int, s1: int):
     """Problems s0..s1-1 of a batch (shared arrays stay shared)."""
+
     def take(a):
         return a if a is None or a.shape[0] == 1 else a[s0:s1]
+
     n = s1 - s0
     if p.kind == "tensor_completion":
         return tensor_completion(take(p.targets), take(p.masks), batch=n)
@@ -222,5 +317,11 @@ def take_seeds(p, s0: int, s1: int):
 
 
 def cp_model(cfg: dict, problem, backend: str) -> CPFactorization:
-    return CPFactorization.init(problem, rank=cfg["components"], scale=cfg["scale"],
-                                seed=cfg["init_seed"], dtype=cfg["dtype"], backend=backend)
+    return CPFactorization.init(
+        problem,
+        rank=cfg["components"],
+        scale=cfg["scale"],
+        seed=cfg["init_seed"],
+        dtype=cfg["dtype"],
+        backend=backend,
+    )

@@ -21,8 +21,14 @@ from .store import batch_path, threshold_label
 __all__ = ["EXECUTORS", "RAY_TASK", "ray_connect", "ray_run", "run_batch"]
 
 
-def run_batch(configs: list[dict], seeds: tuple[int, int], backend: str, advance, checkpoint,
-               checkpoint_every: float) -> tuple[dict, Trajectory, float]:
+def run_batch(
+    configs: list[dict],
+    seeds: tuple[int, int],
+    backend: str,
+    advance,
+    checkpoint,
+    checkpoint_every: float,
+) -> tuple[dict, Trajectory, float]:
     """Train one batch, seeds s0..s1-1 of each config; (result columns without the config
     values, trajectory, seconds). Problems and starts are drawn for seeds 0..s1-1 and cut,
     so that a problem is the same whichever batch it runs in."""
@@ -32,22 +38,43 @@ def run_batch(configs: list[dict], seeds: tuple[int, int], backend: str, advance
     parts = [take_seeds(p, s0, s1) for p in whole] if s0 else whole
     problem = concat_problems(parts)
     if c0["model"] == "cp":
-        return _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
-                             checkpoint_every)
+        return _run_cp_batch(
+            configs, whole, problem, seeds, backend, advance, checkpoint, checkpoint_every
+        )
     factors = None
     for c in configs:  # each config's seeds 0..s1-1: the same starts across configs
-        f = init_factors(problem.shape, s1, c["depth"], c["widths"], c["init"], c["scale"],
-                         c["scale_by"], c["init_det"], c["init_seed"])
+        f = init_factors(
+            problem.shape,
+            s1,
+            c["depth"],
+            c["widths"],
+            c["init"],
+            c["scale"],
+            c["scale_by"],
+            c["init_det"],
+            c["init_seed"],
+        )
         f = [W[s0:] for W in f]
-        factors = f if factors is None else [np.concatenate([a, b])
-                                             for a, b in zip(factors, f, strict=True)]
+        factors = (
+            f
+            if factors is None
+            else [np.concatenate([a, b]) for a, b in zip(factors, f, strict=True)]
+        )
     lr = np.repeat([c["lr"] for c in configs], s1 - s0).astype(np.float64)
     model = DeepFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
     t0 = time.perf_counter()
-    traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=log_of(c0["log"]),
-                     metrics=c0["metrics"], thresholds=c0["thresholds"], progress=advance,
-                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                     optimizer=optimizer_of(c0))
+    traj = model.fit(
+        lr,
+        c0["max_steps"],
+        tol=c0["tol"],
+        log=log_of(c0["log"]),
+        metrics=c0["metrics"],
+        thresholds=c0["thresholds"],
+        progress=advance,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        optimizer=optimizer_of(c0),
+    )
     seconds = time.perf_counter() - t0
     cols = _result_columns(traj)
     if traj.crossings is not None:
@@ -59,8 +86,7 @@ def run_batch(configs: list[dict], seeds: tuple[int, int], backend: str, advance
     return cols, traj, seconds
 
 
-def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
-                  checkpoint_every):
+def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint, checkpoint_every):
     """The CP version of run_batch: fit, then the end-of-run tensor ranks and baseline."""
     c0 = configs[0]
     s0, s1 = seeds
@@ -70,34 +96,56 @@ def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint,
     lr = np.repeat([c["lr"] for c in configs], s1 - s0).astype(np.float64)
     model = CPFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
     t0 = time.perf_counter()
-    traj = model.fit(lr, c0["max_steps"], tol=c0["tol"], log=log_of(c0["log"]),
-                     metrics=c0["metrics"], optimizer=optimizer_of(c0),
-                     patience=c0["patience"], check_every=c0["check_every"], progress=advance,
-                     checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    traj = model.fit(
+        lr,
+        c0["max_steps"],
+        tol=c0["tol"],
+        log=log_of(c0["log"]),
+        metrics=c0["metrics"],
+        optimizer=optimizer_of(c0),
+        patience=c0["patience"],
+        check_every=c0["check_every"],
+        progress=advance,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
     B = problem.batch
     cols = _result_columns(traj)
     restarts = int(c0["rank_restarts"])
     if restarts:
-        cols["tensor_rank"] = to_host(tensor_rank(model.tensor(), restarts=restarts,
-                                                  backend=backend, order=model.order,
-                                                  criterion=c0["rank_criterion"]))
+        cols["tensor_rank"] = to_host(
+            tensor_rank(
+                model.tensor(),
+                restarts=restarts,
+                backend=backend,
+                order=model.order,
+                criterion=c0["rank_criterion"],
+            )
+        )
     if c0["baseline"]:
         mem = memorizer(problem)
         truth = np.broadcast_to(problem.targets, mem.shape).reshape(B, -1)
-        cols["memorizer_error"] = (np.linalg.norm(mem.reshape(B, -1) - truth, axis=1)
-                                   / np.linalg.norm(truth, axis=1))
+        cols["memorizer_error"] = np.linalg.norm(
+            mem.reshape(B, -1) - truth, axis=1
+        ) / np.linalg.norm(truth, axis=1)
         if restarts:
-            cols["memorizer_rank"] = tensor_rank(mem, restarts=restarts, backend=backend,
-                                                 order=model.order,
-                                                 criterion=c0["rank_criterion"])
+            cols["memorizer_rank"] = tensor_rank(
+                mem,
+                restarts=restarts,
+                backend=backend,
+                order=model.order,
+                criterion=c0["rank_criterion"],
+            )
     return cols, traj, time.perf_counter() - t0
 
 
 def _result_columns(traj: Trajectory) -> dict:
     """Status, steps run, column index and every metric's last logged value, per problem."""
-    cols = {"status": traj.status.copy(),
-            "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
-            "index": np.arange(traj.batch)}
+    cols = {
+        "status": traj.status.copy(),
+        "steps": np.where(traj.frozen_at >= 0, traj.frozen_at, traj.steps[-1]),
+        "index": np.arange(traj.batch),
+    }
     for name, v in traj.data.items():
         _put(cols, name, v[-1])
     return cols
@@ -123,15 +171,18 @@ def ray_connect(address):
     except ImportError as exc:
         raise RuntimeError("executor: 'ray' needs Ray: pip install 'implicitreg[ray]'") from exc
     if address is not None and not isinstance(address, str):
-        raise TypeError(f"address: expected a Ray cluster address such as 'auto' or "
-                        f"'ray://host:10001', got {type(address).__name__} {address!r}")
+        raise TypeError(
+            f"address: expected a Ray cluster address such as 'auto' or "
+            f"'ray://host:10001', got {type(address).__name__} {address!r}"
+        )
     if not ray.is_initialized():
         _check_reachable(address)
         try:
             ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RuntimeError(f"address: could not connect to a Ray cluster at {address!r}: "
-                               f"{exc}") from exc
+            raise RuntimeError(
+                f"address: could not connect to a Ray cluster at {address!r}: {exc}"
+            ) from exc
     return ray
 
 
@@ -140,21 +191,30 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
     Ray itself retries an unreachable address for minutes before giving up."""
     if address is None or address in ("auto", "local"):
         return
-    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    hostport = address[len("ray://") :] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"address: expected 'HOST:PORT', 'ray://HOST:PORT', 'auto' or "
-                         f"'local', got {address!r}")
+        raise ValueError(
+            f"address: expected 'HOST:PORT', 'ray://HOST:PORT', 'auto' or 'local', got {address!r}"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise RuntimeError(f"address: no Ray cluster answers at {address!r} ({exc}); start "
-                           "one with `ray start --head` on the head node, and pass its "
-                           "address") from exc
+        raise RuntimeError(
+            f"address: no Ray cluster answers at {address!r} ({exc}); start "
+            "one with `ray start --head` on the head node, and pass its "
+            "address"
+        ) from exc
 
 
-def _ray_batch(configs: list[dict], seeds: tuple[int, int], backend: str, ckpt: str | None,
-               checkpoint_every: float, node: str) -> tuple[dict, Trajectory, float]:
+def _ray_batch(
+    configs: list[dict],
+    seeds: tuple[int, int],
+    backend: str,
+    ckpt: str | None,
+    checkpoint_every: float,
+    node: str,
+) -> tuple[dict, Trajectory, float]:
     """One batch in a Ray worker. The running batch is checkpointed into the results
     directory only on the driver's node: elsewhere that path is another machine's (a retry
     there, or a resume, restarts the batch from its beginning)."""
@@ -165,13 +225,19 @@ def _ray_batch(configs: list[dict], seeds: tuple[int, int], backend: str, ckpt: 
     return run_batch(configs, seeds, backend, lambda n: None, ckpt, checkpoint_every)
 
 
-def ray_run(ray, todo: list[tuple[int, list[dict], tuple[int, int]]], backend: str, out,
-             checkpoint_every: float, max_retries: int):
+def ray_run(
+    ray,
+    todo: list[tuple[int, list[dict], tuple[int, int]]],
+    backend: str,
+    out,
+    checkpoint_every: float,
+    max_retries: int,
+):
     """Yield (batch index, run_batch's result) for each batch of `todo`, in the order they
     finish. Every batch is submitted at once; Ray queues what the cluster cannot yet run."""
     task = ray.remote(_ray_batch).options(
-        num_cpus=1, num_gpus=1 if backend == "cuda" else 0, max_retries=max_retries,
-        name=RAY_TASK)
+        num_cpus=1, num_gpus=1 if backend == "cuda" else 0, max_retries=max_retries, name=RAY_TASK
+    )
     node = ray.get_runtime_context().get_node_id()
     pending = {}
     for bi, group, seeds in todo:
@@ -188,8 +254,9 @@ def ray_run(ray, todo: list[tuple[int, list[dict], tuple[int, int]]], backend: s
                     # the batch's own error, as the local executor would raise it
                     raise (exc.cause if isinstance(exc.cause, Exception) else exc) from exc
                 except ray.exceptions.RayError as exc:  # its worker or node died, retries spent
-                    raise RuntimeError(f"executor: batch {bi} failed on Ray after "
-                                       f"{max_retries} retries: {exc}") from exc
+                    raise RuntimeError(
+                        f"executor: batch {bi} failed on Ray after {max_retries} retries: {exc}"
+                    ) from exc
                 yield bi, got
     finally:
         for ref in pending:  # an error or an interrupt: stop what still runs

@@ -39,8 +39,9 @@ class SweepResult:
     ("name@1e-4", with "step@1e-4"); configs: the configs, in row-block order; meta: the sweep's
     description and timings."""
 
-    def __init__(self, columns: dict, trajectories: list[Trajectory], configs: list[dict],
-                 meta: dict):
+    def __init__(
+        self, columns: dict, trajectories: list[Trajectory], configs: list[dict], meta: dict
+    ):
         self.columns = columns
         self.trajectories = trajectories
         self.configs = configs
@@ -52,9 +53,11 @@ class SweepResult:
         try:
             import pandas as pd
         except ImportError as exc:
-            raise ImportError("SweepResult.table needs pandas: pip install "
-                              "'implicitreg[pandas]' (SweepResult.columns has the same data "
-                              "as NumPy arrays)") from exc
+            raise ImportError(
+                "SweepResult.table needs pandas: pip install "
+                "'implicitreg[pandas]' (SweepResult.columns has the same data "
+                "as NumPy arrays)"
+            ) from exc
         return pd.DataFrame(self.columns)
 
     def rows(self, **match) -> np.ndarray:
@@ -95,28 +98,35 @@ class SweepResult:
         os.replace(tmp, os.path.join(out, "meta.json"))
 
     def __repr__(self) -> str:
-        return (f"SweepResult(rows={len(self.columns['seed'])}, configs={len(self.configs)}, "
-                f"batches={len(self.trajectories)})")
+        return (
+            f"SweepResult(rows={len(self.columns['seed'])}, configs={len(self.configs)}, "
+            f"batches={len(self.trajectories)})"
+        )
 
 
 def load_sweep(out) -> SweepResult:
     """Read a SweepResult written by SweepResult.save (or by sweep(out=...))."""
     meta, cols = load_columns(os.path.join(out, "results.npz"))
     n = int(cols["batch"].max()) + 1 if cols["batch"].size else 0
-    trajs = [load_trajectory(os.path.join(out, "batches", f"{i:03d}.trajectory.npz"))
-             for i in range(n)]
+    trajs = [
+        load_trajectory(os.path.join(out, "batches", f"{i:03d}.trajectory.npz")) for i in range(n)
+    ]
     configs = meta.pop("configs")
     return SweepResult(cols, trajs, configs, meta)
 
 
 def save_columns(path, columns: dict, meta: dict) -> None:
-    save_npz(path, FORMAT, json.loads(json.dumps(meta, default=jsonable)),
-             {f"col/{k}": v for k, v in columns.items()})
+    save_npz(
+        path,
+        FORMAT,
+        json.loads(json.dumps(meta, default=jsonable)),
+        {f"col/{k}": v for k, v in columns.items()},
+    )
 
 
 def load_columns(path) -> tuple[dict, dict]:
     meta, z = load_npz(path, FORMAT, "implicitreg sweep results")
-    return meta, {k[len("col/"):]: v for k, v in z.items() if k.startswith("col/")}
+    return meta, {k[len("col/") :]: v for k, v in z.items() if k.startswith("col/")}
 
 
 def jsonable(x):
@@ -131,8 +141,10 @@ def _write_csv(path, columns: dict) -> None:
     """The table as CSV (floats written to full precision), atomically."""
     tmp = f"{path}.tmp-{os.getpid()}"
     names = list(columns)
-    cells = [[repr(float(x)) for x in v] if v.dtype.kind == "f" else [str(x) for x in v]
-             for v in (np.asarray(columns[k]) for k in names)]
+    cells = [
+        [repr(float(x)) for x in v] if v.dtype.kind == "f" else [str(x) for x in v]
+        for v in (np.asarray(columns[k]) for k in names)
+    ]
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(names)
@@ -162,10 +174,12 @@ def read_batch(out, bi: int) -> tuple[dict, Trajectory, float]:
         traj = load_trajectory(paths[1])
         seconds = float(bmeta["seconds"])
     except Exception as exc:  # whatever makes them unreadable, the advice is the same
-        raise ValueError(f"out: batch {bi} of {out} cannot be read back ({paths[0]} or "
-                         f"{paths[1]}: {type(exc).__name__}: {exc}); these files were not "
-                         "written whole by this sweep. Delete both to run the batch again, "
-                         "or choose another directory") from exc
+        raise ValueError(
+            f"out: batch {bi} of {out} cannot be read back ({paths[0]} or "
+            f"{paths[1]}: {type(exc).__name__}: {exc}); these files were not "
+            "written whole by this sweep. Delete both to run the batch again, "
+            "or choose another directory"
+        ) from exc
     stale = batch_path(out, bi, "ckpt.npz")
     if os.path.exists(stale):  # a crash between writing the result and removing it
         os.remove(stale)
@@ -196,15 +210,22 @@ def stack(parts: list[dict]) -> dict:
                 arrays.append(np.asarray(p[k]))
             else:
                 like = next(q[k] for q in parts if k in q)
-                arrays.append(np.full(n, np.nan) if np.asarray(like).dtype.kind in "fiub"
-                              else np.full(n, "", dtype=object).astype(str))
+                arrays.append(
+                    np.full(n, np.nan)
+                    if np.asarray(like).dtype.kind in "fiub"
+                    else np.full(n, "", dtype=object).astype(str)
+                )
         out[k] = np.concatenate(arrays) if arrays else np.zeros(0)
     return out
 
 
 def machine() -> dict:
-    return {"node": platform.node(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    return {
+        "node": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 _LOCK = ".lock"
@@ -217,8 +238,11 @@ def locked(out):
     lock left by a process of this host that no longer runs (killed) is taken over."""
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, _LOCK)
-    me = {"pid": os.getpid(), "host": socket.gethostname(),
-          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -233,7 +257,7 @@ def locked(out):
                     f"out: {out} is being written by process {holder['pid']} on "
                     f"{holder['host']} (since {holder.get('since', '?')}); wait for it, or "
                     f"choose another directory (if that process is gone, delete {path})"
-                    ) from None
+                ) from None
             os.remove(path)  # stale
             continue
         with os.fdopen(fd, "w") as fh:
@@ -270,19 +294,26 @@ def prepare_dir(out, digest: str, resume: bool, name: str, plan: list) -> list:
             try:
                 old = json.load(fh)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"out: {manifest} is corrupt; move it away or choose another "
-                                 "directory") from exc
+                raise ValueError(
+                    f"out: {manifest} is corrupt; move it away or choose another directory"
+                ) from exc
         if old.get("format") != FORMAT:
-            raise ValueError(f"out: {out} holds a manifest.json that is not implicitreg's; "
-                             "choose another directory")
+            raise ValueError(
+                f"out: {out} holds a manifest.json that is not implicitreg's; "
+                "choose another directory"
+            )
         if not resume:
-            raise ValueError(f"out: {out} already holds results of {old.get('name')!r}; pass "
-                             "resume=True (--resume) to continue them, or choose another "
-                             "directory")
+            raise ValueError(
+                f"out: {out} already holds results of {old.get('name')!r}; pass "
+                "resume=True (--resume) to continue them, or choose another "
+                "directory"
+            )
         if old.get("digest") != digest:
-            raise ValueError(f"out: {out} holds results of another sweep ({old.get('name')!r} "
-                             "with other configs, seeds or backend); resume needs the same "
-                             "ones, or choose another directory")
+            raise ValueError(
+                f"out: {out} holds results of another sweep ({old.get('name')!r} "
+                "with other configs, seeds or backend); resume needs the same "
+                "ones, or choose another directory"
+            )
         # what a killed run was writing when it died (never read: the rename did not happen)
         for d in (out, os.path.join(out, "batches")):
             for f in os.listdir(d) if os.path.isdir(d) else ():
@@ -290,14 +321,23 @@ def prepare_dir(out, digest: str, resume: bool, name: str, plan: list) -> list:
                     os.remove(os.path.join(d, f))
         return [tuple(p) for p in old.get("plan", plan)]
     if os.path.isdir(out) and set(os.listdir(out)) - {_LOCK}:
-        raise ValueError(f"out: {out} is not empty and holds no implicitreg results; choose "
-                         "an empty or new directory")
+        raise ValueError(
+            f"out: {out} is not empty and holds no implicitreg results; choose "
+            "an empty or new directory"
+        )
     os.makedirs(os.path.join(out, "batches"), exist_ok=True)
     tmp = f"{manifest}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
-        json.dump({"format": FORMAT, "name": name, "digest": digest,
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "plan": [list(p) for p in plan]}, fh)
+        json.dump(
+            {
+                "format": FORMAT,
+                "name": name,
+                "digest": digest,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "plan": [list(p) for p in plan],
+            },
+            fh,
+        )
     os.replace(tmp, manifest)
     return plan
 
@@ -312,8 +352,7 @@ def config_columns(configs: list[dict], seeds: int) -> dict:
             arr = np.array(vals, dtype=bool)
         elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
             arr = np.array(vals, dtype=np.int64)
-        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
-                 for v in vals):
+        elif all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in vals):
             arr = np.array(vals, dtype=np.float64)
         else:
             arr = np.array([_text(v) for v in vals])
