@@ -10,7 +10,7 @@ from .problems import TensorCompletion
 __all__ = ["memorizer"]
 
 
-def memorizer(problem) -> np.ndarray:
+def memorizer(problem: TensorCompletion) -> np.ndarray:
     """The "linear" baseline: observed entries copied, all others 0
     (B, d_1, ..., d_N) — what gradient descent on the tensor itself from zero converges to."""
     if not isinstance(problem, TensorCompletion):

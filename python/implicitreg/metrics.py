@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import ops
 from ._backend import array_module, is_device, to_host
@@ -113,7 +116,12 @@ def _matrices(X, name: str = "X"):
     return a
 
 
-def svdvals(X, backend: str | None = None, return_info: bool = False, max_sweeps: int = MAX_SWEEPS):
+def svdvals(
+    X: ArrayLike,
+    backend: str | None = None,
+    return_info: bool = False,
+    max_sweeps: int = MAX_SWEEPS,
+) -> Any:  # (..., k) values, or (values, info) with return_info; CuPy for CuPy input
     """Singular values of X (..., m, n), shape (..., min(m, n)), descending, in X's float
     dtype (integers become float64).
 
@@ -176,19 +184,25 @@ def _compute(
     return out[0].reshape(lead)
 
 
-def frobenius(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def frobenius(
+    X: ArrayLike | None = None, *, svals: ArrayLike | None = None, backend: str | None = None
+) -> np.ndarray:
     """||X||_F = sqrt(sum sigma_i^2)."""
     s, _, backend = _svals(X, svals, backend)
     return _compute(s, "fro", backend=backend)
 
 
-def nuclear(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def nuclear(
+    X: ArrayLike | None = None, *, svals: ArrayLike | None = None, backend: str | None = None
+) -> np.ndarray:
     """||X||_* = sum sigma_i."""
     s, _, backend = _svals(X, svals, backend)
     return _compute(s, "nuc", backend=backend)
 
 
-def spectral(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def spectral(
+    X: ArrayLike | None = None, *, svals: ArrayLike | None = None, backend: str | None = None
+) -> np.ndarray:
     """||X||_2 = sigma_1 (0 for an empty matrix)."""
     s, _, backend = _svals(X, svals, backend)
     return _compute(s, "spectral", backend=backend)
@@ -203,7 +217,13 @@ def _p(p) -> float:
     return float(p)
 
 
-def schatten(X=None, p=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def schatten(
+    X: ArrayLike | None = None,
+    p: float | None = None,
+    *,
+    svals: ArrayLike | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
     """(sum sigma_i^p)^(1/p) for any p > 0: a norm for p >= 1 (p = 1 nuclear, p = 2
     Frobenius), a quasi-norm for p < 1."""
     p = _p(p)
@@ -211,14 +231,22 @@ def schatten(X=None, p=None, *, svals=None, backend: str | None = None) -> np.nd
     return _compute(s, "schatten", p, backend=backend)
 
 
-def effective_rank(X=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def effective_rank(
+    X: ArrayLike | None = None, *, svals: ArrayLike | None = None, backend: str | None = None
+) -> np.ndarray:
     """Roy & Vetterli's effective rank exp(-sum p_i ln p_i), p_i = sigma_i / sum sigma_j over
     the non-zero sigma_i: 1 <= erank <= rank; 0 for the zero matrix."""
     s, _, backend = _svals(X, svals, backend)
     return _compute(s, "erank", backend=backend)
 
 
-def rank(X=None, tol=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def rank(
+    X: ArrayLike | None = None,
+    tol: float | None = None,
+    *,
+    svals: ArrayLike | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
     """Numerical rank #{sigma_i > tol}, int64; -1 for a matrix with a non-finite entry.
 
     tol=None: sigma_1 * max(m, n) * eps(dtype), where (m, n) is the matrix shape (k for
@@ -237,7 +265,13 @@ def rank(X=None, tol=None, *, svals=None, backend: str | None = None) -> np.ndar
     return xp.where(xp.isnan(r), -1, r).astype(np.int64)
 
 
-def dist_to_rank(X=None, r=None, *, svals=None, backend: str | None = None) -> np.ndarray:
+def dist_to_rank(
+    X: ArrayLike | None = None,
+    r: int | None = None,
+    *,
+    svals: ArrayLike | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
     """Frobenius distance to the nearest matrix of rank <= r (Eckart-Young):
     sqrt(sum_{i > r} sigma_i^2)."""
     if r is None:
@@ -247,7 +281,7 @@ def dist_to_rank(X=None, r=None, *, svals=None, backend: str | None = None) -> n
     return _compute(s, "dist_rank", r, backend=backend)
 
 
-def balancedness(factors, backend: str | None = None) -> np.ndarray:
+def balancedness(factors: Sequence[ArrayLike], backend: str | None = None) -> np.ndarray:
     """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F of factors [W_1, ..., W_N], each
     (B, d_j, d_{j-1}); float64 (B,). Zero for balanced factors (and at depth 1)."""
     if not isinstance(factors, (list, tuple)) or len(factors) == 0:
@@ -338,7 +372,7 @@ RANK_TOL = {"relative": 1e-5, "absolute": 1e-6}  # tensor_rank's default tol per
 
 
 def tensor_rank(
-    T,
+    T: ArrayLike,
     tol: float | None = None,
     restarts: int = 10,
     seed: int = 0,

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._checks import integer
 from ._io import load_npz, save_npz
+
+if TYPE_CHECKING:
+    import pandas
 
 TRAJECTORY_STATUS = ("converged", "diverged", "max_steps")
 _FORMAT = "implicitreg.Trajectory/1"
@@ -14,7 +22,7 @@ _FORMAT = "implicitreg.Trajectory/1"
 class every:
     """Log every k steps (and at the first and last step)."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int) -> None:
         self.k = integer(k, "every: k", minimum=1)
 
     def rows(self, max_steps: int) -> int:
@@ -32,7 +40,7 @@ class geometric:
     """Log at about n steps spaced geometrically between 1 and max_steps (and at step 0):
     dense early, sparse late, as log-scale plots want."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int) -> None:
         self.n = integer(n, "geometric: n", minimum=1)
 
     def rows(self, max_steps: int) -> int:
@@ -72,8 +80,14 @@ class Trajectory:
     """
 
     def __init__(
-        self, steps, data: dict[str, np.ndarray], status, frozen_at, meta=None, crossings=None
-    ):
+        self,
+        steps: ArrayLike,
+        data: dict[str, np.ndarray],
+        status: ArrayLike,
+        frozen_at: ArrayLike,
+        meta: Mapping[str, Any] | None = None,
+        crossings: Mapping[str, ArrayLike] | None = None,
+    ) -> None:
         self.steps = np.asarray(steps, dtype=np.int64)
         self.data = {k: np.asarray(v) for k, v in data.items()}
         self.status = np.array(status, dtype=str)  # copies: a snapshot, not the live state
@@ -135,7 +149,7 @@ class Trajectory:
             out[name] = np.where(hit.reshape((-1,) + (1,) * (vals.ndim - 1)), vals, np.nan)
         return out
 
-    def to_dataframe(self):
+    def to_dataframe(self) -> pandas.DataFrame:
         """Long table: one row per (step, problem) while the problem runs, one column per
         scalar metric (vector metrics spread over name:0, name:1, ...), plus its final status
         and frozen_at. A frozen problem's rows end at the first logged step at or after its
@@ -167,7 +181,7 @@ class Trajectory:
         cols["frozen_at"] = np.tile(self.frozen_at, T)[keep]
         return pd.DataFrame(cols)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write to an .npz file (arrays + JSON metadata), atomically."""
         arrays = {f"data/{k}": v for k, v in self.data.items()}
         for k, v in (self.crossings or {}).items():
@@ -180,7 +194,7 @@ class Trajectory:
         )
 
 
-def load(path) -> Trajectory:
+def load(path: str | os.PathLike[str]) -> Trajectory:
     """Read a Trajectory written by Trajectory.save."""
     meta, z = load_npz(path, _FORMAT, "an implicitreg trajectory file")
     data = {k[len("data/") :]: v for k, v in z.items() if k.startswith("data/")}

@@ -4,9 +4,12 @@ metrics of their tensors, and fit(), which logs them between chunks of steps."""
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _rng, ops
 from .._backend import array_module, to_host
@@ -15,7 +18,7 @@ from .._codes import LIMITS, OPTIMIZERS
 from .._interrupt import deferred_interrupt, serialized
 from .._io import load_npz, save_npz
 from ..problems import TensorCompletion
-from ..trajectory import Trajectory, schedule
+from ..trajectory import Trajectory, every, geometric, schedule
 from . import base
 from .base import (
     STATE_BYTES,
@@ -41,7 +44,13 @@ class CPFactorization(Trained):
     Loss: mean squared error over the observed entries, per problem.
     """
 
-    def __init__(self, problem, factors, backend: str = "cpu", dtype=None):
+    def __init__(
+        self,
+        problem: TensorCompletion,
+        factors: Sequence[ArrayLike],
+        backend: str = "cpu",
+        dtype: DTypeLike | None = None,
+    ) -> None:
         if not isinstance(problem, TensorCompletion):
             raise TypeError(
                 "problem: expected implicitreg.tensor_completion(...), got "
@@ -79,11 +88,11 @@ class CPFactorization(Trained):
     @classmethod
     def init(
         cls,
-        problem,
+        problem: TensorCompletion,
         rank: int | None = None,
         scale: float = 1e-3,
         seed: int = 0,
-        dtype="float64",
+        dtype: DTypeLike = "float64",
         backend: str = "cpu",
     ) -> CPFactorization:
         """Factors with i.i.d. N(0, scale^2) entries (the paper's init_std); rank R
@@ -148,13 +157,13 @@ class CPFactorization(Trained):
     @serialized
     def step(
         self,
-        lr,
+        lr: float | ArrayLike,
         steps: int = 1,
-        tol=None,
+        tol: float | None = None,
         optimizer: str = "group_rmsprop",
         beta: float = 0.99,
         eps: float | None = None,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> CPFactorization:
         """`steps` updates in place with no Python between steps, by the optimizer: "gd",
         "group_rmsprop" (the paper's) or "adam", with beta, eps and betas as for
@@ -213,7 +222,9 @@ class CPFactorization(Trained):
         return list(dict.fromkeys(metrics))
 
     @serialized
-    def measure(self, metrics=("loss", "recon_error")) -> dict[str, np.ndarray]:
+    def measure(
+        self, metrics: Sequence[str] | str = ("loss", "recon_error")
+    ) -> dict[str, np.ndarray]:
         """The named metrics of the current state, float64: "loss" (mean squared error over
         observed entries), "recon_error" (||W - W*||_F / ||W*||_F over all entries;
         unnormalized where W* = 0), "norm" (||W||_F), each (B,); "component_norms" (B, R):
@@ -247,21 +258,21 @@ class CPFactorization(Trained):
     @serialized
     def fit(
         self,
-        lr,
+        lr: float | ArrayLike,
         max_steps: int,
-        tol=None,
-        log=None,
-        metrics=("loss", "recon_error"),
+        tol: float | None = None,
+        log: every | geometric | None = None,
+        metrics: Sequence[str] | str = ("loss", "recon_error"),
         optimizer: str = "group_rmsprop",
         beta: float = 0.99,
         eps: float | None = None,
         patience: int | None = None,
         check_every: int = 100,
-        progress=True,
-        checkpoint=None,
+        progress: Callable[[int], object] | bool = True,
+        checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: float = 300.0,
         keep_checkpoint: bool = False,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> Trajectory:
         """Train for up to max_steps more steps (optimizer, beta, eps, betas as in step; the paper
         uses group_rmsprop with lr 1e-2), logging `metrics` (see measure) at the log points, and
@@ -386,17 +397,17 @@ class CPFactorization(Trained):
 
     def check_fit(
         self,
-        lr,
+        lr: float | ArrayLike,
         max_steps: int,
-        tol=None,
-        log=None,
-        metrics=("loss", "recon_error"),
+        tol: float | None = None,
+        log: every | geometric | None = None,
+        metrics: Sequence[str] | str = ("loss", "recon_error"),
         optimizer: str = "group_rmsprop",
         beta: float = 0.99,
         eps: float | None = None,
         patience: int | None = None,
         check_every: int = 100,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         """Raise the ValueError or TypeError that fit() would for these arguments, doing no
         work (a sweep checks every config this way before it runs any)."""
@@ -406,8 +417,8 @@ class CPFactorization(Trained):
 
     def bytes_per_problem(
         self,
-        metrics=("loss", "recon_error"),
-        log=None,
+        metrics: Sequence[str] | str = ("loss", "recon_error"),
+        log: every | geometric | None = None,
         max_steps: int = 0,
         optimizer: str = "group_rmsprop",
     ) -> dict[str, int]:
@@ -439,7 +450,7 @@ class CPFactorization(Trained):
         }
 
     @serialized
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the whole state (problem, factors, optimizer state, status, step count) to an
         .npz file atomically; CPFactorization.load resumes it bit for bit."""
         pb = self.problem
@@ -457,7 +468,7 @@ class CPFactorization(Trained):
         )
 
     @classmethod
-    def load(cls, path, backend: str | None = None) -> CPFactorization:
+    def load(cls, path: str | os.PathLike[str], backend: str | None = None) -> CPFactorization:
         meta, z = load_npz(path, _CP_CHECKPOINT, "a CPFactorization checkpoint")
         problem = TensorCompletion(z["targets"], z["masks"], meta["batch"])
         c = cls(

@@ -4,9 +4,12 @@ steps."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import metrics as metrics_mod
 from .. import ops
@@ -17,7 +20,7 @@ from .._interrupt import deferred_interrupt, serialized
 from .._io import load_npz, save_npz
 from ..init import init_factors, layer_dims
 from ..problems import Completion, Sensing, completion, sensing
-from ..trajectory import Trajectory, schedule
+from ..trajectory import Trajectory, every, geometric, schedule
 from . import base
 from .base import (
     GENERATOR_BYTES,
@@ -50,10 +53,15 @@ class DeepFactorization(Trained):
 
     factors: [W_1, ..., W_N], W_j of shape (B, d_j, d_{j-1}), d_0 = n, d_N = m, all float32 or
     all float64 (2-d factors are shared by every problem). The arrays are copied: the model
-    owns its state and updates it in place.
-    """
+    owns its state and updates it in place."""
 
-    def __init__(self, problem, factors, backend: str = "cpu", dtype=None):
+    def __init__(
+        self,
+        problem: Completion | Sensing,
+        factors: Sequence[ArrayLike],
+        backend: str = "cpu",
+        dtype: DTypeLike | None = None,
+    ) -> None:
         problem = _check_problem(problem)
         backend = _check_backend(backend)
         if not isinstance(factors, (list, tuple)) or len(factors) == 0:
@@ -77,8 +85,7 @@ class DeepFactorization(Trained):
             if a.shape[-1] != prev:
                 raise ValueError(
                     f"factors[{j}]: expected {prev} columns to chain with "
-                    f"{'the problem' if j == 0 else f'factors[{j - 1}]'}, "
-                    f"got shape {a.shape}"
+                    f"{'the problem' if j == 0 else f'factors[{j - 1}]'}, got shape {a.shape}"
                 )
             prev = a.shape[-2]
         if prev != m:
@@ -95,15 +102,15 @@ class DeepFactorization(Trained):
     @classmethod
     def init(
         cls,
-        problem,
+        problem: Completion | Sensing,
         depth: int = 3,
-        widths=None,
+        widths: Sequence[int] | int | None = None,
         init: str = "normal",
         scale: float = 1e-3,
         scale_by: str = "product",
-        det=None,
+        det: str | None = None,
         seed: int = 0,
-        dtype="float64",
+        dtype: DTypeLike = "float64",
         backend: str = "cpu",
     ) -> DeepFactorization:
         """Draw starting factors (see implicitreg.init); problem b's start depends only on
@@ -168,14 +175,14 @@ class DeepFactorization(Trained):
     @serialized
     def step(
         self,
-        lr,
+        lr: float | ArrayLike,
         steps: int = 1,
-        tol=None,
+        tol: float | None = None,
         crossings: Crossings | None = None,
         optimizer: str = "gd",
         beta: float = 0.99,
         eps: float | None = None,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> DeepFactorization:
         """`steps` simultaneous updates, in place, with no Python between steps. lr: a number
         or (B,). A problem whose loss is below tol, or that goes non-finite, is frozen
@@ -252,7 +259,7 @@ class DeepFactorization(Trained):
         )
 
     @serialized
-    def measure(self, metrics=("loss",)) -> dict[str, np.ndarray]:
+    def measure(self, metrics: Sequence[str] | str = ("loss",)) -> dict[str, np.ndarray]:
         """The named metrics (see fit) of the current state, float64: (B,) each, (B, k) for
         "svals". All come from one call: one product and one SVD per problem."""
         names, kinds, params, rows = metrics_mod.specs(metrics, self.problem, self.dtype)
@@ -260,7 +267,7 @@ class DeepFactorization(Trained):
         ops.dmf_measure(self._factors, self.problem, kinds, params, out, self.backend)
         return {k: v[0] for k, v in split_rows(out[None], names, rows).items()}
 
-    def crossings(self, thresholds) -> Crossings:
+    def crossings(self, thresholds: ArrayLike) -> Crossings:
         """Empty records of first crossings of the loss thresholds, for step()."""
         t = threshold_values(self, thresholds)
         return Crossings(t, self.batch, self.dims, self.dtype, array_module(self.backend))
@@ -268,20 +275,20 @@ class DeepFactorization(Trained):
     @serialized
     def fit(
         self,
-        lr,
+        lr: float | ArrayLike,
         max_steps: int,
-        tol=None,
-        log=None,
-        metrics=("loss",),
-        thresholds=(),
-        progress=True,
-        checkpoint=None,
+        tol: float | None = None,
+        log: every | geometric | None = None,
+        metrics: Sequence[str] | str = ("loss",),
+        thresholds: ArrayLike = (),
+        progress: Callable[[int], object] | bool = True,
+        checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: float = 300.0,
         keep_checkpoint: bool = False,
         optimizer: str = "gd",
         beta: float = 0.99,
         eps: float | None = None,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> Trajectory:
         """Train for up to max_steps more steps, in chunks between log points, and return the
         logged Trajectory. Stops early when every problem is frozen.
@@ -303,8 +310,7 @@ class DeepFactorization(Trained):
           called with the same arguments on a model in the same starting state resumes from
           it and returns what an uninterrupted fit would have. A completed fit removes it,
           unless keep_checkpoint (then it is marked done, and the same call returns at once).
-        optimizer, beta, eps, betas: as for step().
-        """
+        optimizer, beta, eps, betas: as for step()."""
         s = self._fit_settings(
             lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps, betas
         )
@@ -398,16 +404,16 @@ class DeepFactorization(Trained):
 
     def check_fit(
         self,
-        lr,
+        lr: float | ArrayLike,
         max_steps: int,
-        tol=None,
-        log=None,
-        metrics=("loss",),
-        thresholds=(),
+        tol: float | None = None,
+        log: every | geometric | None = None,
+        metrics: Sequence[str] | str = ("loss",),
+        thresholds: ArrayLike = (),
         optimizer: str = "gd",
         beta: float = 0.99,
         eps: float | None = None,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         """Raise the ValueError or TypeError that fit() would for these arguments, doing no
         work (a sweep checks every config this way before it runs any)."""
@@ -416,13 +422,17 @@ class DeepFactorization(Trained):
         )
 
     def bytes_per_problem(
-        self, metrics=("loss",), thresholds=(), log=None, max_steps: int = 0, optimizer: str = "gd"
+        self,
+        metrics: Sequence[str] | str = ("loss",),
+        thresholds: ArrayLike = (),
+        log: every | geometric | None = None,
+        max_steps: int = 0,
+        optimizer: str = "gd",
     ) -> dict[str, int]:
-        """About how many bytes one problem of this model takes in a fit with these
-        arguments: {"host": its problem data, factors, optimizer state, log rows and
-        crossings; "device": on the cuda backend, its problem data, factors, optimizer state,
-        crossings and the measuring scratch (product, singular values, rows); "problem": its
-        problem data alone}."""
+        """About how many bytes one problem of this model takes in a fit with these arguments:
+        {"host": its problem data, factors, optimizer state, log rows and crossings; "device": on
+        the cuda backend, its problem data, factors, optimizer state, crossings and the measuring
+        scratch (product, singular values, rows); "problem": its problem data alone}."""
         names, kinds, params, metric_rows = metrics_mod.specs(metrics, self.problem, self.dtype)
         row, size, item = sum(metric_rows), self._size(), self.dtype.itemsize
         k = loss_thresholds(thresholds).size
@@ -445,7 +455,7 @@ class DeepFactorization(Trained):
     # ------------------------------------------------------------------ checkpoints
 
     @serialized
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the whole state (problem, factors, status, step count) to an .npz file,
         atomically, so that a long run can be resumed with DeepFactorization.load."""
         pb = self.problem
@@ -466,7 +476,7 @@ class DeepFactorization(Trained):
         save_npz(path, _CHECKPOINT, meta, {**self._host_state(), **arrays})
 
     @classmethod
-    def load(cls, path, backend: str | None = None) -> DeepFactorization:
+    def load(cls, path: str | os.PathLike[str], backend: str | None = None) -> DeepFactorization:
         """Resume a model written by save() (on its backend unless another is given)."""
         meta, z = load_npz(path, _CHECKPOINT, "a DeepFactorization checkpoint")
         truth = z.get("truth")

@@ -4,6 +4,7 @@ builders of the paper's problems and of random low-rank ones."""
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _rng
 from .._checks import (
@@ -28,7 +29,9 @@ class Completion:
 
     kind = "completion"
 
-    def __init__(self, targets: np.ndarray, masks: np.ndarray, batch: int, truth=None):
+    def __init__(
+        self, targets: np.ndarray, masks: np.ndarray, batch: int, truth: np.ndarray | None = None
+    ) -> None:
         self.targets = targets
         self.masks = masks
         self.batch = batch
@@ -44,7 +47,7 @@ class Completion:
         """(B,) number of observed entries of each problem."""
         return np.broadcast_to(self.masks.sum(axis=(1, 2)), (self.batch,))
 
-    def arrays(self, dtype, device: bool = False) -> dict[str, np.ndarray | None]:
+    def arrays(self, dtype: DTypeLike, device: bool = False) -> dict[str, np.ndarray | None]:
         """Kernel inputs in `dtype`, C-contiguous, converted once and cached; device=True:
         CuPy copies of them, made once."""
         dtype = np.dtype(dtype)
@@ -80,7 +83,9 @@ class Sensing:
 
     kind = "sensing"
 
-    def __init__(self, A: np.ndarray, y: np.ndarray, batch: int, truth=None):
+    def __init__(
+        self, A: np.ndarray, y: np.ndarray, batch: int, truth: np.ndarray | None = None
+    ) -> None:
         self.A = A
         self.y = y
         self.batch = batch
@@ -91,7 +96,7 @@ class Sensing:
     def shape(self) -> tuple[int, int]:
         return self.A.shape[2], self.A.shape[3]
 
-    def arrays(self, dtype, device: bool = False) -> dict[str, np.ndarray | None]:
+    def arrays(self, dtype: DTypeLike, device: bool = False) -> dict[str, np.ndarray | None]:
         """As Completion.arrays."""
         dtype = np.dtype(dtype)
         if dtype not in self._cache:
@@ -153,7 +158,12 @@ def _check_truth(truth, batch: int, shape: tuple[int, int]):
     return t
 
 
-def completion(targets, masks, batch: int | None = None, truth=None) -> Completion:
+def completion(
+    targets: ArrayLike,
+    masks: ArrayLike,
+    batch: int | None = None,
+    truth: ArrayLike | None = None,
+) -> Completion:
     """A batch of completion problems.
 
     targets: (m, n) or (B, m, n) real; masks: (m, n) or (B, m, n) bool, True where observed.
@@ -180,7 +190,9 @@ def completion(targets, masks, batch: int | None = None, truth=None) -> Completi
     return Completion(t, mk.copy(), B, _check_truth(truth, B, t.shape[1:]))
 
 
-def sensing(A, y, batch: int | None = None, truth=None) -> Sensing:
+def sensing(
+    A: ArrayLike, y: ArrayLike, batch: int | None = None, truth: ArrayLike | None = None
+) -> Sensing:
     """A batch of sensing problems y_k = <A_k, W>.
 
     A: (K, m, n) or (B, K, m, n) real; y: (K,) or (B, K) real.
@@ -214,7 +226,12 @@ def paper_2x2(batch: int = 1) -> Completion:
     return completion([[0.0, 1.0], [1.0, 0.0]], [[False, True], [True, True]], batch=batch)
 
 
-def perturbed_2x2(b12=-2.0, b21=0.5, eps=0.0, batch: int | None = None) -> Completion:
+def perturbed_2x2(
+    b12: float | ArrayLike = -2.0,
+    b21: float | ArrayLike = 0.5,
+    eps: float | ArrayLike = 0.0,
+    batch: int | None = None,
+) -> Completion:
     """Observed (0,1) = b12, (1,0) = b21, (1,1) = eps.
 
     Each of b12, b21, eps is a number or a 1-d array of per-problem values (broadcast

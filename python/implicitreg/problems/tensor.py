@@ -3,7 +3,10 @@ order in which their entries are observed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import _rng
 from .._checks import batch_memory, batch_size, integer, positive, real_array
@@ -22,7 +25,7 @@ class TensorCompletion:
 
     kind = "tensor_completion"
 
-    def __init__(self, targets: np.ndarray, masks: np.ndarray, batch: int):
+    def __init__(self, targets: np.ndarray, masks: np.ndarray, batch: int) -> None:
         self.targets = targets
         self.masks = masks
         self.batch = batch
@@ -46,7 +49,7 @@ class TensorCompletion:
         axes = tuple(range(1, self.masks.ndim))
         return np.broadcast_to(self.masks.sum(axis=axes), (self.batch,))
 
-    def arrays(self, dtype, device: bool = False) -> dict[str, np.ndarray]:
+    def arrays(self, dtype: DTypeLike, device: bool = False) -> dict[str, np.ndarray]:
         """Kernel inputs, flattened to (B|1, numel) C-contiguous, converted once and cached;
         device=True: CuPy copies of them, made once."""
         dtype = np.dtype(dtype)
@@ -64,7 +67,9 @@ class TensorCompletion:
         return f"TensorCompletion(batch={self.batch}, dims={self.dims})"
 
 
-def tensor_completion(targets, masks, batch: int | None = None) -> TensorCompletion:
+def tensor_completion(
+    targets: ArrayLike, masks: ArrayLike, batch: int | None = None
+) -> TensorCompletion:
     """A batch of tensor completion problems of order N >= 2.
 
     targets: (B, d_1, ..., d_N) real, the full tensors; masks: (B, d_1, ..., d_N) bool, True
@@ -104,7 +109,7 @@ def tensor_completion(targets, masks, batch: int | None = None) -> TensorComplet
 
 
 def random_cp_tensor(
-    dims, rank: int, fro_norm: float = 1.0, batch: int = 1, seed: int = 0
+    dims: Sequence[int], rank: int, fro_norm: float = 1.0, batch: int = 1, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(targets (B, *dims), orders (B, prod(dims)) int64): per problem, from its own stream
     (seed, b), a CP tensor sum_r u_r^1 x ... x u_r^N with standard normal u, scaled to
@@ -136,7 +141,11 @@ def random_cp_tensor(
     return targets, orders
 
 
-def observe_first(orders, n, dims) -> np.ndarray:
+def observe_first(
+    orders: ArrayLike,
+    n: int | np.integer | Sequence[int] | NDArray[np.integer],
+    dims: Sequence[int],
+) -> np.ndarray:
     """Masks (B, *dims): True at the first n[b] flat indices of orders[b]; n a number or (B,)."""
     o = np.asarray(orders)
     if o.ndim != 2 or o.dtype.kind not in "iu":

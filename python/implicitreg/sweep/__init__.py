@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,12 +63,12 @@ __all__ = [
 
 def sweep(
     base: dict,
-    grid=None,
+    grid: dict[str, Any] | Sequence[dict[str, Any]] | None = None,
     seeds: int = 8,
     backend: str = "cpu",
-    out=None,
+    out: str | os.PathLike[str] | None = None,
     resume: bool = False,
-    progress=True,
+    progress: Callable[[int], object] | bool = True,
     executor: str = "local",
     checkpoint_every: float = 300.0,
     name: str = "sweep",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,7 @@ _PER_PROBLEM = {
 }
 
 
-def expand(base: dict, grid=None) -> list[dict]:
+def expand(base: dict, grid: dict[str, Any] | Sequence[dict[str, Any]] | None = None) -> list[dict]:
     """Configs from base overridden by a grid: a dict whose list values are axes (their
     Cartesian product) or a list of such dicts (concatenated). Any other value, a tuple
     included (widths, metrics, thresholds), is a single choice. Every key is checked against

@@ -61,6 +61,7 @@ def run_batch(
             else [np.concatenate([a, b]) for a, b in zip(factors, f, strict=True)]
         )
     lr = np.repeat([c["lr"] for c in configs], s1 - s0).astype(np.float64)
+    assert factors is not None  # one set per config, and a batch has at least one
     model = DeepFactorization(problem, factors, backend=backend, dtype=c0["dtype"])
     t0 = time.perf_counter()
     traj = model.fit(

@@ -12,6 +12,7 @@ import platform
 import socket
 import time
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .._io import load_npz, save_npz
 from ..trajectory import Trajectory
 from ..trajectory import load as load_trajectory
 from .config import DEFAULTS
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["SweepResult", "load_sweep", "threshold_label"]
 
@@ -41,14 +45,14 @@ class SweepResult:
 
     def __init__(
         self, columns: dict, trajectories: list[Trajectory], configs: list[dict], meta: dict
-    ):
+    ) -> None:
         self.columns = columns
         self.trajectories = trajectories
         self.configs = configs
         self.meta = meta
 
     @property
-    def table(self):
+    def table(self) -> pandas.DataFrame:
         """The tidy table as a pandas DataFrame (extra "pandas")."""
         try:
             import pandas as pd
@@ -60,7 +64,7 @@ class SweepResult:
             ) from exc
         return pd.DataFrame(self.columns)
 
-    def rows(self, **match) -> np.ndarray:
+    def rows(self, **match: Any) -> np.ndarray:
         """Indices of the rows whose config values equal `match` (floats to 1e-12)."""
         keep = np.ones(len(self.columns["seed"]), dtype=bool)
         for k, v in match.items():
@@ -79,7 +83,7 @@ class SweepResult:
         """(trajectory, column) holding table row `row`."""
         return self.trajectories[self.columns["batch"][row]], int(self.columns["index"][row])
 
-    def save(self, out) -> None:
+    def save(self, out: str | os.PathLike[str]) -> None:
         """Write into directory `out`: results.npz (columns + metadata), results.csv,
         meta.json (configs, version, backend, timings, machine) and one trajectory file per
         batch."""
@@ -104,7 +108,7 @@ class SweepResult:
         )
 
 
-def load_sweep(out) -> SweepResult:
+def load_sweep(out: str | os.PathLike[str]) -> SweepResult:
     """Read a SweepResult written by SweepResult.save (or by sweep(out=...))."""
     meta, cols = load_columns(os.path.join(out, "results.npz"))
     n = int(cols["batch"].max()) + 1 if cols["batch"].size else 0
