@@ -203,8 +203,7 @@ IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, con
 template <bool Fused, class T, int L>
 IR_HD IR_INLINE void pack_update_id(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
                                     const T* __restrict lr, T* __restrict fin, int size) {
-  for (int e = 0; e < size; ++e)
-    pack_store<Fused, T, L>(Wn + e * L, W + e * L, lr, fin, H + e * L);
+  for (int e = 0; e < size; ++e) pack_store<Fused, T, L>(Wn + e * L, W + e * L, lr, fin, H + e * L);
 }
 
 // Buffers of one pack. Offsets are derived from the dims, so with StaticDims they are
