@@ -550,7 +550,7 @@ def _core_args(dtype=np.float64, B=3):
 
 
 def _call_core(**changes):
-    from implicitreg import _core
+    from implicitreg._backend import _core
 
     args = _core_args()
     args.update(changes)
@@ -602,7 +602,7 @@ def test_core_rechecks_memory_layout(call, exc):
 
 
 def test_core_valid_call_runs():
-    from implicitreg import _core
+    from implicitreg._backend import _core
 
     args = _core_args()
     _core.dmf_step(**args)

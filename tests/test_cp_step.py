@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 import implicitreg as ir
 from conftest import ANCHOR_TC, CONVERGED, DIVERGED, RUNNING, TOL, max_rel_diff
-from implicitreg import _codes, _core, reference
+from implicitreg import _codes, reference
+from implicitreg._backend import _core
 from implicitreg.baselines import memorizer
 from implicitreg.problems import observe_first, random_cp_tensor
 

@@ -21,7 +21,8 @@ import pytest
 
 import implicitreg as ir
 from conftest import max_rel_diff
-from implicitreg import _backend, _core
+from implicitreg import _backend
+from implicitreg._backend import _core
 from implicitreg.cli import main
 from implicitreg.sweep import DEFAULTS
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import implicitreg as ir
-from implicitreg import _core, reference
+from implicitreg import reference
+from implicitreg._backend import _core
 from implicitreg.baselines import memorizer
 from implicitreg.problems import observe_first, random_cp_tensor
 

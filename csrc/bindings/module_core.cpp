@@ -108,9 +108,37 @@ void tensor_rank_t(const py::array& tensors, const std::vector<int>& dims, doubl
                        op);
 }
 
+// The x86-64 levels this CPU (and its OS: AVX state saved) supports, from CPUID, for the
+// package to pick the build of the kernels to load. Empty on other architectures.
+py::list cpu_levels() {
+  py::list levels;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  const bool v2 = __builtin_cpu_supports("sse4.2") && __builtin_cpu_supports("popcnt") &&
+                  __builtin_cpu_supports("ssse3");
+  const bool v3 = v2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512vl");
+  if (v2) levels.append("v2");
+  if (v3) levels.append("v3");
+  if (v4) levels.append("v4");
+#endif
+  return levels;
+}
+
 }  // namespace
 
-PYBIND11_MODULE(_core, m) {
+// One module per build of the kernels (_core, _core_v3, ...): CMake names it.
+#ifndef IMPLICITREG_MODULE
+#define IMPLICITREG_MODULE _core
+#endif
+#ifndef IMPLICITREG_CPU_LEVEL
+#define IMPLICITREG_CPU_LEVEL "baseline"
+#endif
+
+PYBIND11_MODULE(IMPLICITREG_MODULE, m) {
   m.doc() = "implicitreg CPU kernels (batch-interleaved SIMD, OpenMP)";
   m.attr("__version__") = IMPLICITREG_VERSION;
 
@@ -144,11 +172,15 @@ PYBIND11_MODULE(_core, m) {
       py::arg("max_iter"), py::arg("seed"), py::arg("index"), py::arg("restart"),
       "Mean squared error of the CP-ALS fit of rank r from the seeded start (index, restart).");
 
+  m.def("cpu_levels", &cpu_levels,
+        "The x86-64 levels (v2, v3, v4) this CPU supports, from CPUID; empty elsewhere.");
+
   m.def("build_info", []() {
     py::dict d;
     d["version"] = IMPLICITREG_VERSION;
     d["compiler"] = IMPLICITREG_COMPILER;
     d["cpu_flags"] = IMPLICITREG_CPU_FLAGS;
+    d["cpu_level"] = IMPLICITREG_CPU_LEVEL;
     d["simd_lanes_f64"] = ir::simd_lanes_f64();
     d["openmp"] = ir::openmp_enabled();
     d["threads"] = ir::max_threads();

@@ -177,7 +177,6 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
                const DmfCrossings<T>& cr) {
   const PackLayout<T, L, Dims> lay{dims, shape.depth};
   const std::int64_t batch = shape.batch;
-  const int mn = lay.d[lay.depth] * lay.d[0];
   auto run_pack = [&](Workspace<T, L, Dims>& ws, const PackProblem<T>& ppb, std::int64_t b0) {
     kernels::PackState<T, L> s;
     kernels::PackOptimizer<T, L> o;

@@ -6,10 +6,58 @@ import functools
 import importlib
 import importlib.util
 import os
+import types
 
 import numpy as np
 
-from . import _core
+from . import _core as _baseline
+
+# The CPU kernels are built once per x86-64 level: _core (v2, the floor), _core_v3 (AVX2 +
+# FMA), _core_v4 (AVX-512); a build for one machine (IMPLICITREG_NATIVE=ON) or for another
+# architecture has _core alone.
+CPU_LEVELS = ("v2", "v3", "v4")
+
+
+def _cpu_module(level: str) -> str:
+    return f"{__package__}._core" if level == "v2" else f"{__package__}._core_{level}"
+
+
+def _select_core(forced: str) -> tuple[types.ModuleType, str]:
+    """(module, why): the build of the CPU kernels to use here, and why that one."""
+    built = str(_baseline.build_info()["cpu_level"])
+    if built not in CPU_LEVELS:  # one build only
+        if forced:
+            raise RuntimeError(
+                f"IMPLICITREG_CPU_LEVEL={forced}: this build has one level only, {built!r} "
+                "(built with IMPLICITREG_NATIVE=ON, or not for x86-64)"
+            )
+        return _baseline, f"the only build here ({built})"
+    cpu = list(_baseline.cpu_levels())
+    have = [lv for lv in CPU_LEVELS if importlib.util.find_spec(_cpu_module(lv)) is not None]
+    if forced:
+        if forced not in CPU_LEVELS:
+            raise ValueError(
+                f"IMPLICITREG_CPU_LEVEL must be one of {', '.join(CPU_LEVELS)}, got {forced!r}"
+            )
+        if forced not in cpu:
+            raise RuntimeError(
+                f"IMPLICITREG_CPU_LEVEL={forced}: this CPU lacks it; "
+                f"it supports {', '.join(cpu) or 'none of ' + ', '.join(CPU_LEVELS)}"
+            )
+        if forced not in have:
+            raise RuntimeError(
+                f"IMPLICITREG_CPU_LEVEL={forced}: not built here; built: {', '.join(have)}"
+            )
+        level, why = forced, "forced by IMPLICITREG_CPU_LEVEL"
+    else:
+        usable = [lv for lv in have if lv in cpu] or ["v2"]
+        level = usable[-1]
+        why = f"the best built level this CPU supports (CPU: {', '.join(cpu) or 'below v2'})"
+    module = _baseline if level == "v2" else importlib.import_module(_cpu_module(level))
+    return module, why
+
+
+_core, _cpu_level_reason = _select_core(os.environ.get("IMPLICITREG_CPU_LEVEL", ""))
 
 _cuda = None
 _cuda_reason: str | None = None
@@ -102,8 +150,11 @@ def backends() -> dict[str, dict[str, object]]:
 
 
 def build_info() -> dict[str, object]:
-    """Compiler, flags, SIMD width, OpenMP, CUDA archs and devices, version."""
+    """Compiler, flags, the x86-64 level loaded and why, SIMD width, OpenMP, CUDA archs and
+    devices, version."""
     info = dict(_core.build_info())
+    info["cpu_level_reason"] = _cpu_level_reason
+    info["cpu_supports"] = list(_baseline.cpu_levels())
     info["cuda_compiled"] = _cuda_compiled
     info["cuda_loaded"] = _cuda is not None
     if _cuda is not None:

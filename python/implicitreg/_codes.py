@@ -4,7 +4,10 @@ size limits. Every other module takes them from here."""
 
 from __future__ import annotations
 
-from ._core import LIMITS, METRIC_KINDS, OPTIMIZERS, STATUS, SVD_INFO
+from ._backend import _core
+
+LIMITS, METRIC_KINDS, OPTIMIZERS = _core.LIMITS, _core.METRIC_KINDS, _core.OPTIMIZERS
+STATUS, SVD_INFO = _core.STATUS, _core.SVD_INFO
 
 RUNNING, CONVERGED, DIVERGED = STATUS["running"], STATUS["converged"], STATUS["diverged"]
 STATUS_NAMES = tuple(sorted(STATUS, key=STATUS.__getitem__))  # indexed by status code

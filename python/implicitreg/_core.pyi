@@ -1,4 +1,5 @@
-# _core: the CPU kernels on NumPy arrays (C-contiguous, of the dtypes the kernels name).
+# _core: the CPU kernels on NumPy arrays (C-contiguous, of the dtypes the kernels name). The
+# builds for higher x86-64 levels (_core_v3, _core_v4) are the same module.
 from typing import Any
 
 import numpy as np
@@ -90,4 +91,5 @@ def cp_als_mse(
     index: int,
     restart: int,
 ) -> float: ...
+def cpu_levels() -> list[str]: ...
 def build_info() -> dict[str, Any]: ...
