@@ -96,9 +96,35 @@ def cuda_module():
     return _cuda
 
 
+# DLPack device types (dlpack.h's DLDeviceType): the host, and CUDA memory.
+_DLPACK_CPU, _DLPACK_CUDA = (1,), (2, 13)  # kDLCPU; kDLCUDA, kDLCUDAManaged
+
+
+def _dlpack_device(x) -> int | None:
+    """The DLPack device type of x, or None for an object that does not speak DLPack."""
+    if not (hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__")):
+        return None
+    return int(x.__dlpack_device__()[0])
+
+
 def is_device(x) -> bool:
-    """True for a device array (CuPy, or anything with __cuda_array_interface__)."""
-    return hasattr(x, "__cuda_array_interface__")
+    """True for an array in CUDA memory: CuPy, anything with __cuda_array_interface__ (PyTorch,
+    Numba, JAX), or a DLPack array on a CUDA device."""
+    return hasattr(x, "__cuda_array_interface__") or _dlpack_device(x) in _DLPACK_CUDA
+
+
+def host_array(x) -> np.ndarray:
+    """x as a NumPy array, without a copy where its memory allows: a host DLPack array
+    (PyTorch, JAX) through np.from_dlpack, anything else through np.asarray (__array__,
+    sequences, numbers)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _dlpack_device(x) in _DLPACK_CPU:
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, TypeError, RuntimeError):  # e.g. a tensor that requires grad
+            pass
+    return np.asarray(x)
 
 
 def _cupy():
@@ -116,13 +142,20 @@ def array_module(backend: str):
 
 
 def to_host(x):
-    """x as a NumPy array (a device array is copied to the host; anything else as is)."""
-    return x.get() if is_device(x) else x
+    """x on the host: a device array is copied there once (as a NumPy array); anything else
+    is left as it is."""
+    if not is_device(x):
+        return x
+    return (x if hasattr(x, "get") else to_device(x)).get()
 
 
 def to_device(x):
-    """x as a CuPy array (copied once from the host when it is not one already)."""
-    return array_module("cuda").asarray(x)
+    """x as a CuPy array: a device array of another library is wrapped without a copy
+    (__cuda_array_interface__, else DLPack); a host array is copied once."""
+    cupy = array_module("cuda")
+    if is_device(x) and not hasattr(x, "__cuda_array_interface__"):
+        return cupy.from_dlpack(x)
+    return cupy.asarray(x if is_device(x) else host_array(x))
 
 
 def device_memory() -> int:

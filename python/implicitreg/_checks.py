@@ -10,22 +10,44 @@ from typing import TypeVar
 
 import numpy as np
 
+from ._backend import host_array, is_device
+
 T = TypeVar("T")
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _host(x, name: str) -> np.ndarray:
+    """x as a NumPy array (NumPy, PyTorch, JAX, anything with __array__ or __dlpack__ on the
+    host, sequences, numbers); a device array or another object is refused by type."""
+    if is_device(x):
+        raise TypeError(
+            f"{name}: expected a host array, got a device array ({type(x).__name__}); "
+            "device arrays are taken by the cuda backend's models and metrics, or copy it "
+            "to the host"
+        )
+    a = host_array(x)
+    if a.dtype == object and not isinstance(x, np.ndarray):  # not an array at all
+        raise TypeError(
+            f"{name}: expected an array (NumPy, or anything with __array__ or __dlpack__), "
+            f"got {type(x).__name__}"
+        )
+    return a
+
+
 def real_array(x, name: str) -> np.ndarray:
     """x as a NumPy array of real numbers (bool and complex refused)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(
-            f"{name}: expected a host (NumPy) array, got a device array "
-            f"({type(x).__name__}); device arrays are taken by the cuda backend's "
-            "models and metrics, or pass x.get()"
-        )
-    a = np.asarray(x)
+    a = _host(x, name)
     if a.dtype == np.bool_ or a.dtype.kind not in "iuf":
         raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    return a
+
+
+def bool_array(x, name: str) -> np.ndarray:
+    """x as a NumPy array of booleans."""
+    a = _host(x, name)
+    if a.dtype != np.bool_:
+        raise TypeError(f"{name}: expected a boolean array, got dtype {a.dtype}")
     return a
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import ops
-from ._backend import array_module, is_device, to_host
+from ._backend import array_module, is_device, to_device, to_host
 from ._checks import choice, integer, real_array
 from ._codes import LIMITS, METRIC_KINDS, SVD_INFO_NAMES
 
@@ -98,12 +98,11 @@ def _real(x, name: str):
     """x as a real float32/float64 array, C-contiguous, in its own array module (a device
     array stays on the device)."""
     if is_device(x):
-        xp = array_module("cuda")
-        a = xp.asarray(x)
+        a = to_device(x)
         if a.dtype == np.bool_ or a.dtype.kind not in "iuf":
             raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
     else:
-        xp, a = np, real_array(x, name)
+        a = real_array(x, name)
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
     return a if a.flags.c_contiguous else a.copy(order="C")  # (keeps a 0-d array 0-d)

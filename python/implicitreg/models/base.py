@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from .._backend import array_module, backends, is_device, to_host
+from .._backend import array_module, backends, to_host
 from .._checks import batch_memory, choice, finite, float_dtype, real_array
 from .._codes import OPTIMIZERS, STATUS_NAMES
 from ..problems import Completion, Sensing
@@ -83,17 +83,6 @@ def _check_representable(problem, dtype: np.dtype) -> None:
                 f"{name}: {big:.3g} is not representable in {dtype}, whose "
                 f"largest number is {top:.3g}; use dtype='float64'"
             )
-
-
-def _host(x, name: str):
-    """x on the host: a CuPy array is copied once; another device array (PyTorch, Numba)
-    has no such copy, and is refused rather than failing inside the copy."""
-    if is_device(x) and not hasattr(x, "get"):
-        raise TypeError(
-            f"{name}: expected a NumPy or CuPy array, got a device array of type "
-            f"{type(x).__name__}; pass cupy.asarray(x) (or a NumPy copy)"
-        )
-    return to_host(x)
 
 
 def _check_problem(problem):

@@ -26,7 +26,6 @@ from .base import (
     _check_backend,
     _check_representable,
     _factor_dtype,
-    _host,
     _in_dtype,
 )
 from .fit import FitLoop, check_log_memory
@@ -64,9 +63,7 @@ class CPFactorization(Trained):
                 f"{len(factors) if hasattr(factors, '__len__') else '?'}"
             )
         # Validated on the host (a device array is copied once), then placed on the backend.
-        arrays = [
-            real_array(_host(U, f"factors[{n}]"), f"factors[{n}]") for n, U in enumerate(factors)
-        ]
+        arrays = [real_array(to_host(U), f"factors[{n}]") for n, U in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
         _check_representable(problem, dtype)
         B, R = problem.batch, arrays[0].shape[-1] if arrays[0].ndim in (2, 3) else -1

@@ -30,7 +30,6 @@ from .base import (
     _check_problem,
     _check_representable,
     _factor_dtype,
-    _host,
     _in_dtype,
 )
 from .crossings import (
@@ -69,9 +68,7 @@ class DeepFactorization(Trained):
                 f"factors: expected a non-empty list [W_1, ..., W_N], got {type(factors).__name__}"
             )
         # Validated on the host (a device array is copied once), then placed on the backend.
-        arrays = [
-            real_array(_host(W, f"factors[{j}]"), f"factors[{j}]") for j, W in enumerate(factors)
-        ]
+        arrays = [real_array(to_host(W), f"factors[{j}]") for j, W in enumerate(factors)]
         dtype = _factor_dtype(arrays, dtype)
         _check_representable(problem, dtype)
         B, (m, n) = problem.batch, problem.shape

@@ -11,6 +11,7 @@ from .._checks import (
     available_memory,
     batch_memory,
     batch_size,
+    bool_array,
     finite,
     integer,
     ndim_in,
@@ -173,9 +174,7 @@ def completion(
     """
     t = real_array(targets, "targets")
     ndim_in(t, "targets", (2, 3), "(m, n) or (B, m, n)")
-    mk = np.asarray(masks)
-    if mk.dtype != np.bool_:
-        raise TypeError(f"masks: expected a boolean array, got dtype {mk.dtype}")
+    mk = bool_array(masks, "masks")
     ndim_in(mk, "masks", (2, 3), "(m, n) or (B, m, n)")
     t = _batched(t, 3)
     mk = _batched(mk, 3)

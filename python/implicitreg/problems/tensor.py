@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import _rng
-from .._checks import batch_memory, batch_size, integer, positive, real_array
+from .._checks import batch_memory, batch_size, bool_array, integer, positive, real_array
 from .shared import on_device, unobserved_nan_to_zero
 
 
@@ -79,9 +79,7 @@ def tensor_completion(
     Mode sizes 1..16, orders 2..6. An unobserved entry may be NaN (stored as 0).
     """
     t = real_array(targets, "targets")
-    mk = np.asarray(masks)
-    if mk.dtype != np.bool_:
-        raise TypeError(f"masks: expected a boolean array, got dtype {mk.dtype}")
+    mk = bool_array(masks, "masks")
     nd = max(t.ndim, mk.ndim)
     if t.ndim not in (nd - 1, nd) or mk.ndim not in (nd - 1, nd):
         raise ValueError(
