@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_source_tree
 from implicitreg.bench import Peers, dmf_flops, fma_peak
 from implicitreg.cli import main
 
@@ -101,6 +102,7 @@ def test_uninstalled_and_mismatching_peers_are_flagged(tmp_path, capsys):
     assert target["met"] is None and target["why"] == "jax MISMATCH"
 
 
+@needs_source_tree
 def test_real_peers_match_the_cpu_backend(tmp_path):
     for name in ("torch", "jax"):
         if importlib.util.find_spec(name) is None:
@@ -131,6 +133,7 @@ def test_real_peers_match_the_cpu_backend(tmp_path):
     assert row["pct_peak"] is None  # Jacobi: no fixed flop count
 
 
+@needs_source_tree
 def test_peers_are_found_under_the_working_directory(monkeypatch):
     monkeypatch.chdir(REPO)
     assert Peers(None).path == REPO / "benchmarks" / "peers.py"
@@ -195,6 +198,7 @@ def test_the_package_imports_neither_torch_nor_jax():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
+@needs_source_tree
 def test_pytest_benchmark_suite_runs():
     r = subprocess.run(
         [

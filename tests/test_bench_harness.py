@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_source_tree
 from implicitreg.bench import cases, fma_peak, run_case, select
 from implicitreg.bench.harness import (
     CudaEvents,
@@ -168,6 +169,7 @@ def _bench_gpu():
     return module
 
 
+@needs_source_tree
 def test_bench_gpu_times_and_loads_peers_through_the_harness(monkeypatch):
     from implicitreg.bench import harness
 
@@ -186,6 +188,7 @@ def test_bench_gpu_times_and_loads_peers_through_the_harness(monkeypatch):
     assert isinstance(dev.timer, harness.CudaEvents) and dev.timer._cuda is cupy.cuda
 
 
+@needs_source_tree
 def test_bench_gpu_runs_on_the_cpu_with_its_keys(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     code = _bench_gpu().main(

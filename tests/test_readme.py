@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import implicitreg as ir
+from conftest import needs_source_tree
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -18,6 +19,7 @@ def _blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
 
 
+@needs_source_tree
 def test_every_readme_python_block_runs_in_seconds(tmp_path, monkeypatch):
     pytest.importorskip("pandas", reason="the README's tables need pandas (extra 'pandas')")
     monkeypatch.chdir(tmp_path)
@@ -34,6 +36,7 @@ def test_every_readme_python_block_runs_in_seconds(tmp_path, monkeypatch):
     assert (tmp_path / "run.npz").stat().st_size < 4 * 2**20
 
 
+@needs_source_tree
 def test_the_experiment_table_says_what_quick_runs():
     """Each named experiment's row: its default seeds, and --quick's seeds first."""
     from implicitreg.experiments import EXPERIMENTS
@@ -63,3 +66,25 @@ def test_a_report_states_the_dtype(tmp_path):
     )
     head = report_text(get("paper-2x2"), res, rows).splitlines()[1]
     assert head == "2 seeds per config, backend cpu, float32, quick variant"
+
+
+# Files of the project's design notes, which a user of the package does not have.
+_UNSHIPPED = ("PAPER.md", "DESIGN.md", "HOUSE_STYLE.md", "../shared")
+
+
+def test_user_facing_text_cites_no_file_the_user_lacks():
+    """The package (docstrings, CLI help, reports, error messages, stubs) and the README."""
+    package = Path(ir.__file__).parent
+    files = [p for p in sorted(package.rglob("*.py*")) if p.suffix in (".py", ".pyi")]
+    texts = {p: p.read_text() for p in files}
+    if README.exists():
+        texts[README] = README.read_text()
+    assert len(texts) > 20
+    cited = [
+        f"{path}:{n}: {name}"
+        for path, text in texts.items()
+        for n, line in enumerate(text.splitlines(), 1)
+        for name in _UNSHIPPED
+        if name in line
+    ]
+    assert not cited, "\n".join(cited)
