@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import implicitreg as ir
+from implicitreg.bench.cases import ALL_METRICS
 from implicitreg.bench.harness import Peers, machine, median_time, ratio_text, write_json
 
 PEERS = Peers(Path(__file__).parent)  # peers.py beside this script
@@ -42,20 +43,6 @@ CASES = [  # (n, batch, float64 target ratio); every case also runs in float32, 
     (16, 2048, None),
     (32, 1024, 3.0),
 ]
-ALL_METRICS = (
-    "loss",
-    "entry:0,0",
-    "det",
-    "svals",
-    "fro",
-    "nuc",
-    "spectral",
-    "schatten:0.5",
-    "erank",
-    "rank",
-    "dist_rank:1",
-    "balancedness",
-)
 FIT_BATCH, FIT_DEPTH, FIT_LR, FIT_EVERY = 4096, 3, 1e-4, 100
 FIT_TARGET_PCT = 20.0
 
