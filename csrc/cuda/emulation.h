@@ -6,10 +6,12 @@
 #pragma once
 #include <math.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -73,9 +75,15 @@ class Barrier {
 
 struct Block {
   explicit Block(unsigned threads, std::size_t smem_bytes)
-      : barrier(threads), exchange(threads), smem((smem_bytes + 7) / 8) {}
+      : barrier(threads), exchange(threads), smem((smem_bytes + 7) / 8) {
+    for (unsigned w = 0; w * 32 < threads; ++w)
+      warps.push_back(std::make_unique<Barrier>(std::min(32u, threads - w * 32)));
+  }
   Barrier barrier;
-  std::vector<std::uint64_t> exchange;  // __shfl_xor_sync's mailbox, one word per thread
+  // Warp-scoped: a warp's lanes meet only each other, so that warps of one block may run
+  // different numbers of shuffles (a warp per matrix, each converging at its own pace).
+  std::vector<std::unique_ptr<Barrier>> warps;
+  std::vector<std::uint64_t> exchange;  // the shuffles' mailbox, one word per thread
   std::vector<std::uint64_t> smem;      // dynamic shared memory (malloc: 16-byte aligned)
 };
 
@@ -119,19 +127,39 @@ inline unsigned char* dynamic_smem() {
 
 inline void __syncthreads() { ::implicitreg::cuda::emulation::current->barrier.wait(); }
 
-// Every thread of the block calls it together (as block_sum does): each posts its value,
-// then reads its partner's.
+// Every lane of the warp calls it together, as on the device with a full mask: each posts its
+// value, then reads its partner's.
 template <class T>
 T __shfl_xor_sync(unsigned, T v, int lane_mask) {
   auto& blk = *::implicitreg::cuda::emulation::current;
   const unsigned me = threadIdx.x;
+  auto& warp = *blk.warps[me / 32];
   static_assert(sizeof(T) <= sizeof(std::uint64_t), "one word per thread");
   std::memcpy(&blk.exchange[me], &v, sizeof(T));
-  blk.barrier.wait();
+  warp.wait();
   T out;
   std::memcpy(&out, &blk.exchange[me ^ unsigned(lane_mask)], sizeof(T));
-  blk.barrier.wait();
+  warp.wait();
   return out;
+}
+
+// Whether any lane of the warp has `pred`; every lane calls it.
+inline bool __any_sync(unsigned, int pred) {
+  auto& blk = *::implicitreg::cuda::emulation::current;
+  const unsigned me = threadIdx.x, first = me / 32 * 32;
+  auto& warp = *blk.warps[me / 32];
+  blk.exchange[me] = pred != 0;
+  warp.wait();
+  bool any = false;
+  for (unsigned t = first; t < std::min<unsigned>(first + 32, blk.exchange.size()); ++t)
+    any = any || blk.exchange[t] != 0;
+  warp.wait();
+  return any;
+}
+
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  auto& blk = *::implicitreg::cuda::emulation::current;
+  blk.warps[threadIdx.x / 32]->wait();
 }
 
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }

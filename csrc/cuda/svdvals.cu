@@ -1,8 +1,13 @@
-// CUDA driver of the singular values, one matrix per thread, with the CPU's math
-// (kernels/svdvals.h): 2x2 in closed form in registers; other sizes in double, scaled by a
-// power of two, by one-sided Jacobi (fewer than 12 columns) or bidiagonalization + QR with
-// Jacobi as the fallback, in the thread's local memory up to 32 x 32 and in a slice of global
-// scratch beyond.
+// CUDA driver of the singular values, with the CPU's math (kernels/svdvals.h). Every size but
+// 2x2 works in double, on the matrix scaled by a power of two:
+//   - 2x2: the closed form, a matrix per thread, in registers;
+//   - up to 8 rows and columns: a matrix per thread, by one-sided Jacobi in local memory;
+//   - up to 32: a matrix per warp, by one-sided Jacobi in shared memory: the lanes share a
+//     round's disjoint column pairs, a few lanes per pair splitting its rows (a matrix per
+//     thread would keep 9.8 KB of local memory per thread at 32 x 32 and leave an SM with a
+//     handful of warps);
+//   - larger: a matrix per thread, by bidiagonalization + QR (Jacobi as the fallback), in a
+//     slice of global scratch.
 #include <algorithm>
 #include <limits>
 
@@ -124,6 +129,145 @@ __global__ void svd_global_kernel(const T* X, std::int64_t batch, int m, int n, 
                     e, w, w + M);
 }
 
+
+// ---- a matrix per warp, up to 32 x 32 ----------------------------------------------------
+constexpr int kWarpMax = 32;            // rows and columns of the largest matrix
+constexpr int kWarpLd = kWarpMax + 1;   // column stride in shared memory (odd: fewer conflicts)
+constexpr int kWarpsPerBlock = 4;
+
+template <class T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+template <class T>
+__device__ __forceinline__ T warp_add(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// One-sided Jacobi as kernels::pack_jacobi (the same pairs, tolerance, skip threshold, update
+// form and convergence test), with the warp's lanes in place of a pack's lanes: lane group
+// `pair` (of `span` lanes) takes the round's pair `pair` and the rows part, part + span, ...
+// A is column-major with stride kWarpLd, norm2 the squared column norms (both shared).
+// Returns whether the sweep cap was hit with a pair still to rotate.
+__device__ bool warp_jacobi(double* A, double* norm2, int M, int N, const int* pairs, int rounds,
+                            int max_sweeps) {
+  const int lane = threadIdx.x & 31;
+  const double tol = std::numeric_limits<double>::epsilon() * sqrt(double(M));
+  const double tol2 = tol * tol;
+  const double tiny2 = std::numeric_limits<double>::min() * double(1 << 20);
+  const int half = (N + (N & 1)) / 2;
+  int span = 32;  // lanes per pair: a power of two, span * half <= 32
+  while (span * half > 32) span >>= 1;
+  const int pair = lane / span, part = lane % span;
+  auto fresh_norms = [&]() {
+    __syncwarp();
+    if (lane < N) {
+      double acc = 0;
+      for (int r = 0; r < M; ++r) acc += A[lane * kWarpLd + r] * A[lane * kWarpLd + r];
+      norm2[lane] = acc;
+    }
+    __syncwarp();
+  };
+  int quiet = 0;
+  bool rotated = rounds > 0;
+  for (int sweep = 0; sweep < max_sweeps && rotated; ++sweep) {
+    fresh_norms();
+    for (int round = 0; round < rounds && rotated; ++round) {
+      const int* pr = pairs + round * half * 2;
+      const bool mine = pair < half && pr[2 * pair] >= 0;  // a bye (odd N) is -1
+      const int p = mine ? pr[2 * pair] : 0, q = mine ? pr[2 * pair + 1] : 0;
+      double x = 0;
+      if (mine)
+        for (int r = part; r < M; r += span) x += A[p * kWarpLd + r] * A[q * kWarpLd + r];
+      for (int off = span / 2; off > 0; off >>= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+      const double app = norm2[p], aqq = norm2[q], x2 = x * x;
+      const bool rot = mine && x2 > tol2 * app * aqq && x2 > tiny2;
+      if (!__any_sync(0xffffffffu, rot)) {
+        rotated = ++quiet < rounds;
+        continue;
+      }
+      quiet = 0;
+      __syncwarp();  // every lane has read the norms it needs before any is rewritten
+      if (rot) {
+        const double d = aqq - app;
+        const double t = copysign(2.0, d) * x / (fabs(d) + sqrt(d * d + 4.0 * x2));
+        const double sq = sqrt(1.0 + t * t);
+        const double inv = 1.0 / (sq * (1.0 + sq));
+        const double sn = t * (1.0 + sq) * inv, tau = t * sq * inv;
+        for (int r = part; r < M; r += span) {
+          const double a = A[p * kWarpLd + r], b = A[q * kWarpLd + r];
+          A[p * kWarpLd + r] = a - sn * (b + tau * a);
+          A[q * kWarpLd + r] = b + sn * (a - tau * b);
+        }
+        if (part == 0) {
+          norm2[p] = app - t * x;
+          norm2[q] = aqq + t * x;
+        }
+      }
+      __syncwarp();  // the next round reads what this one wrote
+    }
+  }
+  fresh_norms();  // the final values from the columns themselves
+  if (!rotated) return false;
+  bool want = false;  // the cap was hit: does a pair still want a rotation?
+  for (int k = lane; k < N * N; k += 32) {
+    const int p = k / N, q = k % N;
+    if (p >= q) continue;
+    double x = 0;
+    for (int r = 0; r < M; ++r) x += A[p * kWarpLd + r] * A[q * kWarpLd + r];
+    want = want || (x * x > tol2 * norm2[p] * norm2[q] && x * x > tiny2);
+  }
+  return __any_sync(0xffffffffu, want);
+}
+
+// Matrices of at most kWarpMax rows and columns, one per warp: singular values descending into
+// s and the SvdInfo, as svd_one.
+template <class T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock)
+    svd_warp_kernel(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+                    int max_sweeps, const int* pairs, int rounds) {
+  __shared__ double As[kWarpsPerBlock][kWarpMax * kWarpLd];
+  __shared__ double norms[kWarpsPerBlock][kWarpMax];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const std::int64_t b = blockIdx.x * std::int64_t(kWarpsPerBlock) + warp;
+  if (b >= batch) return;  // the whole warp: nothing here synchronizes across warps
+  double* A = As[warp];
+  double* norm2 = norms[warp];
+  const bool transpose = m < n;
+  const int M = transpose ? n : m, N = transpose ? m : n, mn = m * n;
+  const T* x = X + b * mn;
+  T* out = s + b * N;
+  T mx = T(0), bad = T(0);
+  for (int i = lane; i < mn; i += 32) {
+    mx = fmax(mx, fabs(x[i]));
+    bad += x[i] - x[i];  // NaN exactly when an entry is NaN or inf
+  }
+  mx = warp_max(mx);
+  bad = warp_add(bad);
+  if (bad != T(0)) {
+    if (lane < N) out[lane] = std::numeric_limits<T>::quiet_NaN();
+    if (lane == 0) info[b] = kSvdNonFinite;
+    return;
+  }
+  int ex = 0;
+  if (mx > T(0)) std::frexp(double(mx), &ex);
+  for (int i = lane; i < mn; i += 32) {  // column-major M x N, scaled by 2^-ex (exact)
+    const int r = i / n, c = i % n;
+    A[transpose ? r * kWarpLd + c : c * kWarpLd + r] = std::ldexp(double(x[i]), -ex);
+  }
+  const bool unconverged = warp_jacobi(A, norm2, M, N, pairs, rounds, max_sweeps);
+  if (lane < N) {  // descending: each value goes to its rank (ties by column)
+    const double v = norm2[lane];
+    int at = 0;
+    for (int c = 0; c < N; ++c) at += norm2[c] > v || (norm2[c] == v && c < lane);
+    out[at] = T(std::ldexp(sqrt(v), ex));
+  }
+  if (lane == 0) info[b] = unconverged ? kSvdNotConverged : kSvdOk;
+}
+
 }  // namespace
 
 template <class T>
@@ -151,13 +295,12 @@ void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* in
     launch(kernel, grid, kBlock, 0, st, X, batch, m, n, s, info, max_sweeps,
            static_cast<const int*>(pairs.get()), rounds);
   };
-  if (M <= 8)
+  if (M <= 8) {
     local(svd_local_kernel<T, 8, 8>);
-  else if (M <= 16)
-    local(svd_local_kernel<T, 16, 16>);
-  else if (M <= 32)
-    local(svd_local_kernel<T, 32, 32>);
-  else {
+  } else if (M <= kWarpMax) {
+    launch(svd_warp_kernel<T>, grid_for(batch, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, st, X,
+           batch, m, n, s, info, max_sweeps, static_cast<const int*>(pairs.get()), rounds);
+  } else {
     Scratch<double> scratch(batch * scratch_per_matrix(M, N), st);
     launch(svd_global_kernel<T>, grid, kBlock, 0, st, X, batch, m, n, s, info, max_sweeps,
            static_cast<const int*>(pairs.get()), rounds, scratch.get());
