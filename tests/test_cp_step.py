@@ -72,6 +72,17 @@ def build_case(
     return factors, np.ascontiguousarray(target), np.ascontiguousarray(mask), lr.astype(dtype)
 
 
+def observed_lists(mask):
+    """(Bm, slots) int64: each row's True flat indices ascending, then -1 (built entry by
+    entry, independently of the package's own construction)."""
+    mask = np.asarray(mask)
+    lists = [[e for e in range(mask.shape[1]) if mask[b, e]] for b in range(mask.shape[0])]
+    out = np.full((mask.shape[0], max([1] + [len(x) for x in lists])), -1, dtype=np.int64)
+    for b, x in enumerate(lists):
+        out[b, : len(x)] = x
+    return out
+
+
 class State:
     """The in-place arguments of cp_step for a batch, copied from factors."""
 
@@ -123,6 +134,7 @@ class State:
             steps,
             tol,
             step0,
+            observed_lists(mask),
             self.status,
             self.frozen_at,
             self.loss,
@@ -594,6 +606,63 @@ def test_chunked_calls_equal_one_call(optimizer, module):
         parts.step(module, target, mask, lr, n, tol=tol, step0=at, optimizer=optimizer)
         at += n
     assert_states_equal(parts, whole)
+
+
+def test_problem_lists_observed_entries_once():
+    rng = np.random.default_rng(5)
+    masks = rng.random((6, 3, 4, 5)) < 0.3
+    masks[1] = False  # nothing observed
+    masks[2] = True  # everything
+    for m in (masks, masks[:1]):  # one list per problem, or one shared
+        p = ir.tensor_completion(np.zeros((6, 3, 4, 5)), m, batch=6)
+        a = p.arrays(np.float64)
+        np.testing.assert_array_equal(a["observed"], observed_lists(a["mask"]))
+        assert p.arrays(np.float64)["observed"] is a["observed"]  # made once
+    p = ir.tensor_completion(np.zeros((2, 3, 4)), np.zeros((2, 3, 4), bool))
+    np.testing.assert_array_equal(p.arrays(np.float32)["observed"], [[-1], [-1]])
+
+
+def test_observed_list_ends_at_first_slot_outside_the_tensor():
+    """Whatever follows a -1 or an index past the tensor is never read: the kernel trains on
+    the list up to there, exactly as on that list alone."""
+    factors, target, mask, lr = build_case(35, SEM_DIMS, SEM_R, 3, empty=0, optimizer=GD)
+    lists = observed_lists(mask)
+    numel = mask.shape[1]
+    counts = (lists >= 0).sum(axis=1)
+    cut = np.full_like(lists, -1)
+    junk = lists.copy()
+    for b, c in enumerate(counts):
+        k = c // 2
+        cut[b, :k] = lists[b, :k]
+        junk[b, k] = [-1, numel, numel + 7][b % 3]  # the end, then entries that must be ignored
+        junk[b, k + 1 :] = np.arange(junk.shape[1] - k - 1) % numel
+
+    def train(observed):
+        s = State(factors)
+        _core.cp_step(
+            s.factors, target, mask, lr, 5, NO_TOL, 0, observed, s.status, s.frozen_at, s.loss
+        )
+        return s
+
+    assert_states_equal(train(junk), train(cut))
+
+
+@pytest.mark.parametrize(
+    "observed, match",
+    [
+        (np.zeros((3, 4), np.int32), "observed.*int64"),
+        (np.zeros((3,), np.int64), "observed.*slots"),
+        (np.zeros((3, 0), np.int64), "observed.*slots"),
+        (np.zeros((2, 4), np.int64), "observed.*B = 3"),
+    ],
+)
+def test_observed_list_refused(observed, match):
+    factors, target, mask, lr = build_case(36, SEM_DIMS, SEM_R, 3, empty=0, optimizer=GD)
+    s = State(factors)
+    with pytest.raises((TypeError, ValueError), match=match):
+        _core.cp_step(
+            s.factors, target, mask, lr, 1, NO_TOL, 0, observed, s.status, s.frozen_at, s.loss
+        )
 
 
 # --------------------------------------------------------------------------- CPFactorization

@@ -509,6 +509,13 @@ CP_CASES = {
     "o4-sparse-rms": ((16, 16, 4, 8), 6, "group_rmsprop", 0.02),
     "o3-R64-adam": ((8, 8, 8), 64, "adam", 0.1),
     "o4-sparse-adam": ((16, 16, 4, 8), 6, "adam", 0.02),
+    # the per-entry kernel of orders 5 and 6 (orders 2 and 3 always fit the dense path), one
+    # group of threads (R >= 256: no copies of the gradient), and the gradient in global
+    # memory (too large for shared memory)
+    "o5-sparse-gd": ((6, 6, 6, 6, 6), 3, "gd", 0.02),
+    "o6-sparse-rms": ((5, 5, 4, 4, 4, 4), 4, "group_rmsprop", 0.02),
+    "o4-sparse-R256-rms": ((16, 16, 3, 8), 256, "group_rmsprop", 0.03),
+    "o4-sparse-R600-global": ((16, 16, 16, 2), 600, "gd", 0.01),
 }
 CP_STEPS = {"simulated": 1000, "emulated": 6, "cuda": 1000}
 # group_rmsprop and adam runs stop at 600 steps: past ~800 the RMSprop scale has decayed near

@@ -58,7 +58,7 @@ template <class Backend, class T>
 void cp_step_t(const py::list& factors, const py::object& target, const py::object& mask,
                const py::object& lr, std::int64_t steps, double tol, std::int64_t step0,
                const py::object& optimizer, const py::object& status, const py::object& frozen_at,
-               const py::object& loss) {
+               const py::object& loss, const py::object& observed) {
   const std::string fn = "cp_step";
   const CpBatch<T> c = make_cp<Backend, T>(fn, factors, true);
   require(c.factors.size() >= 2, fn,
@@ -70,6 +70,9 @@ void cp_step_t(const py::list& factors, const py::object& target, const py::obje
   const std::string want = "(B or 1, numel) = " + dims_str({B, numel});
   require_shape(tg.ndim() == 2 && tg.shape[1] == numel, fn, "target", tg, want);
   require_shape(mk.ndim() == 2 && mk.shape[1] == numel, fn, "mask", mk, want);
+  View ob = checked<Backend, std::int64_t>(fn, "observed", observed, false);
+  require_shape(ob.ndim() == 2 && ob.shape[1] >= 1, fn, "observed", ob,
+                "(B or 1, slots >= 1) with B = " + std::to_string(B));
   const auto [lr_p, lr_stride] = make_lr<Backend, T>(fn, lr, B);
   auto* st = per_problem<Backend, std::int8_t>(fn, "status", status, B);
   auto* fz = per_problem<Backend, std::int64_t>(fn, "frozen_at", frozen_at, B);
@@ -81,6 +84,10 @@ void cp_step_t(const py::list& factors, const py::object& target, const py::obje
   pb.mask = mk.as<const std::uint8_t>();
   pb.target_stride = problem_stride(fn, "target", tg, B, numel, want);
   pb.mask_stride = problem_stride(fn, "mask", mk, B, numel, want);
+  pb.observed = ob.as<const std::int64_t>();
+  pb.observed_slots = ob.shape[1];
+  pb.observed_stride = problem_stride(fn, "observed", ob, B, ob.shape[1],
+                                      "(B or 1, slots) with B = " + std::to_string(B));
   Backend::template cp_step<T>(c.factors.data(), c.shape(), pb, lr_p, lr_stride, steps, T(tol),
                                step0, opt.state(), st, fz, lo);
 }
@@ -102,19 +109,22 @@ void define_cp(py::module_& m) {
       "cp_step",
       [](const py::list& factors, const py::object& target, const py::object& mask,
          const py::object& lr, std::int64_t steps, double tol, std::int64_t step0,
-         const py::object& status, const py::object& frozen_at, const py::object& loss,
-         const py::object& optimizer) {
+         const py::object& observed, const py::object& status, const py::object& frozen_at,
+         const py::object& loss, const py::object& optimizer) {
         auto f = factors_f32<Backend>("cp_step", factors) ? &cp_step_t<Backend, float>
                                                           : &cp_step_t<Backend, double>;
-        f(factors, target, mask, lr, steps, tol, step0, optimizer, status, frozen_at, loss);
+        f(factors, target, mask, lr, steps, tol, step0, optimizer, status, frozen_at, loss,
+          observed);
       },
       py::arg("factors"), py::arg("target"), py::arg("mask"), py::arg("lr"), py::arg("steps"),
-      py::arg("tol"), py::arg("step0"), py::arg("status"), py::arg("frozen_at"), py::arg("loss"),
-      py::arg("optimizer") = py::none(),
+      py::arg("tol"), py::arg("step0"), py::arg("observed"), py::arg("status"),
+      py::arg("frozen_at"), py::arg("loss"), py::arg("optimizer") = py::none(),
       R"doc(In place: `steps` updates of every running CP factorization by the optimizer (None:
 gradient descent; else a dict of its kind, settings and state, updated in place, as for
 dmf_step); loss (B,) receives the mean squared error over observed entries of each problem's
-last iterate.)doc");
+last iterate. observed (B or 1, slots) int64: each problem's observed flat indices in
+ascending order, then -1 (a list ends at its first slot outside the tensor), the mask's True
+entries listed once per problem so that no call scans the mask.)doc");
 
   m.def(
       "cp_tensor",

@@ -42,13 +42,13 @@ template <class T>
 void gather_observed(const CpShape& shape, const CpProblem<T>& pb, std::int64_t numel,
                      std::int64_t b, Workspace<T>& ws) {
   const int N = shape.order;
-  const std::uint8_t* mask = pb.mask + b * pb.mask_stride;
+  const std::int64_t* observed = pb.observed + b * pb.observed_stride;
   const T* target = pb.target + b * pb.target_stride;
   ws.rows.clear();
   ws.runs.clear();
   ws.target.clear();
-  for (std::int64_t e = 0; e < numel; ++e) {
-    if (!mask[e]) continue;
+  for (std::int64_t k = 0; k < pb.observed_slots && observed[k] >= 0 && observed[k] < numel; ++k) {
+    const std::int64_t e = observed[k];
     const std::size_t at = ws.rows.size();
     ws.rows.resize(at + N);
     std::int64_t rest = e;

@@ -125,18 +125,24 @@ class Scratch {
   cudaStream_t stream_;
 };
 
-// Sum of v over the block, returned to every thread. Every thread of the block must call it
-// (it synchronizes); `red` is __shared__ storage of 32 values.
-template <class T>
-__device__ __forceinline__ T block_sum(T v, T* red) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+// op-reduction of v over the block (op associative and commutative, `identity` its neutral
+// value), returned to every thread. Every thread of the block must call it (it
+// synchronizes); `red` is __shared__ storage of 32 values.
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, T* red, T identity, Op op) {
+  for (int off = 16; off > 0; off >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = (blockDim.x + 31) >> 5;
   __syncthreads();  // red may still be read by a previous call
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  T total = T(0);
-  for (int w = 0; w < warps; ++w) total += red[w];  // the same order in every thread
+  T total = identity;
+  for (int w = 0; w < warps; ++w) total = op(total, red[w]);  // the same order in every thread
   return total;
+}
+
+template <class T>
+__device__ __forceinline__ T block_sum(T v, T* red) {
+  return block_reduce(v, red, T(0), [](T x, T y) { return x + y; });
 }
 
 }  // namespace cuda

@@ -1,22 +1,27 @@
 // CUDA driver of the CP tensor factorization kernels: one problem per block.
 //
-// A call first compacts each problem's observed entries (multi-index packed in 10-bit fields,
-// and target) into global scratch, in ascending entry order. Each step then runs in two
-// phases:
+// A call first copies each problem's observed entries from its list (problem.observed: made
+// once per problem, so that no call scans the mask or reads a count back) into global
+// scratch: the multi-index packed in 10-bit fields, and the target. Each step then runs in two
+// phases, in a kernel compiled for each order (so that the per-mode rows, digits and partial
+// products stay in registers):
 //   1. residuals: each warp takes an entry, its lanes the components r, and sums the product
 //      over modes with a warp reduction; the loss is their mean square (summed in double);
-//   2. gradient: each thread owns components r (r = threadIdx.x, + blockDim.x, ...) and walks
-//      every observed entry in order, adding g * (prefix * suffix) to its own columns of the
-//      gradient rows, so no two threads ever write the same word.
+//   2. gradient: the block's threads form `groups` groups, each with its own copy of the
+//      gradient; a thread owns components r of its group's copy and walks the group's share of
+//      the observed entries (every groups-th), adding g * (prefix * suffix) to its own columns,
+//      so that no two threads ever write the same word. The copies are then summed in group
+//      order. Groups put a block's idle threads to work when R is small (R = 16 alone would
+//      leave a warp per block), and the sums stay deterministic (no atomics).
 // The update, its finiteness check and the optimizer state follow cpu::cp_step exactly
 // (freezing, divergence at the last finite iterate); only the order in which products and
 // sums are formed differs (the CPU groups entries that share all indices but the last, which
-// a thread per component gains nothing from). The gradient and residuals live in shared memory when
-// they fit, else in a per-block slice of global scratch; the factors stay in global memory (each
-// thread reads its own columns, coalesced across the block, and L1 keeps them).
+// a thread per component gains nothing from). The gradient copies and residuals live in shared
+// memory when they fit, else (one group) in a per-block slice of global scratch; the factors
+// stay in global memory (each thread reads its own columns, coalesced across the block, and
+// L1 keeps them).
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "cuda/common.cuh"
 #include "implicitreg/cp_step.h"
@@ -84,57 +89,34 @@ __device__ __forceinline__ int digit(std::uint64_t packed, int n) {
   return int((packed >> (kDigitBits * n)) & ((1u << kDigitBits) - 1));
 }
 
-// Observed entries per running problem (block per problem, grid-stride).
+// The call's copy of the observed entries: each problem's list up to its first slot outside
+// [0, numel) (count[b] entries), multi-indices packed into digits and targets gathered, when
+// `digits` is set; else the counts alone (the dense path). A block per problem, grid-stride.
 template <class T>
-__global__ void count_kernel(const CpArgs<T> a) {
-  __shared__ int red[32];
+__global__ void __launch_bounds__(kScanThreads) pack_kernel(const CpArgs<T> a) {
+  __shared__ std::int64_t red[32];
+  const std::int64_t slots = a.pb.observed_slots;
   for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
-    const std::uint8_t* mask = a.pb.mask + b * a.pb.mask_stride;
-    int c = 0;
-    if (a.status[b] == kRunning)
-      for (std::int64_t e = threadIdx.x; e < a.numel; e += blockDim.x) c += mask[e] != 0;
-    c = block_sum(c, red);
-    if (threadIdx.x == 0) a.count[b] = c;
-  }
-}
-
-// The observed entries of each running problem, in ascending order: a block-wide scan of the
-// mask, one chunk of blockDim entries at a time.
-template <class T>
-__global__ void __launch_bounds__(kScanThreads) compact_kernel(const CpArgs<T> a) {
-  __shared__ int scan[kScanThreads];
-  const int tid = threadIdx.x, nt = blockDim.x;
-  for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
-    if (a.status[b] != kRunning) continue;  // uniform over the block
-    const std::uint8_t* mask = a.pb.mask + b * a.pb.mask_stride;
+    const std::int64_t* obs = a.pb.observed + b * a.pb.observed_stride;
+    std::int64_t end = slots;  // the first slot outside the tensor, of this thread's slots
+    for (std::int64_t k = threadIdx.x; k < slots; k += blockDim.x)
+      if (obs[k] < 0 || obs[k] >= a.numel) {
+        end = k;
+        break;
+      }
+    end = block_reduce(end, red, slots, [](std::int64_t x, std::int64_t y) { return x < y ? x : y; });
+    if (threadIdx.x == 0) a.count[b] = int(end);
+    if (a.digits == nullptr) continue;
     const T* target = a.pb.target + b * a.pb.target_stride;
-    std::uint64_t* dg = a.digits + b * a.obs_stride;
-    T* tg = a.obs_target + b * a.obs_stride;
-    std::int64_t base = 0;
-    for (std::int64_t chunk = 0; chunk < a.numel; chunk += nt) {
-      const std::int64_t e = chunk + tid;
-      const int flag = e < a.numel && mask[e] != 0;
-      scan[tid] = flag;
-      __syncthreads();
-      for (int off = 1; off < nt; off <<= 1) {  // inclusive Hillis-Steele scan
-        const int add = tid >= off ? scan[tid - off] : 0;
-        __syncthreads();
-        scan[tid] += add;
-        __syncthreads();
+    for (std::int64_t k = threadIdx.x; k < end; k += blockDim.x) {
+      std::uint64_t packed = 0;
+      std::int64_t rest = obs[k];
+      for (int n = a.order - 1; n >= 0; --n) {
+        packed |= std::uint64_t(rest % a.dims[n]) << (kDigitBits * n);
+        rest /= a.dims[n];
       }
-      if (flag) {
-        const std::int64_t at = base + scan[tid] - 1;
-        std::uint64_t packed = 0;
-        std::int64_t rest = e;
-        for (int n = a.order - 1; n >= 0; --n) {
-          packed |= std::uint64_t(rest % a.dims[n]) << (kDigitBits * n);
-          rest /= a.dims[n];
-        }
-        dg[at] = packed;
-        tg[at] = target[e];
-      }
-      base += scan[nt - 1];
-      __syncthreads();  // scan is rewritten by the next chunk
+      a.digits[b * a.obs_stride + k] = packed;
+      a.obs_target[b * a.obs_stride + k] = target[obs[k]];
     }
   }
 }
@@ -148,20 +130,21 @@ __device__ __forceinline__ T component(const T* const* u, int order, int r) {
 
 // Value of observed entry e summed over components r = lane, lane + 32, ..., then over the
 // warp.
-template <class T>
+template <class T, int N>
 __device__ __forceinline__ T entry_value(const CpArgs<T>& a, std::int64_t b, std::uint64_t packed,
                                          int lane) {
-  const T* u[kMaxOrder];
-  for (int n = 0; n < a.order; ++n)
+  const T* u[N];
+#pragma unroll
+  for (int n = 0; n < N; ++n)
     u[n] = a.U[n] + (b * a.dims[n] + digit(packed, n)) * std::int64_t(a.rank);
   T value = 0;
-  for (int r = lane; r < a.rank; r += 32) value += component(u, a.order, r);
+  for (int r = lane; r < a.rank; r += 32) value += component(u, N, r);
   for (int off = 16; off > 0; off >>= 1) value += __shfl_xor_sync(0xffffffffu, value, off);
   return value;
 }
 
 // Mean squared residual of problem b's current iterate; res[e] = value - target per entry.
-template <class T>
+template <class T, int N>
 __device__ T residuals(const CpArgs<T>& a, std::int64_t b, int n_obs, T* res, double* red) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   const std::uint64_t* dg = a.digits + b * a.obs_stride;
@@ -170,7 +153,7 @@ __device__ T residuals(const CpArgs<T>& a, std::int64_t b, int n_obs, T* res, do
   // every warp runs the same number of rounds: the shuffles need the whole warp
   for (int base = 0; base < n_obs; base += warps) {
     const int e = base + warp;
-    const T value = entry_value(a, b, dg[e < n_obs ? e : 0], lane);
+    const T value = entry_value<T, N>(a, b, dg[e < n_obs ? e : 0], lane);
     if (e < n_obs && lane == 0) {
       const T r = value - tg[e];
       res[e] = r;
@@ -181,34 +164,49 @@ __device__ T residuals(const CpArgs<T>& a, std::int64_t b, int n_obs, T* res, do
   return kernels::cp_mean_loss<T>(total, n_obs);
 }
 
-// This thread's columns of the gradient: for each observed entry in order, g times the
-// product of the other modes' rows (a prefix and a suffix product).
-template <class T>
-__device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T* res, T* G) {
-  const int N = a.order, R = a.rank;
+// The gradient into G (the factors' layout, `size` entries): group g of the block's `groups`
+// adds the entries g, g + groups, ... into its copy G + g * size, each thread its own
+// components; then the copies are summed into G in group order.
+template <class T, int N>
+__device__ void gradient(const CpArgs<T>& a, std::int64_t b, int n_obs, const T* res, T* G,
+                         int groups) {
+  const int R = a.rank, per_group = blockDim.x / groups;
+  const int group = threadIdx.x / per_group, first = threadIdx.x % per_group;
   const std::uint64_t* dg = a.digits + b * a.obs_stride;
   const T scale = kernels::cp_residual_scale<T>(n_obs);
-  std::int64_t row0[kMaxOrder], grow0[kMaxOrder], off = 0;
+  const T* row0[N];
+  std::int64_t grow0[N], off = 0;
+#pragma unroll
   for (int n = 0; n < N; ++n) {
-    row0[n] = b * a.dims[n] * std::int64_t(R);
+    row0[n] = a.U[n] + b * a.dims[n] * std::int64_t(R);
     grow0[n] = off;
     off += std::int64_t(a.dims[n]) * R;
   }
-  for (int r = threadIdx.x; r < R; r += blockDim.x) {
-    for (std::int64_t i = r; i < a.size; i += R) G[i] = T(0);
-    for (int e = 0; e < n_obs; ++e) {
+  T* Gg = G + group * a.size;
+  for (int r = first; r < R; r += per_group) {
+    for (std::int64_t i = r; i < a.size; i += R) Gg[i] = T(0);
+    for (int e = group; e < n_obs; e += groups) {
       const std::uint64_t packed = dg[e];
       const T g = scale * res[e];
-      T u[kMaxOrder];
-      int d[kMaxOrder];
+      T u[N];
+      int d[N];
+#pragma unroll
       for (int n = 0; n < N; ++n) {
         d[n] = digit(packed, n);
-        u[n] = a.U[n][row0[n] + std::int64_t(d[n]) * R + r];
+        u[n] = row0[n][std::int64_t(d[n]) * R + r];
       }
       kernels::leave_one_out(
-          u, N, T(1), [&](int n, T x) { G[grow0[n] + std::int64_t(d[n]) * R + r] += g * x; });
+          u, N, T(1), [&](int n, T x) { Gg[grow0[n] + std::int64_t(d[n]) * R + r] += g * x; });
     }
   }
+  if (groups == 1) return;  // each thread reads back only its own columns
+  __syncthreads();
+  for (std::int64_t i = threadIdx.x; i < a.size; i += blockDim.x) {
+    T sum = G[i];
+    for (int k = 1; k < groups; ++k) sum += G[k * a.size + i];
+    G[i] = sum;
+  }
+  __syncthreads();
 }
 
 // Whether problem b stops at update `it` of the call, with the loss of its current iterate:
@@ -294,26 +292,54 @@ __device__ __forceinline__ bool update(const CpArgs<T>& a, std::int64_t b, std::
   return true;
 }
 
-// Every step of the call for the problems of this block (grid-stride). G holds a problem's
-// gradient (size entries) and res its residuals (obs_stride entries): in shared memory when
-// ws is null, else in this block's slice of ws.
-template <class T>
-__global__ void __launch_bounds__(kMaxThreads) cp_step_kernel(const CpArgs<T> a, T* ws) {
+// Every step of the call for the problems of this block (grid-stride). G holds `groups`
+// copies of a problem's gradient (size entries each) and res its residuals (obs_stride
+// entries): in shared memory when ws is null, else in this block's slice of ws. No
+// __launch_bounds__: with it ptxas caps the kernel at 64 registers and spills (44/80 B at
+// order 2, float64); without, it takes 56-96 and spills nothing, which 256 threads afford.
+template <class T, int N>
+__global__ void cp_step_kernel(const CpArgs<T> a, int groups, T* ws) {
   __shared__ double red[32];
-  T* G = ws != nullptr ? ws + blockIdx.x * (a.size + a.obs_stride)
-                       : reinterpret_cast<T*>(dynamic_smem());
-  T* res = G + a.size;
+  const std::int64_t per_block = groups * a.size + a.obs_stride;
+  T* G = ws != nullptr ? ws + blockIdx.x * per_block : reinterpret_cast<T*>(dynamic_smem());
+  T* res = G + groups * a.size;
   for (std::int64_t b = blockIdx.x; b < a.batch; b += gridDim.x) {
     if (a.status[b] != kRunning) continue;  // frozen: nothing to do, loss_out left as it is
     const int n_obs = a.count[b];
     const T rate = a.lr[b * a.lr_stride];
     for (std::int64_t it = 0;; ++it) {
-      const T loss = residuals(a, b, n_obs, res, red);
+      const T loss = residuals<T, N>(a, b, n_obs, res, red);
       if (stops(a, b, it, loss)) break;
-      gradient(a, b, n_obs, res, G);
+      gradient<T, N>(a, b, n_obs, res, G, groups);
       if (!update(a, b, it, rate, G, red)) break;
     }
     __syncthreads();  // G and res are reused by the block's next problem
+  }
+}
+
+// Launches the per-entry kernel compiled for order N (N from 2 up): threads a warp per 32
+// components (at most kMaxThreads), then as many groups as fill kMaxThreads threads with
+// their gradient copies in at most a quarter of a multiprocessor's shared memory (so that
+// several blocks stay resident); one group in global scratch when even one does not fit.
+template <class T, int N = 2>
+void launch_entries(const CpArgs<T>& a, const DeviceLimits& limits, cudaStream_t stream) {
+  if constexpr (N < kMaxOrder) {
+    if (a.order != N) return launch_entries<T, N + 1>(a, limits, stream);
+  }
+  const int per_group = int(std::min<std::int64_t>(kMaxThreads, (a.rank + 31) / 32 * 32));
+  auto bytes = [&](int groups) { return (groups * a.size + a.obs_stride) * std::int64_t(sizeof(T)); };
+  int groups = kMaxThreads / per_group;
+  while (groups > 1 && bytes(groups) > limits.smem_per_sm / 4) --groups;
+  if (reserve_shared(cp_step_kernel<T, N>, bytes(groups), limits)) {
+    const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
+    launch(cp_step_kernel<T, N>, grid, unsigned(groups * per_group), std::size_t(bytes(groups)),
+           stream, a, groups, static_cast<T*>(nullptr));
+    IR_CUDA_LAUNCHED("cp_step (shared memory)");
+  } else {
+    const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * limits.sms);
+    Scratch<T> ws(grid * (bytes(1) / std::int64_t(sizeof(T))), stream);
+    launch(cp_step_kernel<T, N>, unsigned(grid), unsigned(per_group), 0, stream, a, 1, ws.get());
+    IR_CUDA_LAUNCHED("cp_step (global memory)");
   }
 }
 
@@ -561,15 +587,14 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
   a.frozen_at = frozen_at;
   a.loss_out = loss_out;
   const DeviceLimits limits = device_limits();
-  const unsigned scan_grid =
-      unsigned(std::min<std::int64_t>(a.batch, std::int64_t(32) * limits.sms));
 
+  // Each problem's count (and, for the per-entry path, its entries): no host sync.
   Scratch<int> count(a.batch, stream);
   a.count = count.get();
-  launch(count_kernel<T>, scan_grid, kScanThreads, 0, stream, a);
-  IR_CUDA_LAUNCHED("cp_step (count)");
+  const unsigned pack_grid =
+      unsigned(std::min<std::int64_t>(a.batch, std::int64_t(32) * limits.sms));
 
-  // A tensor that fits a block: the dense path, with no host sync.
+  // A tensor that fits a block: the dense path.
   const DenseLayout l = dense_layout(a.order, a.dims);
   if (l.total > 0 &&
       reserve_shared(cp_dense_kernel<T>, l.total * std::int64_t(sizeof(T)), limits)) {
@@ -577,41 +602,23 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
     const std::int64_t grid = std::min<std::int64_t>(
         a.batch, resident_blocks(limits, bytes, l.threads) * std::int64_t(limits.sms));
     Scratch<T> ws(grid * a.size, stream);
+    launch(pack_kernel<T>, pack_grid, kScanThreads, 0, stream, a);
+    IR_CUDA_LAUNCHED("cp_step (count)");
     launch(cp_dense_kernel<T>, unsigned(grid), unsigned(l.threads), std::size_t(bytes), stream, a,
            l, ws.get());
     IR_CUDA_LAUNCHED("cp_step (dense)");
     return;
   }
 
-  // Else the observed entries: the largest count read back to size the scratch, then
-  // compacted (once per call; the step loop then never touches the masks).
-  std::vector<int> counts(std::size_t(a.batch));
-  IR_CUDA_CHECK(cudaMemcpyAsync(counts.data(), a.count, sizeof(int) * counts.size(),
-                                cudaMemcpyDeviceToHost, stream));
-  IR_CUDA_CHECK(cudaStreamSynchronize(stream));
-  a.obs_stride = std::max<std::int64_t>(1, *std::max_element(counts.begin(), counts.end()));
+  // Else the observed entries, one slot per slot of the problem's list.
+  a.obs_stride = problem.observed_slots;
   Scratch<std::uint64_t> digits(a.batch * a.obs_stride, stream);
   Scratch<T> obs_target(a.batch * a.obs_stride, stream);
   a.digits = digits.get();
   a.obs_target = obs_target.get();
-  launch(compact_kernel<T>, scan_grid, kScanThreads, 0, stream, a);
-  IR_CUDA_LAUNCHED("cp_step (compact)");
-
-  // Threads: a warp per 32 components, at most kMaxThreads (more components loop).
-  const int threads = int(std::min<std::int64_t>(kMaxThreads, (a.rank + 31) / 32 * 32));
-  const std::int64_t per_block = a.size + a.obs_stride;
-  const std::int64_t bytes = per_block * std::int64_t(sizeof(T));
-  if (reserve_shared(cp_step_kernel<T>, bytes, limits)) {
-    const unsigned grid = unsigned(std::min<std::int64_t>(a.batch, 1 << 30));
-    launch(cp_step_kernel<T>, grid, unsigned(threads), std::size_t(bytes), stream, a,
-           static_cast<T*>(nullptr));
-    IR_CUDA_LAUNCHED("cp_step (shared memory)");
-  } else {
-    const std::int64_t grid = std::min<std::int64_t>(a.batch, std::int64_t(4) * limits.sms);
-    Scratch<T> ws(grid * per_block, stream);
-    launch(cp_step_kernel<T>, unsigned(grid), unsigned(threads), 0, stream, a, ws.get());
-    IR_CUDA_LAUNCHED("cp_step (global memory)");
-  }
+  launch(pack_kernel<T>, pack_grid, kScanThreads, 0, stream, a);
+  IR_CUDA_LAUNCHED("cp_step (pack)");
+  launch_entries(a, limits, stream);
 }
 
 template <class T>

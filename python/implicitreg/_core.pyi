@@ -65,6 +65,7 @@ def cp_step(
     steps: int,
     tol: float,
     step0: int,
+    observed: np.ndarray,
     status: np.ndarray,
     frozen_at: np.ndarray,
     loss: np.ndarray,

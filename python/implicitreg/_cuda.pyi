@@ -55,6 +55,7 @@ def cp_step(
     steps: int,
     tol: float,
     step0: int,
+    observed: Any,
     status: Any,
     frozen_at: Any,
     loss: Any,

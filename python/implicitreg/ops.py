@@ -178,6 +178,7 @@ def cp_step(
         steps=steps,
         tol=tol,
         step0=step0,
+        observed=a["observed"],
         status=status,
         frozen_at=frozen_at,
         loss=loss,

@@ -355,10 +355,13 @@ def _cp_gradients(factors, G):
     return grads
 
 
-def cp_step(factors, target, mask, lr, steps, tol, step0, status, frozen_at, loss, optimizer=None):
+def cp_step(
+    factors, target, mask, lr, steps, tol, step0, observed, status, frozen_at, loss, optimizer=None
+):
     """In place, like _core.cp_step: `steps` updates of running problems by the optimizer
     (None: gd; as for dmf_step); loss = mean squared error over observed entries (in
-    float64, stored in the factors' dtype); freeze and divergence as dmf_step."""
+    float64, stored in the factors' dtype); freeze and divergence as dmf_step. The observed
+    entries come from the mask: `observed`, the compiled kernels' list of them, is not read."""
     dtype = factors[0].dtype
     B = factors[0].shape[0]
     mask = np.broadcast_to(mask, (B, mask.shape[1]))

@@ -20,11 +20,16 @@ struct CpShape {
 
 // What is learned: target and mask (numel entries in C order per problem; batch stride 0
 // shares one). loss = mean over observed entries of (W - target)^2 (PAPER.md §4.3: no 1/2).
+// `observed` lists each problem's observed entries once, so that no call scans the mask: rows
+// of `observed_slots` flat indices in ascending order, then -1 in the slots past the problem's
+// count (batch stride 0 shares one row). A problem's list ends at its first slot outside
+// [0, numel).
 template <class T>
 struct CpProblem {
   const T* target = nullptr;
   const std::uint8_t* mask = nullptr;
-  std::int64_t target_stride = 0, mask_stride = 0;
+  const std::int64_t* observed = nullptr;
+  std::int64_t target_stride = 0, mask_stride = 0, observed_stride = 0, observed_slots = 0;
 };
 
 namespace cpu {

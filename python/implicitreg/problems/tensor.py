@@ -55,16 +55,29 @@ class TensorCompletion:
         dtype = np.dtype(dtype)
         if dtype not in self._cache:
             numel = int(np.prod(self.dims))  # not -1: an empty batch has no size to divide
+            mask = np.ascontiguousarray(self.masks.reshape(self.masks.shape[0], numel))
             self._cache[dtype] = {
                 "target": np.ascontiguousarray(
                     self.targets.reshape(self.targets.shape[0], numel), dtype=dtype
                 ),
-                "mask": np.ascontiguousarray(self.masks.reshape(self.masks.shape[0], numel)),
+                "mask": mask,
+                "observed": _observed_lists(mask),
             }
         return on_device(self._cache, dtype) if device else self._cache[dtype]
 
     def __repr__(self) -> str:
         return f"TensorCompletion(batch={self.batch}, dims={self.dims})"
+
+
+def _observed_lists(mask: np.ndarray) -> np.ndarray:
+    """(Bm, slots) int64: each row's True flat indices in ascending order, then -1; slots = the
+    largest count, at least 1. Listed once per problem, so that no step scans the mask."""
+    counts = mask.sum(axis=1)
+    slots = max(1, int(counts.max(initial=0)))
+    out = np.full((mask.shape[0], slots), -1, dtype=np.int64)
+    rows, cols = np.nonzero(mask)  # row-major: each row's indices ascending
+    out[rows, np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)] = cols
+    return out
 
 
 def tensor_completion(
@@ -109,7 +122,7 @@ def tensor_completion(
 def random_cp_tensor(
     dims: Sequence[int], rank: int, fro_norm: float = 1.0, batch: int = 1, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(targets (B, *dims), orders (B, prod(dims)) int64): per problem, from its own stream
+    """(targets `(B, *dims)`, orders (B, prod(dims)) int64): per problem, from its own stream
     (seed, b), a CP tensor sum_r u_r^1 x ... x u_r^N with standard normal u, scaled to
     Frobenius norm fro_norm (the official generator), and a random permutation
     of its flat C-order indices: observing the first n of it gives observation sets nested
@@ -144,7 +157,7 @@ def observe_first(
     n: int | np.integer | Sequence[int] | NDArray[np.integer],
     dims: Sequence[int],
 ) -> np.ndarray:
-    """Masks (B, *dims): True at the first n[b] flat indices of orders[b]; n a number or (B,)."""
+    """Masks `(B, *dims)`: True at the first n[b] flat indices of orders[b]; n a number or (B,)."""
     o = np.asarray(orders)
     if o.ndim != 2 or o.dtype.kind not in "iu":
         raise TypeError(
