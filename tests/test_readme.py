@@ -4,6 +4,7 @@ cannot drift from the package (the GPU block runs only where the cuda backend is
 from __future__ import annotations
 
 import re
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import implicitreg as ir
 from conftest import needs_source_tree
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = README.parent / "docs"
 
 
 def _blocks() -> list[str]:
@@ -72,13 +74,23 @@ def test_a_report_states_the_dtype(tmp_path):
 _UNSHIPPED = ("PAPER.md", "DESIGN.md", "HOUSE_STYLE.md", "../shared")
 
 
+def _docs_sources() -> list[Path]:
+    """The documentation's sources: its pages, its conf.py and its extensions."""
+    return [p for p in sorted(DOCS.rglob("*")) if p.suffix in (".rst", ".md", ".py")]
+
+
 def test_user_facing_text_cites_no_file_the_user_lacks():
-    """The package (docstrings, CLI help, reports, error messages, stubs) and the README."""
+    """The package (docstrings, CLI help, reports, error messages, stubs), the README and the
+    documentation (where the source tree is here)."""
     package = Path(ir.__file__).parent
     files = [p for p in sorted(package.rglob("*.py*")) if p.suffix in (".py", ".pyi")]
     texts = {p: p.read_text() for p in files}
     if README.exists():
         texts[README] = README.read_text()
+    if DOCS.is_dir():
+        docs = _docs_sources()
+        assert sum(p.suffix == ".rst" for p in docs) >= 7 and DOCS / "conf.py" in docs
+        texts.update({p: p.read_text() for p in docs})
     assert len(texts) > 20
     cited = [
         f"{path}:{n}: {name}"
@@ -88,3 +100,34 @@ def test_user_facing_text_cites_no_file_the_user_lacks():
         if name in line
     ]
     assert not cited, "\n".join(cited)
+
+
+# The documentation's pages, in the order of its table of contents.
+PAGES = ("getting-started", "science", "api", "cli", "performance", "gpu", "gallery")
+
+
+@needs_source_tree
+def test_the_docs_have_their_seven_pages():
+    toctree = re.search(
+        r"^\.\. toctree::\n((?:   .*\n|\n)*)", (DOCS / "index.rst").read_text(), re.M
+    )
+    assert toctree, "docs/index.rst has no toctree"
+    entries = [e.strip() for e in toctree.group(1).splitlines() if e.strip()[:1] not in ("", ":")]
+    assert entries == list(PAGES)
+    for page in PAGES:
+        title = (DOCS / f"{page}.rst").read_text().splitlines()[:2]
+        assert len(title) == 2 and set(title[1]) == {"="}, f"{page}.rst starts with no title"
+
+
+@needs_source_tree
+def test_the_docs_list_every_public_name_and_quote_the_readme():
+    """The API page names all of implicitreg.__all__; the getting-started page quotes the
+    README's two commands word for word."""
+    api = (DOCS / "api.rst").read_text()
+    assert [n for n in ir.__all__ if not re.search(rf"\b{n}\b", api)] == []
+    fresh = README.read_text().split("## On a fresh machine")[1].split("\n## ")[0]
+    commands = re.findall(r"^```bash\n(.*?)^```", fresh, re.S | re.M)
+    assert len(commands) == 2
+    page = (DOCS / "getting-started.rst").read_text()
+    for command in commands:
+        assert textwrap.indent(command, "   ") in page, command

@@ -124,7 +124,7 @@ def svdvals(
     """Singular values of X (..., m, n), shape (..., min(m, n)), descending, in X's float
     dtype (integers become float64).
 
-    cpu: 2x2 in closed form with the small value as |det| / sigma_1 (relative accuracy kept
+    cpu: 2x2 in closed form with the small value as `|det| / sigma_1` (relative accuracy kept
     when sigma_1 >> sigma_2); up to 11 columns (of X or X^T) one-sided Jacobi, from 12
     bidiagonalization and implicit-shift QR (Jacobi as the fallback); within a few ulps *
     sigma_1 either way, float32 reduced in float64; a small sigma_k keeps its relative accuracy
@@ -393,7 +393,7 @@ def tensor_rank(
     a tensor with a NaN or inf entry. criterion "relative" (default): good enough is a mean
     squared error below tol (default 1e-5) times the tensor's mean square, whatever its
     scale; only the zero tensor has rank 0. "absolute", the paper's rule: below tol (default
-    1e-6) itself, and rank 0 when every |entry| <= 1e-8 (so a rank-2 tensor scaled by 1e-4
+    1e-6) itself, and rank 0 when every `|entry| <= 1e-8` (so a rank-2 tensor scaled by 1e-4
     reads as rank 1). Each tried r gets up to `restarts` seeded random starts and stops at the
     first that fits. With the defaults, 508 of 512 random unit-norm CP tensors of known rank
     (orders 3 and 4, ranks 2 to 4, cubic and not) get their exact rank and none a lower one,

@@ -31,7 +31,7 @@ def reproduce(
     address: str | None = None,
 ) -> tuple[SweepResult, list[dict]]:
     """Run experiment `name` and return (results, report rows). With `out`, the results,
-    report (report.txt, report.json) and figures (figures/*.png, *.pdf) are written there,
+    report (`report.txt`, `report.json`) and figures (`figures/*.png`, `*.pdf`) are written there,
     and resume=True continues an interrupted run in that directory. executor and address
     are those of implicitreg.sweep (executor="ray": one Ray task per batch)."""
     exp = get(name)

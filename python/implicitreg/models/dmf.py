@@ -287,26 +287,29 @@ class DeepFactorization(Trained):
         eps: float | None = None,
         betas: tuple[float, float] = (0.9, 0.999),
     ) -> Trajectory:
-        """Train for up to max_steps more steps, in chunks between log points, and return the
-        logged Trajectory. Stops early when every problem is frozen.
+        """Train for up to max_steps more steps, in chunks between log points (log:
+        implicitreg.every(k) or implicitreg.geometric(n); default about 1000 rows), and return
+        the logged Trajectory. Stops early when every problem is frozen.
 
-        log: implicitreg.every(k) or implicitreg.geometric(n) (default: about 1000 rows).
         metrics (float64, computed in the core on the whole batch, one SVD per problem):
-          "loss", "entry:i,j" (of the end-to-end matrix E), "det" (of E, from the factors),
-          "svals" (k = min(m, n) values per problem), "fro", "nuc", "spectral",
-          "schatten:p" (any p > 0), "erank", "rank" (tolerance sigma_1 max(m, n) eps),
-          "dist_rank:r" (distance to rank <= r), "balancedness" (see implicitreg.metrics),
-          "recon_error" (||E - truth||_F / ||truth||_F, for problems with a known truth).
-        thresholds: loss values (e.g. 1e-1, 1e-2, 1e-3, 1e-4); every metric is also taken at
-          each problem's first iterate with loss below each of them, found inside the core's
-          step loop, so exact to the step however sparse the log (Trajectory.crossings).
-        progress: True for a tqdm bar (extra "progress"), False, or a callable given the
-          number of steps advanced.
-        checkpoint: a path. The state of the fit (model, rows logged, crossings) is written
-          there atomically at log points, at most every checkpoint_every seconds; a fit
-          called with the same arguments on a model in the same starting state resumes from
-          it and returns what an uninterrupted fit would have. A completed fit removes it,
-          unless keep_checkpoint (then it is marked done, and the same call returns at once).
+          "loss", "entry:i,j" (of the end-to-end matrix E), "det" (of E, from the factors), "svals"
+          (k = min(m, n) values per problem), "fro", "nuc", "spectral", "schatten:p" (any p > 0),
+          "erank", "rank" (tolerance sigma_1 max(m, n) eps), "dist_rank:r" (distance to rank <=
+          r), "balancedness" (see implicitreg.metrics), "recon_error" (||E - truth||_F /
+          ||truth||_F, for problems with a known truth).
+
+        thresholds: loss values (e.g. 1e-1, 1e-2, 1e-3, 1e-4); every metric is also taken at each
+        problem's first iterate with loss below each of them, found inside the core's step loop, so
+        exact to the step however sparse the log (Trajectory.crossings).
+
+        progress: True (a tqdm bar, extra "progress"), False, or a callable given the steps
+        advanced.
+
+        checkpoint: a path; the fit's state (model, rows, crossings) is written there atomically at
+        log points, at most every checkpoint_every seconds, and the same call on a model in the
+        same starting state resumes from it as if uninterrupted. A completed fit removes it unless
+        keep_checkpoint (then it is marked done and the same call returns at once).
+
         optimizer, beta, eps, betas: as for step()."""
         s = self._fit_settings(
             lr, max_steps, tol, log, metrics, thresholds, optimizer, beta, eps, betas
