@@ -15,6 +15,7 @@ from .paper import (
     EPSILONS,
     FAMILY_D,
     MARKERS,
+    MINIMIZED,
     NORMS,
     PAPER_CONFIGS,
     PERTURBED_DEPTHS,
@@ -262,6 +263,12 @@ def figure_norms_vs_rank(res, figdir: str) -> list[str]:
                 _band(axes[0, j], thr, med, q1, q3, color, label, ls=ls)
                 q = np.nanpercentile(t[name][:, cols], [25, 50, 75], axis=1)
                 _band(axes[1, j], steps, q[1], q[0], q[2], color, label, ls=ls)
+    for name, norm in MINIMIZED.items():  # the fit each norm picks: a level, not a curve
+        if f"min_{norm}" in res.columns:
+            level = float(np.median(res.columns[f"min_{norm}"]))
+            for i in range(2):
+                axes[i, 0].axhline(level, color=colors[name], lw=0.8, ls=":")
+            axes[0, 0].plot([], [], color=colors[name], lw=0.8, ls=":", label=f"{norm} minimizer")
     b = det_bound(grid)
     axes[0, 0].plot(grid[b > 0], b[b > 0], "k:", lw=1.5, label="lower bound (1-s)^2/s")
     axes[0, 1].plot(grid, erank_bound(grid), "k:", lw=1.5, label="upper bound (det>0)")

@@ -18,6 +18,7 @@ from .paper import (
     EPSILONS,
     FAMILY_D,
     MARKERS,
+    MINIMIZED,
     NORM_MINIMA,
     NORMS,
     PAPER_CONFIGS,
@@ -251,6 +252,18 @@ def report_norms(res) -> list[dict]:
         if idx.size == 0:
             continue
         entry = f"depth 3, {init}"
+        for name, norm in MINIMIZED.items():
+            if f"min_{norm}" in c:  # the fit the norm picks, computed for these problems
+                rows.append(
+                    row(
+                        entry,
+                        f"{name} of the {norm} minimizer",
+                        c[f"min_{norm}"][idx],
+                        f"min {NORM_MINIMA[name]:.4g}",
+                        f"GD's > {det_bound(REPORTED[-1]):.4g} at loss<"
+                        f"{threshold_label(REPORTED[-1])} if det>0",
+                    )
+                )
         for t in REPORTED:
             lab = threshold_label(t)
             for name in NORMS:
@@ -290,7 +303,8 @@ register(
         title="Every norm grows while the rank falls: canonical problem, depth 3",
         doc="""
     Frobenius, nuclear, spectral, Schatten-0.5 and -0.25 (quasi-norms), effective rank and
-    distance to rank 1 of the end-to-end matrix, against loss and iteration.
+    distance to rank 1 of the end-to-end matrix, against loss and iteration, beside the fit
+    each norm picks (implicitreg.baselines.min_norm: w11 = 0, computed per problem).
     * paper: the infimum of each quantity over all solutions (the norms' minima are at
       w11 = 0); theory: the paper's bounds at that loss, valid while det > 0.
     """,
@@ -306,6 +320,7 @@ register(
             "log": 400,
             "metrics": ("loss", "entry:0,0", "det") + NORMS + ("erank", "dist_rank:1"),
             "thresholds": loss_grid(1e-4),
+            "min_norms": tuple(MINIMIZED.values()),
         },
         grid=[{"init": ["balanced", "normal"]}],
         report=report_norms,

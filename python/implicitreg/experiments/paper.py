@@ -10,6 +10,7 @@ __all__ = [
     "FAMILY_D",
     "MARKERS",
     "NORMS",
+    "MINIMIZED",
     "NORM_MINIMA",
     "PAPER_CONFIGS",
     "PAPER_VALUES",
@@ -118,4 +119,12 @@ NORM_MINIMA = {
     "spectral": 1.0,
     "schatten:0.5": 4.0,
     "schatten:0.25": 16.0,
+}
+# The metric of each norm a minimizer is computed for (implicitreg.baselines.min_norm), and
+# the minimizer's name; the spectral norm has none there.
+MINIMIZED = {
+    "fro": "frobenius",
+    "nuc": "nuclear",
+    "schatten:0.5": "schatten:0.5",
+    "schatten:0.25": "schatten:0.25",
 }

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import problems as problems_mod
 from .._checks import choice, integer
+from ..baselines import schatten_p
 from ..models import CPFactorization
 from ..models.crossings import loss_thresholds
 from ..problems import completion, sensing, tensor_completion
@@ -80,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
     "metrics": None,
     "thresholds": None,
     "dtype": "float64",
+    # model "dmf" only: the fits these norms pick (implicitreg.baselines.min_norm), each
+    # with its norm, effective rank and reconstruction error beside each trained problem
+    "min_norms": (),
     # model "cp" only: components R (None: the largest CP rank), the stop rule of
     # CPFactorization.fit, and what is estimated at the end: the tensor rank of the
     # solution with rank_restarts CP-ALS starts per tried rank (0: not estimated) and
@@ -117,7 +121,7 @@ _COMMON_KEYS = (
     "dtype",
 )
 MODEL_KEYS = {
-    "dmf": ("depth", "widths", "init", "scale", "scale_by", "init_det", "init_seed"),
+    "dmf": ("depth", "widths", "init", "scale", "scale_by", "init_det", "init_seed", "min_norms"),
     "cp": (
         "components",
         "scale",
@@ -172,7 +176,7 @@ def expand(base: dict, grid: dict[str, Any] | Sequence[dict[str, Any]] | None = 
     for g in grid:
         keys = list(g)
         values = [
-            v if isinstance(v, list) and k not in ("metrics", "thresholds") else [v]
+            v if isinstance(v, list) and k not in ("metrics", "thresholds", "min_norms") else [v]
             for k, v in g.items()
         ]
         for combo in itertools.product(*values):
@@ -232,10 +236,18 @@ def _check(cfg: dict, given: set[str]) -> dict:
     if clash:  # a table column holds either a config value or a metric, never both
         raise ValueError(f"metrics: {clash} are config keys, not metric names")
     log_of(cfg["log"])
+    norms = cfg["min_norms"]
+    if isinstance(norms, str) or not isinstance(norms, (list, tuple)):
+        raise TypeError(f"min_norms: expected a tuple of norm names, got {norms!r}")
+    cfg["min_norms"] = tuple(norms)
+    for norm in cfg["min_norms"]:
+        schatten_p(norm, "min_norms")
     if cfg["model"] == "dmf" and cfg["optimizer"] == "gd":
         # the matrix model's default, recorded by omission: configs (and so results
         # directories) written before it had a choice stay the same
         takes = takes - {"optimizer"}
+    if not cfg["min_norms"]:  # likewise
+        takes = takes - {"min_norms"}
     return {k: v for k, v in cfg.items() if k in takes}
 
 

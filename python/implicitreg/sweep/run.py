@@ -10,9 +10,9 @@ import time
 import numpy as np
 
 from .._backend import to_host
-from ..baselines import memorizer
+from ..baselines import memorizer, min_norm
 from ..init import init_factors
-from ..metrics import tensor_rank
+from ..metrics import effective_rank, tensor_rank
 from ..models import CPFactorization, DeepFactorization
 from ..trajectory import Trajectory
 from .config import build_problem, concat_problems, cp_model, log_of, optimizer_of, take_seeds
@@ -84,7 +84,27 @@ def run_batch(
             cols[f"step@{lab}"] = traj.crossings["step"][k]
             for name in traj.data:
                 _put(cols, f"{name}@{lab}", traj.crossings[name][k])
+    for norm in c0.get("min_norms", ()):
+        cols.update(_min_norm_columns(problem, norm))
     return cols, traj, seconds
+
+
+def _min_norm_columns(problem, norm: str) -> dict:
+    """The fit `norm` picks for each problem: its norm, certified gap (nuclear), effective
+    rank and, where the truth is known, reconstruction error (as the metric recon_error)."""
+    fit = min_norm(problem, norm)
+    cols = {
+        f"min_{norm}": fit.value,
+        f"min_{norm}_gap": fit.gap,
+        f"min_{norm}_erank": effective_rank(fit.matrices),
+    }
+    if problem.truth is not None:
+        B = problem.batch
+        truth = np.broadcast_to(problem.truth, fit.matrices.shape).reshape(B, -1)
+        cols[f"min_{norm}_recon_error"] = np.linalg.norm(
+            fit.matrices.reshape(B, -1) - truth, axis=1
+        ) / np.linalg.norm(truth, axis=1)
+    return cols
 
 
 def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint, checkpoint_every):
