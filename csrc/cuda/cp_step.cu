@@ -104,7 +104,8 @@ __global__ void __launch_bounds__(kScanThreads) pack_kernel(const CpArgs<T> a) {
         end = k;
         break;
       }
-    end = block_reduce(end, red, slots, [](std::int64_t x, std::int64_t y) { return x < y ? x : y; });
+    end =
+        block_reduce(end, red, slots, [](std::int64_t x, std::int64_t y) { return x < y ? x : y; });
     if (threadIdx.x == 0) a.count[b] = int(end);
     if (a.digits == nullptr) continue;
     const T* target = a.pb.target + b * a.pb.target_stride;
@@ -327,7 +328,9 @@ void launch_entries(const CpArgs<T>& a, const DeviceLimits& limits, cudaStream_t
     if (a.order != N) return launch_entries<T, N + 1>(a, limits, stream);
   }
   const int per_group = int(std::min<std::int64_t>(kMaxThreads, (a.rank + 31) / 32 * 32));
-  auto bytes = [&](int groups) { return (groups * a.size + a.obs_stride) * std::int64_t(sizeof(T)); };
+  auto bytes = [&](int groups) {
+    return (groups * a.size + a.obs_stride) * std::int64_t(sizeof(T));
+  };
   int groups = kMaxThreads / per_group;
   while (groups > 1 && bytes(groups) > limits.smem_per_sm / 4) --groups;
   if (reserve_shared(cp_step_kernel<T, N>, bytes(groups), limits)) {

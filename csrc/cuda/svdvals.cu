@@ -129,10 +129,9 @@ __global__ void svd_global_kernel(const T* X, std::int64_t batch, int m, int n, 
                     e, w, w + M);
 }
 
-
 // ---- a matrix per warp, up to 32 x 32 ----------------------------------------------------
-constexpr int kWarpMax = 32;            // rows and columns of the largest matrix
-constexpr int kWarpLd = kWarpMax + 1;   // column stride in shared memory (odd: fewer conflicts)
+constexpr int kWarpMax = 32;           // rows and columns of the largest matrix
+constexpr int kWarpLd = kWarpMax + 1;  // column stride in shared memory (odd: fewer conflicts)
 constexpr int kWarpsPerBlock = 4;
 
 template <class T>
