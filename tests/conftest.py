@@ -60,6 +60,27 @@ def tol():
     return {k.name: v for k, v in TOL.items()}
 
 
+def spectra(rng, shape, count):
+    """Matrices of `shape` with random, graded (1 to 1e-12), rank-deficient (rank 2) and
+    repeated (three 1s, then 1e-3) singular values, `count` of each kind: the spectra that
+    stress an SVD."""
+    m, n = shape
+    k = min(shape)
+    kinds = [
+        rng.uniform(0.1, 1.0, k),
+        np.logspace(0, -12, k),
+        np.r_[1.0, 0.5, np.zeros(max(k - 2, 0))],
+        np.r_[np.ones(3), np.full(max(k - 3, 0), 1e-3)],
+    ]
+    out = []
+    for s in kinds:
+        for _ in range(count):
+            U = np.linalg.qr(rng.standard_normal((m, k)))[0]
+            V = np.linalg.qr(rng.standard_normal((n, k)))[0]
+            out.append((U * s[:k]) @ V.T)
+    return np.stack(out)
+
+
 def max_rel_diff(a_list, b_list) -> float:
     """max_j max|a_j - b_j| / max|b_j| over a list of arrays (0 when both are all zero)."""
     worst = 0.0

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import implicitreg as ir
-from conftest import max_rel_diff
+from conftest import max_rel_diff, spectra
 from implicitreg import _backend
 from implicitreg._backend import _core
 from implicitreg.cli import main
@@ -380,31 +380,11 @@ def test_svdvals_device_in_device_out(dev, shape, dtype):
         assert np.isnan(_backend.to_host(s)[1]).all() and (_backend.to_host(s)[0] == 0).all()
 
 
-def _spectra(rng, shape, count):
-    """Matrices of `shape` with random, graded (1 to 1e-12), rank-deficient (rank 2) and
-    repeated (three 1s, then 1e-3) singular values, `count` of each kind."""
-    m, n = shape
-    k = min(shape)
-    kinds = [
-        rng.uniform(0.1, 1.0, k),
-        np.logspace(0, -12, k),
-        np.r_[1.0, 0.5, np.zeros(k - 2)],
-        np.r_[np.ones(3), np.full(k - 3, 1e-3)],
-    ]
-    out = []
-    for s in kinds:
-        for _ in range(count):
-            U = np.linalg.qr(rng.standard_normal((m, k)))[0]
-            V = np.linalg.qr(rng.standard_normal((n, k)))[0]
-            out.append((U * s) @ V.T)
-    return np.stack(out)
-
-
 @pytest.mark.parametrize("shape", [(9, 9), (17, 5), (5, 17), (24, 24), (32, 32), (31, 32)])
 def test_svdvals_hard_spectra_against_lapack(dev, shape, dtype):
     """The sizes of the warp-per-matrix kernel: within 10 n eps sigma_1 of LAPACK on spectra
     that stress a Jacobi solver (graded, rank-deficient, repeated)."""
-    X = _spectra(np.random.default_rng(11), shape, 3).astype(dtype)
+    X = spectra(np.random.default_rng(11), shape, 3).astype(dtype)
     s, info = ir.svdvals(dev.put(X), return_info=True)
     got = _backend.to_host(s)
     assert (_backend.to_host(info) == "ok").all()
@@ -412,6 +392,13 @@ def test_svdvals_hard_spectra_against_lapack(dev, shape, dtype):
     eps = np.finfo(dtype).eps
     assert (np.abs(got - ref) <= 10 * max(shape) * eps * ref[:, :1]).all()
     assert (np.diff(got, axis=1) <= 0).all()  # descending
+
+
+def test_svd_device_in_device_out(dev, dtype):
+    X = spectra(np.random.default_rng(4), (6, 4), 2).astype(dtype)
+    U, S, Vh = ir.svd(dev.put(X))
+    assert all(isinstance(a, dev.xp.ndarray) for a in (U, S, Vh))
+    dev.check([U, S, Vh], list(ir.svd(X, backend="cpu")))
 
 
 def test_metrics_on_device_arrays(dev):

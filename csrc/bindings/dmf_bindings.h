@@ -262,6 +262,46 @@ void dmf_measure_t(const py::list& factors, const py::object& target, const py::
                                    int(specs.size()), o.as<double>(), tp, truth_stride);
 }
 
+template <class Backend, class T>
+void svd_t(const py::object& X, const py::object& U, const py::object& s, const py::object& Vh,
+           const py::object& info, int max_sweeps) {
+  const std::string fn = "svd";
+  View x = checked<Backend, T>(fn, "X", X, false);
+  View u = checked<Backend, T>(fn, "U", U, true), sv = checked<Backend, T>(fn, "s", s, true);
+  View vh = checked<Backend, T>(fn, "Vh", Vh, true);
+  View in = checked<Backend, std::int8_t>(fn, "info", info, true);
+  require_shape(x.ndim() == 3, fn, "X", x, "(B, m, n)");
+  const std::int64_t B = x.shape[0];
+  const int m = int(x.shape[1]), n = int(x.shape[2]), k = std::min(m, n);
+  require_shape(u.ndim() == 3 && u.shape[0] == B && u.shape[1] == m && u.shape[2] == k, fn, "U", u,
+                "(B, m, min(m, n)) = " + dims_str({B, m, k}));
+  require_shape(sv.ndim() == 2 && sv.shape[0] == B && sv.shape[1] == k, fn, "s", sv,
+                "(B, min(m, n)) = " + dims_str({B, k}));
+  require_shape(vh.ndim() == 3 && vh.shape[0] == B && vh.shape[1] == k && vh.shape[2] == n, fn,
+                "Vh", vh, "(B, min(m, n), n) = " + dims_str({B, k, n}));
+  require_shape(in.ndim() == 1 && in.shape[0] == B, fn, "info", in, dims_str({B}));
+  require(max_sweeps >= 1, fn, "max_sweeps must be >= 1, got " + std::to_string(max_sweeps));
+  Backend::template svd<T>(x.as<const T>(), B, m, n, u.as<T>(), sv.as<T>(), vh.as<T>(),
+                           in.as<std::int8_t>(), max_sweeps);
+}
+
+// Binds svd on Backend (the CPU module only, so far).
+template <class Backend>
+void define_svd(py::module_& m) {
+  using O = const py::object&;
+  m.def(
+      "svd",
+      [](O X, O U, O s, O Vh, O info, int max_sweeps) {
+        auto f = is_f32<Backend>("svd", "X", X) ? &svd_t<Backend, float> : &svd_t<Backend, double>;
+        f(X, U, s, Vh, info, max_sweeps);
+      },
+      py::arg("X"), py::arg("U"), py::arg("s"), py::arg("Vh"), py::arg("info"),
+      py::arg("max_sweeps") = int(kMaxSweeps),
+      "Writes the thin SVD X = U diag(s) Vh of X (B, m, n): U (B, m, k), s (B, k) descending, "
+      "Vh (B, k, n), k = min(m, n), and a per-matrix info code as svdvals (NaN everywhere for "
+      "a non-finite matrix).");
+}
+
 // Binds dmf_step, dmf_loss, svdvals, svals_metrics, balancedness and dmf_measure on Backend.
 template <class Backend>
 void define_dmf(py::module_& m) {

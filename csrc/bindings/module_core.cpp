@@ -60,6 +60,11 @@ struct Cpu {
     ir::cpu::dmf_measure<T>(a...);
   }
   template <class T, class... A>
+  static void svd(A... a) {
+    py::gil_scoped_release nogil;
+    ir::cpu::svd<T>(a...);
+  }
+  template <class T, class... A>
   static void cp_step(A... a) {
     py::gil_scoped_release nogil;
     ir::cpu::cp_step<T>(a...);
@@ -146,6 +151,7 @@ PYBIND11_MODULE(IMPLICITREG_MODULE, m) {
   ir::bindings::define_dmf<Cpu>(m);
 
   ir::bindings::define_cp<Cpu>(m);
+  ir::bindings::define_svd<Cpu>(m);
 
   m.def("tensor_rank", &tensor_rank_t, py::arg("tensors").noconvert(), py::arg("dims"),
         py::arg("tol"), py::arg("max_rank"), py::arg("max_iter"), py::arg("restarts"),

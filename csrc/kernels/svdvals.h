@@ -99,6 +99,9 @@ struct JacobiScratch {
 // norm2[c * L + l] is the squared norm of column c: the squared singular values, unsorted.
 // Returns the number of sweeps run; unconverged[l] says which lanes hit the cap.
 // SM and SN, when not 0, are m and n known at compile time (fully unrolled small sizes).
+// V, when given (n x n per lane, laid out as A, the identity on entry), receives the product
+// of the rotations: the right singular vectors, A_in V = A_out, whose columns are then the
+// left singular vectors times the singular values.
 //
 // Rotation: with d = aqq - app and x = apq, t = 2x sign(d) / (|d| + sqrt(d^2 + 4x^2)) (the
 // smaller root of t^2 + (d/x) t - 1 = 0), c = 1 / sqrt(1 + t^2), s = c t; the pair becomes
@@ -110,7 +113,7 @@ struct JacobiScratch {
 // pack; all lanes share the sweep count.
 template <class T, int L, int SM = 0, int SN = 0>
 IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rounds, T* scratch,
-                             T* norm2, int max_sweeps, bool* unconverged) {
+                             T* norm2, int max_sweeps, bool* unconverged, T* V = nullptr) {
   const int m = SM ? SM : m_rt, n = SN ? SN : n_rt;
   const T tol = std::numeric_limits<T>::epsilon() * std::sqrt(T(m));
   const T tol2 = tol * tol;
@@ -215,6 +218,16 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
             const T x = ap[r * L + l], y = aq[r * L + l];
             ap[r * L + l] = x - sv[l] * (y + ta[l] * x);
             aq[r * L + l] = y + sv[l] * (x - ta[l] * y);
+          }
+        if (V == nullptr) continue;
+        T* vp = V + std::int64_t(p) * n * L;
+        T* vq = V + std::int64_t(q) * n * L;
+        for (int r = 0; r < n; ++r)
+#pragma omp simd
+          for (int l = 0; l < L; ++l) {
+            const T x = vp[r * L + l], y = vq[r * L + l];
+            vp[r * L + l] = x - sv[l] * (y + ta[l] * x);
+            vq[r * L + l] = y + sv[l] * (x - ta[l] * y);
           }
       }
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import baselines, metrics, problems
 from ._backend import backends, build_info
-from .metrics import svdvals, tensor_rank
+from .metrics import svd, svdvals, tensor_rank
 from .models import CPFactorization, DeepFactorization
 from .problems import completion, sensing, tensor_completion
 from .sweep import SweepResult, load_sweep, sweep
@@ -35,6 +35,7 @@ __all__ = [
     "metrics",
     "problems",
     "sensing",
+    "svd",
     "svdvals",
     "sweep",
     "tensor_completion",

@@ -42,6 +42,14 @@ def dmf_loss(
     product: np.ndarray,
 ) -> None: ...
 def svdvals(X: np.ndarray, s: np.ndarray, info: np.ndarray, max_sweeps: int = 40) -> None: ...
+def svd(
+    X: np.ndarray,
+    U: np.ndarray,
+    s: np.ndarray,
+    Vh: np.ndarray,
+    info: np.ndarray,
+    max_sweeps: int = 40,
+) -> None: ...
 def svals_metrics(
     s: np.ndarray, kinds: np.ndarray, params: np.ndarray, out: np.ndarray
 ) -> None: ...

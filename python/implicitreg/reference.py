@@ -208,16 +208,23 @@ def dmf_step(
 _SVALS_KINDS = {FRO, NUC, SPECTRAL, SCHATTEN, ERANK, RANK, DIST_RANK}  # from singular values
 
 
-def svdvals(X):
-    """(s (B, min(m, n)) descending, info (B,)) by LAPACK; NaN values for non-finite X."""
+def svd(X, compute_uv: bool = True) -> tuple:
+    """LAPACK's thin SVD of each matrix of X (B, m, n): (U (B, m, k), s (B, k) descending,
+    Vh (B, k, n), info (B,)), k = min(m, n), or (s, info) without compute_uv; NaN everywhere
+    for a matrix with a non-finite entry."""
     B, m, n = X.shape
-    s = np.full((B, min(m, n)), np.nan, dtype=X.dtype)
-    info = np.zeros(B, dtype=np.int8)
+    k = min(m, n)
     fin = np.isfinite(X).all(axis=(1, 2))
-    if fin.any():
-        s[fin] = np.linalg.svd(X[fin], compute_uv=False)
-    info[~fin] = SVD_NON_FINITE
-    return s, info
+    shapes = [(B, m, k), (B, k), (B, k, n)] if compute_uv else [(B, k)]
+    out = [np.full(shape, np.nan, dtype=X.dtype) for shape in shapes]
+    if fin.any() and k:
+        if compute_uv:
+            got = tuple(np.linalg.svd(X[fin], full_matrices=False))
+        else:
+            got = (np.linalg.svd(X[fin], compute_uv=False),)
+        for o, g in zip(out, got, strict=True):
+            o[fin] = g
+    return (*out, np.where(fin, 0, SVD_NON_FINITE).astype(np.int8))
 
 
 def _svals_metric(kind: int, param: float, rtol: float, s: np.ndarray) -> np.ndarray:
@@ -299,7 +306,7 @@ def dmf_measure(factors, target, mask, A, y, kinds, params, truth=None):
     loss, E = dmf_loss(factors, target, mask, A, y)
     s = None
     if any(int(kd) == SVALS or int(kd) in _SVALS_KINDS for kd in kinds):
-        s = svdvals(E)[0]
+        s = svd(E, compute_uv=False)[0]
     rows = []
     for kd, (p, r) in zip(kinds, params, strict=True):
         kd = int(kd)

@@ -25,6 +25,14 @@ template <class T>
 void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
              int max_sweeps = kMaxSweeps);
 
+// The thin SVD X = U diag(s) Vh of X (batch, m, n) C-contiguous: U (batch, m, k), s (batch,
+// k) descending, Vh (batch, k, n), k = min(m, n), by one-sided Jacobi with the rotations
+// accumulated; left vectors of zero singular values complete U to orthonormal columns. info
+// and non-finite or unconverged matrices as svdvals (NaN everywhere for a non-finite one).
+template <class T>
+void svd(const T* X, std::int64_t batch, int m, int n, T* U, T* s, T* Vh, std::int8_t* info,
+         int max_sweeps = kMaxSweeps);
+
 // Metrics of singular values s (batch, k), descending: out[i * batch + b] = spec i of problem
 // b. Only the kinds kFro ... kDistRank. NaN singular values give NaN metrics.
 template <class T>

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from ..metrics import svdvals, tensor_rank
+from ..metrics import svd, svdvals, tensor_rank
 from ..models import CPFactorization, DeepFactorization
 from ..problems import (
     observe_first,
@@ -240,6 +240,23 @@ def _svd_case(name, n, B, dtype, targets=()):
     )
 
 
+def _svd_vectors_case(name, n, B, dtype, targets=()):
+    def build(peers):
+        X = np.random.default_rng(0).standard_normal((B, n, n)).astype(dtype)
+        fns = {"cpu": lambda: svd(X), "numpy": lambda: svd(X, backend="numpy")}
+
+        def compare(got, want):  # the values, and each side's own X = U diag(S) Vh
+            U, S, Vh = (np.asarray(a, np.float64) for a in got)
+            s1 = np.asarray(want[1], np.float64)[:, :1]
+            rec = np.abs((U * S[:, None, :]) @ Vh - X).max(axis=(1, 2))[:, None]
+            return float(np.max(np.maximum(np.abs(S - want[1]), rec) / s1))
+
+        return _call_sides(fns, compare, 1e-12 * n)
+
+    title = f"{n}x{n} random normal, B={B}"
+    return Case(name, "svd", title, "matrices/s", B, dtype, None, build, targets, peers=())
+
+
 def _cp_problem(order, dim, B, n):
     dims = (dim,) * order
     targets, orders = random_cp_tensor(dims, 1, batch=B, seed=0)
@@ -389,6 +406,8 @@ def cases() -> list[Case]:
         _svd_case("svdvals-2x2-f32", 2, 65536, "float32"),
         _svd_case("svdvals-8x8-f64", 8, 8192, "float64"),
         _svd_case("svdvals-32x32-f64", 32, 1024, "float64"),
+        _svd_vectors_case("svd-8x8-f64", 8, 8192, "float64", (("numpy", 5.0),)),
+        _svd_vectors_case("svd-32x32-f64", 32, 1024, "float64", (("numpy", 2.0),)),
         _cp_case(
             "cp_step-o3-rmsprop-f64",
             3,
