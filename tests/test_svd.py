@@ -22,9 +22,9 @@ def _check(X, U, S, Vh):
     ref = np.linalg.svd(X.astype(np.float64), compute_uv=False)
     s1 = ref[:, :1]
     U, S, Vh = (a.astype(np.float64) for a in (U, S, Vh))
-    I = np.eye(k)
-    assert np.linalg.norm(np.swapaxes(U, 1, 2) @ U - I, 2, axis=(1, 2)).max() <= 10 * n * eps
-    assert np.linalg.norm(Vh @ np.swapaxes(Vh, 1, 2) - I, 2, axis=(1, 2)).max() <= 10 * n * eps
+    eye = np.eye(k)
+    assert np.linalg.norm(np.swapaxes(U, 1, 2) @ U - eye, 2, axis=(1, 2)).max() <= 10 * n * eps
+    assert np.linalg.norm(Vh @ np.swapaxes(Vh, 1, 2) - eye, 2, axis=(1, 2)).max() <= 10 * n * eps
     rec = np.linalg.norm((U * S[:, None, :]) @ Vh - X, 2, axis=(1, 2))
     assert (rec <= 10 * n * eps * s1[:, 0]).all()
     assert (np.abs(S - ref) <= 10 * n * eps * s1).all()

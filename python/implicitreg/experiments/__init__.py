@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from ..sweep import SweepResult, load_sweep, sweep
-from . import matrix, tensor  # noqa: F401  (they register the experiments)
+from . import matrix, nuclear, tensor  # noqa: F401  (they register the experiments)
 from .registry import EXPERIMENTS, Experiment, get, stats
 
 __all__ = ["EXPERIMENTS", "Experiment", "get", "replot", "report_text", "reproduce", "stats"]

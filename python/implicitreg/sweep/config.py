@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import problems as problems_mod
-from .._checks import choice, integer
+from .._checks import choice, integer, positive
 from ..baselines import schatten_p
 from ..models import CPFactorization
 from ..models.crossings import loss_thresholds
@@ -74,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
     # how it is trained and what is recorded (optimizer None: the model's, MODEL_DEFAULTS)
     "lr": 1e-3,
     "optimizer": None,
+    # the optimizer's eps (group_rmsprop, adam); None: the model's default
+    "optimizer_eps": None,
     "max_steps": 10_000,
     "tol": None,
     "log": 200,
@@ -113,6 +115,7 @@ _COMMON_KEYS = (
     "problem",
     "lr",
     "optimizer",
+    "optimizer_eps",
     "max_steps",
     "tol",
     "log",
@@ -246,8 +249,11 @@ def _check(cfg: dict, given: set[str]) -> dict:
         # the matrix model's default, recorded by omission: configs (and so results
         # directories) written before it had a choice stay the same
         takes = takes - {"optimizer"}
-    if not cfg["min_norms"]:  # likewise
-        takes = takes - {"min_norms"}
+    if cfg["optimizer_eps"] is not None:
+        cfg["optimizer_eps"] = positive(cfg["optimizer_eps"], "optimizer_eps")
+    for key, unset in (("min_norms", ()), ("optimizer_eps", None)):  # likewise
+        if cfg[key] == unset:
+            takes = takes - {key}
     return {k: v for k, v in cfg.items() if k in takes}
 
 

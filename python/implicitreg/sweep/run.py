@@ -75,6 +75,7 @@ def run_batch(
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
         optimizer=optimizer_of(c0),
+        eps=c0.get("optimizer_eps"),
     )
     seconds = time.perf_counter() - t0
     cols = _result_columns(traj)
@@ -124,6 +125,7 @@ def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint, 
         log=log_of(c0["log"]),
         metrics=c0["metrics"],
         optimizer=optimizer_of(c0),
+        eps=c0.get("optimizer_eps"),
         patience=c0["patience"],
         check_every=c0["check_every"],
         progress=advance,
