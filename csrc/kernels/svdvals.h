@@ -208,27 +208,20 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
           norm2[q * L + l] = aqq[i * L + l];
         }
         if (need[i] == T(0)) continue;
-        T* ap = col(p);
-        T* aq = col(q);
         const T* ta = tau + i * L;
         const T* sv = sn + i * L;
-        for (int r = 0; r < m; ++r)
+        // the pair's rotation, on columns of `rows` entries: A's, and V's when accumulated
+        auto rotate = [&](T* ap, T* aq, int rows) {
+          for (int r = 0; r < rows; ++r)
 #pragma omp simd
-          for (int l = 0; l < L; ++l) {
-            const T x = ap[r * L + l], y = aq[r * L + l];
-            ap[r * L + l] = x - sv[l] * (y + ta[l] * x);
-            aq[r * L + l] = y + sv[l] * (x - ta[l] * y);
-          }
-        if (V == nullptr) continue;
-        T* vp = V + std::int64_t(p) * n * L;
-        T* vq = V + std::int64_t(q) * n * L;
-        for (int r = 0; r < n; ++r)
-#pragma omp simd
-          for (int l = 0; l < L; ++l) {
-            const T x = vp[r * L + l], y = vq[r * L + l];
-            vp[r * L + l] = x - sv[l] * (y + ta[l] * x);
-            vq[r * L + l] = y + sv[l] * (x - ta[l] * y);
-          }
+            for (int l = 0; l < L; ++l) {
+              const T x = ap[r * L + l], y = aq[r * L + l];
+              ap[r * L + l] = x - sv[l] * (y + ta[l] * x);
+              aq[r * L + l] = y + sv[l] * (x - ta[l] * y);
+            }
+        };
+        rotate(col(p), col(q), m);
+        if (V != nullptr) rotate(V + std::int64_t(p) * n * L, V + std::int64_t(q) * n * L, n);
       }
     }
   }
