@@ -144,17 +144,24 @@ def svdvals(
     lead, (m, n) = a.shape[:-2], a.shape[-2:]
     s, info = ops.svdvals(a.reshape((math.prod(lead), m, n)), backend, max_sweeps)
     s = s.reshape(lead + (min(m, n),))
-    if return_info:  # names are host strings
-        return s, np.asarray(SVD_INFO_NAMES, dtype=str)[to_host(info)].reshape(lead)
+    names = _sweep_info(info, lead, return_info, "svdvals", "values", max_sweeps)
+    return (s, names) if return_info else s
+
+
+def _sweep_info(info, lead, return_info: bool, fn: str, what: str, max_sweeps: int):
+    """The names of info (host strings, shape lead) with return_info; else None, after a
+    RuntimeWarning (at the caller's caller) for the matrices that reached the sweep cap."""
+    if return_info:
+        return np.asarray(SVD_INFO_NAMES, dtype=str)[to_host(info)].reshape(lead)
     bad = int((info == 1).sum())
     if bad:
         warnings.warn(
-            f"svdvals: {bad} matrices did not converge within {max_sweeps} Jacobi "
-            "sweeps; their values are the last iterates",
+            f"{fn}: {bad} matrices did not converge within {max_sweeps} Jacobi sweeps; their "
+            f"{what} are the last iterates",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return s
+    return None
 
 
 def svd(
@@ -178,17 +185,8 @@ def svd(
     k = min(m, n)
     U, s, Vh, info = ops.svd(a.reshape((math.prod(lead), m, n)), backend, max_sweeps)
     out = (U.reshape(lead + (m, k)), s.reshape(lead + (k,)), Vh.reshape(lead + (k, n)))
-    if return_info:
-        return out + (np.asarray(SVD_INFO_NAMES, dtype=str)[to_host(info)].reshape(lead),)
-    bad = int((to_host(info) == 1).sum())
-    if bad:
-        warnings.warn(
-            f"svd: {bad} matrices did not converge within {max_sweeps} Jacobi sweeps; their "
-            "factors are the last iterates",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return out
+    names = _sweep_info(info, lead, return_info, "svd", "factors", max_sweeps)
+    return out + (names,) if return_info else out
 
 
 def _svals(X, svals, backend: str | None):

@@ -100,12 +100,15 @@ def _min_norm_columns(problem, norm: str) -> dict:
         f"min_{norm}_erank": effective_rank(fit.matrices),
     }
     if problem.truth is not None:
-        B = problem.batch
-        truth = np.broadcast_to(problem.truth, fit.matrices.shape).reshape(B, -1)
-        cols[f"min_{norm}_recon_error"] = np.linalg.norm(
-            fit.matrices.reshape(B, -1) - truth, axis=1
-        ) / np.linalg.norm(truth, axis=1)
+        cols[f"min_{norm}_recon_error"] = _relative_error(fit.matrices, problem.truth)
     return cols
+
+
+def _relative_error(X: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """||X_b - truth_b||_F / ||truth_b||_F per problem b (truth broadcast over the batch)."""
+    B = X.shape[0]
+    t = np.broadcast_to(truth, X.shape).reshape(B, -1)
+    return np.linalg.norm(X.reshape(B, -1) - t, axis=1) / np.linalg.norm(t, axis=1)
 
 
 def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint, checkpoint_every):
@@ -132,7 +135,6 @@ def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint, 
         checkpoint=checkpoint,
         checkpoint_every=checkpoint_every,
     )
-    B = problem.batch
     cols = _result_columns(traj)
     restarts = int(c0["rank_restarts"])
     if restarts:
@@ -147,10 +149,7 @@ def _run_cp_batch(configs, whole, problem, seeds, backend, advance, checkpoint, 
         )
     if c0["baseline"]:
         mem = memorizer(problem)
-        truth = np.broadcast_to(problem.targets, mem.shape).reshape(B, -1)
-        cols["memorizer_error"] = np.linalg.norm(
-            mem.reshape(B, -1) - truth, axis=1
-        ) / np.linalg.norm(truth, axis=1)
+        cols["memorizer_error"] = _relative_error(mem, problem.targets)
         if restarts:
             cols["memorizer_rank"] = tensor_rank(
                 mem,
