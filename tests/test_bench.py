@@ -10,12 +10,14 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+import implicitreg as ir
 from conftest import needs_source_tree
-from implicitreg.bench import Peers, dmf_flops, fma_peak
+from implicitreg.bench import Peers, dmf_flops, fma_peak, measured_peak
 from implicitreg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +79,7 @@ def test_table_json_ratios_peak_and_missing_peers(tmp_path, capsys):
     assert row["ratios"]["numpy"] == pytest.approx(cpu["rate"] / numpy_["rate"])
     assert row["flops_per_unit"] == dmf_flops(2, 3) == 132
     assert rep["peak"]["float64"] == 1e11 and rep["peak"]["float32"] == 2e11
+    assert rep["peak"]["measured"]["float64"]["all_threads"] > 0  # measured all the same
     assert row["pct_peak"] == pytest.approx(100 * 132 * cpu["rate"] / 1e11)
     # no peers.py: both peer columns say so and the run goes on
     for p in ("torch", "jax"):
@@ -147,8 +150,55 @@ def test_fma_peak_states_its_formula():
         assert peak["float32"] == 2 * peak["float64"]
         assert "2 x 8 x 2 x 2" in peak["formula"]
     else:
-        assert "--peak-gflops" in peak["formula"]
+        assert "--peak-gflops" in peak["text"]
     assert fma_peak(info, 150.0)["float64"] == 1.5e11
+
+
+def test_the_measured_peak_is_the_reference_and_the_formula_its_cross_check():
+    measured = {
+        "threads": 2,
+        "float64": {"all_threads": 9e10, "one_thread": 4.6e10},
+        "float32": {"all_threads": 1.8e11, "one_thread": 9.1e10},
+    }
+    peak = fma_peak({"threads": 2, "simd_lanes_f64": 8}, None, measured)
+    assert (peak["float64"], peak["float32"], peak["source"]) == (9e10, 1.8e11, "measured")
+    assert "90 Gflop/s float64, 180 float32 (one thread: 46, 91)" in peak["text"]
+    assert peak["formula"].startswith("formula: ")
+    # a figure given by the user replaces the measurement, which stays in the report
+    given = fma_peak({"threads": 2, "simd_lanes_f64": 8}, 150.0, measured)
+    assert given["float64"] == 1.5e11 and given["measured"] is measured
+
+
+def test_fma_probe_measures_flops_per_second():
+    """The probe's rate times its own duration is the work done: twice the rounds, twice the
+    flops, whatever the machine's speed; float32 has twice the lanes of float64."""
+    core = ir._backend._core
+    elapsed, flops = {}, {}
+    for rounds in (2_000_000, 4_000_000):
+        core.fma_probe("float64", 1, rounds // 10)  # clock ramp
+        t0 = time.perf_counter()
+        rate = core.fma_probe("float64", 1, rounds)
+        elapsed[rounds] = time.perf_counter() - t0
+        flops[rounds] = rate * elapsed[rounds]
+    assert flops[4_000_000] / flops[2_000_000] == pytest.approx(2.0, rel=0.35)
+    m = measured_peak(core, 2, repeats=3, seconds=0.02)
+    assert m["threads"] == 2
+    for dtype in ("float64", "float32"):
+        assert m[dtype]["one_thread"] > 1e8 and m[dtype]["all_threads"] > 1e8
+    assert m["float32"]["one_thread"] > 1.3 * m["float64"]["one_thread"]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("int8", 1, 10), "dtype must be 'float32' or 'float64', got 'int8'"),
+        (("float64", 0, 10), "threads must be >= 1, got 0"),
+        (("float64", 1, 0), "rounds must be >= 1, got 0"),
+    ],
+)
+def test_fma_probe_refuses_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        ir._backend._core.fma_probe(*args)
 
 
 @pytest.mark.parametrize(

@@ -105,16 +105,27 @@ def test_each_level_exports_the_same_module(level):
 
 @pytest.mark.parametrize("level", RUNNABLE or [BUILT])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_each_level_steps_as_the_oracle(level, dtype):
-    """DMF steps (3x3 depth 3, a batch that is not a multiple of any pack width) and svdvals."""
+@pytest.mark.parametrize(
+    "dims, B",
+    [
+        ([3, 3, 3, 3], 37),  # lanes over problems; a batch off every pack width
+        ([30, 530, 27], 2),  # the packed product: every tile edge, more than one k block
+    ],
+)
+def test_each_level_steps_as_the_oracle(level, dtype, dims, B):
+    """DMF steps at depth len(dims) - 1, and svdvals."""
     module = (
         _backend._baseline if ONE_BUILD else importlib.import_module(_backend._cpu_module(level))
     )
     rng = np.random.default_rng(1)
-    B, d = 37, 3
-    factors = [(0.5 * rng.standard_normal((B, d, d))).astype(dtype) for _ in range(3)]
-    target = rng.standard_normal((B, d, d)).astype(dtype)
-    mask = rng.random((B, d, d)) < 0.6
+    factors = [
+        (rng.standard_normal((B, dims[j], dims[j - 1])) / np.sqrt(dims[j] + dims[j - 1])).astype(
+            dtype
+        )
+        for j in range(1, len(dims))
+    ]
+    target = rng.standard_normal((B, dims[-1], dims[0])).astype(dtype)
+    mask = rng.random((B, dims[-1], dims[0])) < 0.6
     results = []
     for backend in (module, reference):
         fs = [f.copy() for f in factors]

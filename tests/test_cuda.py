@@ -152,6 +152,9 @@ CASES = {
     "5x4-d1": dict(m=5, n=4, depth=1),
     "16x16-d3": dict(m=16, n=16, depth=3),
     "48x48-d3": dict(m=48, n=48, depth=3, batch=3),
+    # research scale, the block path with its matrices in global memory; not emulated (each
+    # block's 256 threads as host threads: minutes), where 48x48 covers the same path
+    "100x100-d3": dict(m=100, n=100, depth=3, batch=3, scale=0.1, emulated=False),
     "sensing-3x3": dict(m=3, n=3, depth=3, sensing=9, lr=(5e-4, 2e-3)),
     "sensing-5x6-block": dict(m=5, n=6, depth=3, sensing=40, lr=(2e-4, 1e-3)),
 }
@@ -173,6 +176,7 @@ def _problem(case: dict, batch: int, seed: int = 0):
 def _pair(case: dict, dtype: str, scale=0.5, batch=None, backend="cuda"):
     """The same start on cpu and on cuda (or backend)."""
     batch = batch or case.get("batch", 9)
+    scale = case.get("scale", scale)
     p = _problem(case, batch)
     cpu = ir.DeepFactorization.init(
         p,
@@ -215,8 +219,14 @@ def _dmf_lr(case: dict, batch: int) -> np.ndarray:
     return np.geomspace(*case.get("lr", (2e-3, 2e-2)), batch)  # stable GD
 
 
+def _skip_unemulated(dev, case: dict) -> None:
+    if dev.name == "emulated" and not case.get("emulated", True):
+        pytest.skip("too large for the emulation; the 48x48 case runs the same path there")
+
+
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_step_matches_cpu_over_1000_steps(dev, case, dtype):
+    _skip_unemulated(dev, CASES[case])
     cpu, gpu = _pair(CASES[case], dtype, batch=3 if dev.name == "emulated" else None)
     lr = _dmf_lr(CASES[case], cpu.batch)
     cpu.step(lr, STEPS[dev.name], tol=STEP_TOL)
@@ -227,8 +237,8 @@ def test_step_matches_cpu_over_1000_steps(dev, case, dtype):
 
 
 # Each CUDA path with the unfused optimizers: a thread per problem (2x2), a block in shared
-# memory (5x5, sensing), a block in global memory (48x48).
-OPTIMIZER_CASES = ["2x2-d3", "5x5-d3", "sensing-5x6-block", "48x48-d3"]
+# memory (5x5, sensing), a block in global memory (48x48, 100x100).
+OPTIMIZER_CASES = ["2x2-d3", "5x5-d3", "sensing-5x6-block", "48x48-d3", "100x100-d3"]
 OPTIMIZER_STEPS = {"simulated": 300, "emulated": 12, "cuda": 300}
 
 
@@ -241,10 +251,12 @@ def _moments(f) -> list:
 def test_step_optimizers_match_cpu(dev, case, optimizer, dtype):
     """group_rmsprop and adam: factors, running means, counts and moments as on cpu (300
     steps on a device: adam near a fit is as chaotic as group_rmsprop past ~800)."""
-    batch = 2 if dev.name == "emulated" else (3 if case == "48x48-d3" else 9)
+    _skip_unemulated(dev, CASES[case])
+    large = CASES[case]["m"] >= 48
+    batch = 2 if dev.name == "emulated" else (3 if large else 9)
     cpu, gpu = _pair(CASES[case], dtype, batch=batch)
     lr = 0.1 * _dmf_lr(CASES[case], cpu.batch)
-    steps = OPTIMIZER_STEPS[dev.name] // (4 if case == "48x48-d3" else 1)
+    steps = OPTIMIZER_STEPS[dev.name] // (4 if large else 1)
     for f in (cpu, gpu):
         f.step(lr, steps, tol=STEP_TOL, optimizer=optimizer)
     dev.check(gpu.factors + [gpu._v] + _moments(gpu), cpu.factors + [cpu._v] + _moments(cpu), dtype)

@@ -136,13 +136,21 @@ def test_cpu_matches_numpy_shapes(dims, kind, batch, tol):
         assert max_rel_diff(f.factors, factors) > 100 * tol[dtype]
 
 
-@pytest.mark.parametrize("kind", ["completion", "sensing"])
-def test_large_problems_one_per_pack(kind):
-    """Problems whose pack would not fit in L2 run one per pack: same math, same answers."""
-    if kind == "completion":  # 64 x 64, widths 64: ~37k values per problem
-        dims, batch = [64, 64, 64], 3
-    else:  # 12 x 12 with 250 measurement matrices
-        dims, batch = [12, 12, 12, 12], 3
+@pytest.mark.parametrize(
+    "kind, dims",
+    [
+        ("completion", [64, 64, 64]),  # ~37k values per problem
+        # rows and columns off every tile size; 530 is more than one k block of the packed
+        # product at every SIMD width (csrc/kernels/gemm.h)
+        ("completion", [30, 530, 27]),
+        ("completion", [45, 100, 37, 26]),
+        ("sensing", [12, 12, 12, 12]),  # with 250 measurement matrices
+    ],
+)
+def test_large_problems_one_per_pack(kind, dims):
+    """Problems whose pack would not fit in L2, or wide enough for the packed product, run one
+    per pack: same math, same answers."""
+    batch = 3
     rng = np.random.default_rng(0)
     m, n = dims[-1], dims[0]
     if kind == "completion":

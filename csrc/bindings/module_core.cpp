@@ -178,6 +178,21 @@ PYBIND11_MODULE(IMPLICITREG_MODULE, m) {
       py::arg("max_iter"), py::arg("seed"), py::arg("index"), py::arg("restart"),
       "Mean squared error of the CP-ALS fit of rank r from the seeded start (index, restart).");
 
+  m.def(
+      "fma_probe",
+      [](const std::string& dtype, int threads, std::int64_t rounds) {
+        require(dtype == "float32" || dtype == "float64", "fma_probe",
+                "dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        require(threads >= 1, "fma_probe", "threads must be >= 1, got " + std::to_string(threads));
+        require(rounds >= 1, "fma_probe", "rounds must be >= 1, got " + std::to_string(rounds));
+        py::gil_scoped_release nogil;
+        return dtype == "float32" ? ir::cpu::fma_probe<float>(threads, rounds)
+                                  : ir::cpu::fma_probe<double>(threads, rounds);
+      },
+      py::arg("dtype"), py::arg("threads"), py::arg("rounds"),
+      "Measured multiply-add throughput (flop/s) of `threads` threads, each running `rounds` "
+      "rounds of independent FMA chains on the kernels' SIMD vectors.");
+
   m.def("cpu_levels", &cpu_levels,
         "The x86-64 levels (v2, v3, v4) this CPU supports, from CPUID; empty elsewhere.");
 

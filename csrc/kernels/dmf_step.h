@@ -23,6 +23,7 @@
 
 #include "implicitreg/dmf_step.h"
 #include "kernels/freeze.h"
+#include "kernels/gemm.h"
 #include "kernels/hd.h"
 #include "kernels/optimizer.h"
 
@@ -80,7 +81,11 @@ IR_HD IR_INLINE void pack_products(int M, int K, int N, FA a, FB b, Store store)
 template <class T, int L, bool Block>
 IR_HD IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
                              int K, int N) {
-  if constexpr (L == 1) {  // one big problem: rows of C accumulate, contiguous in j
+  if constexpr (L == 1 && Block) {  // one big problem (CPU only): the packed product
+    gemm::product(C, A, K, 1, B, N, 1, M, K, N);
+    return;
+  }
+  if constexpr (L == 1) {  // one small problem: rows of C accumulate, contiguous in j
     for (int i = 0; i < M; ++i) {
       T* c = C + i * N;
       for (int j = 0; j < N; ++j) c[j] = A[i * K] * B[j];
@@ -115,6 +120,10 @@ IR_HD IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __
 template <class T, int L, bool Block>
 IR_HD IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T* __restrict B,
                                 int M, int K, int N) {
+  if constexpr (L == 1 && Block) {
+    gemm::product(C, A, 1, M, B, N, 1, M, K, N);
+    return;
+  }
   if constexpr (L == 1) {
     for (int i = 0; i < M; ++i) {
       T* c = C + i * N;
@@ -168,6 +177,15 @@ template <bool Fused, class T, int L, bool Block>
 IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, const T* __restrict H,
                                     const T* __restrict P, const T* __restrict lr,
                                     T* __restrict fin, int M, int K, int N) {
+  if constexpr (L == 1 && Block) {  // the gradient into Wn, then the update in place
+    gemm::product(Wn, H, K, 1, P, 1, K, M, K, N);
+    if constexpr (Fused)
+      for (int e = 0; e < M * N; ++e) {
+        const T g = Wn[e];
+        pack_store<true, T, 1>(Wn + e, W + e, lr, fin, &g);
+      }
+    return;
+  }
   if constexpr (L == 1) {  // dot products of contiguous rows, vectorized as a reduction
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) {

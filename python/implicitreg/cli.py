@@ -360,8 +360,9 @@ def _parser() -> argparse.ArgumentParser:
         "--peak-gflops",
         type=_positive(float),
         metavar="G",
-        help="float64 FMA peak of this machine in Gflop/s (default: cores x "
-        "SIMD lanes x 2 FMA units x 2 x clock); float32 is twice it",
+        help="float64 FMA peak of this machine in Gflop/s, in place of the one "
+        "measured by an FMA probe (the formula cores x SIMD lanes x 2 FMA units x 2 x clock "
+        "is printed beside it); float32 is twice it",
     )
     bench.add_argument("--json", metavar="F", help="write the results to this JSON file")
     bench.set_defaults(fn=_bench)

@@ -90,4 +90,11 @@ int simd_lanes_f64();
 bool openmp_enabled();
 int max_threads();
 
+namespace cpu {
+// The measured multiply-add throughput in flop/s of `threads` threads, each running `rounds`
+// rounds of independent FMA chains on the kernels' vectors (cpu/fma_probe.cpp).
+template <class T>
+double fma_probe(int threads, std::int64_t rounds);
+}  // namespace cpu
+
 }  // namespace implicitreg

@@ -9,7 +9,8 @@ backend's; a side that does not is flagged `!` and no target is judged against i
 side's steps (or calls) per sample are sized to take about `sample_s` seconds after a
 warm-up (which absorbs compilation); then the sides take turns for `repeats` rounds, each
 sample from the same start, so that all see the same machine load; rate = batch * steps /
-median seconds. % peak = flops per unit * rate / the FMA peak of the dtype (`fma_peak`).
+median seconds. % peak = flops per unit * rate / the FMA peak of the dtype (`fma_peak`): the
+throughput an FMA probe measures on this machine, beside the formula's figure.
 
 The modules: `harness` (sides, cases, timers, sizing and timing, peer loading; shared with
 benchmarks/bench_gpu.py and the other scripts in benchmarks/), `cases` (this command's cases
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import build_info
+from .. import _backend, build_info
 from .cases import ALL_METRICS, CHECK_STEPS, STEP_RTOL, cases, cp_flops, dmf_flops, select
 from .harness import (
     MAX_UNITS,
@@ -47,7 +48,7 @@ from .harness import (
     time_sides,
     write_json,
 )
-from .report import FMA_UNITS, fma_peak, notes, print_report, run_case, table
+from .report import FMA_UNITS, fma_peak, measured_peak, notes, print_report, run_case, table
 
 SIDES = ("cpu", "numpy") + PEERS
 
@@ -69,6 +70,7 @@ __all__ = [
     "cp_flops",
     "dmf_flops",
     "fma_peak",
+    "measured_peak",
     "notes",
     "rel_change_diff",
     "rel_diff",
@@ -89,13 +91,17 @@ def run(args, timer=WALL_CLOCK) -> int:
     sample_s = args.sample_s or (0.1 if quick else 0.3)
     chosen = select(args.only, cases())
     info = build_info()
-    peak = fma_peak(info, args.peak_gflops)
+    threads = info["threads"]
+    assert isinstance(threads, int)
+    measured = measured_peak(_backend._core, threads, repeats, seconds=0.02 if quick else 0.05)
+    peak = fma_peak(info, args.peak_gflops, measured)
     peers = Peers(args.peers)
     print(
         f"implicitreg {info['version']} bench: {info['cpu_flags']}, {info['threads']} "
         f"threads; median of {repeats} samples of about {sample_s:g} s, after a warm-up"
     )
-    print(peak["formula"])
+    print(peak["text"])
+    print(f"  cross-check, {peak['formula']}")
     print(f"peers: {peers.path if peers.path else peers.missing}", flush=True)
     report: dict[str, Any] = {
         "benchmark": "implicitreg bench",

@@ -173,6 +173,8 @@ def _peer(peers: Peers, name: str, make):
 
 
 def _dmf_case(name, d, B, dtype, std, lr, check_lr, targets=()):
+    """DMF steps at depth 3 on d x d problems (the paper's 2x2, else rank-3 completion with
+    half the entries observed), factors of entries N(0, std^2)."""
     depth = 3
 
     def build(peers):
@@ -384,6 +386,19 @@ def cases() -> list[Case]:
             (("torch", 2.0), ("peak", 40.0)),
         ),
         _dmf_case("dmf_step-16x16-f32", 16, 1024, "float32", 0.125, 1e-4, 1e-3),
+        # research sizes, the batch sized to about 1 Gflop per step (100x100: 0.77)
+        _dmf_case("dmf_step-64x64-f64", 64, 317, "float64", 0.1, 1e-4, 1e-3, (("numpy", 2.0),)),
+        _dmf_case(
+            "dmf_step-100x100-f64",
+            100,
+            64,
+            "float64",
+            0.08,
+            1e-4,
+            1e-3,
+            (("numpy", 2.0), ("peak", 50.0)),
+        ),
+        _dmf_case("dmf_step-128x128-f64", 128, 40, "float64", 0.07, 1e-4, 1e-3, (("numpy", 2.0),)),
         _dmf_numpy_only(
             "dmf_loss-16x16",
             "dmf_loss",

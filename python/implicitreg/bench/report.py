@@ -3,6 +3,7 @@ targets judged), the table and its notes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .harness import PEERS, WALL_CLOCK, Case, Peers, Side, note_lines, time_sides
@@ -33,40 +34,66 @@ def _clock_hz() -> tuple[float | None, str]:
     return None, "unknown"
 
 
-def fma_peak(info: dict, peak_gflops: float | None = None) -> dict:
-    """FMA peak in flop/s per dtype: threads x SIMD lanes x FMA units x 2 flops x clock
-    (float32 has twice the float64 lanes), or the user's float64 figure (float32: twice)."""
+def measured_peak(core, threads: int, repeats: int = 5, seconds: float = 0.05) -> dict:
+    """The FMA throughput (flop/s) the compiled probe measures on the kernels' SIMD vectors at
+    the loaded level: float64 and float32, on `threads` threads and on one; each the best of
+    `repeats` runs of about `seconds` (a first short run sizes them)."""
+    out: dict = {"threads": threads, "runs": f"best of {repeats} runs of about {seconds:g} s"}
+    for dtype in ("float64", "float32"):
+        rates = {}
+        for key, n in (("all_threads", threads), ("one_thread", 1)):
+            calibrate = 100_000
+            core.fma_probe(dtype, n, calibrate)  # starts the threads and the clock ramp
+            t0 = time.perf_counter()
+            core.fma_probe(dtype, n, calibrate)
+            rounds = max(calibrate, int(calibrate * seconds / (time.perf_counter() - t0)))
+            rates[key] = max(core.fma_probe(dtype, n, rounds) for _ in range(repeats))
+        out[dtype] = rates
+    return out
+
+
+def fma_peak(info: dict, peak_gflops: float | None = None, measured: dict | None = None) -> dict:
+    """The FMA peak (flop/s per dtype) that % peak divides by: the user's float64 figure
+    (--peak-gflops; float32 twice), else the probe's measurement on all threads
+    (`measured_peak`), else the formula threads x SIMD lanes x FMA units x 2 flops x clock.
+    The formula is always given beside it, as a cross-check ("formula")."""
+    cores, lanes = int(info.get("threads", 1)), int(info.get("simd_lanes_f64", 1))
+    hz, where = _clock_hz() if info else (None, "unknown")
+    out: dict = {"measured": measured}
+    if hz is None:
+        out["formula"] = "formula: unknown (no clock found)"
+    else:
+        f64 = cores * lanes * FMA_UNITS * 2 * hz
+        out.update(cores=cores, simd_lanes_f64=lanes, fma_units=FMA_UNITS, clock_hz=hz)
+        out["formula_float64"] = f64
+        out["formula"] = (
+            f"formula: cores x SIMD f64 lanes x FMA units x 2 flops x clock = {cores} x "
+            f"{lanes} x {FMA_UNITS} x 2 x {hz / 1e9:.2f} GHz ({where}) = "
+            f"{f64 / 1e9:.0f} Gflop/s float64, {2 * f64 / 1e9:.0f} float32 ({2 * lanes} lanes)"
+        )
     if peak_gflops is not None:
         f64 = float(peak_gflops) * 1e9
-        return {
-            "float64": f64,
-            "float32": 2 * f64,
-            "source": "--peak-gflops",
-            "formula": f"float64 peak {peak_gflops:g} Gflop/s (--peak-gflops); float32 twice that",
-        }
-    cores, lanes = int(info["threads"]), int(info["simd_lanes_f64"])
-    hz, where = _clock_hz()
-    if hz is None:
-        return {
-            "float64": None,
-            "float32": None,
-            "source": "unknown",
-            "formula": "peak unknown (no clock found): pass --peak-gflops",
-        }
-    f64 = cores * lanes * FMA_UNITS * 2 * hz
-    return {
-        "float64": f64,
-        "float32": 2 * f64,
-        "source": where,
-        "cores": cores,
-        "simd_lanes_f64": lanes,
-        "fma_units": FMA_UNITS,
-        "clock_hz": hz,
-        "formula": f"peak = cores x SIMD f64 lanes x FMA units x 2 flops x clock = {cores} x "
-        f"{lanes} x {FMA_UNITS} x 2 x {hz / 1e9:.2f} GHz ({where}) = "
-        f"{f64 / 1e9:.0f} Gflop/s float64, {2 * f64 / 1e9:.0f} float32 "
-        f"({2 * lanes} lanes)",
-    }
+        out.update({"float64": f64, "float32": 2 * f64, "source": "--peak-gflops"})
+        out["text"] = f"peak: {peak_gflops:g} Gflop/s float64 (--peak-gflops); float32 twice that"
+    elif measured is not None:
+        m64, m32 = measured["float64"], measured["float32"]
+        out.update(
+            {"float64": m64["all_threads"], "float32": m32["all_threads"], "source": "measured"}
+        )
+        out["text"] = (
+            f"peak: measured by the FMA probe on {measured['threads']} threads: "
+            f"{m64['all_threads'] / 1e9:.0f} Gflop/s float64, "
+            f"{m32['all_threads'] / 1e9:.0f} float32 (one thread: "
+            f"{m64['one_thread'] / 1e9:.0f}, {m32['one_thread'] / 1e9:.0f})"
+        )
+    elif hz is not None:
+        f64 = out["formula_float64"]
+        out.update({"float64": f64, "float32": 2 * f64, "source": where})
+        out["text"] = "peak: from the " + out["formula"]
+    else:
+        out.update({"float64": None, "float32": None, "source": "unknown"})
+        out["text"] = "peak unknown (no clock found): pass --peak-gflops"
+    return out
 
 
 # ----------------------------------------------------------------------------- one case
