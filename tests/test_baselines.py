@@ -169,6 +169,29 @@ def test_sweep_adds_each_minimizer_beside_the_trained_problems(tmp_path):
     assert (res.columns["min_nuclear_gap"] < 1e-8).all()
 
 
+def test_sweep_solves_each_distinct_problem_once(monkeypatch):
+    """Configs that differ only in training settings share their problems: the minimizer is
+    computed once per distinct problem, and every row of it gets the same values."""
+    from implicitreg.sweep import run
+
+    batches = []
+
+    def counting(problem, norm, **kw):
+        batches.append(problem.batch)
+        return min_norm(problem, norm, **kw)
+
+    monkeypatch.setattr(run, "min_norm", counting)
+    res = ir.sweep(
+        {**SWEEP, "min_norms": ("nuclear",)}, {"lr": [0.02, 0.01, 0.005]}, seeds=2, progress=False
+    )
+    assert batches == [2]  # 3 configs x 2 seeds, 2 distinct problems
+    p = ir.problems.random_low_rank_completion(4, 3, 1, 8, batch=2, seed=0)
+    want = min_norm(p, "nuclear").value
+    for lr in (0.02, 0.01, 0.005):
+        got = res.columns["min_nuclear"][res.rows(lr=lr)]
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_sweep_without_minimizers_records_no_key():
     res = ir.sweep(SWEEP, seeds=1, progress=False)
     assert "min_norms" not in res.configs[0]

@@ -169,6 +169,21 @@ def test_the_measured_peak_is_the_reference_and_the_formula_its_cross_check():
     assert given["float64"] == 1.5e11 and given["measured"] is measured
 
 
+def test_contention_runs_two_processes_and_reports_what_each_keeps(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["bench", "--contention", "--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert rep["processes"] == 2 and len(rep["together"]) == 2
+    for name in rep["alone"]:
+        assert rep["alone"][name] > 0
+        kept = [r[name] / rep["alone"][name] for r in rep["together"]]
+        assert rep["kept"][name] == pytest.approx(kept)
+        assert name in printed
+    assert rep["met"] == all(k >= 0.4 for ks in rep["kept"].values() for k in ks)
+    assert ("met" if rep["met"] else "MISSED") in printed
+
+
 def test_fma_probe_measures_flops_per_second():
     """The probe's rate times its own duration is the work done: twice the rounds, twice the
     flops, whatever the machine's speed; float32 has twice the lanes of float64."""

@@ -135,6 +135,18 @@ def test_ray_equals_local_bit_for_bit(tmp_path, base, grid):
     )
 
 
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_ray_tasks_run_with_the_threads_of_the_cpus_they_reserve(cpus):
+    @ray.remote(num_cpus=cpus)
+    def threads() -> tuple[int, int]:
+        from implicitreg import get_num_threads
+        from implicitreg.sweep.run import use_reserved_cpus
+
+        return use_reserved_cpus(ray), get_num_threads()
+
+    assert ray.get(threads.remote()) == (cpus, cpus)
+
+
 def test_batches_are_written_as_they_arrive(tmp_path):
     """A short batch that finishes first is on disk while a long one still runs."""
     out = tmp_path / "run"

@@ -11,6 +11,7 @@
 #include "bindings/codes.h"
 #include "bindings/cp_bindings.h"
 #include "bindings/dmf_bindings.h"
+#include "cpu/threads.h"
 #include "implicitreg/cp_step.h"
 #include "implicitreg/dmf_step.h"
 #include "implicitreg/metrics.h"
@@ -192,6 +193,24 @@ PYBIND11_MODULE(IMPLICITREG_MODULE, m) {
       py::arg("dtype"), py::arg("threads"), py::arg("rounds"),
       "Measured multiply-add throughput (flop/s) of `threads` threads, each running `rounds` "
       "rounds of independent FMA chains on the kernels' SIMD vectors.");
+
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        require(n >= 0, "set_num_threads", "n must be >= 0, got " + std::to_string(n));
+        ir::cpu::set_num_threads(n);
+      },
+      py::arg("n"),
+      "Threads of every CPU kernel call from now on (0: OpenMP's count: OMP_NUM_THREADS or "
+      "the cores).");
+  m.def("get_num_threads", &ir::cpu::num_threads,
+        "Threads a large CPU kernel call uses: the smaller of set_num_threads' count and "
+        "OpenMP's (OMP_NUM_THREADS, threadpoolctl's limit, the cores).");
+
+  m.def("team", &ir::cpu::team, py::arg("units"), py::arg("flops_per_unit"),
+        "Threads a CPU kernel call of `units` independent pieces of about `flops_per_unit` "
+        "flops each runs on (one when the work is too small to share).");
+  m.def("min_flops_per_thread", []() { return ir::cpu::kMinFlopsPerThread; });
 
   m.def("cpu_levels", &cpu_levels,
         "The x86-64 levels (v2, v3, v4) this CPU supports, from CPUID; empty elsewhere.");

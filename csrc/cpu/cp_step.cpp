@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/threads.h"
 #include "kernels/cp_step.h"
 #include "kernels/freeze.h"
 #include "kernels/hd.h"
@@ -319,7 +320,9 @@ void cp_step(T* const* factors, const CpShape& shape, const CpProblem<T>& proble
     numel *= shape.dims[n];
     size += std::int64_t(shape.dims[n]) * R;
   }
-#pragma omp parallel
+  // per step, at most every entry observed: 6 (N - 1) R flops each
+  const double problem_flops = double(steps + 1) * double(numel) * 6.0 * (N - 1) * R + size;
+#pragma omp parallel num_threads(cpu::team(shape.batch, problem_flops))
   {
     Workspace<T> ws;
     ws.grad.resize(size);
@@ -355,11 +358,12 @@ void cp_tensor(const T* const* factors, const CpShape& shape, T* out) {
   const int N = shape.order, R = shape.rank;
   std::int64_t numel = 1;
   for (int n = 0; n < N; ++n) numel *= shape.dims[n];
-#pragma omp parallel
+  const int threads = cpu::team(shape.batch, double(numel) * N * R);
+#pragma omp parallel num_threads(threads)
   {
     std::vector<int> d(N);
     std::vector<const T*> u(N);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, cpu::chunk(shape.batch, threads))
     for (std::int64_t b = 0; b < shape.batch; ++b) {
       T* o = out + b * numel;
       for (std::int64_t e = 0; e < numel; ++e) {

@@ -3,6 +3,8 @@
 // workspace, runs every step of the call on it in L1, and scatters it back. A short last pack
 // is padded with copies of its first problem, marked so that they are never written back, so
 // every problem runs the same instructions whatever the batch size.
+#include "implicitreg/dmf_step.h"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -10,11 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "implicitreg/dmf_step.h"
+#include "cpu/threads.h"
 #include "kernels/dmf_step.h"
 
 namespace implicitreg {
@@ -130,14 +128,25 @@ void gather_problem(const DmfProblem<T>& pb, int mn, std::int64_t b0, std::int64
   }
 }
 
-// Runs body(ws, problem, b0) for every pack of L problems starting at b0, on all threads,
-// each thread with its own workspace holding the pack's problem data.
+// Flops of one step of one problem: the forward and backward products, the residual (for the
+// thread count only, so roughly).
+template <class T, int L, class Dims>
+double step_flops(const PackLayout<T, L, Dims>& lay, const DmfProblem<T>& pb) {
+  const double mn = double(lay.d[lay.depth]) * lay.d[0];
+  double f = (pb.sensing ? 4.0 * pb.K : 4.0) * mn;
+  for (int j = 1; j <= lay.depth; ++j) f += 6.0 * lay.d[j] * lay.d[j - 1] * lay.d[0];
+  return f;
+}
+
+// Runs body(ws, problem, b0) for every pack of L problems starting at b0, each thread with
+// its own workspace holding the pack's problem data; `steps` steps per problem size the team.
 template <class T, int L, class Dims, class Body>
 void for_each_pack(const PackLayout<T, L, Dims>& lay, std::int64_t batch, const DmfProblem<T>& pb,
-                   bool adam, Body&& body) {
+                   bool adam, std::int64_t steps, Body&& body) {
   const std::int64_t npacks = (batch + L - 1) / L;
   const int mn = lay.d[lay.depth] * lay.d[0];
-#pragma omp parallel
+  const double pack_flops = L * double(steps + 1) * step_flops(lay, pb);
+#pragma omp parallel num_threads(cpu::team(npacks, pack_flops))
   {
     Workspace<T, L, Dims> ws(lay, pb, adam);
     const PackProblem<T> ppb = ws.problem(pb);
@@ -238,7 +247,7 @@ void step_impl(Dims dims, T* const* factors, const DmfShape& shape, const DmfPro
       if (opt.kind != kGd) opt.t[b0 + l] = o.t[l];
     }
   };
-  for_each_pack(lay, batch, pb, opt.kind == kAdam, run_pack);
+  for_each_pack(lay, batch, pb, opt.kind == kAdam, steps, run_pack);
 }
 
 template <class T, int L, class Dims>
@@ -258,7 +267,7 @@ void loss_impl(Dims dims, const T* const* factors, const DmfShape& shape, const 
       for (int e = 0; e < mn; ++e) dst[e] = E[e * L + l];
     }
   };
-  for_each_pack(lay, batch, pb, false, measure_pack);
+  for_each_pack(lay, batch, pb, false, 0, measure_pack);
 }
 
 // Packs of L problems while one pack's workspace stays small enough for L2; larger problems
@@ -363,12 +372,6 @@ bool openmp_enabled() {
 #endif
 }
 
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+int max_threads() { return cpu::num_threads(); }
 
 }  // namespace implicitreg

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/threads.h"
 #include "kernels/metrics.h"
 
 namespace implicitreg {
@@ -25,7 +26,8 @@ namespace cpu {
 template <class T>
 void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* specs, int n_specs,
                    double* out) {
-#pragma omp parallel for schedule(static)
+  const int threads = cpu::team(batch, 10.0 * k * n_specs);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, cpu::chunk(batch, threads))
   for (std::int64_t b = 0; b < batch; ++b) {
     const T* sb = s + b * k;
     const bool finite = all_finite(sb, k);
@@ -36,7 +38,11 @@ void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* spec
 
 template <class T>
 void balancedness(const T* const* factors, const DmfShape& shape, double* out) {
-#pragma omp parallel for schedule(static)
+  double flops = 0;  // W_{j+1}^T W_{j+1} and W_j W_j^T
+  for (int j = 1; j < shape.depth; ++j)
+    flops += 2.0 * shape.dims[j] * shape.dims[j] * (shape.dims[j - 1] + shape.dims[j + 1]);
+  const int threads = cpu::team(shape.batch, flops);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, cpu::chunk(shape.batch, threads))
   for (std::int64_t b = 0; b < shape.batch; ++b) out[b] = balancedness_one(factors, shape, b);
 }
 
@@ -58,10 +64,11 @@ void dmf_measure(const T* const* factors, const DmfShape& shape, const DmfProble
     svdvals(product.data(), batch, m, n, s.data(), info.data());
   }
   // One pass over the problems computes every requested row.
-#pragma omp parallel
+  const int threads = cpu::team(batch, 20.0 * m * n * n_specs);
+#pragma omp parallel num_threads(threads)
   {
     std::vector<double> buf(kernels::det_scratch(shape));
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, cpu::chunk(batch, threads))
     for (std::int64_t b = 0; b < batch; ++b)
       kernels::measure_rows(specs, n_specs, factors, shape, b, loss.data(), product.data(),
                             need_svals ? s.data() : nullptr,

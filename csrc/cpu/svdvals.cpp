@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/threads.h"
 #include "implicitreg/metrics.h"
 
 namespace implicitreg {
@@ -32,7 +33,8 @@ T max_abs(const T* x, std::int64_t size) {
 template <class T>
 void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
   const T lo = std::ldexp(T(1), -kernels::kSafeExp<T>), hi = std::ldexp(T(1), kernels::kSafeExp<T>);
-#pragma omp parallel for schedule(static)
+  const int threads = cpu::team(batch, 30);  // the closed form: about 30 flops
+#pragma omp parallel for num_threads(threads) schedule(dynamic, cpu::chunk(batch, threads))
   for (std::int64_t b = 0; b < batch; ++b) {
     const T* x = X + 4 * b;
     const T mx = std::max(std::max(std::fabs(x[0]), std::fabs(x[1])),
@@ -46,7 +48,7 @@ void svd2x2_batch(const T* X, std::int64_t batch, T* s, std::int8_t* info) {
     info[b] = !(mx >= lo && mx <= hi && bad == T(0));  // fixed up below
   }
   // Rare: out-of-range, zero or non-finite matrices.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, cpu::chunk(batch, threads))
   for (std::int64_t b = 0; b < batch; ++b) {
     if (!info[b]) continue;
     info[b] = std::int8_t(kernels::svd2x2_scaled(X + 4 * b, s[2 * b], s[2 * b + 1]));
@@ -163,7 +165,9 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
   const std::int64_t mn = std::int64_t(m) * n, npacks = (batch + L - 1) / L;
   const bool vectors = vec.U != nullptr;
   const bool bidiagonal = allow_bidiagonal && !vectors && N >= kernels::kBidiagonalFrom;
-#pragma omp parallel
+  // about 8 sweeps of N^2 / 2 rotations of 6 M flops (more with vectors)
+  const double pack_flops = L * 24.0 * M * N * N * (vectors ? 2 : 1);
+#pragma omp parallel num_threads(cpu::team(npacks, pack_flops))
   {
     std::vector<C> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L);
     std::vector<C> V(vectors ? std::int64_t(N) * N * L : 0);

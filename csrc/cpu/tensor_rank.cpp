@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/threads.h"
 #include "implicitreg/cp_step.h"
 
 namespace implicitreg {
@@ -200,7 +201,8 @@ void tensor_rank(const double* tensors, std::int64_t batch, int order, const int
                  std::int64_t* rank_out) {
   if (batch == 0) return;
   const Als als(order, dims);
-#pragma omp parallel for schedule(dynamic, 1)
+  // CP-ALS with restarts and a bisection over ranks: heavy enough for any team
+#pragma omp parallel for num_threads(cpu::team(batch, cpu::kMinFlopsPerThread)) schedule(dynamic, 1)
   for (std::int64_t b = 0; b < batch; ++b) {
     const double* X = tensors + b * als.numel;
     bool finite = true, zero = true;

@@ -9,7 +9,7 @@ Not Be Explainable by Norms" (NeurIPS 2020).
 from __future__ import annotations
 
 from . import baselines, metrics, problems
-from ._backend import backends, build_info
+from ._backend import backends, build_info, get_num_threads, set_num_threads
 from .metrics import svd, svdvals, tensor_rank
 from .models import CPFactorization, DeepFactorization
 from .problems import completion, sensing, tensor_completion
@@ -30,11 +30,13 @@ __all__ = [
     "completion",
     "every",
     "geometric",
+    "get_num_threads",
     "load",
     "load_sweep",
     "metrics",
     "problems",
     "sensing",
+    "set_num_threads",
     "svd",
     "svdvals",
     "sweep",

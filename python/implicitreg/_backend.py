@@ -10,7 +10,14 @@ import types
 
 import numpy as np
 
-from . import _core as _baseline
+# The OpenMP threads of the CPU kernels wait passively (sleep at once) when a parallel region
+# ends, unless the user chose a policy: spinning, the default, takes the cores of any process
+# running beside them, and on a shared machine a team waits at every barrier for a thread
+# that was descheduled. OpenMP reads this once, when its library loads: it has no effect where
+# another library loaded OpenMP first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _core as _baseline  # noqa: E402  (after the wait policy)
 
 # The CPU kernels are built once per x86-64 level: _core (v2, the floor), _core_v3 (AVX2 +
 # FMA), _core_v4 (AVX-512); a build for one machine (IMPLICITREG_NATIVE=ON) or for another
@@ -58,6 +65,22 @@ def _select_core(forced: str) -> tuple[types.ModuleType, str]:
 
 
 _core, _cpu_level_reason = _select_core(os.environ.get("IMPLICITREG_CPU_LEVEL", ""))
+
+
+def set_num_threads(n: int | None) -> None:
+    """The threads of every CPU kernel call from now on; None or 0 restores the default
+    (OMP_NUM_THREADS, else every core). A smaller limit that threadpoolctl (or
+    omp_set_num_threads) sets on the calling thread wins. A call too small to share runs on
+    one thread whatever the count."""
+    from ._checks import integer  # _checks imports this module
+
+    _core.set_num_threads(0 if n is None else integer(n, "n", minimum=0))
+
+
+def get_num_threads() -> int:
+    """The threads a large CPU kernel call uses now."""
+    return int(_core.get_num_threads())
+
 
 _cuda = None
 _cuda_reason: str | None = None

@@ -364,6 +364,13 @@ def _parser() -> argparse.ArgumentParser:
         "measured by an FMA probe (the formula cores x SIMD lanes x 2 FMA units x 2 x clock "
         "is printed beside it); float32 is twice it",
     )
+    bench.add_argument(
+        "--contention",
+        action="store_true",
+        help="instead of the table: two processes at once on the cores, each running DMF "
+        "steps and many small svdvals calls alone and then beside the other; the share of "
+        "its rate alone each keeps (target >= 40%%)",
+    )
     bench.add_argument("--json", metavar="F", help="write the results to this JSON file")
     bench.set_defaults(fn=_bench)
     return ap

@@ -14,7 +14,8 @@ throughput an FMA probe measures on this machine, beside the formula's figure.
 
 The modules: `harness` (sides, cases, timers, sizing and timing, peer loading; shared with
 benchmarks/bench_gpu.py and the other scripts in benchmarks/), `cases` (this command's cases
-and their flop counts) and `report` (peak, rows, table, notes).
+and their flop counts), `report` (peak, rows, table, notes) and `contention` (`--contention`:
+two processes at once on the cores).
 
 numpy is the only dependency: torch and jax are imported by peers.py, and only when a case
 needs them.
@@ -31,6 +32,7 @@ import numpy as np
 
 from .. import _backend, build_info
 from .cases import ALL_METRICS, CHECK_STEPS, STEP_RTOL, cases, cp_flops, dmf_flops, select
+from .contention import print_contention, run_contention
 from .harness import (
     MAX_UNITS,
     PAUSE_S,
@@ -71,11 +73,13 @@ __all__ = [
     "dmf_flops",
     "fma_peak",
     "measured_peak",
+    "print_contention",
     "notes",
     "rel_change_diff",
     "rel_diff",
     "run",
     "run_case",
+    "run_contention",
     "select",
     "table",
     "time_sides",
@@ -87,6 +91,11 @@ def run(args, timer=WALL_CLOCK) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise ValueError(f"--json: expected a file in an existing directory, got {args.json}")
     quick = bool(args.quick)
+    if getattr(args, "contention", False):
+        rep = run_contention(seconds=0.5 if quick else 2.0)
+        print_contention(rep)
+        write_json(args.json, {"benchmark": "implicitreg bench --contention", **rep})
+        return 0
     repeats = args.repeats or (3 if quick else 5)
     sample_s = args.sample_s or (0.1 if quick else 0.3)
     chosen = select(args.only, cases())

@@ -3,6 +3,7 @@ ranks and baseline), in this process or as Ray tasks on a cluster."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -92,16 +93,39 @@ def run_batch(
 
 def _min_norm_columns(problem, norm: str) -> dict:
     """The fit `norm` picks for each problem: its norm, certified gap (nuclear), effective
-    rank and, where the truth is known, reconstruction error (as the metric recon_error)."""
-    fit = min_norm(problem, norm)
+    rank and, where the truth is known, reconstruction error (as the metric recon_error).
+    A problem the batch holds more than once (the same data under other training settings)
+    is solved once."""
+    first, inverse = _distinct(problem)
+    distinct = problem.take(first)
+    fit = min_norm(distinct, norm)
     cols = {
         f"min_{norm}": fit.value,
         f"min_{norm}_gap": fit.gap,
         f"min_{norm}_erank": effective_rank(fit.matrices),
     }
     if problem.truth is not None:
-        cols[f"min_{norm}_recon_error"] = _relative_error(fit.matrices, problem.truth)
-    return cols
+        cols[f"min_{norm}_recon_error"] = _relative_error(fit.matrices, distinct.truth)
+    return {k: v[inverse] for k, v in cols.items()}
+
+
+def _distinct(problem) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the first index of each distinct problem of the batch (equal data,
+    byte for byte), and for every problem the position of its own among them."""
+    data = problem.arrays(np.float64)
+    arrays = [a for k, a in data.items() if a is not None and k != "truth"]
+    seen: dict[bytes, int] = {}
+    first, inverse = [], []
+    for b in range(problem.batch):
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a[b if a.shape[0] > 1 else 0]).tobytes())
+        key = h.digest()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(b)
+        inverse.append(seen[key])
+    return np.array(first, dtype=np.int64), np.array(inverse, dtype=np.int64)
 
 
 def _relative_error(X: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -242,9 +266,22 @@ def _ray_batch(
     there, or a resume, restarts the batch from its beginning)."""
     import ray
 
+    use_reserved_cpus(ray)
     if ckpt is not None and ray.get_runtime_context().get_node_id() != node:
         ckpt = None
     return run_batch(configs, seeds, backend, lambda n: None, ckpt, checkpoint_every)
+
+
+def use_reserved_cpus(ray) -> int:
+    """In a Ray task: run the CPU kernels on as many threads as the task reserved CPUs (at
+    least one), and return that count. A worker process serves task after task, and the
+    OpenMP count it started with (every core, or Ray's OMP_NUM_THREADS) is not this task's
+    share."""
+    from .._backend import set_num_threads
+
+    n = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    set_num_threads(n)
+    return n
 
 
 def ray_run(
