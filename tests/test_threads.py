@@ -88,7 +88,9 @@ def test_threadpoolctl_limits_and_reports_the_kernels_threads():
         assert ir.get_num_threads() == 1
     assert ir.get_num_threads() >= 2
     ir.set_num_threads(1)  # and the other way round: threadpoolctl reads ours
-    info = [lib for lib in threadpoolctl.threadpool_info() if lib["filepath"] == ours[0]["filepath"]]
+    info = [
+        lib for lib in threadpoolctl.threadpool_info() if lib["filepath"] == ours[0]["filepath"]
+    ]
     assert info[0]["num_threads"] == 1
 
 

@@ -9,7 +9,8 @@ Not Be Explainable by Norms" (NeurIPS 2020).
 from __future__ import annotations
 
 from . import baselines, metrics, problems
-from ._backend import backends, build_info, get_num_threads, set_num_threads
+from ._backend import backends, build_info
+from ._threads import get_num_threads, set_num_threads
 from .metrics import svd, svdvals, tensor_rank
 from .models import CPFactorization, DeepFactorization
 from .problems import completion, sensing, tensor_completion

@@ -67,21 +67,6 @@ def _select_core(forced: str) -> tuple[types.ModuleType, str]:
 _core, _cpu_level_reason = _select_core(os.environ.get("IMPLICITREG_CPU_LEVEL", ""))
 
 
-def set_num_threads(n: int | None) -> None:
-    """The threads of every CPU kernel call from now on; None or 0 restores the default
-    (OMP_NUM_THREADS, else every core). A smaller limit that threadpoolctl (or
-    omp_set_num_threads) sets on the calling thread wins. A call too small to share runs on
-    one thread whatever the count."""
-    from ._checks import integer  # _checks imports this module
-
-    _core.set_num_threads(0 if n is None else integer(n, "n", minimum=0))
-
-
-def get_num_threads() -> int:
-    """The threads a large CPU kernel call uses now."""
-    return int(_core.get_num_threads())
-
-
 _cuda = None
 _cuda_reason: str | None = None
 _cuda_compiled = importlib.util.find_spec(f"{__package__}._cuda") is not None

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from .._backend import to_host
+from .._threads import set_num_threads
 from ..baselines import memorizer, min_norm
 from ..init import init_factors
 from ..metrics import effective_rank, tensor_rank
@@ -115,7 +116,8 @@ def _distinct(problem) -> tuple[np.ndarray, np.ndarray]:
     data = problem.arrays(np.float64)
     arrays = [a for k, a in data.items() if a is not None and k != "truth"]
     seen: dict[bytes, int] = {}
-    first, inverse = [], []
+    first: list[int] = []
+    inverse: list[int] = []
     for b in range(problem.batch):
         h = hashlib.sha256()
         for a in arrays:
@@ -277,8 +279,6 @@ def use_reserved_cpus(ray) -> int:
     least one), and return that count. A worker process serves task after task, and the
     OpenMP count it started with (every core, or Ray's OMP_NUM_THREADS) is not this task's
     share."""
-    from .._backend import set_num_threads
-
     n = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     set_num_threads(n)
     return n
