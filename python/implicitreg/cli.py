@@ -330,7 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="shorter samples and fewer repeats (under a minute on 2 cores)",
+        help="shorter samples and fewer repeats (about a minute on 2 cores)",
     )
     bench.add_argument(
         "--repeats",
