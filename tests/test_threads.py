@@ -69,9 +69,12 @@ def test_omp_num_threads_is_obeyed():
 
 
 def test_wait_policy_is_passive_unless_the_user_chose_one():
-    code = "import os, implicitreg; print(os.environ['OMP_WAIT_POLICY'])"
-    assert _child(code) == "PASSIVE"
-    assert _child(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    code = (
+        "import os, implicitreg as ir; "
+        "print(os.environ['OMP_WAIT_POLICY'], ir.build_info()['omp_wait_policy'])"
+    )
+    assert _child(code) == "PASSIVE PASSIVE"
+    assert _child(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE ACTIVE"
 
 
 def test_threadpoolctl_limits_and_reports_the_kernels_threads():

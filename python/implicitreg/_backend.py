@@ -15,7 +15,7 @@ import numpy as np
 # running beside them, and on a shared machine a team waits at every barrier for a thread
 # that was descheduled. OpenMP reads this once, when its library loads: it has no effect where
 # another library loaded OpenMP first.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_omp_wait_policy = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import _core as _baseline  # noqa: E402  (after the wait policy)
 
@@ -191,11 +191,12 @@ def backends() -> dict[str, dict[str, object]]:
 
 
 def build_info() -> dict[str, object]:
-    """Compiler, flags, the x86-64 level loaded and why, SIMD width, OpenMP, CUDA archs and
-    devices, version."""
+    """Compiler, flags, the x86-64 level loaded and why, SIMD width, OpenMP (threads, the wait
+    policy in force when the package loaded), CUDA archs and devices, version."""
     info = dict(_core.build_info())
     info["cpu_level_reason"] = _cpu_level_reason
     info["cpu_supports"] = list(_baseline.cpu_levels())
+    info["omp_wait_policy"] = _omp_wait_policy
     info["cuda_compiled"] = _cuda_compiled
     info["cuda_loaded"] = _cuda is not None
     if _cuda is not None:
