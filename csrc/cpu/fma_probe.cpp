@@ -24,6 +24,8 @@ constexpr int kChains = 24;  // 32 vector registers
 constexpr int kChains = 12;  // 16 vector registers
 #endif
 
+volatile double g_sink;
+
 // Runs `rounds` rounds of kChains independent FMAs; returns a value that depends on all of
 // them, so that none can be dropped.
 template <class T>
@@ -59,8 +61,7 @@ double fma_probe(int threads, std::int64_t rounds) {
     total += chains<T>(rounds);
   }
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  static volatile T sink;  // the chains' result is used, so no FMA can be left out
-  sink = total;
+  g_sink = double(total);  // the chains' result is used, so no FMA can be left out
   return 2.0 * lanes * kChains * double(rounds) * team / s;
 }
 
