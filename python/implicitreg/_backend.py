@@ -66,7 +66,6 @@ def _select_core(forced: str) -> tuple[types.ModuleType, str]:
 
 _core, _cpu_level_reason = _select_core(os.environ.get("IMPLICITREG_CPU_LEVEL", ""))
 
-
 _cuda = None
 _cuda_reason: str | None = None
 _cuda_compiled = importlib.util.find_spec(f"{__package__}._cuda") is not None

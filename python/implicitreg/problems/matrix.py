@@ -74,12 +74,6 @@ class Completion:
             _repeat(self.targets, k), _repeat(self.masks, k), self.batch * k, _repeat(self.truth, k)
         )
 
-    def take(self, idx: np.ndarray) -> Completion:
-        """The problems idx (indices into the batch), as a batch of their own."""
-        return Completion(
-            _take(self.targets, idx), _take(self.masks, idx), len(idx), _take(self.truth, idx)
-        )
-
     def __repr__(self) -> str:
         m, n = self.shape
         return f"Completion(batch={self.batch}, shape=({m}, {n}))"
@@ -128,10 +122,6 @@ class Sensing:
             _repeat(self.A, k), _repeat(self.y, k), self.batch * k, _repeat(self.truth, k)
         )
 
-    def take(self, idx: np.ndarray) -> Sensing:
-        """The problems idx (indices into the batch), as a batch of their own."""
-        return Sensing(_take(self.A, idx), _take(self.y, idx), len(idx), _take(self.truth, idx))
-
     def __repr__(self) -> str:
         m, n = self.shape
         return f"Sensing(batch={self.batch}, shape=({m}, {n}), measurements={self.A.shape[1]})"
@@ -143,11 +133,6 @@ Problem = Completion | Sensing
 def _repeat(a, k: int):
     """Repeat each problem's array k times; a shared (leading size 1) array stays shared."""
     return a if a is None or a.shape[0] == 1 else np.repeat(a, k, axis=0)
-
-
-def _take(a, idx):
-    """Problems idx of a per-problem array; a shared (leading size 1) array stays shared."""
-    return a if a is None or a.shape[0] == 1 else a[idx]
 
 
 def _truth(truth, dtype):

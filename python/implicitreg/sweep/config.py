@@ -30,6 +30,7 @@ __all__ = [
     "expand",
     "log_of",
     "optimizer_of",
+    "problem_key",
     "take_seeds",
 ]
 
@@ -275,6 +276,12 @@ def batch_key(cfg: dict) -> str:
     """Configs with equal keys run in one batch."""
     shared = {k: v for k, v in cfg.items() if k not in _PER_PROBLEM}
     return json.dumps(shared, sort_keys=True, default=str)
+
+
+def problem_key(cfg: dict) -> str:
+    """Configs with equal keys draw the same problems (build_problem reads only these)."""
+    name = cfg["problem"]
+    return json.dumps({"problem": name, **{k: cfg[k] for k in PROBLEMS[name]}}, default=str)
 
 
 def build_problem(cfg: dict, seeds: int):

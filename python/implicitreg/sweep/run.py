@@ -3,7 +3,6 @@ ranks and baseline), in this process or as Ray tasks on a cluster."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -17,7 +16,15 @@ from ..init import init_factors
 from ..metrics import effective_rank, tensor_rank
 from ..models import CPFactorization, DeepFactorization
 from ..trajectory import Trajectory
-from .config import build_problem, concat_problems, cp_model, log_of, optimizer_of, take_seeds
+from .config import (
+    build_problem,
+    concat_problems,
+    cp_model,
+    log_of,
+    optimizer_of,
+    problem_key,
+    take_seeds,
+)
 from .store import batch_path, threshold_label
 
 __all__ = ["EXECUTORS", "RAY_TASK", "ray_connect", "ray_run", "run_batch"]
@@ -36,7 +43,12 @@ def run_batch(
     so that a problem is the same whichever batch it runs in."""
     c0 = configs[0]
     s0, s1 = seeds
-    whole = [build_problem(c, s1) for c in configs]
+    keys = [problem_key(c) for c in configs]
+    built: dict[str, object] = {}  # configs that differ only in training share their problems
+    for c, key in zip(configs, keys, strict=True):
+        if key not in built:
+            built[key] = build_problem(c, s1)
+    whole = [built[key] for key in keys]
     parts = [take_seeds(p, s0, s1) for p in whole] if s0 else whole
     problem = concat_problems(parts)
     if c0["model"] == "cp":
@@ -88,46 +100,30 @@ def run_batch(
             for name in traj.data:
                 _put(cols, f"{name}@{lab}", traj.crossings[name][k])
     for norm in c0.get("min_norms", ()):
-        cols.update(_min_norm_columns(problem, norm))
+        cols.update(_min_norm_columns(parts, keys, norm))
     return cols, traj, seconds
 
 
-def _min_norm_columns(problem, norm: str) -> dict:
-    """The fit `norm` picks for each problem: its norm, certified gap (nuclear), effective
-    rank and, where the truth is known, reconstruction error (as the metric recon_error).
-    A problem the batch holds more than once (the same data under other training settings)
-    is solved once."""
-    first, inverse = _distinct(problem)
-    distinct = problem.take(first)
+def _min_norm_columns(parts, keys: list[str], norm: str) -> dict:
+    """The fit `norm` picks for each problem of the batch (the configs' parts, in order): its
+    norm, certified gap (nuclear), effective rank and, where the truth is known,
+    reconstruction error (as the metric recon_error). Configs with equal problem keys hold the
+    same problems, which are solved once."""
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    distinct = concat_problems([parts[i] for i in first.values()])
     fit = min_norm(distinct, norm)
     cols = {
         f"min_{norm}": fit.value,
         f"min_{norm}_gap": fit.gap,
         f"min_{norm}_erank": effective_rank(fit.matrices),
     }
-    if problem.truth is not None:
+    if distinct.truth is not None:
         cols[f"min_{norm}_recon_error"] = _relative_error(fit.matrices, distinct.truth)
-    return {k: v[inverse] for k, v in cols.items()}
-
-
-def _distinct(problem) -> tuple[np.ndarray, np.ndarray]:
-    """(first, inverse): the first index of each distinct problem of the batch (equal data,
-    byte for byte), and for every problem the position of its own among them."""
-    data = problem.arrays(np.float64)
-    arrays = [a for k, a in data.items() if a is not None and k != "truth"]
-    seen: dict[bytes, int] = {}
-    first: list[int] = []
-    inverse: list[int] = []
-    for b in range(problem.batch):
-        h = hashlib.sha256()
-        for a in arrays:
-            h.update(np.ascontiguousarray(a[b if a.shape[0] > 1 else 0]).tobytes())
-        key = h.digest()
-        if key not in seen:
-            seen[key] = len(first)
-            first.append(b)
-        inverse.append(seen[key])
-    return np.array(first, dtype=np.int64), np.array(inverse, dtype=np.int64)
+    n, slot = parts[0].batch, {k: u for u, k in enumerate(first)}
+    rows = np.concatenate([slot[k] * n + np.arange(n) for k in keys])
+    return {k: v[rows] for k, v in cols.items()}
 
 
 def _relative_error(X: np.ndarray, truth: np.ndarray) -> np.ndarray:
