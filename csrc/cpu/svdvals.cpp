@@ -72,93 +72,6 @@ struct Vectors {
   T* Vh = nullptr;  // (batch, k, n)
 };
 
-// Lane l's singular vectors from the converged Jacobi pack (A: the columns sigma_c u_c of the
-// M x N form, V its right vectors, sv the sigma_c, unsorted), sorted by descending sigma (ties
-// by column) into problem b's U and Vh. A column of zero (or negligible) norm has no
-// direction: it is filled by the unit vector farthest from the other columns, orthogonalized
-// against them (Gram-Schmidt, twice, for orthogonality to working precision). For X^T (transpose)
-// the roles swap: U_X = V and Vh_X = U_A^T.
-template <class T>
-void write_vectors(const C* A, const C* V, const C* sv, int M, int N, int l, int L, bool transpose,
-                   bool bad, std::int64_t b, int m, int n, Vectors<T> vec) {
-  const int k = N;
-  T* U = vec.U + b * std::int64_t(m) * k;
-  T* Vh = vec.Vh + b * std::int64_t(k) * n;
-  if (bad) {
-    std::fill(U, U + std::int64_t(m) * k, kNaN<T>);
-    std::fill(Vh, Vh + std::int64_t(k) * n, kNaN<T>);
-    return;
-  }
-  std::vector<int> order(N);
-  for (int c = 0; c < N; ++c) order[c] = c;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int x, int y) { return sv[x * L + l] > sv[y * L + l]; });
-  // left vectors of the M x N form, column-major, in sorted order
-  std::vector<C> u(std::int64_t(M) * N);
-  std::vector<bool> have(N);
-  // Jacobi leaves a pair unrotated when its inner product is below sqrt(tiny2) (pack_jacobi),
-  // so two columns are surely orthogonal to eps only when the product of their norms is at
-  // least sqrt(tiny2) / eps: columns below the square root of that (2.6e-68, the matrix
-  // scaled to entries below 1) take completed directions instead.
-  const C floor = std::sqrt(std::sqrt(std::numeric_limits<C>::min() * C(1 << 20)) /
-                            std::numeric_limits<C>::epsilon());
-  for (int j = 0; j < N; ++j) {
-    const int c = order[j];
-    const C sigma = sv[c * L + l];
-    have[j] = sigma >= floor;
-    for (int r = 0; r < M; ++r)
-      u[std::int64_t(j) * M + r] = have[j] ? A[(std::int64_t(c) * M + r) * L + l] / sigma : C(0);
-  }
-  for (int j = 0; j < N; ++j) {
-    if (have[j]) continue;
-    // the unit vector e_best with the largest part outside the columns so far (at least
-    // sqrt((M - columns) / M) of it), orthogonalized against them twice
-    int best = 0;
-    C most = -1;
-    for (int e = 0; e < M; ++e) {
-      C inside = 0;
-      for (int i = 0; i < N; ++i)
-        if (have[i]) inside += u[std::int64_t(i) * M + e] * u[std::int64_t(i) * M + e];
-      if (C(1) - inside > most) {
-        most = C(1) - inside;
-        best = e;
-      }
-    }
-    std::vector<C> w(M, C(0));
-    w[best] = C(1);
-    for (int pass = 0; pass < 2; ++pass)
-      for (int i = 0; i < N; ++i) {
-        if (!have[i]) continue;
-        C dot = 0;
-        for (int r = 0; r < M; ++r) dot += u[std::int64_t(i) * M + r] * w[r];
-        for (int r = 0; r < M; ++r) w[r] -= dot * u[std::int64_t(i) * M + r];
-      }
-    C nrm = 0;
-    for (int r = 0; r < M; ++r) nrm += w[r] * w[r];
-    nrm = std::sqrt(nrm);
-    for (int r = 0; r < M; ++r) u[std::int64_t(j) * M + r] = w[r] / nrm;
-    have[j] = true;
-  }
-  // X = U_A S V_A^T (M x N form = X), or X = V_A S U_A^T (the form is X^T)
-  for (int j = 0; j < N; ++j) {
-    const C* vcol = V + std::int64_t(order[j]) * N * L;  // right vector c: V[(c N + r) L + l]
-    for (int r = 0; r < M; ++r) {
-      const T ur = T(u[std::int64_t(j) * M + r]);
-      if (transpose)
-        Vh[std::int64_t(j) * n + r] = ur;  // row j of Vh_X = u_j^T (n = M entries)
-      else
-        U[std::int64_t(r) * k + j] = ur;  // column j of U_X
-    }
-    for (int r = 0; r < N; ++r) {
-      const T vr = T(vcol[r * L + l]);
-      if (transpose)
-        U[std::int64_t(r) * k + j] = vr;  // column j of U_X = v_j (m = N entries)
-      else
-        Vh[std::int64_t(j) * n + r] = vr;  // row j of Vh_X = v_j^T
-    }
-  }
-}
-
 template <class T, int L, int SM = 0, int SN = 0>
 void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
                int max_sweeps, bool allow_bidiagonal = true, Vectors<T> vec = {}) {
@@ -173,6 +86,8 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
   {
     std::vector<C> A(std::int64_t(M) * N * L), norm2(std::int64_t(N) * L);
     std::vector<C> V(vectors ? std::int64_t(N) * N * L : 0);
+    std::vector<C> work(vectors ? kernels::vectors_scratch(M, N) : 0);
+    std::vector<int> order(vectors ? kernels::vectors_scratch_ints(N) : 0);
     std::vector<C> e(bidiagonal ? std::int64_t(N) * L : 0), w(bidiagonal ? std::int64_t(M) * L : 0);
     std::vector<C> scratch(bidiagonal ? 0 : kernels::JacobiScratch<C, L>::size(N));
     std::vector<int> pairs(bidiagonal ? 0 : std::int64_t(N + 1) * (N + 1));
@@ -219,7 +134,10 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
       }
       if (vectors) {
         for (int l = 0; l < L && b0 + l < batch; ++l)
-          write_vectors(A.data(), V.data(), sv, M, N, l, L, transpose, bad[l], b0 + l, m, n, vec);
+          kernels::singular_vectors(A.data(), V.data(), sv, M, N, l, L, transpose, bad[l],
+                                    vec.U + (b0 + l) * std::int64_t(m) * N,
+                                    vec.Vh + (b0 + l) * std::int64_t(N) * n, work.data(),
+                                    order.data());
       }
       // Odd-even transposition sort, descending, in every lane at once (branch-free: the
       // order differs from lane to lane).

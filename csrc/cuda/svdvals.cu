@@ -107,7 +107,8 @@ __global__ void __launch_bounds__(kBlock)
                      int max_sweeps, const int* pairs, int rounds) {
   const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (b >= batch) return;
-  double A[MaxM * MaxN], sv[MaxN], e[MaxN], w[MaxM], jac[(MaxN / 2 + 1) * 6];
+  double A[MaxM * MaxN], sv[MaxN], e[MaxN], w[MaxM],
+      jac[kernels::JacobiScratch<double, 1>::size(0)];
   const int N = m < n ? m : n;
   info[b] = svd_one(X + b * std::int64_t(m) * n, m, n, s + b * N, max_sweeps, pairs, rounds, A, sv,
                     e, w, jac);

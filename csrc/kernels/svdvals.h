@@ -87,16 +87,16 @@ IR_HD inline int round_robin(int n, int* pairs) {
 // Scratch of pack_jacobi for n columns and L lanes.
 template <class T, int L>
 struct JacobiScratch {
-  IR_HD static std::int64_t size(int n) { return std::int64_t(n / 2 + 1) * 6 * L; }
+  IR_HD static constexpr std::int64_t size(int) { return 4 * L; }  // two pairs' sn and tau
 };
 
 // One-sided Jacobi on a pack of L matrices with m rows and n <= m columns, lane-packed:
 // A[(c * m + r) * L + l] is entry (r, c) of lane l, its largest entry of order 1. Sweeps of
-// round-robin rounds rotate column pairs until every pair is orthogonal to within
-// tol = eps * sqrt(m) relative to the column norms (the LAPACK dgesvj criterion), in every
-// lane, or max_sweeps sweeps have run. Pairs whose inner product is below `tiny` (far below
-// eps * sigma_1 when the largest entry is of order 1) are not rotated. On return
-// norm2[c * L + l] is the squared norm of column c: the squared singular values, unsorted.
+// round-robin rounds (pairs and rounds as round_robin writes them) rotate column pairs until
+// every pair is orthogonal to within tol = eps * sqrt(m) relative to the column norms (the LAPACK
+// dgesvj criterion), in every lane, or max_sweeps sweeps have run. Pairs whose inner product is
+// below `tiny` (far below eps * sigma_1 when the largest entry is of order 1) are not rotated. On
+// return norm2[c * L + l] is the squared norm of column c: the squared singular values, unsorted.
 // Returns the number of sweeps run; unconverged[l] says which lanes hit the cap.
 // SM and SN, when not 0, are m and n known at compile time (fully unrolled small sizes).
 // V, when given (n x n per lane, laid out as A, the identity on entry), receives the product
@@ -118,13 +118,7 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
   const T tol = std::numeric_limits<T>::epsilon() * std::sqrt(T(m));
   const T tol2 = tol * tol;
   const T tiny2 = std::numeric_limits<T>::min() * T(1 << 20);
-  const int half = (n + (n & 1)) / 2;
-  T* apq = scratch;
-  T* app = apq + half * L;
-  T* aqq = app + half * L;
-  T* tau = aqq + half * L;
-  T* sn = tau + half * L;
-  T* need = sn + half * L;  // per pair: does any lane rotate (0 or 1)
+  const int npairs = rounds * ((n + 1) / 2);  // byes included
   auto col = [&](int c) { return A + std::int64_t(c) * m * L; };
   auto fresh_norms = [&]() {
     for (int c = 0; c < n; ++c) {
@@ -136,93 +130,97 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
       for (int l = 0; l < L; ++l) norm2[c * L + l] = acc[l];
     }
   };
-  // Converged once a full sweep's worth of consecutive rounds (every pair once) has passed
-  // without a rotation: pairs checked before the last rotation that touched them are checked
-  // again after it. So the confirming pass usually ends part way into its sweep.
+  // The rotation of pair (p, q) in every lane: sn and tau (scratch slots of L), the squared
+  // norms updated; false when no lane rotates.
+  auto plan = [&](int p, int q, T* sn, T* tau) {
+    const T* ap = col(p);
+    const T* aq = col(q);
+    // Two partial sums per lane: half the dependency chain of one.
+    T acc0[L] = {}, acc1[L] = {};
+    int r = 0;
+    for (; r + 1 < m; r += 2)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        acc0[l] += ap[r * L + l] * aq[r * L + l];
+        acc1[l] += ap[(r + 1) * L + l] * aq[(r + 1) * L + l];
+      }
+    if (r < m)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) acc0[l] += ap[r * L + l] * aq[r * L + l];
+    int need = 0;
+#pragma omp simd reduction(| : need)
+    for (int l = 0; l < L; ++l) {
+      const T x = acc0[l] + acc1[l], x2 = x * x;
+      need |= (x2 > tol2 * norm2[p * L + l] * norm2[q * L + l]) & (x2 > tiny2);
+    }
+    if (!need) return false;  // converged pairs skip the rest
+#pragma omp simd
+    for (int l = 0; l < L; ++l) {
+      // Everything computed unconditionally and then selected, so that the loop vectorizes
+      // (a NaN from a lane that does not rotate is discarded by the select).
+      const T x = acc0[l] + acc1[l], x2 = x * x;
+      const T app = norm2[p * L + l], aqq = norm2[q * L + l], d = aqq - app;
+      const int rot = (x2 > tol2 * app * aqq) & (x2 > tiny2);
+      const T t_rot = std::copysign(T(2), d) * x / (std::fabs(d) + std::sqrt(d * d + T(4) * x2));
+      const T t = rot ? t_rot : T(0);
+      // s = t / sq and tau = t / (1 + sq), sq = sqrt(1 + t^2), from one division.
+      const T sq = std::sqrt(T(1) + t * t);
+      const T rr = T(1) / (sq * (T(1) + sq));
+      sn[l] = t * (T(1) + sq) * rr;
+      tau[l] = t * sq * rr;
+      norm2[p * L + l] = app - t * x;
+      norm2[q * L + l] = aqq + t * x;
+    }
+    return true;
+  };
+  // the pair's rotation, on columns of `rows` entries: A's, and V's when accumulated
+  auto rotate = [&](T* ap, T* aq, int rows, const T* sn_in, const T* tau_in) {
+    T sn[L], tau[L];  // local copies: the compiler cannot tell that the columns do not alias
+    for (int l = 0; l < L; ++l) {
+      sn[l] = sn_in[l];
+      tau[l] = tau_in[l];
+    }
+    for (int r = 0; r < rows; ++r)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const T x = ap[r * L + l], y = aq[r * L + l];
+        ap[r * L + l] = x - sn[l] * (y + tau[l] * x);
+        aq[r * L + l] = y + sn[l] * (x - tau[l] * y);
+      }
+  };
+  // Converged once npairs consecutive pairs (every pair once) have passed without a
+  // rotation: pairs checked before the last rotation that touched them are checked again
+  // after it. So the confirming pass usually ends part way into its sweep.
+  // When pair k + 1 shares no column with pair k, its dot products and rotation are planned
+  // before pair k is rotated: the latency of the rotation's square roots and division
+  // overlaps the rotation before it, and the columns just read stay in L1 for their rotation.
+  auto plan_at = [&](int k) {  // plans pair k into scratch slot k % 2 (a bye plans nothing)
+    T* slot = scratch + (k & 1) * 2 * L;
+    return pairs[2 * k] >= 0 && plan(pairs[2 * k], pairs[2 * k + 1], slot, slot + L);
+  };
+  auto disjoint = [&](int j, int k) {
+    return pairs[2 * j] != pairs[2 * k] && pairs[2 * j] != pairs[2 * k + 1] &&
+           pairs[2 * j + 1] != pairs[2 * k] && pairs[2 * j + 1] != pairs[2 * k + 1];
+  };
   int sweep = 0, quiet = 0;
-  bool rotated = rounds > 0;
+  bool rotated = npairs > 0;
   for (; sweep < max_sweeps && rotated; ++sweep) {
     fresh_norms();  // each sweep, so that the updates' rounding never accumulates
-    for (int round = 0; round < rounds && rotated; ++round) {
-      const int* pr = pairs + round * half * 2;
-      bool any = false;
-      for (int i = 0; i < half; ++i) {
-        // a bye (odd n) reads column 0 twice and rotates nothing (column 1 may not exist)
-        const int p = pr[2 * i] < 0 ? 0 : pr[2 * i], q = pr[2 * i + 1] < 0 ? 0 : pr[2 * i + 1];
-        // Two partial sums per lane: half the dependency chain of one.
-        T acc0[L] = {}, acc1[L] = {};
-        if (pr[2 * i] >= 0) {
-          const T* ap = col(p);
-          const T* aq = col(q);
-          int r = 0;
-          for (; r + 1 < m; r += 2)
-#pragma omp simd
-            for (int l = 0; l < L; ++l) {
-              acc0[l] += ap[r * L + l] * aq[r * L + l];
-              acc1[l] += ap[(r + 1) * L + l] * aq[(r + 1) * L + l];
-            }
-          if (r < m)
-#pragma omp simd
-            for (int l = 0; l < L; ++l) acc0[l] += ap[r * L + l] * aq[r * L + l];
-        }
-        // The rotation test here, so that converged pairs and rounds skip the rest.
-        int need_i = 0;
-#pragma omp simd reduction(| : need_i)
-        for (int l = 0; l < L; ++l) {
-          const T x = acc0[l] + acc1[l], x2 = x * x;
-          apq[i * L + l] = x;
-          app[i * L + l] = norm2[p * L + l];
-          aqq[i * L + l] = norm2[q * L + l];
-          need_i |= (x2 > tol2 * app[i * L + l] * aqq[i * L + l]) & (x2 > tiny2);
-        }
-        const bool rotate = pr[2 * i] >= 0 && need_i;
-        need[i] = rotate ? T(1) : T(0);
-        any = any || rotate;
-      }
-      if (!any) {
-        rotated = ++quiet < rounds;
+    bool planned = false, next = false;  // pair k's plan, when made early
+    for (int k = 0; k < npairs && rotated; ++k) {
+      const bool now = planned ? next : plan_at(k);
+      planned = k + 1 < npairs && disjoint(k, k + 1);
+      if (planned) next = plan_at(k + 1);
+      if (!now) {
+        rotated = ++quiet < npairs;
         continue;
       }
       quiet = 0;
-#pragma omp simd
-      for (int e = 0; e < half * L; ++e) {
-        // Everything computed unconditionally and then selected, so that the loop vectorizes
-        // (a NaN from a lane that does not rotate is discarded by the select).
-        const T x = apq[e], d = aqq[e] - app[e], x2 = x * x;
-        const int rot = (x2 > tol2 * app[e] * aqq[e]) & (x2 > tiny2);
-        const T t_rot = std::copysign(T(2), d) * x / (std::fabs(d) + std::sqrt(d * d + T(4) * x2));
-        const T t = rot ? t_rot : T(0);
-        // s = t / sq and tau = t / (1 + sq), sq = sqrt(1 + t^2), from one division.
-        const T sq = std::sqrt(T(1) + t * t);
-        const T r = T(1) / (sq * (T(1) + sq));
-        sn[e] = t * (T(1) + sq) * r;
-        tau[e] = t * sq * r;
-        app[e] -= t * x;
-        aqq[e] += t * x;
-      }
-      for (int i = 0; i < half; ++i) {
-        if (pr[2 * i] < 0) continue;
-        const int p = pr[2 * i], q = pr[2 * i + 1];
-        for (int l = 0; l < L; ++l) {
-          norm2[p * L + l] = app[i * L + l];
-          norm2[q * L + l] = aqq[i * L + l];
-        }
-        if (need[i] == T(0)) continue;
-        const T* ta = tau + i * L;
-        const T* sv = sn + i * L;
-        // the pair's rotation, on columns of `rows` entries: A's, and V's when accumulated
-        auto rotate = [&](T* ap, T* aq, int rows) {
-          for (int r = 0; r < rows; ++r)
-#pragma omp simd
-            for (int l = 0; l < L; ++l) {
-              const T x = ap[r * L + l], y = aq[r * L + l];
-              ap[r * L + l] = x - sv[l] * (y + ta[l] * x);
-              aq[r * L + l] = y + sv[l] * (x - ta[l] * y);
-            }
-        };
-        rotate(col(p), col(q), m);
-        if (V != nullptr) rotate(V + std::int64_t(p) * n * L, V + std::int64_t(q) * n * L, n);
-      }
+      const int p = pairs[2 * k], q = pairs[2 * k + 1];
+      const T* sn = scratch + (k & 1) * 2 * L;
+      rotate(col(p), col(q), m, sn, sn + L);
+      if (V != nullptr)
+        rotate(V + std::int64_t(p) * n * L, V + std::int64_t(q) * n * L, n, sn, sn + L);
     }
   }
   fresh_norms();  // the final values from the columns themselves
@@ -237,6 +235,100 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
         }
   }
   return sweep;
+}
+
+// Scratch of singular_vectors for the M x N form: doubles (work) and ints (order).
+IR_HD inline std::int64_t vectors_scratch(int M, int N) { return std::int64_t(M) * N + M; }
+IR_HD inline int vectors_scratch_ints(int N) { return 2 * N; }
+
+// Lane l's thin SVD factors from a converged pack_jacobi with V (A: the columns sigma_c u_c of
+// the M x N form, V its right vectors, sv the sigma_c, unsorted; lane-packed with L lanes),
+// sorted by descending sigma (ties by column), into U (m x k) and Vh (k x n) of the m x n
+// matrix, k = N: X itself, or X^T when `transpose` (then U_X = V and Vh_X = U_A^T). A column
+// of zero (or negligible) norm has no direction: it is filled by the unit vector farthest
+// from the other columns, orthogonalized against them (Gram-Schmidt, twice, for orthogonality
+// to working precision). `bad` (a non-finite matrix) fills U and Vh with NaN. work and order
+// are scratch of vectors_scratch(M, N) and vectors_scratch_ints(N).
+template <class T, class C>
+IR_HD inline void singular_vectors(const C* A, const C* V, const C* sv, int M, int N, int l, int L,
+                                   bool transpose, bool bad, T* U, T* Vh, C* work, int* order) {
+  const int m = transpose ? N : M, n = transpose ? M : N, k = N;
+  if (bad) {
+    for (std::int64_t i = 0; i < std::int64_t(m) * k; ++i)
+      U[i] = std::numeric_limits<T>::quiet_NaN();
+    for (std::int64_t i = 0; i < std::int64_t(k) * n; ++i)
+      Vh[i] = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
+  C* u = work;                        // M x N
+  C* w = work + std::int64_t(M) * N;  // M
+  int* have = order + N;
+  for (int j = 0; j < N; ++j) {  // insertion sort, descending, stable
+    int i = j;
+    for (; i > 0 && sv[order[i - 1] * L + l] < sv[j * L + l]; --i) order[i] = order[i - 1];
+    order[i] = j;
+  }
+  // Jacobi leaves a pair unrotated when its inner product is below sqrt(tiny2) (pack_jacobi),
+  // so two columns are surely orthogonal to eps only when the product of their norms is at
+  // least sqrt(tiny2) / eps: columns below the square root of that (2.6e-68, the matrix
+  // scaled to entries below 1) take completed directions instead.
+  const C floor = std::sqrt(std::sqrt(std::numeric_limits<C>::min() * C(1 << 20)) /
+                            std::numeric_limits<C>::epsilon());
+  // left vectors of the M x N form, column-major, in sorted order
+  for (int j = 0; j < N; ++j) {
+    const int c = order[j];
+    const C sigma = sv[c * L + l];
+    have[j] = sigma >= floor;
+    for (int r = 0; r < M; ++r)
+      u[std::int64_t(j) * M + r] = have[j] ? A[(std::int64_t(c) * M + r) * L + l] / sigma : C(0);
+  }
+  for (int j = 0; j < N; ++j) {
+    if (have[j]) continue;
+    // the unit vector e_best with the largest part outside the columns so far (at least
+    // sqrt((M - columns) / M) of it), orthogonalized against them twice
+    int best = 0;
+    C most = -1;
+    for (int e = 0; e < M; ++e) {
+      C inside = 0;
+      for (int i = 0; i < N; ++i)
+        if (have[i]) inside += u[std::int64_t(i) * M + e] * u[std::int64_t(i) * M + e];
+      if (C(1) - inside > most) {
+        most = C(1) - inside;
+        best = e;
+      }
+    }
+    for (int r = 0; r < M; ++r) w[r] = r == best ? C(1) : C(0);
+    for (int pass = 0; pass < 2; ++pass)
+      for (int i = 0; i < N; ++i) {
+        if (!have[i]) continue;
+        C dot = 0;
+        for (int r = 0; r < M; ++r) dot += u[std::int64_t(i) * M + r] * w[r];
+        for (int r = 0; r < M; ++r) w[r] -= dot * u[std::int64_t(i) * M + r];
+      }
+    C nrm = 0;
+    for (int r = 0; r < M; ++r) nrm += w[r] * w[r];
+    nrm = std::sqrt(nrm);
+    for (int r = 0; r < M; ++r) u[std::int64_t(j) * M + r] = w[r] / nrm;
+    have[j] = 1;
+  }
+  // X = U_A S V_A^T (M x N form = X), or X = V_A S U_A^T (the form is X^T)
+  for (int j = 0; j < N; ++j) {
+    const C* vcol = V + std::int64_t(order[j]) * N * L;  // right vector c: V[(c N + r) L + l]
+    for (int r = 0; r < M; ++r) {
+      const T ur = T(u[std::int64_t(j) * M + r]);
+      if (transpose)
+        Vh[std::int64_t(j) * n + r] = ur;  // row j of Vh_X = u_j^T (n = M entries)
+      else
+        U[std::int64_t(r) * k + j] = ur;  // column j of U_X
+    }
+    for (int r = 0; r < N; ++r) {
+      const T vr = T(vcol[r * L + l]);
+      if (transpose)
+        U[std::int64_t(r) * k + j] = vr;  // column j of U_X = v_j (m = N entries)
+      else
+        Vh[std::int64_t(j) * n + r] = vr;  // row j of Vh_X = v_j^T
+    }
+  }
 }
 
 // Householder reduction of a pack of L matrices (layout of pack_jacobi, m >= n) to upper
