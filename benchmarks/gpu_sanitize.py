@@ -1,7 +1,8 @@
 """A few small calls of every CUDA kernel, for compute-sanitizer (gpu_check.sh runs it under
 memcheck and racecheck): the DMF step on each path (one problem per thread; per block in
 shared memory; per block in global memory; sensing), crossings with snapshots, every metric,
-svdvals on each path (2x2, local memory, bidiagonal QR, global memory), and the CP step with
+svdvals on each path (2x2, local memory, bidiagonal QR, global memory), svd with vectors
+(local and global memory, a zero column and a non-finite matrix), and the CP step with
 gd and group_rmsprop (order 3; order 4; R > 256, more components than threads; a gradient
 larger than shared memory, kept in global scratch), its loss and tensor."""
 
@@ -21,6 +22,11 @@ p = ir.problems.random_sensing(3, 3, 1, 9, batch=3)
 ir.DeepFactorization.init(p, depth=3, scale=0.5, backend="cuda").step(1e-3, 20)
 for shape in [(2, 2), (8, 8), (13, 13), (40, 33)]:
     ir.svdvals(cp.asarray(rng.standard_normal((3,) + shape)))
+for shape in [(5, 7), (13, 9)]:
+    X = rng.standard_normal((3,) + shape)
+    X[1, :, 0] = 0.0
+    X[2, 0, 0] = np.nan
+    ir.svd(cp.asarray(X), return_info=True)
 # (dims, R, dtype, observed entries): 16*3 * 1024 float64 is 384 KiB of gradient, over any
 # device's shared memory per block
 for dims, R, dtype, n in [

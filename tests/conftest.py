@@ -81,6 +81,25 @@ def spectra(rng, shape, count):
     return np.stack(out)
 
 
+def check_svd(X, U, S, Vh):
+    """The SVD's bounds against LAPACK: ||U^T U - I||, ||V^T V - I|| <= 10 n eps and
+    ||U diag(S) Vh - X||, |S - LAPACK's| <= 10 n eps sigma_1 (spectral norms, per matrix)."""
+    dtype = X.dtype
+    n, k = max(X.shape[-2:]), min(X.shape[-2:])
+    eps = np.finfo(dtype).eps
+    assert U.dtype == S.dtype == Vh.dtype == dtype
+    ref = np.linalg.svd(X.astype(np.float64), compute_uv=False)
+    s1 = ref[:, :1]
+    U, S, Vh = (a.astype(np.float64) for a in (U, S, Vh))
+    eye = np.eye(k)
+    assert np.linalg.norm(np.swapaxes(U, 1, 2) @ U - eye, 2, axis=(1, 2)).max() <= 10 * n * eps
+    assert np.linalg.norm(Vh @ np.swapaxes(Vh, 1, 2) - eye, 2, axis=(1, 2)).max() <= 10 * n * eps
+    rec = np.linalg.norm((U * S[:, None, :]) @ Vh - X, 2, axis=(1, 2))
+    assert (rec <= 10 * n * eps * s1[:, 0]).all()
+    assert (np.abs(S - ref) <= 10 * n * eps * s1).all()
+    assert (np.diff(S, axis=1) <= 0).all()
+
+
 def max_rel_diff(a_list, b_list) -> float:
     """max_j max|a_j - b_j| / max|b_j| over a list of arrays (0 when both are all zero)."""
     worst = 0.0

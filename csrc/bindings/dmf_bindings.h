@@ -285,9 +285,10 @@ void svd_t(const py::object& X, const py::object& U, const py::object& s, const 
                            in.as<std::int8_t>(), max_sweeps);
 }
 
-// Binds svd on Backend (the CPU module only, so far).
+// Binds dmf_step, dmf_loss, svdvals, svd, svals_metrics, balancedness and dmf_measure on
+// Backend.
 template <class Backend>
-void define_svd(py::module_& m) {
+void define_dmf(py::module_& m) {
   using O = const py::object&;
   m.def(
       "svd",
@@ -300,12 +301,6 @@ void define_svd(py::module_& m) {
       "Writes the thin SVD X = U diag(s) Vh of X (B, m, n): U (B, m, k), s (B, k) descending, "
       "Vh (B, k, n), k = min(m, n), and a per-matrix info code as svdvals (NaN everywhere for "
       "a non-finite matrix).");
-}
-
-// Binds dmf_step, dmf_loss, svdvals, svals_metrics, balancedness and dmf_measure on Backend.
-template <class Backend>
-void define_dmf(py::module_& m) {
-  using O = const py::object&;
   m.def(
       "dmf_step",
       [](const py::list& factors, O target, O mask, O A, O y, O lr, std::int64_t steps, double tol,

@@ -152,7 +152,6 @@ PYBIND11_MODULE(IMPLICITREG_MODULE, m) {
   ir::bindings::define_dmf<Cpu>(m);
 
   ir::bindings::define_cp<Cpu>(m);
-  ir::bindings::define_svd<Cpu>(m);
 
   m.def("tensor_rank", &tensor_rank_t, py::arg("tensors").noconvert(), py::arg("dims"),
         py::arg("tol"), py::arg("max_rank"), py::arg("max_iter"), py::arg("restarts"),

@@ -64,6 +64,10 @@ struct Cuda {
     call(&ir::cuda::svdvals<T>, a...);
   }
   template <class T, class... A>
+  static void svd(A... a) {
+    call(&ir::cuda::svd<T>, a...);
+  }
+  template <class T, class... A>
   static void svals_metrics(A... a) {
     call(&ir::cuda::svals_metrics<T>, a...);
   }

@@ -8,6 +8,9 @@
 //     handful of warps);
 //   - larger: a matrix per thread, by bidiagonalization + QR (Jacobi as the fallback), in a
 //     slice of global scratch.
+// The thin SVD with vectors (svd) is the CPU's too: one-sided Jacobi with the rotations
+// accumulated and kernels::singular_vectors, a matrix per thread, in local memory up to 8 x 8
+// and in global scratch above.
 #include <algorithm>
 #include <limits>
 
@@ -42,17 +45,30 @@ __global__ void svd2x2_kernel(const T* X, std::int64_t batch, T* s, std::int8_t*
 
 __global__ void round_robin_kernel(int n, int* pairs) { kernels::round_robin(n, pairs); }
 
-// Doubles of scratch per matrix with M >= N.
-__host__ __device__ std::int64_t scratch_per_matrix(int M, int N) {
-  return std::int64_t(M) * N + 2 * std::int64_t(N) + M + kernels::JacobiScratch<double, 1>::size(N);
+// Where svd_one writes the singular vectors, with its scratch for them; U null: values only.
+template <class T>
+struct Vectors {
+  T* U = nullptr;          // m x k
+  T* Vh = nullptr;         // k x n
+  double* V = nullptr;     // N x N
+  double* work = nullptr;  // kernels::vectors_scratch(M, N)
+  int* order = nullptr;    // kernels::vectors_scratch_ints(N)
+};
+
+// Doubles of scratch per matrix with M >= N, and with vectors its V and work.
+__host__ __device__ std::int64_t scratch_per_matrix(int M, int N, bool vectors) {
+  return std::int64_t(M) * N + 2 * std::int64_t(N) + M +
+         kernels::JacobiScratch<double, 1>::size(N) +
+         (vectors ? std::int64_t(N) * N + kernels::vectors_scratch(M, N) : 0);
 }
 
 // Singular values of one m x n matrix x (M x N with M >= N after transposing) into s[0..N)
-// and its SvdInfo; A (M * N), sv (N), e (N), w (M) and jac (Jacobi scratch) are the thread's.
+// (and its vectors where vec.U is set) and its SvdInfo; A (M * N), sv (N), e (N), w (M) and
+// jac (Jacobi scratch) are the thread's.
 template <class T>
 __device__ std::int8_t svd_one(const T* x, int m, int n, T* s, int max_sweeps, const int* pairs,
-                               int rounds, double* A, double* sv, double* e, double* w,
-                               double* jac) {
+                               int rounds, double* A, double* sv, double* e, double* w, double* jac,
+                               Vectors<T> vec = {}) {
   const bool transpose = m < n;
   const int M = transpose ? n : m, N = transpose ? m : n;
   const std::int64_t mn = std::int64_t(m) * n;
@@ -63,6 +79,9 @@ __device__ std::int8_t svd_one(const T* x, int m, int n, T* s, int max_sweeps, c
   }
   if (bad != T(0)) {
     for (int c = 0; c < N; ++c) s[c] = std::numeric_limits<T>::quiet_NaN();
+    if (vec.U != nullptr)
+      kernels::singular_vectors(A, vec.V, sv, M, N, 0, 1, transpose, true, vec.U, vec.Vh, vec.work,
+                                vec.order);
     return kSvdNonFinite;
   }
   int ex = 0;
@@ -77,7 +96,7 @@ __device__ std::int8_t svd_one(const T* x, int m, int n, T* s, int max_sweeps, c
   };
   load();
   bool unconverged = false, done = false;
-  if (N >= kernels::kBidiagonalFrom) {
+  if (N >= kernels::kBidiagonalFrom && vec.U == nullptr) {
     kernels::pack_bidiagonalize<double, 1>(A, M, N, sv, e, w);
     kernels::pack_bidiagonal_qr<double, 1>(sv, e, N, 8 * N, &unconverged);
     for (int i = 0; i < N; ++i) sv[i] = fabs(sv[i]);
@@ -85,8 +104,15 @@ __device__ std::int8_t svd_one(const T* x, int m, int n, T* s, int max_sweeps, c
     if (!done) load();  // a stalled QR: this matrix again, by Jacobi
   }
   if (!done) {
-    kernels::pack_jacobi<double, 1>(A, M, N, pairs, rounds, jac, sv, max_sweeps, &unconverged);
+    if (vec.U != nullptr)
+      for (int c = 0; c < N; ++c)
+        for (int r = 0; r < N; ++r) vec.V[c * N + r] = r == c ? 1.0 : 0.0;
+    kernels::pack_jacobi<double, 1>(A, M, N, pairs, rounds, jac, sv, max_sweeps, &unconverged,
+                                    vec.V);
     for (int i = 0; i < N; ++i) sv[i] = sqrt(sv[i]);
+    if (vec.U != nullptr)
+      kernels::singular_vectors(A, vec.V, sv, M, N, 0, 1, transpose, false, vec.U, vec.Vh, vec.work,
+                                vec.order);
   }
   for (int round = 0; round < N; ++round)  // descending
     for (int c = round & 1; c + 1 < N; c += 2) {
@@ -100,34 +126,52 @@ __device__ std::int8_t svd_one(const T* x, int m, int n, T* s, int max_sweeps, c
 
 // Matrices with M <= MaxM rows and N <= MaxN columns (after transposing): the work arrays are
 // the thread's local memory, which the hardware interleaves across threads (coalesced) and
-// caches in L1.
-template <class T, int MaxM, int MaxN>
+// caches in L1. U and Vh null: values only.
+template <class T, int MaxM, int MaxN, bool WithVectors>
 __global__ void __launch_bounds__(kBlock)
     svd_local_kernel(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
-                     int max_sweeps, const int* pairs, int rounds) {
+                     int max_sweeps, const int* pairs, int rounds, T* U, T* Vh) {
   const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (b >= batch) return;
   double A[MaxM * MaxN], sv[MaxN], e[MaxN], w[MaxM],
       jac[kernels::JacobiScratch<double, 1>::size(0)];
   const int N = m < n ? m : n;
-  info[b] = svd_one(X + b * std::int64_t(m) * n, m, n, s + b * N, max_sweeps, pairs, rounds, A, sv,
-                    e, w, jac);
+  const T* x = X + b * std::int64_t(m) * n;
+  if constexpr (WithVectors) {
+    double V[MaxN * MaxN], work[MaxM * MaxN + MaxM];
+    int order[2 * MaxN];
+    const Vectors<T> vec{U + b * std::int64_t(m) * N, Vh + b * std::int64_t(N) * n, V, work, order};
+    info[b] = svd_one(x, m, n, s + b * N, max_sweeps, pairs, rounds, A, sv, e, w, jac, vec);
+  } else {
+    info[b] = svd_one(x, m, n, s + b * N, max_sweeps, pairs, rounds, A, sv, e, w, jac);
+  }
 }
 
-// Larger matrices: the work arrays in a slice of global scratch per thread.
+// Larger matrices: the work arrays in a slice of global scratch per thread (and order, with
+// vectors, in a slice of int scratch).
 template <class T>
 __global__ void svd_global_kernel(const T* X, std::int64_t batch, int m, int n, T* s,
                                   std::int8_t* info, int max_sweeps, const int* pairs, int rounds,
-                                  double* scratch) {
+                                  double* scratch, T* U, T* Vh, int* order) {
   const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (b >= batch) return;
   const int M = m > n ? m : n, N = m < n ? m : n;
-  double* A = scratch + b * scratch_per_matrix(M, N);
+  const bool vectors = U != nullptr;
+  double* A = scratch + b * scratch_per_matrix(M, N, vectors);
   double* sv = A + std::int64_t(M) * N;
   double* e = sv + N;
   double* w = e + N;
+  double* jac = w + M;
+  Vectors<T> vec;
+  if (vectors) {
+    vec.U = U + b * std::int64_t(m) * N;
+    vec.Vh = Vh + b * std::int64_t(N) * n;
+    vec.V = jac + kernels::JacobiScratch<double, 1>::size(N);
+    vec.work = vec.V + std::int64_t(N) * N;
+    vec.order = order + b * kernels::vectors_scratch_ints(N);
+  }
   info[b] = svd_one(X + b * std::int64_t(m) * n, m, n, s + b * N, max_sweeps, pairs, rounds, A, sv,
-                    e, w, w + M);
+                    e, w, jac, vec);
 }
 
 // ---- a matrix per warp, up to 32 x 32 ----------------------------------------------------
@@ -270,16 +314,19 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
 
 }  // namespace
 
+namespace {
+
+// svdvals, and svd where U is set.
 template <class T>
-void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info, int max_sweeps,
-             void* stream) {
+void run(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info, int max_sweeps,
+         cudaStream_t st, T* U = nullptr, T* Vh = nullptr) {
   if (batch == 0) return;
-  const cudaStream_t st = as_stream(stream);
   if (m == 0 || n == 0) {
     IR_CUDA_CHECK(cudaMemsetAsync(info, kSvdOk, std::size_t(batch), st));
     return;
   }
-  if (m == 2 && n == 2) {
+  const bool vectors = U != nullptr;
+  if (m == 2 && n == 2 && !vectors) {
     launch(svd2x2_kernel<T>, grid_for(batch, kBlock), kBlock, 0, st, X, batch, s, info);
     IR_CUDA_LAUNCHED("svdvals (2x2)");
     return;
@@ -291,27 +338,51 @@ void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* in
   IR_CUDA_LAUNCHED("svdvals (pairs)");
   const int rounds = np - 1;
   const unsigned grid = grid_for(batch, kBlock);
-  auto local = [&](auto kernel) {
-    launch(kernel, grid, kBlock, 0, st, X, batch, m, n, s, info, max_sweeps,
-           static_cast<const int*>(pairs.get()), rounds);
-  };
+  const int* p = pairs.get();
   if (M <= 8) {
-    local(svd_local_kernel<T, 8, 8>);
-  } else if (M <= kWarpMax) {
+    if (vectors)
+      launch(svd_local_kernel<T, 8, 8, true>, grid, kBlock, 0, st, X, batch, m, n, s, info,
+             max_sweeps, p, rounds, U, Vh);
+    else
+      launch(svd_local_kernel<T, 8, 8, false>, grid, kBlock, 0, st, X, batch, m, n, s, info,
+             max_sweeps, p, rounds, U, Vh);
+  } else if (M <= kWarpMax && !vectors) {
     launch(svd_warp_kernel<T>, grid_for(batch, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, st, X,
-           batch, m, n, s, info, max_sweeps, static_cast<const int*>(pairs.get()), rounds);
+           batch, m, n, s, info, max_sweeps, p, rounds);
   } else {
-    Scratch<double> scratch(batch * scratch_per_matrix(M, N), st);
-    launch(svd_global_kernel<T>, grid, kBlock, 0, st, X, batch, m, n, s, info, max_sweeps,
-           static_cast<const int*>(pairs.get()), rounds, scratch.get());
+    Scratch<double> scratch(batch * scratch_per_matrix(M, N, vectors), st);
+    Scratch<int> order(vectors ? batch * kernels::vectors_scratch_ints(N) : 0, st);
+    launch(svd_global_kernel<T>, grid, kBlock, 0, st, X, batch, m, n, s, info, max_sweeps, p,
+           rounds, scratch.get(), U, Vh, order.get());
   }
-  IR_CUDA_LAUNCHED("svdvals");
+  if (vectors)
+    IR_CUDA_LAUNCHED("svd");
+  else
+    IR_CUDA_LAUNCHED("svdvals");
+}
+
+}  // namespace
+
+template <class T>
+void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info, int max_sweeps,
+             void* stream) {
+  run(X, batch, m, n, s, info, max_sweeps, as_stream(stream));
+}
+
+template <class T>
+void svd(const T* X, std::int64_t batch, int m, int n, T* U, T* s, T* Vh, std::int8_t* info,
+         int max_sweeps, void* stream) {
+  run(X, batch, m, n, s, info, max_sweeps, as_stream(stream), U, Vh);
 }
 
 template void svdvals<float>(const float*, std::int64_t, int, int, float*, std::int8_t*, int,
                              void*);
 template void svdvals<double>(const double*, std::int64_t, int, int, double*, std::int8_t*, int,
                               void*);
+template void svd<float>(const float*, std::int64_t, int, int, float*, float*, float*, std::int8_t*,
+                         int, void*);
+template void svd<double>(const double*, std::int64_t, int, int, double*, double*, double*,
+                          std::int8_t*, int, void*);
 
 }  // namespace cuda
 }  // namespace implicitreg

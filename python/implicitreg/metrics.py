@@ -173,7 +173,7 @@ def svd(
     """The thin SVD of X (..., m, n) as numpy.linalg.svd(X, full_matrices=False): U
     (..., m, k), S (..., k) descending, Vh (..., k, n), k = min(m, n), in X's float dtype.
 
-    cpu (and cuda, through the host): one-sided Jacobi in float64 with the rotations
+    cpu and cuda (the same kernels): one-sided Jacobi in float64 with the rotations
     accumulated, so U and Vh are orthonormal to working precision; a zero singular value gets
     a left vector that completes U to orthonormal columns. numpy: LAPACK. A non-finite matrix
     gets NaN everywhere; return_info and max_sweeps as for svdvals (default 80: graded

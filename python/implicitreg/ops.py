@@ -119,23 +119,23 @@ def svdvals(X: np.ndarray, backend: str, max_sweeps: int) -> tuple[np.ndarray, n
 
 def svd(X: np.ndarray, backend: str, max_sweeps: int) -> tuple:
     """(U (B, m, k), s (B, k) descending, Vh (B, k, n), info (B,) int8) of X (B, m, n)
-    C-contiguous float, k = min(m, n), in X's array module.
-
-    The cuda backend runs the CPU kernel: the CUDA kernels compute singular values only so
-    far, so a device batch crosses to the host once and its factors come back at once."""
+    C-contiguous float, k = min(m, n), in X's array module."""
     if backend == "numpy":
         return reference.svd(X)
-    device = _backend.is_device(X)
-    X = _backend.to_host(X)
+    host = not _backend.is_device(X)
+    if backend == "cuda":
+        X = _backend.to_device(X)
     B, m, n = X.shape
     k = min(m, n)
-    U = np.empty((B, m, k), X.dtype)
-    s = np.empty((B, k), X.dtype)
-    Vh = np.empty((B, k, n), X.dtype)
-    info = np.empty(B, np.int8)
-    _core.svd(X, U, s, Vh, info, max_sweeps)
-    out = (U, s, Vh, info)
-    return tuple(_backend.to_device(a) for a in out) if device else out
+    out = (
+        _empty(backend, (B, m, k), X.dtype),
+        _empty(backend, (B, k), X.dtype),
+        _empty(backend, (B, k, n), X.dtype),
+        _empty(backend, B, np.int8),
+    )
+    U, s, Vh, info = out
+    _call(backend, "svd", X, U, s, Vh, info, max_sweeps)
+    return tuple(_backend.to_host(a) for a in out) if host else out
 
 
 def svals_metrics(

@@ -65,6 +65,10 @@ void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* in
              void* stream);
 
 template <class T>
+void svd(const T* X, std::int64_t batch, int m, int n, T* U, T* s, T* Vh, std::int8_t* info,
+         int max_sweeps, void* stream);
+
+template <class T>
 void svals_metrics(const T* s, std::int64_t batch, int k, const MetricSpec* specs, int n_specs,
                    double* out, void* stream);
 
