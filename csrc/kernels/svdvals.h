@@ -427,54 +427,68 @@ IR_HD inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* un
           std::max(bnorm, std::fabs(d[k * L + l]) + (k + 1 < n ? std::fabs(e[k * L + l]) : T(0)));
     thresh[l] = std::numeric_limits<T>::epsilon() * bnorm;
   }
-  // Zero the negligible superdiagonal entries; find each lane's bottom unreduced block.
+  // Zero the negligible superdiagonal entries; find each lane's bottom unreduced block
+  // [lo, hi]: hi = 1 + the last k with e[k] != 0 (0 if none), lo = 1 + the last k < hi with
+  // e[k] == 0 (0 if none). Loops over k outside, lanes inside: one vector.
   auto deflate = [&]() {
+    int h[L] = {}, j[L] = {};
+    for (int k = 0; k + 1 < n; ++k)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        const T ek = std::fabs(e[k * L + l]) <= thresh[l] ? T(0) : e[k * L + l];
+        e[k * L + l] = ek;
+        h[l] = ek != T(0) ? k + 1 : h[l];
+      }
+    for (int k = 0; k + 1 < n; ++k)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) j[l] = (e[k * L + l] == T(0)) & (k < h[l]) ? k + 1 : j[l];
     bool any = false;
     for (int l = 0; l < L; ++l) {
-      for (int k = 0; k + 1 < n; ++k)
-        if (std::fabs(e[k * L + l]) <= thresh[l]) e[k * L + l] = T(0);
-      int h = n - 1;
-      while (h > 0 && e[(h - 1) * L + l] == T(0)) --h;
-      int j = h;
-      while (j > 0 && e[(j - 1) * L + l] != T(0)) --j;
-      lo[l] = j;
-      hi[l] = h;
-      any |= h > j;
+      lo[l] = j[l];
+      hi[l] = h[l];
+      any |= h[l] > j[l];
     }
     return any;
   };
   int sweep = 0;
   for (; sweep < max_sweeps && deflate(); ++sweep) {
     int kmin = n, kmax = 0;
-    T y[L] = {}, z[L] = {};
+    T y[L] = {}, z[L] = {}, mu[L];
     for (int l = 0; l < L; ++l) {
-      if (hi[l] > lo[l]) {
-        kmin = std::min(kmin, lo[l]);
-        kmax = std::max(kmax, hi[l]);
-      }
+      mu[l] = T(0);
+      if (hi[l] <= lo[l]) continue;
+      kmin = std::min(kmin, lo[l]);
+      kmax = std::max(kmax, hi[l]);
+      // The shift, from the trailing 2x2 of B^T B before the sweep: the chase reaches rows h - 1
+      // and h only after it has used the shift.
+      const int h = hi[l];
+      const T dh1 = d[(h - 1) * L + l], dh = d[h * L + l], eh1 = e[(h - 1) * L + l];
+      const T eh2 = h - 2 >= lo[l] ? e[(h - 2) * L + l] : T(0);
+      const T t11 = dh1 * dh1 + eh2 * eh2, t12 = dh1 * eh1, t22 = dh * dh + eh1 * eh1;
+      const T delta = T(0.5) * (t11 - t22);
+      const T den = delta + std::copysign(std::sqrt(delta * delta + t12 * t12), delta);
+      mu[l] = t22 - (den != T(0) ? t12 * t12 / den : T(0));
     }
     for (int k = kmin; k < kmax; ++k) {
+      // Every lane computes the step and keeps it where its block holds k (selects, not
+      // branches, so that the lanes run as one vector; a NaN or inf of a lane outside its
+      // block, or of a zero norm, is discarded by the select).
+      const bool last = k + 1 >= n - 1;
+      T* dk_p = d + k * L;
+      T* ek_p = e + k * L;
+      T* dk1_p = d + (k + 1) * L;
+      T* ek1_p = e + (last ? k : k + 1) * L;   // e[k + 1] where it exists (else unused)
+      T* ek0_p = e + (k > 0 ? k - 1 : k) * L;  // e[k - 1] where it exists (else unused)
 #pragma omp simd
       for (int l = 0; l < L; ++l) {
-        const bool active = lo[l] <= k && k < hi[l];
-        const int h = hi[l];
-        const T dk = d[k * L + l], ek = e[k * L + l], dk1 = d[(k + 1) * L + l];
-        const T ek1 = k + 1 < n - 1 ? e[(k + 1) * L + l] : T(0);
-        // the shift starts the chase (only in a lane whose block holds k: one without a block
-        // has hi = 0, and d[h - 1] would lie before the array)
-        if (active && k == lo[l]) {
-          const T dh1 = d[(h - 1) * L + l], dh = d[h * L + l], eh1 = e[(h - 1) * L + l];
-          const T eh2 = h - 2 >= lo[l] ? e[(h - 2) * L + l] : T(0);
-          const T t11 = dh1 * dh1 + eh2 * eh2, t12 = dh1 * eh1, t22 = dh * dh + eh1 * eh1;
-          const T delta = T(0.5) * (t11 - t22);
-          const T den = delta + std::copysign(std::sqrt(delta * delta + t12 * t12), delta);
-          const T mu = t22 - (den != T(0) ? t12 * t12 / den : T(0));
-          y[l] = dk * dk - mu;
-          z[l] = dk * ek;
-        }
+        const bool active = (lo[l] <= k) & (k < hi[l]);
+        const bool start = k == lo[l];  // the shift starts the chase
+        const T dk = dk_p[l], ek = ek_p[l], dk1 = dk1_p[l], ek1 = last ? T(0) : ek1_p[l];
+        const T ek0 = ek0_p[l];
+        const T yk = start ? dk * dk - mu[l] : y[l], zk = start ? dk * ek : z[l];
         // Right rotation of columns k, k+1: zeroes z (the bulge above, or starts the chase).
-        const T r1 = std::sqrt(y[l] * y[l] + z[l] * z[l]);
-        const T c1 = r1 > T(0) ? y[l] / r1 : T(1), s1 = r1 > T(0) ? z[l] / r1 : T(0);
+        const T r1 = std::sqrt(yk * yk + zk * zk);
+        const T c1 = r1 > T(0) ? yk / r1 : T(1), s1 = r1 > T(0) ? zk / r1 : T(0);
         const T dk_r = c1 * dk + s1 * ek, ek_r = c1 * ek - s1 * dk;
         const T below = s1 * dk1, dk1_r = c1 * dk1;
         // Left rotation of rows k, k+1: zeroes the bulge below the diagonal.
@@ -482,15 +496,14 @@ IR_HD inline void pack_bidiagonal_qr(T* d, T* e, int n, int max_sweeps, bool* un
         const T c2 = r2 > T(0) ? dk_r / r2 : T(1), s2 = r2 > T(0) ? below / r2 : T(0);
         const T ek_n = c2 * ek_r + s2 * dk1_r, dk1_n = c2 * dk1_r - s2 * ek_r;
         const T above = s2 * ek1, ek1_n = c2 * ek1;
-        if (active) {
-          if (k > lo[l]) e[(k - 1) * L + l] = r1;
-          d[k * L + l] = r2;
-          e[k * L + l] = ek_n;
-          d[(k + 1) * L + l] = dk1_n;
-          if (k + 1 < n - 1) e[(k + 1) * L + l] = ek1_n;
-          y[l] = ek_n;
-          z[l] = above;
-        }
+        // (k > lo implies k > 0: e[k - 1] exists wherever it is written)
+        ek0_p[l] = active & !start ? r1 : ek0;
+        dk_p[l] = active ? r2 : dk;
+        ek_p[l] = active ? ek_n : ek;
+        dk1_p[l] = active ? dk1_n : dk1;
+        if (!last) ek1_p[l] = active ? ek1_n : ek1;
+        y[l] = active ? ek_n : y[l];
+        z[l] = active ? above : z[l];
       }
     }
   }
