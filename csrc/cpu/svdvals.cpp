@@ -169,8 +169,8 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
   }
 }
 
-// A pack holds as many matrices as fit in one SIMD vector while it stays within half of L2;
-// bigger matrices run in narrower packs, down to one at a time. (Wide packs streaming from L2
+// A pack holds L matrices (svd_sized's choice) while it stays within half of L2; bigger
+// matrices run in narrower packs, down to one at a time. (Wide packs streaming from L2
 // beat narrow ones held in L1: at 32x32 and 48x48, 8 lanes of float64 are 1.0x and 1.35x
 // faster than 4.)
 constexpr std::int64_t kPackBytes = std::int64_t(512) << 10;
@@ -196,6 +196,19 @@ void svd_lanes(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
   svd_packs<T, L>(X, batch, m, n, s, info, max_sweeps, true, vec);
 }
 
+// Packs of one SIMD vector of matrices; of two below kBidiagonalFrom columns, where the
+// packs are small: two independent chains through each rotation's square roots and divisions
+// (float64, one thread: svdvals 1.1x at 4x4, 8x8 and 11x11, svd 1.15x at 8x8; at 32x32, svd
+// is 1.07x slower with two).
+template <class T>
+void svd_sized(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* info,
+               int max_sweeps, Vectors<T> vec = {}) {
+  constexpr int L = 64 / int(sizeof(C));
+  if (std::min(m, n) < kernels::kBidiagonalFrom)
+    return svd_lanes<T, 2 * L>(X, batch, m, n, s, info, max_sweeps, vec);
+  svd_lanes<T, L>(X, batch, m, n, s, info, max_sweeps, vec);
+}
+
 }  // namespace
 
 namespace cpu {
@@ -209,7 +222,7 @@ void svdvals(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* in
     return;
   }
   if (m == 2 && n == 2) return svd2x2_batch(X, batch, s, info);
-  svd_lanes<T, 64 / int(sizeof(C))>(X, batch, m, n, s, info, max_sweeps);
+  svd_sized(X, batch, m, n, s, info, max_sweeps);
 }
 
 template <class T>
@@ -220,7 +233,7 @@ void svd(const T* X, std::int64_t batch, int m, int n, T* U, T* s, T* Vh, std::i
     std::fill(info, info + batch, std::int8_t(kSvdOk));
     return;
   }
-  svd_lanes<T, 64 / int(sizeof(C))>(X, batch, m, n, s, info, max_sweeps, Vectors<T>{U, Vh});
+  svd_sized(X, batch, m, n, s, info, max_sweeps, Vectors<T>{U, Vh});
 }
 
 template void svdvals<float>(const float*, std::int64_t, int, int, float*, std::int8_t*, int);

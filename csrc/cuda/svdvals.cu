@@ -191,8 +191,9 @@ __device__ __forceinline__ T warp_add(T v) {
   return v;
 }
 
-// One-sided Jacobi as kernels::pack_jacobi (the same pairs, tolerance, skip threshold, update
-// form and convergence test), with the warp's lanes in place of a pack's lanes: lane group
+// One-sided Jacobi as kernels::pack_jacobi (the same pairs, tolerance, skip threshold and
+// update form; converged once a sweep's worth of consecutive rounds, rather than pairs, has
+// passed without a rotation), with the warp's lanes in place of a pack's lanes: lane group
 // `pair` (of `span` lanes) takes the round's pair `pair` and the rows part, part + span, ...
 // A is column-major with stride kWarpLd, norm2 the squared column norms (both shared).
 // Returns whether the sweep cap was hit with a pair still to rotate.
