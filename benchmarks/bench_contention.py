@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from implicitreg.bench import print_contention, run_contention
-from implicitreg.bench.harness import write_json
+from implicitreg.bench import contention_report
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="wall time of each phase")
     ap.add_argument("--json", metavar="F", help="write the results to this JSON file")
     args = ap.parse_args()
-    rep = run_contention(seconds=args.seconds)
-    print_contention(rep)
-    write_json(args.json, {"benchmark": "bench_contention.py", **rep})
+    contention_report(args.seconds, args.json, "bench_contention.py")

@@ -222,7 +222,7 @@ PYBIND11_MODULE(IMPLICITREG_MODULE, m) {
     d["cpu_level"] = IMPLICITREG_CPU_LEVEL;
     d["simd_lanes_f64"] = ir::simd_lanes_f64();
     d["openmp"] = ir::openmp_enabled();
-    d["threads"] = ir::max_threads();
+    d["threads"] = ir::cpu::num_threads();
     return d;
   });
 }

@@ -372,6 +372,4 @@ bool openmp_enabled() {
 #endif
 }
 
-int max_threads() { return cpu::num_threads(); }
-
 }  // namespace implicitreg

@@ -84,11 +84,9 @@ IR_HD inline int round_robin(int n, int* pairs) {
   return np - 1;
 }
 
-// Scratch of pack_jacobi for n columns and L lanes.
-template <class T, int L>
-struct JacobiScratch {
-  IR_HD static constexpr std::int64_t size(int) { return 4 * L; }  // two pairs' sn and tau
-};
+// Scratch of pack_jacobi for L lanes: two pairs' sn and tau.
+template <int L>
+constexpr int kJacobiScratch = 4 * L;
 
 // One-sided Jacobi on a pack of L matrices with m rows and n <= m columns, lane-packed:
 // A[(c * m + r) * L + l] is entry (r, c) of lane l, its largest entry of order 1. Sweeps of

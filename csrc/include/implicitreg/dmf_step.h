@@ -88,7 +88,6 @@ void dmf_loss(const T* const* factors, const DmfShape& shape, const DmfProblem<T
 // Build facts reported by implicitreg.build_info().
 int simd_lanes_f64();
 bool openmp_enabled();
-int max_threads();
 
 namespace cpu {
 // The measured multiply-add throughput in flop/s of `threads` threads, each running `rounds`

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import _backend, build_info
 from .cases import ALL_METRICS, CHECK_STEPS, STEP_RTOL, cases, cp_flops, dmf_flops, select
-from .contention import print_contention, run_contention
+from .contention import contention_report, print_contention, run_contention
 from .harness import (
     MAX_UNITS,
     PAUSE_S,
@@ -69,6 +69,7 @@ __all__ = [
     "Side",
     "WallClock",
     "cases",
+    "contention_report",
     "cp_flops",
     "dmf_flops",
     "fma_peak",
@@ -92,9 +93,7 @@ def run(args, timer=WALL_CLOCK) -> int:
         raise ValueError(f"--json: expected a file in an existing directory, got {args.json}")
     quick = bool(args.quick)
     if getattr(args, "contention", False):
-        rep = run_contention(seconds=0.5 if quick else 2.0)
-        print_contention(rep)
-        write_json(args.json, {"benchmark": "implicitreg bench --contention", **rep})
+        contention_report(0.5 if quick else 2.0, args.json, "implicitreg bench --contention")
         return 0
     repeats = args.repeats or (3 if quick else 5)
     sample_s = args.sample_s or (0.1 if quick else 0.3)

@@ -18,6 +18,8 @@ import os
 import time
 from typing import Any
 
+from .harness import write_json
+
 TARGET = 0.40  # of the solo rate, every process and phase
 PHASES = ("dmf_step-2x2-f64 B=4096", "svdvals-8x8-f64 B=32")
 
@@ -90,6 +92,14 @@ def run_contention(seconds: float = 2.0, processes: int = 2) -> dict[str, Any]:
         "target": TARGET,
         "met": all(k >= TARGET for ks in kept.values() for k in ks),
     }
+
+
+def contention_report(seconds: float, json_path: str | None, benchmark: str) -> dict[str, Any]:
+    """run_contention, printed, and written to json_path (when given) as `benchmark`."""
+    rep = run_contention(seconds=seconds)
+    print_contention(rep)
+    write_json(json_path, {"benchmark": benchmark, **rep})
+    return rep
 
 
 def print_contention(rep: dict[str, Any]) -> None:

@@ -278,15 +278,19 @@ def batch_key(cfg: dict) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
+def _problem_args(cfg: dict) -> dict:
+    """The config values its problem is drawn from."""
+    return {k: cfg[k] for k in PROBLEMS[cfg["problem"]]}
+
+
 def problem_key(cfg: dict) -> str:
     """Configs with equal keys draw the same problems (build_problem reads only these)."""
-    name = cfg["problem"]
-    return json.dumps({"problem": name, **{k: cfg[k] for k in PROBLEMS[name]}}, default=str)
+    return json.dumps({"problem": cfg["problem"], **_problem_args(cfg)}, default=str)
 
 
 def build_problem(cfg: dict, seeds: int):
     name = cfg["problem"]
-    args = {k: cfg[k] for k in PROBLEMS[name]}
+    args = _problem_args(cfg)
     if "problem_seed" in args:
         args["seed"] = args.pop("problem_seed")
         args["rank"] = args.pop("target_rank")

@@ -49,8 +49,8 @@ def run_batch(
         if key not in built:
             built[key] = build_problem(c, s1)
     whole = [built[key] for key in keys]
-    parts = [take_seeds(p, s0, s1) for p in whole] if s0 else whole
-    problem = concat_problems(parts)
+    cut = {key: take_seeds(p, s0, s1) for key, p in built.items()} if s0 else built
+    problem = concat_problems([cut[key] for key in keys])
     if c0["model"] == "cp":
         return _run_cp_batch(
             configs, whole, problem, seeds, backend, advance, checkpoint, checkpoint_every
@@ -100,28 +100,25 @@ def run_batch(
             for name in traj.data:
                 _put(cols, f"{name}@{lab}", traj.crossings[name][k])
     for norm in c0.get("min_norms", ()):
-        cols.update(_min_norm_columns(parts, keys, norm))
+        cols.update(_min_norm_columns(cut, keys, norm))
     return cols, traj, seconds
 
 
-def _min_norm_columns(parts, keys: list[str], norm: str) -> dict:
-    """The fit `norm` picks for each problem of the batch (the configs' parts, in order): its
-    norm, certified gap (nuclear), effective rank and, where the truth is known,
-    reconstruction error (as the metric recon_error). Configs with equal problem keys hold the
-    same problems, which are solved once."""
-    first: dict[str, int] = {}
-    for i, k in enumerate(keys):
-        first.setdefault(k, i)
-    distinct = concat_problems([parts[i] for i in first.values()])
-    fit = min_norm(distinct, norm)
+def _min_norm_columns(distinct: dict, keys: list[str], norm: str) -> dict:
+    """The fit `norm` picks for each problem of the batch (the configs' problems, distinct[k]
+    for each config's key k, in order): its norm, certified gap (nuclear), effective rank and,
+    where the truth is known, reconstruction error (as the metric recon_error). Each distinct
+    problem is solved once."""
+    solved = concat_problems(list(distinct.values()))
+    fit = min_norm(solved, norm)
     cols = {
         f"min_{norm}": fit.value,
         f"min_{norm}_gap": fit.gap,
         f"min_{norm}_erank": effective_rank(fit.matrices),
     }
-    if distinct.truth is not None:
-        cols[f"min_{norm}_recon_error"] = _relative_error(fit.matrices, distinct.truth)
-    n, slot = parts[0].batch, {k: u for u, k in enumerate(first)}
+    if solved.truth is not None:
+        cols[f"min_{norm}_recon_error"] = _relative_error(fit.matrices, solved.truth)
+    n, slot = next(iter(distinct.values())).batch, {k: u for u, k in enumerate(distinct)}
     rows = np.concatenate([slot[k] * n + np.arange(n) for k in keys])
     return {k: v[rows] for k, v in cols.items()}
 
