@@ -619,3 +619,48 @@ def test_step_cut_into_bounded_calls_is_bit_identical(monkeypatch):
     for a, b in zip(whole.factors, cut.factors, strict=True):
         assert np.array_equal(a, b)
     assert whole.steps_done == cut.steps_done == 700
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_packs_in_registers_match_the_general_loop(dtype, depth):
+    """A pack of small problems that all run keeps its iterate in vector registers until one
+    is due to freeze, cross a threshold or diverge; a pack beside a frozen problem runs the
+    general step loop throughout. Both give the same bits."""
+    from implicitreg.models.crossings import Crossings
+
+    n = 64 // np.dtype(dtype).itemsize - 1  # with one more problem: one full pack
+    rng = np.random.default_rng(depth)
+    targets = rng.standard_normal((n + 1, 2, 2))
+    masks = np.ones((n + 1, 2, 2), bool)
+    masks[:, 0, 1] = False
+    masks[0] = False  # loss 0: frozen at the first step
+    W0 = [0.5 * rng.standard_normal((n + 1, 2, 2)) for _ in range(depth)]
+    lr = np.geomspace(1e-3, 0.3, n + 1)
+    lr[-1] = 5.0  # diverges
+    thresholds = np.array([1e-1, 1e-3])
+
+    def run(idx):
+        f = ir.DeepFactorization(
+            ir.completion(targets[idx], masks[idx]), [W[idx] for W in W0], dtype=dtype
+        )
+        cross = Crossings(thresholds, len(idx), [2] * (depth + 1), f.dtype)
+        for _ in range(3):
+            f.step(lr[idx], 200, tol=1e-5, crossings=cross)
+        return f, cross
+
+    beside, cross_beside = run(np.arange(n + 1))
+    assert beside.status[0] == CONVERGED and beside.frozen_at[0] == 0
+    assert {CONVERGED, DIVERGED, RUNNING} <= set(beside.status[1:]), beside.status
+    assert (cross_beside.step[1:] >= 0).any() and (cross_beside.step[1:] < 0).any()
+    # each problem alone (its pack's other lanes are padding copies), and the ones that run
+    # throughout together
+    running = np.flatnonzero(beside.status == RUNNING)
+    for idx in [[b] for b in range(1, n + 1)] + [running]:
+        alone, cross_alone = run(np.array(idx))
+        np.testing.assert_array_equal(alone.status, beside.status[idx])
+        np.testing.assert_array_equal(alone.frozen_at, beside.frozen_at[idx])
+        np.testing.assert_array_equal(cross_alone.step, cross_beside.step[idx])
+        mine, theirs = alone.factors + cross_alone.factors, beside.factors + cross_beside.factors
+        for a, b in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(a, b[idx])

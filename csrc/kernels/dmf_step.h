@@ -184,9 +184,16 @@ IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, con
         const T g = Wn[e];
         pack_store<true, T, 1>(Wn + e, W + e, lr, fin, &g);
       }
-    return;
-  }
-  if constexpr (L == 1) {  // dot products of contiguous rows, vectorized as a reduction
+  } else if constexpr (!Block) {  // compile-time sizes, L = 1 included
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < N; ++j) {
+        T acc[L];
+        for (int l = 0; l < L; ++l) acc[l] = H[(i * K) * L + l] * P[(j * K) * L + l];
+        for (int k = 1; k < K; ++k)
+          for (int l = 0; l < L; ++l) acc[l] += H[(i * K + k) * L + l] * P[(j * K + k) * L + l];
+        pack_store<Fused, T, L>(Wn + (i * N + j) * L, W + (i * N + j) * L, lr, fin, acc);
+      }
+  } else if constexpr (L == 1) {  // dot products of contiguous rows, vectorized as a reduction
     for (int i = 0; i < M; ++i)
       for (int j = 0; j < N; ++j) {
         const T* h = H + i * K;
@@ -196,25 +203,14 @@ IR_HD IR_INLINE void pack_update_nt(T* __restrict Wn, const T* __restrict W, con
         for (int k = 0; k < K; ++k) acc += h[k] * p[k];
         pack_store<Fused, T, L>(Wn + i * N + j, W + i * N + j, lr, fin, &acc);
       }
-    return;
+  } else {
+    pack_products<T, L>(
+        M, K, N, [&](int i, int k) { return H + (i * K + k) * L; },
+        [&](int k, int j) { return P + (j * K + k) * L; },
+        [&](int i, int j, const T* acc) {
+          pack_store<Fused, T, L>(Wn + (i * N + j) * L, W + (i * N + j) * L, lr, fin, acc);
+        });
   }
-  if constexpr (!Block) {
-    for (int i = 0; i < M; ++i)
-      for (int j = 0; j < N; ++j) {
-        T acc[L];
-        for (int l = 0; l < L; ++l) acc[l] = H[(i * K) * L + l] * P[(j * K) * L + l];
-        for (int k = 1; k < K; ++k)
-          for (int l = 0; l < L; ++l) acc[l] += H[(i * K + k) * L + l] * P[(j * K + k) * L + l];
-        pack_store<Fused, T, L>(Wn + (i * N + j) * L, W + (i * N + j) * L, lr, fin, acc);
-      }
-    return;
-  }
-  pack_products<T, L>(
-      M, K, N, [&](int i, int k) { return H + (i * K + k) * L; },
-      [&](int k, int j) { return P + (j * K + k) * L; },
-      [&](int i, int j, const T* acc) {
-        pack_store<Fused, T, L>(Wn + (i * N + j) * L, W + (i * N + j) * L, lr, fin, acc);
-      });
 }
 
 // Wn = W - lr * H (the first factor, whose right cofactor P_0 is the identity); unfused, H
@@ -284,6 +280,12 @@ struct PackProblem {
   int K;
 };
 
+// x where the 0/1 mask m observes the entry, else 0 (and no NaN from an unobserved x).
+template <class T>
+IR_HD IR_INLINE T observed(T m, T x) {
+  return m != T(0) ? x : T(0);
+}
+
 // Residual G and loss of E for every lane.
 template <class T, int L>
 IR_HD IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict E, T* __restrict G,
@@ -292,7 +294,7 @@ IR_HD IR_INLINE void pack_residual(const PackProblem<T>& pb, const T* __restrict
   if (!pb.sensing) {
     for (int e = 0; e < mn; ++e)
       for (int l = 0; l < L; ++l) {
-        const T r = pb.mask[e * L + l] != T(0) ? E[e * L + l] - pb.target[e * L + l] : T(0);
+        const T r = observed(pb.mask[e * L + l], E[e * L + l] - pb.target[e * L + l]);
         G[e * L + l] = r;
         loss[l] += r * r;
       }

@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "implicitreg/codes.h"
 #include "kernels/hd.h"
@@ -12,11 +13,20 @@
 namespace implicitreg {
 namespace kernels {
 
+// Whether a running problem whose current iterate has this loss keeps running: its loss is
+// finite and not below tol. Comparisons only (NaN compares false), so that it also applies
+// lane by lane to a vector of losses L (cpu/lanes.h) of scalars T.
+template <class L, class T>
+IR_HD IR_INLINE auto keeps_running(L loss, T tol) {
+  const T big = std::numeric_limits<T>::max();
+  return (loss >= tol) & (loss <= big) & (loss >= -big);
+}
+
 // The status of a running problem whose current iterate has this loss.
 template <class T>
 IR_HD IR_INLINE std::int8_t status_at(T loss, T tol) {
-  if (!std::isfinite(loss)) return kDiverged;
-  return loss < tol ? kConverged : kRunning;
+  if (keeps_running(loss, tol)) return kRunning;
+  return std::isfinite(loss) ? kConverged : kDiverged;
 }
 
 // Non-finite probes: add x * 0 of every new value into one sum per problem; the sum is 0
@@ -27,7 +37,7 @@ IR_HD IR_INLINE T probe(T x) {
   return x * T(0);
 }
 template <class T>
-IR_HD IR_INLINE bool commits(T probes) {
+IR_HD IR_INLINE auto commits(T probes) {
   return probes == T(0);
 }
 
