@@ -14,7 +14,6 @@ namespace cpu {
 // Lane-wise truth values of a comparison of Lanes.
 template <class T>
 struct LaneMask {
-  static constexpr int kLanes = 64 / int(sizeof(T));
   typedef std::conditional_t<sizeof(T) == 8, std::int64_t, std::int32_t> Int;
   typedef Int Vector __attribute__((vector_size(64)));  // 0 or -1 per lane
   Vector m;
@@ -65,7 +64,6 @@ struct Lanes {
   friend Lanes operator-(Lanes a, Lanes b) { return from(a.v - b.v); }
   friend Lanes operator*(Lanes a, Lanes b) { return from(a.v * b.v); }
   Lanes& operator+=(Lanes b) { return *this = *this + b; }
-  Lanes& operator-=(Lanes b) { return *this = *this - b; }
   Lanes& operator*=(Lanes b) { return *this = *this * b; }
   friend LaneMask<T> operator<(Lanes a, Lanes b) { return {a.v < b.v}; }
   friend LaneMask<T> operator<=(Lanes a, Lanes b) { return {a.v <= b.v}; }
