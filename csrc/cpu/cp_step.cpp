@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -67,22 +66,14 @@ void gather_observed(const CpShape& shape, const CpProblem<T>& pb, std::int64_t 
   ws.gres.resize(ws.target.size());
 }
 
-// W components of one SIMD register as one value (GCC/Clang vector extension), so that
-// running sums stay in registers.
+// W components of one SIMD register as one value, so that running sums stay in registers.
 template <class T>
 constexpr int kLanes = 64 / int(sizeof(T));
 template <class T, int W>
-using Vec [[gnu::vector_size(W * sizeof(T))]] = T;
-
+using Vec = kernels::SimdVec<T, W>;
 template <class T, int W>
 IR_INLINE Vec<T, W> load(const T* p) {
-  Vec<T, W> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <class T, int W>
-IR_INLINE void store(T* p, Vec<T, W> v) {
-  std::memcpy(p, &v, sizeof v);
+  return kernels::simd_load<Vec<T, W>>(p);
 }
 
 // Sum of the lanes, halving the vector each time (shuffles: a store of the whole vector
@@ -151,7 +142,7 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
 #pragma GCC unroll 8
     for (int c = 0; c < NV; ++c) {
       s[c] += g * load<T, W>(uk + c * W);
-      store<T, W>(gk + c * W, load<T, W>(gk + c * W) + g * p[c]);
+      kernels::simd_store(gk + c * W, load<T, W>(gk + c * W) + g * p[c]);
     }
   }
   // mode n < N - 1 gains s * prod_{m < N - 1, m != n} u_m
@@ -162,7 +153,7 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
     for (int n = 0; n < N - 1; ++n) u[n] = load<T, W>(U[n] + d[n] + rc);
     kernels::leave_one_out(u, N - 1, s[c], [&](int n, V x) {
       T* gn = G[n] + d[n] + rc;
-      store<T, W>(gn, load<T, W>(gn) + x);
+      kernels::simd_store(gn, load<T, W>(gn) + x);
     });
   }
 }

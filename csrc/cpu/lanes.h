@@ -8,6 +8,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/hd.h"
+
 namespace implicitreg {
 namespace cpu {
 
@@ -42,7 +44,7 @@ struct LaneMask {
 template <class T>
 struct Lanes {
   static constexpr int kLanes = 64 / int(sizeof(T));
-  typedef T Vector __attribute__((vector_size(64)));
+  typedef kernels::SimdVec<T, kLanes> Vector;
   Vector v;
 
   Lanes() = default;
@@ -52,12 +54,8 @@ struct Lanes {
     r.v = x;
     return r;
   }
-  static Lanes load(const T* p) {  // kLanes consecutive T, any alignment
-    Lanes r;
-    std::memcpy(&r.v, p, sizeof(Vector));
-    return r;
-  }
-  void store(T* p) const { std::memcpy(p, &v, sizeof(Vector)); }
+  static Lanes load(const T* p) { return from(kernels::simd_load<Vector>(p)); }
+  void store(T* p) const { kernels::simd_store(p, v); }
 
   friend Lanes operator-(Lanes a) { return from(-a.v); }
   friend Lanes operator+(Lanes a, Lanes b) { return from(a.v + b.v); }

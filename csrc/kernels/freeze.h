@@ -34,7 +34,7 @@ IR_HD IR_INLINE std::int8_t status_at(T loss, T tol) {
 // vectorizable multiply-add per entry and one test.
 template <class T>
 IR_HD IR_INLINE T probe(T x) {
-  return x * T(0);
+  return x * 0;  // 0 of x's type: a scalar, or every lane of a vector
 }
 template <class T>
 IR_HD IR_INLINE auto commits(T probes) {

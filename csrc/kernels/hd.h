@@ -17,3 +17,30 @@
 #define IR_SIMD_SUM(acc) IR_PRAGMA(omp simd reduction(+ : acc))
 #define IR_UNROLL
 #endif
+
+#ifndef __CUDACC__
+#include <cstring>
+
+namespace implicitreg {
+namespace kernels {
+
+// W values of T as one SIMD value (GCC/Clang vector extension): CPU code that keeps its sums
+// in vector registers, whatever the compiler would do with an array of W.
+template <class T, int W>
+using SimdVec [[gnu::vector_size(W * sizeof(T))]] = T;
+
+// Such a value from, or to, W consecutive T at any alignment.
+template <class V, class T>
+inline V simd_load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V, class T>
+inline void simd_store(T* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+}  // namespace kernels
+}  // namespace implicitreg
+#endif
