@@ -89,7 +89,7 @@ void svd_packs(const T* X, std::int64_t batch, int m, int n, T* s, std::int8_t* 
     std::vector<C> work(vectors ? kernels::vectors_scratch(M, N) : 0);
     std::vector<int> order(vectors ? kernels::vectors_scratch_ints(N) : 0);
     std::vector<C> e(bidiagonal ? std::int64_t(N) * L : 0), w(bidiagonal ? std::int64_t(M) * L : 0);
-    std::vector<C> scratch(bidiagonal ? 0 : kernels::kJacobiScratch<L>);
+    std::vector<C> scratch(bidiagonal ? 0 : kernels::jacobi_scratch(L, N));
     std::vector<int> pairs(bidiagonal ? 0 : std::int64_t(N + 1) * (N + 1));
     const int rounds = bidiagonal ? 0 : kernels::round_robin(N, pairs.data());
 #pragma omp for schedule(dynamic, 1)

@@ -57,7 +57,7 @@ struct Vectors {
 
 // Doubles of scratch per matrix with M >= N, and with vectors its V and work.
 __host__ __device__ std::int64_t scratch_per_matrix(int M, int N, bool vectors) {
-  return std::int64_t(M) * N + 2 * std::int64_t(N) + M + kernels::kJacobiScratch<1> +
+  return std::int64_t(M) * N + 2 * std::int64_t(N) + M + kernels::jacobi_scratch(1, N) +
          (vectors ? std::int64_t(N) * N + kernels::vectors_scratch(M, N) : 0);
 }
 
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(kBlock)
                      int max_sweeps, const int* pairs, int rounds, T* U, T* Vh) {
   const std::int64_t b = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x;
   if (b >= batch) return;
-  double A[MaxM * MaxN], sv[MaxN], e[MaxN], w[MaxM], jac[kernels::kJacobiScratch<1>];
+  double A[MaxM * MaxN], sv[MaxN], e[MaxN], w[MaxM], jac[kernels::jacobi_scratch(1, MaxN)];
   const int N = m < n ? m : n;
   const T* x = X + b * std::int64_t(m) * n;
   if constexpr (WithVectors) {
@@ -164,7 +164,7 @@ __global__ void svd_global_kernel(const T* X, std::int64_t batch, int m, int n, 
   if (vectors) {
     vec.U = U + b * std::int64_t(m) * N;
     vec.Vh = Vh + b * std::int64_t(N) * n;
-    vec.V = jac + kernels::kJacobiScratch<1>;
+    vec.V = jac + kernels::jacobi_scratch(1, N);
     vec.work = vec.V + std::int64_t(N) * N;
     vec.order = order + b * kernels::vectors_scratch_ints(N);
   }

@@ -84,9 +84,9 @@ IR_HD inline int round_robin(int n, int* pairs) {
   return np - 1;
 }
 
-// Scratch of pack_jacobi for L lanes: two pairs' sn and tau.
-template <int L>
-constexpr int kJacobiScratch = 4 * L;
+// Scratch of pack_jacobi for L lanes and n columns: sn and tau of each pair of a round, and
+// whether it rotates.
+IR_HD constexpr int jacobi_scratch(int L, int n) { return (2 * L + 1) * ((n + 1) / 2); }
 
 // One-sided Jacobi on a pack of L matrices with m rows and n <= m columns, lane-packed:
 // A[(c * m + r) * L + l] is entry (r, c) of lane l, its largest entry of order 1. Sweeps of
@@ -189,33 +189,32 @@ IR_HD inline int pack_jacobi(T* A, int m_rt, int n_rt, const int* pairs, int rou
   // Converged once npairs consecutive pairs (every pair once) have passed without a
   // rotation: pairs checked before the last rotation that touched them are checked again
   // after it. So the confirming pass usually ends part way into its sweep.
-  // When pair k + 1 shares no column with pair k, its dot products and rotation are planned
-  // before pair k is rotated: the latency of the rotation's square roots and division
-  // overlaps the rotation before it, and the columns just read stay in L1 for their rotation.
-  auto plan_at = [&](int k) {  // plans pair k into scratch slot k % 2 (a bye plans nothing)
-    T* slot = scratch + (k & 1) * 2 * L;
-    return pairs[2 * k] >= 0 && plan(pairs[2 * k], pairs[2 * k + 1], slot, slot + L);
-  };
-  auto disjoint = [&](int j, int k) {
-    return pairs[2 * j] != pairs[2 * k] && pairs[2 * j] != pairs[2 * k + 1] &&
-           pairs[2 * j + 1] != pairs[2 * k] && pairs[2 * j + 1] != pairs[2 * k + 1];
+  // The pairs of a round share no column, so all of them are planned (dot products, then the
+  // rotations' square roots and divisions) before the first rotates: their long dependency
+  // chains run side by side, where planned one by one each waited for the one before.
+  const int per_round = (n + 1) / 2;  // byes included
+  T* rotates = scratch + 2 * L * per_round;
+  auto plan_round = [&](int k0) {
+    for (int i = 0; i < per_round; ++i) {
+      const int p = pairs[2 * (k0 + i)], q = pairs[2 * (k0 + i) + 1];
+      T* slot = scratch + 2 * L * i;
+      rotates[i] = p >= 0 && plan(p, q, slot, slot + L) ? T(1) : T(0);
+    }
   };
   int sweep = 0, quiet = 0;
   bool rotated = npairs > 0;
   for (; sweep < max_sweeps && rotated; ++sweep) {
     fresh_norms();  // each sweep, so that the updates' rounding never accumulates
-    bool planned = false, next = false;  // pair k's plan, when made early
     for (int k = 0; k < npairs && rotated; ++k) {
-      const bool now = planned ? next : plan_at(k);
-      planned = k + 1 < npairs && disjoint(k, k + 1);
-      if (planned) next = plan_at(k + 1);
-      if (!now) {
+      const int i = k % per_round;
+      if (i == 0) plan_round(k);
+      if (rotates[i] == T(0)) {
         rotated = ++quiet < npairs;
         continue;
       }
       quiet = 0;
       const int p = pairs[2 * k], q = pairs[2 * k + 1];
-      const T* sn = scratch + (k & 1) * 2 * L;
+      const T* sn = scratch + 2 * L * i;
       rotate(col(p), col(q), m, sn, sn + L);
       if (V != nullptr)
         rotate(V + std::int64_t(p) * n * L, V + std::int64_t(q) * n * L, n, sn, sn + L);
