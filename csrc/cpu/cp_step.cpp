@@ -102,10 +102,11 @@ IR_INLINE Vec<T, W> prefix(const T* const* u, int r) {
 
 // Value of the entry whose factor rows are u: sum_r prefix[r] u_{N-1}[r], in four independent
 // sums of W lanes (one would chain every multiply-add of the entry on the last), then across
-// them and their lanes. The prefix is recomputed rather than read from a buffer the run
-// wrote just before (a store-to-load wait at every run's start).
+// them (entry_sums, with the components past the last whole vector in tail) and their lanes
+// (lane_sum). The prefix is recomputed rather than read from a buffer the run wrote just
+// before (a store-to-load wait at every run's start).
 template <int N, class T>
-IR_INLINE T entry_value(const T* const* u, int R) {
+IR_INLINE Vec<T, kLanes<T>> entry_sums(const T* const* u, int R, T& tail) {
   constexpr int W = kLanes<T>;
   using V = Vec<T, W>;
   V part[4] = {};
@@ -116,9 +117,43 @@ IR_INLINE T entry_value(const T* const* u, int R) {
     }
   }
   for (; r + W <= R; r += W) part[0] += prefix<N, W>(u, r) * load<T, W>(u[N - 1] + r);
-  T tail = 0;
+  tail = 0;
   for (; r < R; ++r) tail += prefix<N, 1>(u, r)[0] * u[N - 1][r];
-  return lane_sum<T, W>((part[0] + part[1]) + (part[2] + part[3])) + tail;
+  return (part[0] + part[1]) + (part[2] + part[3]);
+}
+template <int N, class T>
+IR_INLINE T entry_value(const T* const* u, int R) {
+  T tail;
+  const auto sums = entry_sums<N>(u, R, tail);
+  return lane_sum<T, kLanes<T>>(sums) + tail;
+}
+
+// lane_sum of W vectors at once, v[e] to lane e of the result: each level adds the two halves
+// of every vector's blocks, two vectors into one, so that the W sums take W - 1 vector
+// additions (each of two shuffles) where one by one they take W log2(W), and every sum is
+// lane_sum's, bit for bit (float64 order 3 R = 64: 1.05x the steps per second).
+// pick: lane o of the block pairs of a and b (blocks of w lanes, W / w per vector) is the
+// first (or, Hi, the second) half of block o / (w / 2).
+template <int W, int w, bool Hi>
+constexpr int pick_lane(int o) {
+  const int h = w / 2, j = o / h, g = W / w;
+  return (j < g ? 0 : W) + (j % g) * w + o % h + (Hi ? h : 0);
+}
+template <int w, bool Hi, class T, int W, std::size_t... O>
+IR_INLINE Vec<T, W> pick(Vec<T, W> a, Vec<T, W> b, std::index_sequence<O...>) {
+  return __builtin_shufflevector(a, b, pick_lane<W, w, Hi>(int(O))...);
+}
+template <class T, int W, int w = W>
+IR_INLINE Vec<T, W> lane_sums(Vec<T, W>* v) {
+  if constexpr (w == 1) {
+    return v[0];
+  } else {
+    constexpr auto all = std::make_index_sequence<W>{};
+    for (int j = 0; j < w / 2; ++j)
+      v[j] = pick<w, false, T, W>(v[2 * j], v[2 * j + 1], all) +
+             pick<w, true, T, W>(v[2 * j], v[2 * j + 1], all);
+    return lane_sums<T, W, w / 2>(v);
+  }
 }
 
 // Gradient of one run (entries [e0, e1)) at components [r0, r0 + NV W): NV
@@ -172,23 +207,41 @@ IR_INLINE void run_gradient(const T* const* U, T* const* G, const Workspace<T>& 
 }
 
 // Sum over the observed entries of the squared residual and, when G is not null, the
-// gradient (G zeroed by the caller), run by run; the order N is known at compile time, so
-// that the products stay in registers.
+// gradient (G zeroed by the caller); the order N is known at compile time, so that the
+// products stay in registers. The values come first, W entries at a time (their sums across
+// lanes at once), then the gradient run by run.
 template <int N, class T>
 double entries(const T* const* U, T* const* G, Workspace<T>& ws, int R, T scale) {
+  constexpr int W = kLanes<T>;
+  using V = Vec<T, W>;
   double loss = 0;
-  const std::size_t n_runs = ws.runs.size() - 1;
-  for (std::size_t run = 0; run < n_runs; ++run) {
-    const int e0 = ws.runs[run], e1 = ws.runs[run + 1];
-    for (int e = e0; e < e1; ++e) {
-      const std::int64_t* d = ws.rows.data() + std::int64_t(e) * N;
-      const T* u[N];
-      for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
-      const T res = entry_value<N>(u, R) - ws.target[e];
-      loss += double(res) * double(res);
-      ws.gres[e] = scale * res;
+  const int n_entries = int(ws.target.size());
+  for (int e0 = 0; e0 < n_entries; e0 += W) {
+    const int count = std::min(W, n_entries - e0);
+    V sums[W];
+    T tails[W];
+    for (int i = 0; i < W; ++i) {
+      if (i < count) {
+        const std::int64_t* d = ws.rows.data() + std::int64_t(e0 + i) * N;
+        const T* u[N];
+        for (int n = 0; n < N; ++n) u[n] = U[n] + d[n];
+        sums[i] = entry_sums<N>(u, R, tails[i]);
+      } else {
+        sums[i] = V{};
+        tails[i] = 0;
+      }
     }
-    if (G != nullptr) run_gradient<N>(U, G, ws, e0, e1, R, 0);
+    const V values = lane_sums<T, W>(sums);
+    for (int i = 0; i < count; ++i) {
+      const T res = (values[i] + tails[i]) - ws.target[e0 + i];
+      loss += double(res) * double(res);
+      ws.gres[e0 + i] = scale * res;
+    }
+  }
+  if (G != nullptr) {
+    const std::size_t n_runs = ws.runs.size() - 1;
+    for (std::size_t run = 0; run < n_runs; ++run)
+      run_gradient<N>(U, G, ws, ws.runs[run], ws.runs[run + 1], R, 0);
   }
   return loss;
 }
