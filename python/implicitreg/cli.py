@@ -323,9 +323,11 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="time every kernel against numpy, PyTorch and JAX",
         description="Time every compiled kernel against the numpy backend and, when installed, "
-        "PyTorch and JAX implementations of the same step (benchmarks/peers.py): rate, % of "
-        "the FMA peak, ratios, and the targets met or MISSED. Exit code 0 even when a target "
-        "is missed; 1 when a case failed. See benchmarks/README.md.",
+        "PyTorch and JAX implementations of the same step (peers.py of the source tree's "
+        "benchmarks directory, see --peers): rate, % of the FMA peak, ratios, and the targets "
+        "met or MISSED. Exit code 0 even when a target is missed; 1 when a case failed. The "
+        "cases, their flop counts and how to read the table: the documentation's Performance "
+        "page.",
     )
     bench.add_argument(
         "--quick",

@@ -1,6 +1,6 @@
 """The cases of `implicitreg bench`: every compiled kernel on the same inputs as the `numpy`
 backend and, for the steps and svdvals, the PyTorch and JAX peers; and the flop counts that
-give % of peak (benchmarks/README.md)."""
+give % of peak (the documentation's Performance page)."""
 
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ def _tensor_rank_case(name, B):
 
 
 def cases() -> list[Case]:
-    """Every case, in table order; the issue's targets on theirs."""
+    """Every case, in table order, with its targets."""
     return [
         _dmf_case(
             "dmf_step-2x2-f64", 2, 4096, "float64", 0.3, 1e-3, 1e-2, (("peak", 50.0), ("jax", 10.0))

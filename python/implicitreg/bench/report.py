@@ -251,9 +251,9 @@ def print_report(report: dict) -> None:
         print("\n" + table(report))
     print(
         "\nrate: batch x steps (or calls) / median seconds; cpu/X: cpu rate / X rate; "
-        "%peak: flops per unit (benchmarks/README.md) x rate / peak; torch: the faster of "
-        "torch-closed and torch-autograd for dmf_step; ! = result differs from the cpu "
-        "backend's"
+        "%peak: flops per unit (the documentation's Performance page) x rate / peak; torch: "
+        "the faster of torch-closed and torch-autograd for dmf_step; ! = result differs from "
+        "the cpu backend's"
     )
     for line in notes(report):
         print(f"  note: {line}")
