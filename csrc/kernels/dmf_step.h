@@ -127,6 +127,13 @@ IR_INLINE void pack_products_in_registers(FA a, FB b, Store store) {
         for (int jb = 0; jb < Blk; ++jb) store(i0 + ib, j0 + jb, acc[ib][jb]);
     }
 }
+// C (D x D) = A B, or A^T B, with a(i, k) the lanes of the left factor's entry (i, k).
+template <class T, int L, int D, class FA>
+IR_INLINE void pack_mm_in_registers(T* __restrict C, FA a, const T* __restrict B) {
+  pack_products_in_registers<T, L, D>(
+      a, [&](int k, int j) { return B + (k * D + j) * L; },
+      [&](int i, int j, SimdVec<T, L> acc) { simd_store(C + (i * D + j) * L, acc); });
+}
 #else
 template <class T, int L, int D>
 constexpr int kRegisterBlock = 0;
@@ -138,10 +145,7 @@ IR_HD IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __
                              int K, int N) {
 #ifndef __CUDACC__
   if constexpr (kRegisterBlock<T, L, D> > 0) {
-    pack_products_in_registers<T, L, D>(
-        [&](int i, int k) { return A + (i * K + k) * L; },
-        [&](int k, int j) { return B + (k * N + j) * L; },
-        [&](int i, int j, SimdVec<T, L> acc) { simd_store(C + (i * N + j) * L, acc); });
+    pack_mm_in_registers<T, L, D>(C, [&](int i, int k) { return A + (i * K + k) * L; }, B);
     return;
   }
 #endif
@@ -186,10 +190,7 @@ IR_HD IR_INLINE void pack_mm_tn(T* __restrict C, const T* __restrict A, const T*
                                 int M, int K, int N) {
 #ifndef __CUDACC__
   if constexpr (kRegisterBlock<T, L, D> > 0) {
-    pack_products_in_registers<T, L, D>(
-        [&](int i, int k) { return A + (k * M + i) * L; },
-        [&](int k, int j) { return B + (k * N + j) * L; },
-        [&](int i, int j, SimdVec<T, L> acc) { simd_store(C + (i * N + j) * L, acc); });
+    pack_mm_in_registers<T, L, D>(C, [&](int i, int k) { return A + (k * M + i) * L; }, B);
     return;
   }
 #endif
