@@ -624,9 +624,12 @@ def test_step_cut_into_bounded_calls_is_bit_identical(monkeypatch):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_packs_in_registers_match_the_general_loop(dtype, depth):
-    """A pack of small problems that all run keeps its iterate in vector registers until one
-    is due to freeze, cross a threshold or diverge; a pack beside a frozen problem runs the
-    general step loop throughout. Both give the same bits."""
+    """A pack of small problems keeps its iterate in vector registers until a running problem
+    is due to freeze, cross a threshold or diverge, and hands that step and the rest of the
+    call to the general step loop; problems frozen before the call ride along unchanged. So a
+    pack whose first problem freezes at the first step of a single call runs the general loop
+    throughout, and the same problems in three calls, or alone, run mostly in registers. All
+    give the same bits."""
     from implicitreg.models.crossings import Crossings
 
     n = 64 // np.dtype(dtype).itemsize - 1  # with one more problem: one full pack
@@ -640,23 +643,25 @@ def test_packs_in_registers_match_the_general_loop(dtype, depth):
     lr[-1] = 5.0  # diverges
     thresholds = np.array([1e-1, 1e-3])
 
-    def run(idx):
+    def run(idx, calls=3):
         f = ir.DeepFactorization(
             ir.completion(targets[idx], masks[idx]), [W[idx] for W in W0], dtype=dtype
         )
         cross = Crossings(thresholds, len(idx), [2] * (depth + 1), f.dtype)
-        for _ in range(3):
-            f.step(lr[idx], 200, tol=1e-5, crossings=cross)
+        for _ in range(calls):
+            f.step(lr[idx], 600 // calls, tol=1e-5, crossings=cross)
         return f, cross
 
-    beside, cross_beside = run(np.arange(n + 1))
+    beside, cross_beside = run(np.arange(n + 1), calls=1)
     assert beside.status[0] == CONVERGED and beside.frozen_at[0] == 0
     assert {CONVERGED, DIVERGED, RUNNING} <= set(beside.status[1:]), beside.status
     assert (cross_beside.step[1:] >= 0).any() and (cross_beside.step[1:] < 0).any()
-    # each problem alone (its pack's other lanes are padding copies), and the ones that run
-    # throughout together
+    # the same pack in three calls (from the second on, the frozen problem rides along in
+    # registers), each problem alone (its pack's other lanes are padding copies), and the ones
+    # that run throughout together
     running = np.flatnonzero(beside.status == RUNNING)
-    for idx in [[b] for b in range(1, n + 1)] + [running]:
+    everyone = np.arange(n + 1)
+    for idx in [everyone] + [[b] for b in range(1, n + 1)] + [running]:
         alone, cross_alone = run(np.array(idx))
         np.testing.assert_array_equal(alone.status, beside.status[idx])
         np.testing.assert_array_equal(alone.frozen_at, beside.frozen_at[idx])

@@ -195,14 +195,15 @@ constexpr int kRegisterWidth = 0;  // none
 
 // The step loop of kernels::pack_steps for gradient descent on a small completion pack, with
 // the pack's iterate and products in vector registers (cpu/lanes.h), for as long as nothing
-// but the update is due: it stops before the first step at which a lane would cross a
+// but the update is due: it stops before the first step at which a running lane would cross a
 // threshold, stop (kernels/freeze.h) or have its update refused, and leaves that step and the
-// rest to pack_steps. Same operations, so the same iterates, as pack_steps; at 2x2 depth 3 it
-// takes a third of the time per step. Returns the steps taken; W (lanes innermost, as in the
-// workspace) holds their result.
+// rest to pack_steps. Lanes frozen before the call (`frozen`) step along unseen and keep
+// their iterate, as pack_steps keeps it. Same operations, so the same iterates, as
+// pack_steps; at 2x2 depth 3 it takes a third of the time per step. Returns the steps taken;
+// W (lanes innermost, as in the workspace) holds their result.
 template <class T, int D, int Depth>
 std::int64_t register_steps(T* W, const PackProblem<T>& pb, const T* lr, const T* next_thr, T tol,
-                            std::int64_t steps) {
+                            cpu::LaneMask<T> frozen, std::int64_t steps) {
   using V = cpu::Lanes<T>;
   constexpr int L = V::kLanes, S = D * D, F = Depth * S;
   const PackLayout<V, 1, StaticDims<D>> lay{{}, Depth};
@@ -223,33 +224,33 @@ std::int64_t register_steps(T* W, const PackProblem<T>& pb, const T* lr, const T
     kernels::pack_backward<true, V, 1>(lay, w, wn, P, G, H, H2, &rate, &fin);
     // one test per step: the update is computed whatever the loss, and dropped with it
     const auto go = kernels::keeps_running(loss, tol) & !(loss < threshold) & kernels::commits(fin);
-    if (!go.all()) break;
+    if (!(go | frozen).all()) break;
     for (int e = 0; e < F; ++e) w[e] = wn[e];
   }
-  for (int e = 0; e < F; ++e) w[e].store(W + e * L);
+  for (int e = 0; e < F; ++e) select(frozen, V::load(W + e * L), w[e]).store(W + e * L);
   return it;
 }
 
-// register_steps for this pack when it applies (its sizes, gradient descent, completion, every
-// lane running), else 0 steps.
+// register_steps for this pack when it applies (its sizes, gradient descent, completion), else
+// 0 steps.
 template <class T, int L, class Dims>
 std::int64_t steps_in_registers(const PackLayout<T, L, Dims>& lay, T* W, const PackProblem<T>& pb,
                                 const kernels::PackState<T, L>& s, int optimizer, const T* lr,
                                 T tol, std::int64_t steps) {
   if constexpr (Dims::kStatic && L == cpu::Lanes<T>::kLanes && Dims{}[0] == kRegisterWidth) {
     if (optimizer != kGd || pb.sensing) return 0;
-    for (int l = 0; l < L; ++l)
-      if (s.st[l] != kRunning && s.st[l] != kPadding) return 0;
+    cpu::LaneMask<T> frozen;
+    for (int l = 0; l < L; ++l) frozen.m[l] = s.st[l] != kRunning && s.st[l] != kPadding ? -1 : 0;
     constexpr int D = Dims{}[0];
     switch (lay.depth) {
       case 1:
-        return register_steps<T, D, 1>(W, pb, lr, s.next_thr, tol, steps);
+        return register_steps<T, D, 1>(W, pb, lr, s.next_thr, tol, frozen, steps);
       case 2:
-        return register_steps<T, D, 2>(W, pb, lr, s.next_thr, tol, steps);
+        return register_steps<T, D, 2>(W, pb, lr, s.next_thr, tol, frozen, steps);
       case 3:
-        return register_steps<T, D, 3>(W, pb, lr, s.next_thr, tol, steps);
+        return register_steps<T, D, 3>(W, pb, lr, s.next_thr, tol, frozen, steps);
       case 4:
-        return register_steps<T, D, 4>(W, pb, lr, s.next_thr, tol, steps);
+        return register_steps<T, D, 4>(W, pb, lr, s.next_thr, tol, frozen, steps);
       default:
         return 0;
     }

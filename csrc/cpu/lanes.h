@@ -21,6 +21,7 @@ struct LaneMask {
   Vector m;
 
   friend LaneMask operator&(LaneMask a, LaneMask b) { return {a.m & b.m}; }
+  friend LaneMask operator|(LaneMask a, LaneMask b) { return {a.m | b.m}; }
   friend LaneMask operator!(LaneMask a) { return {~a.m}; }
   bool all() const { return all_of(m); }
 
@@ -68,6 +69,12 @@ struct Lanes {
   friend LaneMask<T> operator>=(Lanes a, Lanes b) { return {a.v >= b.v}; }
   friend LaneMask<T> operator==(Lanes a, Lanes b) { return {a.v == b.v}; }
 };
+
+// a in the lanes of m, b in the others.
+template <class T>
+Lanes<T> select(LaneMask<T> m, Lanes<T> a, Lanes<T> b) {
+  return Lanes<T>::from(m.m ? a.v : b.v);
+}
 
 // The masked residual (kernels/dmf_step.h) lane by lane.
 template <class T>
