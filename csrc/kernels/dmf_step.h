@@ -139,7 +139,7 @@ template <class T, int L, int D>
 constexpr int kRegisterBlock = 0;
 #endif
 
-// C (M x N) = A (M x K) * B (K x N)
+// C (M x N) = A (M x K) * B (K x N). D (here and below): M = K = N = D at compile time, or 0.
 template <class T, int L, bool Block, int D = 0>
 IR_HD IR_INLINE void pack_mm(T* __restrict C, const T* __restrict A, const T* __restrict B, int M,
                              int K, int N) {

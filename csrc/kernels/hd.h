@@ -1,7 +1,7 @@
 // IR_HD marks math shared by the CPU and CUDA builds; IR_INLINE forces inlining so that
 // compile-time sizes propagate into the loops of small kernels; IR_SIMD_SUM vectorizes a sum;
 // IR_UNROLL unrolls a loop over layers in device code (a CUDA thread's arrays stay in registers
-// only when every index is a constant).
+// only when every index is a constant). On the CPU, SimdVec is a SIMD vector as one value.
 #pragma once
 #ifdef __CUDACC__
 #define IR_HD __host__ __device__
