@@ -859,6 +859,11 @@ def test_tensor_and_measure_by_hand():
         one = np.einsum("i,j,k->ijk", *[U[1, :, 2] for U in factors])
         assert m["component_norms"][1, 2] == pytest.approx(np.linalg.norm(one), rel=1e-13)
         assert list(c.measure(("norm", "loss"))) == ["norm", "loss"]
+        # entries whose squares overflow, as a diverged problem's last finite iterate may have
+        huge = [np.full((1, 1, 1), 1e200), np.full((1, 1, 1), -1e-100)]
+        q = ir.tensor_completion(np.ones((1, 1, 1)), np.ones((1, 1, 1), bool))
+        big = ir.CPFactorization(q, huge, backend=backend).measure(("component_norms",))
+        assert big["component_norms"][0, 0] == pytest.approx(1e100, rel=1e-15)
 
 
 def test_measure_zero_target_and_no_observation():

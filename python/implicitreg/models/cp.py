@@ -247,8 +247,13 @@ class CPFactorization(Trained):
                     out["norm"] = xp.linalg.norm(W, axis=1)
         if "component_norms" in names:
             norms = xp.ones((self.batch, self.rank))
-            for U in self._factors:
-                norms *= xp.linalg.norm(U.astype(np.float64), axis=1)
+            with np.errstate(all="ignore"):  # a product past float64 is inf
+                for U in self._factors:
+                    # each row's norm from its entries over their largest: squares of entries
+                    # past 1e154 (a diverged problem's last finite iterate) would overflow
+                    U = xp.abs(U.astype(np.float64))
+                    big = U.max(axis=1)
+                    norms *= big * xp.linalg.norm(U / xp.where(big > 0, big, 1)[:, None], axis=1)
             out["component_norms"] = norms
         return {k: to_host(out[k]) for k in names}
 
